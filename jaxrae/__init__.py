@@ -1,0 +1,1 @@
+"""jaxrae: regularized autoencoders in JAX."""
