@@ -1,0 +1,552 @@
+"""Discrete relaxations, gradient estimators and quantizers for categorical codes.
+
+Every function is pure. Random ones take an explicit PRNG key and read no global state.
+
+Conventions
+-----------
+- ``logits`` have shape ``(..., N, K)``: N categorical variables with K classes each. The last
+  axis is the class axis; all leading axes are mapped over. Binary codes are simply K = 2.
+- Estimators return a code that is exactly one-hot in the forward pass, with the estimator's
+  surrogate gradient in the backward pass (``value + (surrogate - stop_gradient(surrogate))``,
+  written in that order so that the forward value is bit-exact).
+- Validation: ``tau <= 0``, ``K < 2`` and ``n_samples < 1`` raise :class:`ConfigError`. Shapes are
+  static and always checked; ``tau`` is checked only when it is a concrete number or array. A
+  traced ``tau`` (inside ``jit``, ``vmap`` or ``grad``) cannot be inspected and is not checked.
+
+This module imports nothing from jaxrae except the errors, so it is usable on its own:
+``from jaxrae.relax import gumbel_softmax``.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple, Sequence
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import lax
+
+from jaxrae.errors import ConfigError
+
+__all__ = [
+    "ESTIMATORS",
+    "gumbel_softmax",
+    "straight_through",
+    "straight_through_sample",
+    "conditional_gumbel",
+    "gumbel_rao",
+    "reinmax",
+    "discrete_code",
+    "relaxed_bernoulli",
+    "relaxed_one_hot_log_prob",
+    "categorical_kl_uniform",
+    "exponential_temperature",
+    "constant_temperature",
+    "VectorQuantized",
+    "vector_quantize",
+    "ScalarQuantized",
+    "finite_scalar_quantize",
+    "fsq_codes_from_index",
+]
+
+ESTIMATORS = ("st", "st-gumbel", "gumbel-rao", "reinmax")
+
+
+# ----------------------------------------------------------------------------- validation
+
+
+def _check_positive(name: str, value) -> None:
+    """Raise ConfigError unless ``value`` > 0 everywhere; traced values pass unchecked."""
+    try:
+        concrete = np.asarray(value)
+    except jax.errors.TracerArrayConversionError:
+        return
+    if not np.all(concrete > 0):  # also rejects NaN
+        raise ConfigError(f"{name} must be > 0, got {value!r}")
+
+
+def _check_logits(logits) -> jax.Array:
+    logits = jnp.asarray(logits)
+    if not jnp.issubdtype(logits.dtype, jnp.floating):
+        logits = logits.astype(jnp.float32)
+    if logits.ndim < 1 or logits.shape[-1] < 2:
+        raise ConfigError(
+            f"logits must have shape (..., N, K) with K >= 2 classes, got shape {logits.shape}"
+        )
+    return logits
+
+
+def _check_n_samples(n_samples) -> int:
+    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)):
+        raise ConfigError(f"n_samples must be a Python int >= 1, got {n_samples!r}")
+    if n_samples < 1:
+        raise ConfigError(f"n_samples must be >= 1, got {n_samples}")
+    return int(n_samples)
+
+
+# ----------------------------------------------------------------------------- helpers
+
+
+def _one_hot_argmax(scores: jax.Array) -> jax.Array:
+    return jax.nn.one_hot(jnp.argmax(scores, axis=-1), scores.shape[-1], dtype=scores.dtype)
+
+
+def _replace_gradient(value: jax.Array, surrogate: jax.Array) -> jax.Array:
+    """``value`` forward, the gradient of ``surrogate`` backward.
+
+    The bracket is evaluated first: ``s - s`` is exactly 0, so the forward value is ``value``
+    bit for bit (``(value + s) - s`` would not be).
+    """
+    return lax.stop_gradient(value) + (surrogate - lax.stop_gradient(surrogate))
+
+
+# ----------------------------------------------------------------------------- relaxations
+
+
+def gumbel_softmax(key: jax.Array, logits: jax.Array, tau, hard: bool = False) -> jax.Array:
+    """Gumbel-softmax / Concrete sample (Jang et al. 2017; Maddison et al. 2017).
+
+        y = softmax((logits + g) / tau),   g_k ~ Gumbel(0, 1) i.i.d.
+
+    As tau -> 0, y tends to one_hot(argmax(logits + g)), a sample of Cat(softmax(logits)).
+    With ``hard=True`` the forward value is that one-hot sample and the gradient is the relaxed
+    one, d y / d logits (the "straight-through Gumbel-softmax" of Jang et al.).
+
+    Args:
+      key: PRNG key.
+      logits: (..., N, K) unnormalized log-probabilities.
+      tau: temperature > 0 (scalar, or an array broadcastable against logits).
+      hard: return one-hot samples with the relaxed gradient.
+
+    Returns:
+      (..., N, K) points of the simplex (one-hot if ``hard``).
+    """
+    logits = _check_logits(logits)
+    _check_positive("tau", tau)
+    # jax.random.gumbel draws its uniforms away from 0, so g is always finite.
+    perturbed = logits + jax.random.gumbel(key, logits.shape, logits.dtype)
+    relaxed = jax.nn.softmax(perturbed / tau, axis=-1)
+    if not hard:
+        return relaxed
+    return _replace_gradient(_one_hot_argmax(perturbed), relaxed)
+
+
+def relaxed_bernoulli(key: jax.Array, logit: jax.Array, tau) -> jax.Array:
+    """Binary Concrete / relaxed Bernoulli sample (Maddison et al. 2017, sec. 3.3).
+
+        y = sigmoid((logit + l) / tau),   l = log u - log(1 - u) ~ Logistic(0, 1)
+
+    This is the first coordinate of ``gumbel_softmax`` with K = 2 logits (logit, 0), drawn with
+    one noise variable instead of two. Its CDF is P(y <= x) = sigmoid(tau * logit(x) - logit).
+
+    Args:
+      key: PRNG key.
+      logit: (...) log-odds log(p / (1 - p)), any shape.
+      tau: temperature > 0.
+
+    Returns:
+      (...) values in (0, 1).
+    """
+    logit = jnp.asarray(logit)
+    if not jnp.issubdtype(logit.dtype, jnp.floating):
+        logit = logit.astype(jnp.float32)
+    _check_positive("tau", tau)
+    return jax.nn.sigmoid((logit + jax.random.logistic(key, logit.shape, logit.dtype)) / tau)
+
+
+# ----------------------------------------------------------------------------- estimators
+
+
+def straight_through(logits: jax.Array) -> jax.Array:
+    """Deterministic straight-through estimator (Bengio et al. 2013).
+
+        forward:  one_hot(argmax(logits))
+        backward: d softmax(logits) / d logits = diag(p) - p p^T,  p = softmax(logits)
+
+    Args:
+      logits: (..., N, K).
+
+    Returns:
+      (..., N, K) one-hot codes.
+    """
+    logits = _check_logits(logits)
+    return _replace_gradient(_one_hot_argmax(logits), jax.nn.softmax(logits, axis=-1))
+
+
+def straight_through_sample(key: jax.Array, logits: jax.Array) -> jax.Array:
+    """Stochastic straight-through estimator (Bengio et al. 2013).
+
+        forward:  D = one_hot(b),  b ~ Cat(softmax(logits))
+        backward: d softmax(logits) / d logits
+
+    Args:
+      key: PRNG key (used by ``jax.random.categorical``).
+      logits: (..., N, K).
+
+    Returns:
+      (..., N, K) one-hot samples.
+    """
+    logits = _check_logits(logits)
+    sample = jax.nn.one_hot(
+        jax.random.categorical(key, logits), logits.shape[-1], dtype=logits.dtype
+    )
+    return _replace_gradient(sample, jax.nn.softmax(logits, axis=-1))
+
+
+def conditional_gumbel(
+    key: jax.Array, logits: jax.Array, sample: jax.Array, n_samples: int
+) -> jax.Array:
+    """Perturbed logits ``logits + G`` drawn conditionally on argmax(logits + G) = sample.
+
+    The truncated-Gumbel construction of Paulus et al. 2021 (Gumbel-Rao, appendix), itself from
+    Maddison et al. 2014 (A* sampling). With i the sampled class and g_k ~ Gumbel(0, 1) i.i.d.:
+
+        M   = logsumexp(logits) + g_i          (the max is Gumbel(logsumexp), independent of i)
+        x_i = M
+        x_j = -log(exp(-M) + exp(-(logits_j + g_j)))      for j != i
+
+    x_j is a Gumbel(logits_j) truncated to (-inf, M]: by inverse CDF,
+    x_j = logits_j - log(E_j + exp(logits_j - M)) with E_j = exp(-g_j) ~ Exp(1).
+    Averaged over ``sample ~ Cat(softmax(logits))`` this is exactly the unconditional logits + G.
+
+    Args:
+      key: PRNG key; the noise is ``jax.random.gumbel(key, (n_samples, *logits.shape))``.
+      logits: (..., N, K).
+      sample: (..., N, K) one-hot codes to condition on.
+      n_samples: number of conditional draws per code.
+
+    Returns:
+      (n_samples, ..., N, K) perturbed logits whose argmax is ``sample``. They depend on
+      ``logits``; callers that want the Gumbel noise held fixed apply ``stop_gradient`` to
+      ``x - logits``.
+    """
+    logits = _check_logits(logits)
+    n_samples = _check_n_samples(n_samples)
+    chex.assert_equal_shape([logits, sample])
+    gumbels = jax.random.gumbel(key, (n_samples, *logits.shape), logits.dtype)
+    is_sampled = sample > 0
+    g_sampled = jnp.sum(jnp.where(is_sampled, gumbels, 0.0), axis=-1, keepdims=True)
+    top = jax.nn.logsumexp(logits, axis=-1, keepdims=True) + g_sampled
+    # log-space form of the truncation: finite even when logits_j + g_j is far below M.
+    truncated = -jnp.logaddexp(-top, -(logits + gumbels))
+    return jnp.where(is_sampled, top, truncated)
+
+
+def gumbel_rao(key: jax.Array, logits: jax.Array, tau, n_samples: int) -> jax.Array:
+    """Gumbel-Rao Monte Carlo estimator (Paulus et al. 2021, "Rao-Blackwellizing the
+    Straight-Through Gumbel-Softmax Gradient Estimator").
+
+        forward:  D = one_hot(argmax(logits + G)),  i.e. D ~ Cat(softmax(logits))
+        backward: d/d logits of (1/S) sum_s softmax((logits + G_s) / tau),
+                  G_s ~ Gumbel | argmax(logits + G_s) = D   (``conditional_gumbel``),
+                  with the noise G_s held fixed.
+
+    The backward pass is a Monte Carlo estimate of E[grad of ST Gumbel-softmax | D]; it has the
+    same expectation as the straight-through Gumbel-softmax gradient and no larger variance.
+
+    Args:
+      key: PRNG key, split in two: the first draws D (``jax.random.categorical``), the second the
+        conditional noise.
+      logits: (..., N, K).
+      tau: temperature > 0 of the surrogate.
+      n_samples: S >= 1, conditional Gumbel draws per code.
+
+    Returns:
+      (..., N, K) one-hot samples.
+    """
+    logits = _check_logits(logits)
+    _check_positive("tau", tau)
+    n_samples = _check_n_samples(n_samples)
+    key_sample, key_noise = jax.random.split(key)
+    sample = jax.nn.one_hot(
+        jax.random.categorical(key_sample, logits), logits.shape[-1], dtype=logits.dtype
+    )
+    noise = lax.stop_gradient(conditional_gumbel(key_noise, logits, sample, n_samples) - logits)
+    surrogate = jnp.mean(jax.nn.softmax((logits + noise) / tau, axis=-1), axis=0)
+    return _replace_gradient(sample, surrogate)
+
+
+def reinmax(key: jax.Array, logits: jax.Array, tau=1.0) -> jax.Array:
+    """ReinMax estimator (Liu et al. 2023, "Bridging Discrete and Backpropagation:
+    Straight-Through and Beyond", Algorithm 2): a second-order (Heun's method) surrogate.
+
+        pi0 = softmax(logits)
+        D   = one_hot(b),  b ~ Cat(pi0)
+        pi1 = (D + softmax(logits / tau)) / 2
+        pi1 = softmax(stop_gradient(log pi1 - logits) + logits)
+        pi2 = 2 pi1 - pi0 / 2
+        return pi2 - stop_gradient(pi2) + D
+
+    So the gradient is 2 J(pi1)^T g - (1/2) J(pi0)^T g with J(p) = diag(p) - p p^T. tau enters
+    only through pi1 (the paper recommends tau >= 1); D is always drawn at temperature 1.
+
+    Args:
+      key: PRNG key (used by ``jax.random.categorical``).
+      logits: (..., N, K).
+      tau: temperature > 0.
+
+    Returns:
+      (..., N, K) one-hot samples.
+    """
+    logits = _check_logits(logits)
+    _check_positive("tau", tau)
+    pi0 = jax.nn.softmax(logits, axis=-1)
+    sample = jax.nn.one_hot(
+        jax.random.categorical(key, logits), logits.shape[-1], dtype=logits.dtype
+    )
+    # log pi1 computed in log space: softmax(logits / tau) underflows to 0 at small tau, and
+    # log(0) would put -inf into the stop_gradient branch.
+    log_sample = jnp.where(sample > 0, 0.0, -jnp.inf).astype(logits.dtype)
+    log_pi1 = jnp.logaddexp(log_sample, jax.nn.log_softmax(logits / tau, axis=-1)) - math.log(2.0)
+    pi1 = jax.nn.softmax(lax.stop_gradient(log_pi1 - logits) + logits, axis=-1)
+    pi2 = 2.0 * pi1 - 0.5 * pi0
+    return _replace_gradient(sample, pi2)
+
+
+def discrete_code(
+    key: jax.Array | None,
+    logits: jax.Array,
+    estimator: str,
+    tau=1.0,
+    n_samples: int = 10,
+) -> jax.Array:
+    """One-hot code of ``logits`` with the gradient of the named estimator.
+
+    - ``"st"``: one_hot(argmax(logits)), softmax gradient (``straight_through``); key and tau
+      are ignored (the code is deterministic).
+    - ``"st-gumbel"``: ``gumbel_softmax(key, logits, tau, hard=True)``.
+    - ``"gumbel-rao"``: ``gumbel_rao(key, logits, tau, n_samples)``.
+    - ``"reinmax"``: ``reinmax(key, logits, tau)``.
+
+    Args:
+      key: PRNG key (may be None for "st").
+      logits: (..., N, K).
+      estimator: one of ``ESTIMATORS``.
+      tau: temperature > 0 of the estimator's surrogate.
+      n_samples: conditional draws for "gumbel-rao".
+
+    Returns:
+      (..., N, K) one-hot codes.
+    """
+    if estimator == "st":
+        return straight_through(logits)
+    if estimator == "st-gumbel":
+        return gumbel_softmax(key, logits, tau, hard=True)
+    if estimator == "gumbel-rao":
+        return gumbel_rao(key, logits, tau, n_samples)
+    if estimator == "reinmax":
+        return reinmax(key, logits, tau)
+    raise ConfigError(f"unknown estimator {estimator!r}; allowed: {', '.join(ESTIMATORS)}")
+
+
+# ----------------------------------------------------------------------------- densities
+
+
+def relaxed_one_hot_log_prob(y: jax.Array, logits: jax.Array, tau) -> jax.Array:
+    """Log density of the Concrete / Gumbel-softmax distribution (Maddison et al. 2017, eq. 5).
+
+        log p(y) = log (K-1)! + (K-1) log tau
+                   + sum_k [log pi_k - (tau + 1) log y_k]
+                   - K logsumexp_k [log pi_k - tau log y_k],     log pi = log_softmax(logits)
+
+    The density is with respect to Lebesgue measure on the first K-1 coordinates of the
+    simplex; the sums run over the class axis. ``y`` is floored at the smallest normal float
+    before the log, so that coordinates which underflowed to 0 at small tau give a finite value
+    (the exact density of such a point is not representable anyway).
+
+    Args:
+      y: (..., N, K) points of the open simplex.
+      logits: (..., N, K).
+      tau: temperature > 0 (scalar, or an array broadcastable to (..., N)).
+
+    Returns:
+      (..., N) log densities, one per categorical variable.
+    """
+    logits = _check_logits(logits)
+    _check_positive("tau", tau)
+    y = jnp.asarray(y, dtype=logits.dtype)
+    chex.assert_equal_shape([y, logits])
+    num_classes = logits.shape[-1]
+    tau = jnp.asarray(tau, dtype=logits.dtype)
+    log_y = jnp.log(jnp.maximum(y, jnp.finfo(logits.dtype).tiny))
+    log_pi = jax.nn.log_softmax(logits, axis=-1)
+    tau_k = tau[..., None]
+    return (
+        math.lgamma(num_classes)
+        + (num_classes - 1) * jnp.log(tau)
+        + jnp.sum(log_pi - (tau_k + 1.0) * log_y, axis=-1)
+        - num_classes * jax.nn.logsumexp(log_pi - tau_k * log_y, axis=-1)
+    )
+
+
+def categorical_kl_uniform(logits: jax.Array) -> jax.Array:
+    """KL(q || Uniform(K)) = sum_k q_k log q_k + log K = log K - H(q),  q = softmax(logits).
+
+    The analytic latent regularizer of the discrete VAE (Jang et al. 2017; Rolfe 2017). Returned
+    per categorical variable; the trainer sums over the N variables (the KL of a factorized
+    posterior to a factorized prior is the sum of the per-variable KLs).
+
+    Args:
+      logits: (..., N, K).
+
+    Returns:
+      (..., N) values in [0, log K].
+    """
+    logits = _check_logits(logits)
+    log_q = jax.nn.log_softmax(logits, axis=-1)
+    # log_q is finite even where q underflows, so q * log_q is 0 there, never 0 * -inf.
+    return jnp.sum(jnp.exp(log_q) * log_q, axis=-1) + math.log(logits.shape[-1])
+
+
+# ----------------------------------------------------------------------------- temperature
+
+
+def exponential_temperature(step, tau0=1.0, rate=1e-4, tau_min=0.5) -> jax.Array:
+    """Annealed temperature tau(t) = max(tau_min, tau0 * exp(-rate * t)) (Jang et al. 2017).
+
+    Jang et al. use tau0 = 1, tau_min = 0.5 and rate in {1e-5, 1e-4}. ``step`` may be a traced
+    integer (inside ``scan``/``jit``); the parameters are checked when concrete.
+    """
+    _check_positive("tau0", tau0)
+    _check_positive("tau_min", tau_min)
+    try:
+        if not np.all(np.asarray(rate) >= 0):
+            raise ConfigError(f"rate must be >= 0, got {rate!r}")
+    except jax.errors.TracerArrayConversionError:
+        pass
+    step = jnp.asarray(step, dtype=jnp.float32)
+    return jnp.maximum(tau_min, tau0 * jnp.exp(-rate * step))
+
+
+def constant_temperature(step, tau=1.0) -> jax.Array:
+    """Constant temperature tau(t) = tau, with the shape of ``step`` (so it vmaps like the others)."""
+    _check_positive("tau", tau)
+    return jnp.full(jnp.shape(step), tau, dtype=jnp.float32)
+
+
+# ----------------------------------------------------------------------------- quantizers
+
+
+class VectorQuantized(NamedTuple):
+    """Output of ``vector_quantize``; shapes for z_e of shape (..., D)."""
+
+    codes: jax.Array  # (..., D) nearest codebook vectors, straight-through gradient to z_e
+    indices: jax.Array  # (...) int32 codebook indices
+    codebook_loss: jax.Array  # (...) ||sg(z_e) - e||^2, trains the codebook
+    commitment_loss: jax.Array  # (...) ||z_e - sg(e)||^2, trains the encoder
+
+
+def vector_quantize(z_e: jax.Array, codebook: jax.Array) -> VectorQuantized:
+    """Nearest-neighbour vector quantization (van den Oord et al. 2017, VQ-VAE).
+
+        k(z) = argmin_c ||z_e - e_c||^2,   z_q = e_k
+        forward z_q; backward the identity to z_e (straight-through), nothing to the codebook
+        codebook_loss   = ||sg(z_e) - e_k||^2
+        commitment_loss = ||z_e - sg(e_k)||^2     (weighted by beta = 0.25 in the paper)
+
+    The losses are per vector (summed over D); the trainer averages them.
+
+    Args:
+      z_e: (..., D) encoder outputs.
+      codebook: (C, D) embedding vectors.
+
+    Returns:
+      VectorQuantized(codes, indices, codebook_loss, commitment_loss).
+    """
+    z_e = jnp.asarray(z_e)
+    codebook = jnp.asarray(codebook)
+    chex.assert_rank(codebook, 2)
+    chex.assert_axis_dimension(z_e, -1, codebook.shape[-1])
+    # ||z||^2 - 2 z.e + ||e||^2 avoids the (..., C, D) difference tensor. HIGHEST precision
+    # because accelerators otherwise run float32 matmuls in bfloat16, which flips near-ties.
+    cross = jnp.einsum("...d,cd->...c", z_e, codebook, precision=lax.Precision.HIGHEST)
+    distances = (
+        jnp.sum(z_e**2, axis=-1, keepdims=True) - 2.0 * cross + jnp.sum(codebook**2, axis=-1)
+    )
+    indices = jnp.argmin(distances, axis=-1).astype(jnp.int32)
+    nearest = jnp.take(codebook, indices, axis=0)
+    codebook_loss = jnp.sum((lax.stop_gradient(z_e) - nearest) ** 2, axis=-1)
+    commitment_loss = jnp.sum((z_e - lax.stop_gradient(nearest)) ** 2, axis=-1)
+    codes = lax.stop_gradient(nearest) + (z_e - lax.stop_gradient(z_e))
+    return VectorQuantized(codes, indices, codebook_loss, commitment_loss)
+
+
+class ScalarQuantized(NamedTuple):
+    """Output of ``finite_scalar_quantize``; shapes for z of shape (..., d)."""
+
+    codes: jax.Array  # (..., d) values on the per-dimension grid in [-1, 1]
+    digits: jax.Array  # (..., d) int32, digit j in [0, levels[j])
+    index: jax.Array  # (...) int32 flat code index in [0, prod(levels))
+
+
+def _check_levels(levels: Sequence[int]) -> np.ndarray:
+    levels_array = np.asarray(levels)
+    if (
+        levels_array.ndim != 1
+        or levels_array.size == 0
+        or not np.issubdtype(levels_array.dtype, np.integer)
+        or np.any(levels_array < 2)
+    ):
+        raise ConfigError(f"FSQ levels must be a non-empty list of integers >= 2, got {levels!r}")
+    if np.prod(levels_array.astype(np.float64)) > np.iinfo(np.int32).max:
+        raise ConfigError(f"FSQ codebook size prod(levels) must fit in int32, got {levels!r}")
+    return levels_array.astype(np.int64)
+
+
+def _fsq_basis(levels: np.ndarray) -> np.ndarray:
+    return np.concatenate([[1], np.cumprod(levels[:-1])]).astype(np.int32)
+
+
+def finite_scalar_quantize(z: jax.Array, levels: Sequence[int]) -> ScalarQuantized:
+    """Finite scalar quantization (Mentzer et al. 2023, "Finite Scalar Quantization: VQ-VAE
+    Made Simple").
+
+    Per dimension j with L = levels[j], half_l = (L - 1)(1 - eps)/2, eps = 1e-3:
+
+        offset = 0.5 if L is even else 0
+        bound(z) = tanh(z + atanh(offset / half_l)) * half_l - offset
+        q = round(bound(z))        (straight-through: forward round, backward identity)
+        code = q / (L // 2)        in [-1, 1]
+
+    Odd L gives the symmetric grid {-(L-1)/2, ..., (L-1)/2}; even L, thanks to the half-offset,
+    gives {-L/2, ..., L/2 - 1}. The shift makes bound(0) = 0 exactly; the paper's code uses tan
+    where atanh is meant, which agrees to O((offset/half_l)^5). digits = q + L // 2 and the flat
+    index is sum_j digits_j * prod_{i<j} levels[i] (a bijection onto [0, prod(levels))).
+
+    Args:
+      z: (..., d) with d = len(levels).
+      levels: number of levels per dimension, each >= 2 (e.g. [8, 5, 5, 5]).
+
+    Returns:
+      ScalarQuantized(codes, digits, index).
+    """
+    levels_array = _check_levels(levels)
+    z = jnp.asarray(z)
+    chex.assert_axis_dimension(z, -1, len(levels_array))
+    eps = 1e-3
+    half_l = (levels_array - 1) * (1 - eps) / 2
+    offset = np.where(levels_array % 2 == 0, 0.5, 0.0)
+    shift = np.arctanh(offset / half_l)
+    half_width = levels_array // 2
+    bounded = jnp.tanh(z + shift.astype(z.dtype)) * half_l.astype(z.dtype) - offset.astype(z.dtype)
+    rounded = jnp.round(bounded)
+    codes = _replace_gradient(rounded, bounded) / half_width.astype(z.dtype)
+    digits = (rounded + half_width).astype(jnp.int32)
+    index = jnp.sum(digits * _fsq_basis(levels_array), axis=-1)
+    return ScalarQuantized(codes, digits, index)
+
+
+def fsq_codes_from_index(index: jax.Array, levels: Sequence[int], dtype=jnp.float32) -> jax.Array:
+    """Inverse of the FSQ flat index: (...) int -> (..., d) codes on the grid in [-1, 1].
+
+        digits_j = (index // prod_{i<j} levels[i]) mod levels[j],  code_j = (digits_j - L_j//2) / (L_j//2)
+
+    Used to decode samples of the uniform prior over the prod(levels) codes.
+    """
+    levels_array = _check_levels(levels)
+    index = jnp.asarray(index, dtype=jnp.int32)[..., None]
+    digits = (index // _fsq_basis(levels_array)) % levels_array.astype(np.int32)
+    half_width = (levels_array // 2).astype(np.int32)
+    return ((digits - half_width) / half_width).astype(dtype)
