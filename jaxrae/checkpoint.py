@@ -1,0 +1,96 @@
+"""Atomic files and checkpoints: results a run writes are never half-written.
+
+Every write goes to a temporary file in the same directory, is flushed and fsynced, and then
+renamed over the target (``os.replace`` is atomic on POSIX), so a crash leaves either the old
+file or the new one. A checkpoint is one msgpack blob (``flax.serialization``) holding a pytree
+and a JSON header; reading a truncated or foreign file raises :class:`CheckpointError`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from flax import serialization
+
+from jaxrae.errors import CheckpointError
+
+FORMAT = "jaxrae-checkpoint-v1"
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
+    """Write ``data`` to ``path`` via a temporary file and an atomic rename."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
+
+
+def _json_default(obj):
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def save_checkpoint(path: str | os.PathLike, tree: Any, header: dict) -> None:
+    """Atomically write ``tree`` (a pytree of arrays) with a JSON-ready ``header``."""
+    state = serialization.to_state_dict(tree)
+    state = _to_numpy(state)
+    blob = serialization.msgpack_serialize({"format": FORMAT, "header": json.dumps(header, default=_json_default), "tree": state})
+    atomic_write_bytes(path, blob)
+
+
+def load_checkpoint(path: str | os.PathLike, target: Any) -> tuple[Any, dict]:
+    """Read a checkpoint into the structure of ``target``; returns (tree, header).
+
+    Raises CheckpointError (naming the file and the fault) when the file is missing, truncated,
+    not a jaxrae checkpoint, or holds a tree of another structure.
+    """
+    path = Path(path)
+    try:
+        raw = path.read_bytes()
+    except OSError as e:
+        raise CheckpointError(f"cannot read checkpoint {path}: {e.strerror or e}") from None
+    try:
+        blob = serialization.msgpack_restore(raw)
+    except Exception as e:  # msgpack raises several unrelated types on corrupt input
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); delete it or rerun with --overwrite") from None
+    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} file; delete it or rerun with --overwrite")
+    try:
+        header = json.loads(blob["header"])
+        tree = serialization.from_state_dict(target, blob["tree"])
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} does not match this run's structure ({e}); rerun with --overwrite") from None
+    return tree, header
+
+
+def _to_numpy(tree):
+    if isinstance(tree, dict):
+        return {k: _to_numpy(v) for k, v in tree.items()}
+    return np.asarray(tree)

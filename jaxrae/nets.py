@@ -1,0 +1,162 @@
+"""Encoders and decoders as Flax (linen) modules.
+
+Three architectures, chosen by name (``arch``):
+
+- ``mlp``: dense 512-256 encoder and 256-512 decoder with ReLU (the 784-512-256-16 network of
+  the throughput benchmark).
+- ``conv-small``: two stride-2 convolutions (32, 64) and a mirrored decoder; sized for a CPU.
+- ``conv-paper``: the architecture of Ghosh et al. (2020), Appendix (after Tolstikhin et al.
+  2018): four 4x4 stride-2 convolutions with 128-256-512-1024 filters, batch norm and ReLU, then
+  a dense layer to the code; the decoder is a dense layer to 8x8x1024 followed by stride-2
+  transposed convolutions (512, 256, ... halving) with batch norm and ReLU up to the padded image
+  size, and a final stride-1 transposed convolution to the channels. Images whose side is not
+  8*2^k (28x28 MNIST) are decoded at the next such size (32x32) and centre-cropped, as the paper
+  pads MNIST to 32x32.
+
+The decoder ends in a sigmoid: images are in [0, 1]. Batch-norm statistics and spectral-norm
+power-iteration vectors live in the ``batch_stats`` collection, so a model's whole state is the
+pytree ``{"params": ..., "batch_stats": ...}`` and training stays a pure function of it.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Sequence
+
+import flax.linen as nn
+import jax.numpy as jnp
+
+from jaxrae.errors import ConfigError
+
+ARCHS = ("mlp", "conv-small", "conv-paper")
+
+
+def _check_arch(arch: str) -> None:
+    if arch not in ARCHS:
+        raise ConfigError(f"arch={arch!r} is unknown; choose one of {', '.join(ARCHS)}")
+
+
+def _maybe_spectral(layer: nn.Module, spectral_norm: bool, train: bool):
+    """Wrap ``layer`` in spectral normalization (Miyato et al. 2018) when asked.
+
+    The power-iteration vector is updated only while training, so evaluation is deterministic.
+    """
+    if not spectral_norm:
+        return layer
+    wrapped = nn.SpectralNorm(layer)
+    return lambda x: wrapped(x, update_stats=train)
+
+
+class Encoder(nn.Module):
+    """x (B, H, W, C) in [0, 1] -> features (B, out_dim), linear output."""
+
+    arch: str
+    out_dim: int
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        _check_arch(self.arch)
+        if self.arch == "mlp":
+            h = x.reshape((x.shape[0], -1))
+            for width in (512, 256):
+                h = nn.relu(nn.Dense(width)(h))
+            return nn.Dense(self.out_dim)(h)
+        if self.arch == "conv-small":
+            h = x
+            for filters in (32, 64):
+                h = nn.relu(nn.Conv(filters, (4, 4), strides=(2, 2), padding="SAME")(h))
+            h = h.reshape((h.shape[0], -1))
+            return nn.Dense(self.out_dim)(h)
+        h = x  # conv-paper
+        for filters in (128, 256, 512, 1024):
+            h = nn.Conv(filters, (4, 4), strides=(2, 2), padding="SAME", use_bias=False)(h)
+            h = nn.relu(nn.BatchNorm(use_running_average=not train)(h))
+        h = h.reshape((h.shape[0], -1))
+        return nn.Dense(self.out_dim)(h)
+
+
+def _paper_upsampling_steps(side: int) -> int:
+    """Number of stride-2 transposed convolutions from 8x8 to the smallest 8*2^k >= side."""
+    return max(0, math.ceil(math.log2(max(side, 8) / 8)))
+
+
+class Decoder(nn.Module):
+    """code (B, D) -> image (B, H, W, C) in [0, 1]."""
+
+    arch: str
+    image_shape: Sequence[int]
+    spectral_norm: bool = False
+
+    @nn.compact
+    def __call__(self, z, train: bool):
+        _check_arch(self.arch)
+        height, width, channels = self.image_shape
+        sn = lambda layer: _maybe_spectral(layer, self.spectral_norm, train)  # noqa: E731
+        if self.arch == "mlp":
+            h = z
+            for w in (256, 512):
+                h = nn.relu(sn(nn.Dense(w))(h))
+            out = sn(nn.Dense(height * width * channels))(h)
+            return nn.sigmoid(out.reshape((z.shape[0], height, width, channels)))
+        if self.arch == "conv-small":
+            h0, w0 = math.ceil(height / 4), math.ceil(width / 4)
+            h = nn.relu(sn(nn.Dense(h0 * w0 * 64))(z)).reshape((z.shape[0], h0, w0, 64))
+            h = nn.relu(sn(nn.ConvTranspose(32, (4, 4), strides=(2, 2), padding="SAME"))(h))
+            out = sn(nn.ConvTranspose(channels, (4, 4), strides=(2, 2), padding="SAME"))(h)
+            return nn.sigmoid(out[:, :height, :width, :])
+        steps = _paper_upsampling_steps(max(height, width))  # conv-paper
+        h = sn(nn.Dense(8 * 8 * 1024))(z).reshape((z.shape[0], 8, 8, 1024))
+        h = nn.relu(nn.BatchNorm(use_running_average=not train)(h))
+        for i in range(steps):
+            h = sn(nn.ConvTranspose(512 >> i, (4, 4), strides=(2, 2), padding="SAME", use_bias=False))(h)
+            h = nn.relu(nn.BatchNorm(use_running_average=not train)(h))
+        out = sn(nn.ConvTranspose(channels, (4, 4), strides=(1, 1), padding="SAME"))(h)
+        side = 8 << steps
+        top, left = (side - height) // 2, (side - width) // 2
+        return nn.sigmoid(out[:, top : top + height, left : left + width, :])
+
+
+class AutoEncoder(nn.Module):
+    """Encoder and decoder under one variable tree: ``params/encoder``, ``params/decoder``.
+
+    ``encoder_out`` is the width of the encoder's output (d for a deterministic code, 2d for a
+    Gaussian, N*K logits for categorical codes). Extra code-path parameters (a VQ codebook) are
+    declared by the method layer through ``codebook_shape``.
+    """
+
+    arch: str
+    image_shape: Sequence[int]
+    encoder_out: int
+    spectral_norm: bool = False
+    codebook_shape: tuple[int, int] | None = None
+
+    def setup(self):
+        self.encoder = Encoder(self.arch, self.encoder_out)
+        self.decoder = Decoder(self.arch, tuple(self.image_shape), self.spectral_norm)
+        if self.codebook_shape is not None:
+            self.codebook = self.param(
+                "codebook", nn.initializers.uniform(scale=2.0 / self.codebook_shape[0]), self.codebook_shape
+            )
+
+    def encode(self, x, train: bool):
+        return self.encoder(x, train)
+
+    def decode(self, z, train: bool):
+        return self.decoder(z, train)
+
+    def get_codebook(self):
+        return self.codebook
+
+    def __call__(self, x, z, train: bool):
+        """Touch every submodule once (used by ``init``)."""
+        out = (self.encoder(x, train), self.decoder(z, train))
+        if self.codebook_shape is not None:
+            out = out + (self.codebook,)
+        return out
+
+
+def count_params(tree) -> int:
+    """Number of scalars in a parameter pytree."""
+    import jax
+
+    return int(sum(jnp.size(leaf) for leaf in jax.tree_util.tree_leaves(tree)))
