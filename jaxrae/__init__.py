@@ -1,1 +1,40 @@
-"""jaxrae: regularized autoencoders in JAX."""
+"""jaxrae: regularized autoencoders, continuous and discrete, as pure JAX functions.
+
+Public API (re-exported here; the modules are usable alone):
+
+- data:     :func:`load_data` -> :class:`Dataset`
+- config:   :class:`TrainConfig`
+- methods:  the method grid (:class:`Method`, :func:`methods.names`)
+- train:    :func:`train` (many seeds in one program) -> :class:`Runs`; :func:`make_train`
+- losses, relax, density, metrics: pure functions (``from jaxrae.relax import gumbel_softmax``)
+- errors:   :class:`ConfigError`, :class:`DataError`, :class:`CheckpointError`
+"""
+
+from jaxrae import density, losses, methods, relax
+from jaxrae.config import TrainConfig
+from jaxrae.data import Dataset, load_data
+from jaxrae.errors import CheckpointError, ConfigError, DataError, JaxraeError
+from jaxrae.methods import HParams, Method
+from jaxrae.train import Runs, TrainState, make_train, train
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "ConfigError",
+    "DataError",
+    "Dataset",
+    "HParams",
+    "JaxraeError",
+    "Method",
+    "Runs",
+    "TrainConfig",
+    "TrainState",
+    "density",
+    "load_data",
+    "losses",
+    "make_train",
+    "methods",
+    "relax",
+    "train",
+]

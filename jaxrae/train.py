@@ -274,6 +274,33 @@ class Runs:
         """n decoded prior samples per run: (n_runs, n, H, W, C)."""
         return self.decode(self.sample_prior_codes(key, n))
 
+    def fit_ex_post(self, key, images: np.ndarray, n_components: int = 10, **kwargs):
+        """An ex-post density per run, fitted on the codes of ``images`` (usually the train set).
+
+        Ghosh et al. (2020), Sec. 4: a regularized autoencoder has no prior to sample from, so a
+        density is fitted on its training codes after training. Continuous codes get a
+        ``n_components`` full-covariance Gaussian mixture (:func:`jaxrae.density.fit_gmm`, the
+        paper's choice of 10); discrete codes a mixture of categoricals (latent class model,
+        :func:`jaxrae.density.fit_categorical_mixture`). One vmapped fit for all runs; the
+        result's fields have a leading run axis. ``kwargs`` go to the fitting function.
+        """
+        from jaxrae import density
+
+        codes = self.encode(images)
+        if self.codec.discrete:
+            return density.fit_categorical_mixture(key, codes, self.codec.n_classes, n_components, **kwargs)
+        return density.fit_gmm(key, codes, n_components, **kwargs)
+
+    def sample_ex_post_codes(self, key, ex_post, n: int) -> np.ndarray:
+        """n codes per run from a density returned by :meth:`fit_ex_post`: (n_runs, n, ...)."""
+        keys = jax.random.split(key, self.n_runs)
+        codes = np.asarray(jax.vmap(lambda d, k: d.sample(k, n))(ex_post, keys))
+        return codes.astype(np.int32) if self.codec.discrete else codes.astype(np.float32)
+
+    def sample_ex_post(self, key, ex_post, n: int) -> np.ndarray:
+        """n decoded samples per run from the ex-post density: (n_runs, n, H, W, C)."""
+        return self.decode(self.sample_ex_post_codes(key, ex_post, n))
+
     def summary(self) -> dict:
         """Per-run final loss (median of the last 10 % of steps) and divergence flags."""
         tail = max(1, self.losses.shape[1] // 10)
