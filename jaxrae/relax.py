@@ -421,7 +421,7 @@ def exponential_temperature(step, tau0=1.0, rate=1e-4, tau_min=0.5) -> jax.Array
 
 
 def constant_temperature(step, tau=1.0) -> jax.Array:
-    """Constant temperature tau(t) = tau, with the shape of ``step`` (so it vmaps like the others)."""
+    """Constant temperature tau(t) = tau, returned with the shape of ``step``."""
     _check_positive("tau", tau)
     return jnp.full(jnp.shape(step), tau, dtype=jnp.float32)
 
@@ -541,7 +541,8 @@ def finite_scalar_quantize(z: jax.Array, levels: Sequence[int]) -> ScalarQuantiz
 def fsq_codes_from_index(index: jax.Array, levels: Sequence[int], dtype=jnp.float32) -> jax.Array:
     """Inverse of the FSQ flat index: (...) int -> (..., d) codes on the grid in [-1, 1].
 
-        digits_j = (index // prod_{i<j} levels[i]) mod levels[j],  code_j = (digits_j - L_j//2) / (L_j//2)
+        digits_j = (index // prod_{i<j} levels[i]) mod levels[j]
+        code_j = (digits_j - L_j // 2) / (L_j // 2)
 
     Used to decode samples of the uniform prior over the prod(levels) codes.
     """
