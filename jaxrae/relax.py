@@ -524,6 +524,8 @@ def finite_scalar_quantize(z: jax.Array, levels: Sequence[int]) -> ScalarQuantiz
     """
     levels_array = _check_levels(levels)
     z = jnp.asarray(z)
+    if not jnp.issubdtype(z.dtype, jnp.floating):
+        z = z.astype(jnp.float32)
     chex.assert_axis_dimension(z, -1, len(levels_array))
     eps = 1e-3
     half_l = (levels_array - 1) * (1 - eps) / 2
