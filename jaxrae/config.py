@@ -52,7 +52,7 @@ class TrainConfig:
     fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
 
     def __post_init__(self):
-        method = self.method_spec  # validates the name
+        method = self.method if isinstance(self.method, methods.Method) else methods.get(self.method)
         ints = ("steps", "batch_size", "latent_dim", "chunk_size", "n_classes", "gumbel_rao_samples", "code_dim")
         for field in ints:
             value = getattr(self, field)
@@ -77,7 +77,7 @@ class TrainConfig:
         if self.estimator is not None:
             if self.estimator not in relax.ESTIMATORS:
                 _fail("estimator", self.estimator, f"choose one of {', '.join(relax.ESTIMATORS)}")
-            if method.code != "argmax":
+            if method.code != "argmax" and self.estimator != method.estimator:
                 _fail("estimator", self.estimator, f"only argmax-coded methods take an estimator; {method.name!r} has code={method.code!r}")
         levels = tuple(self.fsq_levels)
         if not levels or any(isinstance(v, bool) or not isinstance(v, int) or v < 2 for v in levels):

@@ -134,9 +134,9 @@ class AutoEncoder(nn.Module):
         self.encoder = Encoder(self.arch, self.encoder_out)
         self.decoder = Decoder(self.arch, tuple(self.image_shape), self.spectral_norm)
         if self.codebook_shape is not None:
-            self.codebook = self.param(
-                "codebook", nn.initializers.uniform(scale=2.0 / self.codebook_shape[0]), self.codebook_shape
-            )
+            # Unit-normal entries match the scale of a freshly initialised encoder's outputs, so
+            # the codebook and commitment losses start small instead of chasing a mismatch.
+            self.codebook = self.param("codebook", nn.initializers.normal(stddev=1.0), self.codebook_shape)
 
     def encode(self, x, train: bool):
         return self.encoder(x, train)
@@ -159,4 +159,4 @@ def count_params(tree) -> int:
     """Number of scalars in a parameter pytree."""
     import jax
 
-    return int(sum(jnp.size(leaf) for leaf in jax.tree_util.tree_leaves(tree)))
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree)))

@@ -1,0 +1,73 @@
+"""TrainConfig and the method grid: defaults, validation, custom rows."""
+
+import dataclasses
+
+import pytest
+
+from jaxrae import methods
+from jaxrae.config import TrainConfig
+from jaxrae.errors import ConfigError
+
+
+def test_presets_cover_the_grid():
+    continuous = ["ae", "vae", "cv-vae", "rae", "rae-l2", "rae-gp", "rae-sn", "wae"]
+    discrete = ["dae", "dvae", "dvae-st", "drae", "drae-noise", "drae-l2", "drae-gp", "drae-sn", "vqvae", "fsq"]
+    assert methods.names() == continuous + discrete
+    assert not any(methods.get(n).discrete for n in continuous)
+    assert all(methods.get(n).discrete for n in discrete)
+
+
+def test_defaults_are_the_paper_settings():
+    cfg = TrainConfig(method="rae-l2")
+    assert (cfg.latent_dim, cfg.batch_size, cfg.lr) == (16, 100, 5e-4)
+    # official config: beta 1e-4 on mean_j z_j^2 == 1.25e-5 on 0.5 * ||z||^2 at d = 16
+    assert cfg.beta == pytest.approx(1.25e-5) and cfg.lam == pytest.approx(1e-7)
+    assert TrainConfig(method="rae-gp").lam == pytest.approx(0.5e-7)
+    assert TrainConfig(method="vae").beta == pytest.approx(0.312 / 16)
+    assert TrainConfig(method="ae").beta == 0.0
+    # explicit values win over the preset's
+    assert TrainConfig(method="rae-l2", beta=0.5).beta == 0.5
+
+
+@pytest.mark.parametrize(
+    "changes, field",
+    [
+        ({"method": "nope"}, "nope"),
+        ({"latent_dim": 0}, "latent_dim"),
+        ({"beta": -1.0}, "beta"),
+        ({"lam": -1e-3}, "lam"),
+        ({"lr": 0.0}, "lr"),
+        ({"steps": 0}, "steps"),
+        ({"tau": 0.0}, "tau"),
+        ({"n_classes": 1}, "n_classes"),
+        ({"gumbel_rao_samples": 0}, "gumbel_rao_samples"),
+        ({"arch": "resnet"}, "arch"),
+        ({"method": "drae", "estimator": "magic"}, "estimator"),
+        ({"method": "rae", "estimator": "reinmax"}, "estimator"),
+        ({"fsq_levels": (8, 1)}, "fsq_levels"),
+        ({"batch_size": 2.5}, "batch_size"),
+    ],
+)
+def test_invalid_values_name_the_field(changes, field):
+    with pytest.raises(ConfigError, match=field):
+        TrainConfig(**changes)
+
+
+def test_config_is_frozen_and_round_trips():
+    cfg = TrainConfig(method="drae-gp", estimator="gumbel-rao", tau=0.7)
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        cfg.steps = 3
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="unknown config key"):
+        TrainConfig.from_dict({**cfg.to_dict(), "learning_rate": 1.0})
+
+
+def test_custom_row_of_the_grid():
+    custom = methods.Method("rae-mmd-gp", "deterministic", "identity", "mmd", "gp", beta=1e-2, lam=1e-7)
+    cfg = TrainConfig(method=custom)
+    assert cfg.beta == 1e-2 and cfg.method_spec is custom
+    assert TrainConfig.from_dict(cfg.to_dict()) == cfg
+    with pytest.raises(ConfigError, match="noise"):
+        methods.Method("bad", "deterministic", "identity", "l2", "noise")
+    with pytest.raises(ConfigError, match="does not fit"):
+        methods.Method("bad", "categorical", "reparameterize", "kl", "none")
