@@ -87,6 +87,9 @@ class GaussianMixture:
     def dim(self) -> int:
         return self.means.shape[-1]
 
+    # Methods are jitted as a whole (the mixture is a pytree argument): one compile per input
+    # shape instead of one per primitive when called eagerly; inside a caller's jit they inline.
+    @jax.jit
     def log_prob(self, x: jax.Array) -> jax.Array:
         """log p(x_n) = logsumexp_k [log w_k + log N(x_n | mu_k, Sigma_k)]: (n, d) -> (n,)."""
         chex.assert_rank(x, 2)
@@ -96,6 +99,7 @@ class GaussianMixture:
                                            self.covariance_type) + jnp.log(self.weights)
         return logsumexp(weighted, axis=1)
 
+    @partial(jax.jit, static_argnames="n")
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """Ancestral sampling: k ~ Cat(weights), x = mu_k + P_k^-T eps, eps ~ N(0, I): (n, d).
 
@@ -116,6 +120,7 @@ class GaussianMixture:
         chex.assert_shape(samples, (n, self.dim))
         return samples
 
+    @jax.jit
     def covariance_matrices(self) -> jax.Array:
         """Sigma_k as dense (k, d, d) matrices, whatever the covariance type."""
         prec_chol = self.precisions_cholesky
@@ -154,6 +159,7 @@ class CategoricalMixture:
     def n_classes(self) -> int:
         return self.log_class_probs.shape[-1]
 
+    @jax.jit
     def log_prob(self, codes: jax.Array) -> jax.Array:
         """log p(x_n) = logsumexp_c [log w_c + sum_v log theta[c, v, x_nv]]: (n, n_vars) -> (n,)."""
         chex.assert_rank(codes, 2)
@@ -161,6 +167,7 @@ class CategoricalMixture:
         weighted = _categorical_log_likelihoods(codes, self.log_class_probs) + jnp.log(self.weights)
         return logsumexp(weighted, axis=1)
 
+    @partial(jax.jit, static_argnames="n")
     def sample(self, key: jax.Array, n: int) -> jax.Array:
         """Ancestral sampling: c ~ Cat(weights), then x_v ~ Cat(theta[c, v]) independently: (n, n_vars)."""
         key_component, key_classes = jax.random.split(key)
@@ -341,28 +348,35 @@ def _kmeans_plusplus_seeds(key, x, n_centers, distances_to):
     """Greedy k-means++ seeding: indices of n_centers points of x.
 
     The first seed is uniform; each next one is drawn with probability D(x)^2 / sum D^2, where
-    D(x)^2 is the squared distance to the nearest seed so far, distances_to(x, points) -> (m, n) (Arthur &
-    Vassilvitskii 2007). As in scikit-learn, each step draws 2 + log(k) candidates and keeps the
-    one that lowers the potential sum D^2 most (the greedy variant of the same paper, sec. 6),
+    D(x)^2 is the squared distance to the nearest seed so far, distances_to(x, points) -> (m, n)
+    (Arthur & Vassilvitskii 2007). As in scikit-learn, each step draws 2 + log(k) candidates and
+    keeps the one that lowers the potential sum D^2 most (the greedy variant of the same paper),
     which avoids most of the bad seedings that EM cannot repair. When every point already
     coincides with a seed (duplicates, fewer distinct points than centers) the draw falls back
     to uniform rather than dividing by zero.
     """
     n = x.shape[0]
     n_candidates = 2 + int(math.log(n_centers))
-    first = jax.random.randint(jax.random.fold_in(key, 0), (), 0, n)
-    indices = jnp.zeros((n_centers,), jnp.int32).at[0].set(first)
+    # All uniforms drawn up front and turned into indices by inverse-CDF lookup: one PRNG call
+    # instead of one per step keeps the compiled program (and its compile time) small.
+    uniforms = jax.random.uniform(key, (n_centers, n_candidates), jnp.float32)
+    first = jnp.minimum((uniforms[0, 0] * n).astype(jnp.int32), n - 1)
+
+    def draw(u, nearest):
+        cumulative = jnp.cumsum(nearest)
+        total = cumulative[-1]
+        by_distance = jnp.searchsorted(cumulative, u * total, side="right")
+        uniform = (u * n).astype(jnp.int32)
+        return jnp.clip(jnp.where(total > 0, by_distance, uniform), 0, n - 1)
 
     def add_seed(i, carry):
         indices, nearest = carry
-        all_covered = jnp.sum(nearest) <= 0
-        logits = jnp.where(all_covered, 0.0, jnp.log(nearest))
-        candidates = jax.random.categorical(jax.random.fold_in(key, i), logits,
-                                            shape=(n_candidates,))
+        candidates = draw(uniforms[i], nearest)
         nearest_if_added = jnp.minimum(nearest[None, :], distances_to(x, x[candidates]))
         best = jnp.argmin(jnp.sum(nearest_if_added, axis=1))
         return indices.at[i].set(candidates[best]), nearest_if_added[best]
 
+    indices = jnp.zeros((n_centers,), jnp.int32).at[0].set(first)
     nearest = distances_to(x, x[first][None, :])[0]
     indices, _ = jax.lax.fori_loop(1, n_centers, add_seed, (indices, nearest))
     return indices
@@ -583,7 +597,7 @@ class _CategoricalParams(NamedTuple):
 def _categorical_log_likelihoods(codes, log_class_probs):
     """log p(x_n | c) = sum_v log theta[c, v, x_nv]: (n, n_vars) -> (n, c), by gathering."""
     n_vars = codes.shape[1]
-    picked = log_class_probs[:, jnp.arange(n_vars)[None, :], codes]  # (c, n, n_vars)
+    picked = log_class_probs[:, jnp.arange(n_vars, dtype=codes.dtype)[None, :], codes]  # (c, n, n_vars)
     return jnp.sum(picked, axis=-1).T
 
 
@@ -605,7 +619,7 @@ def _categorical_m_step(codes, resp, n_classes, alpha):
     # Scatter-add responsibilities into (n_vars, n_classes, c) count tables: memory O(n * c)
     # per variable, never the (n, n_vars * n_classes) one-hot matrix.
     counts = jnp.zeros((n_vars, n_classes, resp.shape[1]), resp.dtype)
-    counts = counts.at[jnp.arange(n_vars)[None, :], codes].add(resp[:, None, :])
+    counts = counts.at[jnp.arange(n_vars, dtype=codes.dtype)[None, :], codes].add(resp[:, None, :])
     counts = jnp.transpose(counts, (2, 0, 1)) + alpha  # (c, n_vars, n_classes)
     log_class_probs = jnp.log(counts) - jnp.log(jnp.sum(counts, axis=-1, keepdims=True))
     resp_per_component = resp.sum(axis=0) + 10 * jnp.finfo(resp.dtype).eps
