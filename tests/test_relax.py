@@ -337,7 +337,8 @@ def test_log_prob_matches_tfp_relaxed_one_hot_categorical():
         expected = tfp.distributions.RelaxedOneHotCategorical(tau, logits=logits).log_prob(y)
         return relaxed_one_hot_log_prob(y, logits, tau), expected
 
-    for tau in (jnp.full((2, 3), 0.7), jnp.array([[0.5, 1.0, 2.0], [0.3, 0.9, 1.5]])):
+    for tau in ([[0.7] * 3] * 2, [[0.5, 1.0, 2.0], [0.3, 0.9, 1.5]]):
+        tau = jnp.asarray(tau, jnp.float32)  # TFP wants one dtype, also under jax_enable_x64
         got, expected = library_and_tfp(tau)
         chex.assert_shape(got, (2, 3))
         np.testing.assert_allclose(got, expected, rtol=1e-4, atol=1e-3)
