@@ -160,12 +160,20 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
+    parser.add_argument(
+        "--distributed", action="store_true",
+        help="join a multi-process JAX job before anything runs (JAXRAE_COORDINATOR=host:port, "
+        "JAXRAE_NUM_PROCESSES, JAXRAE_PROCESS_ID, or SLURM / Open MPI); the runs are spread over every process's devices",
+    )
     args = parser.parse_args(argv)
-    if os.environ.get("JAXRAE_COMPILATION_CACHE"):
-        import jax
-
-        jax.config.update("jax_compilation_cache_dir", os.environ["JAXRAE_COMPILATION_CACHE"])
     try:
+        from jaxrae import distributed
+
+        if os.environ.get(distributed.ENV_COMPILATION_CACHE):
+            # Through jaxrae.distributed so the small CPU programs (< 1 s, JAX's default threshold) are cached too.
+            distributed.enable_compilation_cache(os.environ[distributed.ENV_COMPILATION_CACHE])
+        if args.distributed:
+            distributed.initialize()  # must precede any JAX computation
         return int(args.func(args) or 0)
     except JaxraeError as e:
         print(f"jaxrae: error: {e}", file=sys.stderr)

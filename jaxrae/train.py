@@ -33,6 +33,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from jaxrae import checkpoint as ckpt
+from jaxrae import distributed
 from jaxrae.config import TrainConfig
 from jaxrae.data import Dataset
 from jaxrae.errors import CheckpointError, ConfigError
@@ -197,6 +198,8 @@ def run_grid(config: TrainConfig, seeds: Sequence[int], sweep: dict[str, Sequenc
 
 
 def _run_mesh() -> Mesh | None:
+    """A 1-D mesh "runs" over every device of every process (``jax.devices()`` is global after
+    :func:`jaxrae.distributed.initialize`), or None on a single device."""
     devices = jax.devices()
     return Mesh(np.array(devices), ("runs",)) if len(devices) > 1 else None
 
@@ -352,16 +355,18 @@ def train(
     n_padded = -(-n_runs // n_dev) * n_dev  # pad the run axis to a multiple of the devices
     padded = runs + [runs[-1]] * (n_padded - n_runs)
 
-    keys = jnp.stack([jax.random.PRNGKey(r["seed"]) for r in padded])
-    hparams = HParams(*(jnp.asarray([r[n] for r in padded], jnp.float32) for n in SWEEPABLE))
-    images = jnp.asarray(trainer.images_u8)
-    if mesh is not None:
-        run_sharding = NamedSharding(mesh, PartitionSpec("runs"))
-        keys, hparams = jax.device_put((keys, hparams), run_sharding)
-        images = jax.device_put(images, NamedSharding(mesh, PartitionSpec()))
+    # Every process holds the whole run list on the host; distributed.put gives each process
+    # only its own runs' shards (and every device one copy of the uint8 images).
+    keys = np.stack([np.asarray(jax.random.PRNGKey(r["seed"])) for r in padded])
+    hparams = HParams(*(np.asarray([r[n] for r in padded], np.float32) for n in SWEEPABLE))
+    run_sharding = None if mesh is None else NamedSharding(mesh, PartitionSpec("runs"))
+    keys, hparams = distributed.put((keys, hparams), run_sharding)
+    images = distributed.put(trainer.images_u8, None if mesh is None else NamedSharding(mesh, PartitionSpec()))
 
     init, run_chunk, executables = _vmapped_programs(config, tuple(trainer.images_u8.shape[1:]))
-    state = init(keys, hparams)
+    # init leaves key-independent leaves (zero biases, Adam moments) replicated; lay every leaf
+    # on the run axis so each chunk is compiled for, and returns, one layout.
+    state = _on_runs(init(keys, hparams), run_sharding)
 
     history: dict[str, list[np.ndarray]] = {}
     header = _header(config, data, runs)
@@ -373,12 +378,11 @@ def train(
                 "rerun with --overwrite or choose another --out"
             )
         history = {k: [np.asarray(v)] for k, v in saved_history.items()}
-        if mesh is not None:
-            state = jax.device_put(state, NamedSharding(mesh, PartitionSpec("runs")))
+        state = distributed.put(state, run_sharding)  # every process read the same (shared) file
 
-    done = int(np.asarray(state.step)[0])
+    done = int(distributed.to_host(state.step)[0])
     chunks = _chunk_lengths(config.steps - done, config.chunk_size)
-    bar = _progress(config.steps, done, progress, progress_desc or config.method_name)
+    bar = _progress(config.steps, done, progress and distributed.is_primary(), progress_desc or config.method_name)
     compile_s, t0, n_chunks = 0.0, time.perf_counter(), 0
     try:
         for length in chunks:
@@ -390,14 +394,19 @@ def train(
                 executables[exe_key] = run_chunk.lower(state, images, length).compile()
                 compile_s += time.perf_counter() - t_compile
             state, metrics = executables[exe_key](state, images)
-            for name, value in metrics.items():
-                history.setdefault(name, []).append(np.asarray(value))
+            # to_host all-gathers across processes (a collective: every process calls it at the
+            # same points), so each process holds every run's history and the state it saves.
+            for name, value in distributed.to_host(metrics).items():
+                history.setdefault(name, []).append(value)
             if checkpoint_path is not None:
-                stacked = {k: np.concatenate(v, axis=1) for k, v in history.items()}
-                ckpt.save_checkpoint(checkpoint_path, (state, stacked), header)
+                host_state = distributed.to_host(state)
+                if distributed.is_primary():  # one writer; the others would race on the rename
+                    stacked = {k: np.concatenate(v, axis=1) for k, v in history.items()}
+                    ckpt.save_checkpoint(checkpoint_path, (host_state, stacked), header)
+            diverged = distributed.to_host(state.diverged_at)[:n_runs]
             if bar is not None:
                 loss = history["loss"][-1][:n_runs, -1]
-                bar.set_postfix(loss=f"{np.nanmedian(loss):.4g}", diverged=int(np.sum(np.asarray(state.diverged_at)[:n_runs] >= 0)))
+                bar.set_postfix(loss=f"{np.nanmedian(loss):.4g}", diverged=int(np.sum(diverged >= 0)))
                 bar.update(length)
             n_chunks += 1
             if stop_after_chunks is not None and n_chunks >= stop_after_chunks:
@@ -408,9 +417,16 @@ def train(
     wall = time.perf_counter() - t0
 
     trim = lambda a: a[:n_runs]  # noqa: E731  (drop the padding runs)
-    state = jax.tree_util.tree_map(lambda a: trim(np.asarray(a)), state)
+    state = jax.tree_util.tree_map(trim, distributed.to_host(state))
     metrics = {k: trim(np.concatenate(v, axis=1)) for k, v in history.items()}
     return Runs(config, data.name, runs, state, metrics, trainer.model, trainer.codec, tuple(trainer.images_u8.shape[1:]), wall - compile_s, compile_s)
+
+
+def _on_runs(state, sharding):
+    """``state`` with every leaf split along its leading (run) axis by ``sharding`` (None: as is)."""
+    if sharding is None:
+        return state
+    return jax.jit(lambda s: s, out_shardings=sharding)(state)
 
 
 def json_roundtrip(obj):
