@@ -57,6 +57,14 @@ def _json_default(obj):
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
 
 
+def restore_into(target: Any, state_dict: Any, path: str | os.PathLike) -> Any:
+    """``state_dict`` (from ``load_checkpoint(path, None)``) restored into ``target``'s structure."""
+    try:
+        return serialization.from_state_dict(target, state_dict)
+    except Exception as e:
+        raise CheckpointError(f"checkpoint {path} does not match this run's structure ({e}); rerun with --overwrite") from None
+
+
 def save_checkpoint(path: str | os.PathLike, tree: Any, header: dict) -> None:
     """Atomically write ``tree`` (a pytree of arrays) with a JSON-ready ``header``."""
     state = serialization.to_state_dict(tree)
@@ -67,6 +75,9 @@ def save_checkpoint(path: str | os.PathLike, tree: Any, header: dict) -> None:
 
 def load_checkpoint(path: str | os.PathLike, target: Any) -> tuple[Any, dict]:
     """Read a checkpoint into the structure of ``target``; returns (tree, header).
+
+    With ``target=None`` the tree comes back as nested dicts of NumPy arrays (for parts whose
+    structure is only known from the file, such as a metric history).
 
     Raises CheckpointError (naming the file and the fault) when the file is missing, truncated,
     not a jaxrae checkpoint, or holds a tree of another structure.
@@ -84,7 +95,7 @@ def load_checkpoint(path: str | os.PathLike, target: Any) -> tuple[Any, dict]:
         raise CheckpointError(f"{path} is not a {FORMAT} file; delete it or rerun with --overwrite")
     try:
         header = json.loads(blob["header"])
-        tree = serialization.from_state_dict(target, blob["tree"])
+        tree = blob["tree"] if target is None else serialization.from_state_dict(target, blob["tree"])
     except Exception as e:
         raise CheckpointError(f"checkpoint {path} does not match this run's structure ({e}); rerun with --overwrite") from None
     return tree, header
