@@ -371,13 +371,14 @@ def train(
     history: dict[str, list[np.ndarray]] = {}
     header = _header(config, data, runs)
     if checkpoint_path is not None and Path(checkpoint_path).exists():
-        (state, saved_history), saved_header = ckpt.load_checkpoint(checkpoint_path, (state, {}))
+        saved, saved_header = ckpt.load_checkpoint(checkpoint_path, None)
         if saved_header != json_roundtrip(header):
             raise CheckpointError(
                 f"checkpoint {checkpoint_path} belongs to another configuration, data set or seed list; "
                 "rerun with --overwrite or choose another --out"
             )
-        history = {k: [np.asarray(v)] for k, v in saved_history.items()}
+        state = ckpt.restore_into(state, saved.get("state"), checkpoint_path)
+        history = {k: [np.asarray(v)] for k, v in (saved.get("history") or {}).items()}
         state = distributed.put(state, run_sharding)  # every process read the same (shared) file
 
     done = int(distributed.to_host(state.step)[0])
@@ -402,7 +403,7 @@ def train(
                 host_state = distributed.to_host(state)
                 if distributed.is_primary():  # one writer; the others would race on the rename
                     stacked = {k: np.concatenate(v, axis=1) for k, v in history.items()}
-                    ckpt.save_checkpoint(checkpoint_path, (host_state, stacked), header)
+                    ckpt.save_checkpoint(checkpoint_path, {"state": host_state, "history": stacked}, header)
             diverged = distributed.to_host(state.diverged_at)[:n_runs]
             if bar is not None:
                 loss = history["loss"][-1][:n_runs, -1]
