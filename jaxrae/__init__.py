@@ -10,7 +10,10 @@ Public API (re-exported here; the modules are usable alone):
 - errors:   :class:`ConfigError`, :class:`DataError`, :class:`CheckpointError`
 """
 
-from jaxrae import density, losses, methods, relax
+# Eager on purpose: `jaxrae.train` must stay the function even after `import jaxrae.train`
+# (a lazy re-export would be shadowed by the submodule). relax, losses and density import
+# nothing from the layers above them, so they remain usable on their own.
+from jaxrae import density, losses, methods, metrics, relax
 from jaxrae.config import TrainConfig
 from jaxrae.data import Dataset, load_data
 from jaxrae.errors import CheckpointError, ConfigError, DataError, JaxraeError
@@ -35,6 +38,7 @@ __all__ = [
     "losses",
     "make_train",
     "methods",
+    "metrics",
     "relax",
     "train",
 ]
