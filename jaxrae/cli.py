@@ -106,13 +106,19 @@ def cmd_train(args) -> int:
     prepare_out_dir(out, args.resume, args.overwrite)
     ckpt.atomic_write_json(out / "config.json", {"config": config.to_dict(), "data": args.data, "seeds": seeds, "sweep": sweep})
     runs = train(config, data, seeds, sweep=sweep, checkpoint_path=out / "checkpoint.msgpack", progress=not args.quiet)
+    from jaxrae.metrics import code_usage, reconstruction_error
+
     test = data.test_images
-    rec = runs.reconstruct(test)
-    rec_err = np.mean(np.sum(np.square(rec - test[None]), axis=(2, 3, 4)), axis=1)
+    codes = runs.encode(test)
+    recs = runs.decode(codes)
+    rec_err = np.array([reconstruction_error(test, r) for r in recs])
+    usage = [code_usage(c, runs.codec.n_classes) for c in codes] if runs.codec.discrete else None
     history = {
         "runs": runs.runs,
         "diverged_at": runs.diverged_at.tolist(),
         "test_reconstruction_error": rec_err.tolist(),
+        "code_perplexity": None if usage is None else [u.mean_perplexity for u in usage],
+        "distinct_codes": None if usage is None else [u.n_distinct_codes for u in usage],
         "metrics": {k: v.tolist() for k, v in runs.metrics.items()},
         "wall_time_s": runs.wall_time_s,
         "compile_time_s": runs.compile_time_s,
@@ -121,11 +127,15 @@ def cmd_train(args) -> int:
     ckpt.atomic_write_json(out / "history.json", history)
     print(f"{config.method_name} on {data.name}: {len(runs.runs)} run(s), {config.steps} steps, "
           f"{runs.wall_time_s:.1f}s training + {runs.compile_time_s:.1f}s compilation")
-    print(f"{'run':>4} {'seed':>5} " + " ".join(f"{k:>8}" for k in sweep) + f" {'final loss':>11} {'test rec. err':>14}  status")
+    usage_head = f" {'perplexity':>10} {'distinct':>8}" if usage else ""
+    print(f"{'run':>4} {'seed':>5} " + " ".join(f"{k:>8}" for k in sweep) + f" {'final loss':>11} {'test rec. err':>14}{usage_head}  status")
     final = runs.summary()["final_loss"]
     for i, r in enumerate(runs.runs):
         status = "ok" if runs.diverged_at[i] < 0 else f"diverged at step {runs.diverged_at[i]}"
-        print(f"{i:>4} {r['seed']:>5} " + " ".join(f"{r[k]:>8.3g}" for k in sweep) + f" {final[i]:>11.4g} {rec_err[i]:>14.4g}  {status}")
+        usage_cols = f" {usage[i].mean_perplexity:>10.3g} {usage[i].n_distinct_codes:>8d}" if usage else ""
+        print(f"{i:>4} {r['seed']:>5} " + " ".join(f"{r[k]:>8.3g}" for k in sweep) + f" {final[i]:>11.4g} {rec_err[i]:>14.4g}{usage_cols}  {status}")
+    if usage:
+        print(f"code usage on the {len(test)} test images: mean perplexity per variable (of K={runs.codec.n_classes}) and distinct codes")
     ok = runs.ok
     if ok.any():
         print(f"test reconstruction error (sum of squares per image): {rec_err[ok].mean():.4g} +- {rec_err[ok].std(ddof=1) if ok.sum() > 1 else 0.0:.2g} over {int(ok.sum())}/{len(ok)} runs")
