@@ -1,0 +1,692 @@
+"""``jaxrae compare``: methods x seeds, trained and evaluated the same way, with error bars.
+
+The main job of the project (Ghosh et al. 2020, Table 1, carried to discrete codes). For every
+method, all seeds train in one vmapped program (:func:`jaxrae.train.train`), then each seed is
+evaluated on the same draws:
+
+- test reconstruction error (sum of squares per image, :func:`jaxrae.metrics.reconstruction_error`);
+- the Frechet distance in the penultimate features of a classifier trained by jaxrae for the data
+  set (:func:`jaxrae.metrics.feature_network`; "FD (classifier features)", Heusel et al. 2017's
+  form, *not* an Inception FID) between the first ``n_eval`` test images and
+  (a) their reconstructions, (b) ``n_eval`` decoded prior samples (N(0, I), or uniform codes),
+  (c) ``n_eval`` decoded samples of the ex-post density (a 10-component GMM, or a mixture of
+  categoricals, fitted on the seed's training codes), (d) ``n_eval`` decoded midpoints of random
+  pairs of test codes;
+- improved precision and recall (Kynkaanniemi et al. 2019, k = 3) of the ex-post samples;
+- the mean test log-likelihood of codes under the ex-post density (nats per code);
+- for discrete codes, the mean per-variable perplexity and the number of distinct test codes.
+
+Midpoint of two discrete codes: each categorical variable is copied from one endpoint chosen by
+a fair coin (the same coins for every method and seed). Its expectation is the average of the two
+one-hot codes, the discrete counterpart of the continuous midpoint, and it stays a valid code.
+
+Evaluation randomness is keyed by the seed *value* (``fold_in(key, seed)``), never by its position
+in the seed list, so seed s gets identical numbers alone or among other seeds, and every method's
+seed s sees the same test pairs and coins: the paired comparison in :mod:`jaxrae.report` relies
+on this.
+
+Output directory (all files written atomically: temp file + rename):
+
+  results.json            every per-seed number, configs, feature network, versions, device, times
+  table.md, table.csv     mean, std, 95% t-interval, n_ok/n_total, paired difference vs baseline
+  reconstructions.png, samples.png, interpolations.png, metrics.png, losses.png
+  experiment.json         the resolved experiment of the last invocation
+  methods/<name>.json     a finished method's numbers (its presence means "done": resume skips it)
+  methods/<name>.npz      the images its figures show
+  checkpoints/<name>.msgpack  the training checkpoint (an interrupted method resumes from it)
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import io
+import math
+import re
+import time
+import tomllib
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+
+from jaxrae import checkpoint as ckpt
+from jaxrae.errors import CheckpointError, ConfigError, JaxraeError
+
+FORMAT = "jaxrae-compare-v1"
+
+#: The README's main job: a representative set of continuous and discrete methods on ``digits``.
+DEFAULT_DATA = "digits"
+DEFAULT_METHODS = ("ae", "vae", "rae-l2", "rae-gp", "wae", "dvae", "drae", "vqvae")
+DEFAULT_SEEDS = 5
+#: Shared TrainConfig values of the main job (2-core CPU budget: a few minutes in all).
+DEFAULT_JOB_CONFIG: dict[str, Any] = {"steps": 1000}
+DEFAULT_N_EVAL = 1000
+DEFAULT_N_COMPONENTS = 10  # Ghosh et al. 2020, Sec. 4: a 10-component GMM
+PR_NEIGHBOURS = 3  # Kynkaanniemi et al. 2019: k = 3
+EVAL_SEED = 2020
+N_FIGURE_IMAGES = 10  # test images in reconstructions.png
+N_FIGURE_SAMPLES = 32  # per sample grid
+N_FIGURE_PAIRS, N_FIGURE_STEPS = 4, 8  # interpolation strips
+MAX_LOSS_POINTS = 500  # loss curves are block-averaged down to this many points
+
+
+class CompareInterrupted(Exception):
+    """Training stopped early on request (``stop_after_chunks``); rerun to resume."""
+
+
+# --------------------------------------------------------------------------------------------
+# The experiment: what to run, as data
+
+
+@dataclasses.dataclass(frozen=True)
+class Experiment:
+    """A comparison: data, methods, seeds, shared and per-method config, evaluation sizes.
+
+    ``config`` holds TrainConfig fields shared by every method, ``overrides[method]`` fields for
+    one method (they win over ``config``). ``n_train``/``n_test`` keep the first images of each
+    split (quick runs); ``n_eval`` is the number of test images and of generated samples per FD
+    (capped at the test set size). ``feature_steps`` trains the FD classifier (None: the
+    default of :func:`jaxrae.metrics.feature_network`).
+    """
+
+    data: str = DEFAULT_DATA
+    methods: tuple[str, ...] = DEFAULT_METHODS
+    seeds: tuple[int, ...] = tuple(range(DEFAULT_SEEDS))
+    config: Mapping[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_JOB_CONFIG))
+    overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    baseline: str | None = None
+    n_eval: int = DEFAULT_N_EVAL
+    n_train: int | None = None
+    n_test: int | None = None
+    feature_steps: int | None = None
+    n_components: int = DEFAULT_N_COMPONENTS
+
+    def __post_init__(self):
+        from jaxrae import methods as presets
+
+        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "config", dict(self.config))
+        object.__setattr__(self, "overrides", {k: dict(v) for k, v in self.overrides.items()})
+        if not self.methods:
+            raise ConfigError("methods is empty; name at least one (see `jaxrae methods`)")
+        for name in self.methods:
+            presets.get(name)  # ConfigError listing the presets
+        if len(set(self.methods)) != len(self.methods):
+            raise ConfigError(f"methods {list(self.methods)} repeat a name")
+        if not self.seeds or len(set(self.seeds)) != len(self.seeds):
+            raise ConfigError(f"seeds={list(self.seeds)} is invalid: at least one seed, no repeats")
+        if "method" in self.config:
+            raise ConfigError("config.method is not allowed in a comparison; list the methods in `methods`")
+        for name, fields in self.overrides.items():
+            if name not in self.methods:
+                raise ConfigError(f"overrides for {name!r}, which is not among methods {list(self.methods)}")
+            if "method" in fields:
+                raise ConfigError(f"overrides.{name}.method is not allowed; the key names the method")
+        if self.baseline is not None and self.baseline not in self.methods:
+            raise ConfigError(f"baseline={self.baseline!r} is not among methods {list(self.methods)}")
+        for field, minimum in (("n_eval", PR_NEIGHBOURS + 2), ("feature_steps", 1), ("n_components", 1)):
+            value = getattr(self, field)
+            if field == "feature_steps" and value is None:
+                continue  # the feature network's own default (jaxrae.metrics)
+            if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+                raise ConfigError(f"{field}={value!r} is invalid: must be an integer >= {minimum}")
+        for name in self.methods:
+            self.method_config(name)  # every config validates now, not after an hour of training
+
+    @property
+    def baseline_method(self) -> str:
+        """The chosen baseline, else the first method."""
+        return self.baseline or self.methods[0]
+
+    def method_config(self, name: str):
+        """The TrainConfig of one method: shared config, then its overrides."""
+        from jaxrae.config import TrainConfig
+
+        return TrainConfig.from_dict({**self.config, **self.overrides.get(name, {}), "method": name})
+
+    def to_dict(self) -> dict:
+        return {
+            "data": self.data, "methods": list(self.methods), "seeds": list(self.seeds),
+            "config": dict(self.config), "overrides": {k: dict(v) for k, v in self.overrides.items()},
+            "baseline": self.baseline, "n_eval": self.n_eval, "n_train": self.n_train,
+            "n_test": self.n_test, "feature_steps": self.feature_steps, "n_components": self.n_components,
+        }
+
+    @classmethod
+    def from_dict(cls, data: Mapping, source: str = "experiment") -> "Experiment":
+        """Inverse of :meth:`to_dict`; also reads TOML's spellings (``seeds = 5``). Unknown keys -> ConfigError."""
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(known))}")
+        values = dict(data)
+        if "seeds" in values:
+            values["seeds"] = _seed_list(values["seeds"], source)
+        if isinstance(values.get("methods"), str):
+            values["methods"] = _split_names(values["methods"])
+        for table in ("config", "overrides"):
+            if table in values and not isinstance(values[table], Mapping):
+                raise ConfigError(f"{source}: {table} must be a table, got {values[table]!r}")
+        for name, fields in values.get("overrides", {}).items():
+            if not isinstance(fields, Mapping):
+                raise ConfigError(f"{source}: overrides.{name} must be a table, got {fields!r}")
+        return cls(**values)
+
+
+def load_experiment(path: str | Path) -> Experiment:
+    """Read an experiment TOML (see ``experiments/``); any unknown key is a ConfigError.
+
+    Top-level keys: ``data, methods, seeds, baseline, n_eval, n_train, n_test, feature_steps,
+    n_components``; tables ``[config]`` (TrainConfig fields for every method) and
+    ``[overrides.<method>]`` (fields for one method). TrainConfig keys are checked by
+    :meth:`jaxrae.config.TrainConfig.from_dict`, which rejects unknown names too.
+    """
+    path = Path(path)
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except OSError as e:
+        raise ConfigError(f"cannot read experiment file {path}: {e.strerror or e}") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(f"{path} is not valid TOML: {e}") from None
+    return Experiment.from_dict(raw, source=str(path))
+
+
+def _seed_list(value, source: str) -> tuple[int, ...]:
+    if isinstance(value, bool):
+        raise ConfigError(f"{source}: seeds={value!r} is invalid: a count or a list of integers")
+    if isinstance(value, int):
+        if value < 1:
+            raise ConfigError(f"{source}: seeds={value} is invalid: at least one seed")
+        return tuple(range(value))
+    if isinstance(value, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) for s in value):
+        return tuple(value)
+    raise ConfigError(f"{source}: seeds={value!r} is invalid: a count (5) or a list of integers ([0, 3, 7])")
+
+
+def _split_names(text: str) -> tuple[str, ...]:
+    return tuple(s.strip() for s in text.split(",") if s.strip())
+
+
+# --------------------------------------------------------------------------------------------
+# Evaluation of one method (all its seeds)
+
+
+def _seed_keys(key, seeds: Sequence[int]):
+    """One key per seed, derived from the seed's value (not its position)."""
+    import jax
+    import jax.numpy as jnp
+
+    return jnp.stack([jax.random.fold_in(key, int(s)) for s in seeds])
+
+
+def _eval_keys():
+    import jax
+
+    names = ("prior", "fit", "ex_post", "strip")
+    return dict(zip(names, jax.random.split(jax.random.PRNGKey(EVAL_SEED), len(names))))
+
+
+def interpolation_pairs(n_ref: int, n_pairs: int, seed: int = EVAL_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j), i != j, into the reference test images; the same for every method."""
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n_ref, n_pairs)
+    j = (i + 1 + rng.integers(0, n_ref - 1, n_pairs)) % n_ref
+    return i, j
+
+
+def interpolate_codes(codes_a: np.ndarray, codes_b: np.ndarray, t: float, discrete: bool, order: np.ndarray | None = None,
+                      coins: np.ndarray | None = None) -> np.ndarray:
+    """Codes a fraction ``t`` of the way from ``codes_a`` to ``codes_b`` (..., n, n_vars or d).
+
+    Continuous: ``(1 - t) a + t b``. Discrete: either ``coins`` (boolean (n, n_vars): take b's class
+    where true; the midpoint with fair coins) or ``order`` (a permutation of the variables: the
+    first ``round(t * n_vars)`` of them take b's class, so a strip switches variables one by one).
+    """
+    if not discrete:
+        return ((1.0 - t) * codes_a + t * codes_b).astype(np.float32)
+    if coins is None:
+        n_vars = codes_a.shape[-1]
+        coins = np.zeros(n_vars, bool)
+        coins[order[: int(round(t * n_vars))]] = True
+    return np.where(coins, codes_b, codes_a)
+
+
+def _safe(fn: Callable, *arrays) -> float:
+    """fn(*arrays), or nan when an input is not finite (a diverged run's output)."""
+    if not all(np.all(np.isfinite(a)) for a in arrays):
+        return math.nan
+    return float(fn(*arrays))
+
+
+def _fit_ex_post(runs, train_codes: np.ndarray, keys, n_components: int):
+    """One vmapped density fit over runs; runs whose codes are not finite get a stand-in.
+
+    A diverged run can leave non-finite codes, which the density fit rejects for the whole
+    stack. Such a run fits the first finite run's codes instead (so the others are unchanged)
+    and is returned in ``bad`` so that its ex-post numbers are reported as nan.
+    """
+    from jaxrae import density
+
+    finite = np.array([np.all(np.isfinite(c)) for c in train_codes])
+    bad = ~finite
+    if bad.all():
+        return None, bad
+    if bad.any():
+        train_codes = train_codes.copy()
+        train_codes[bad] = train_codes[np.argmax(finite)]
+    if runs.codec.discrete:
+        fitted = density.fit_categorical_mixture(keys, train_codes, runs.codec.n_classes, n_components)
+    else:
+        fitted = density.fit_gmm(keys, train_codes, n_components)
+    return fitted, bad
+
+
+def evaluate(runs, data, fnet, experiment: Experiment) -> tuple[dict, dict, dict]:
+    """Every metric of every run of one method; returns (metrics, figure images, notes).
+
+    ``metrics[key]`` is a list with one float per run (seed). See the module docstring for the
+    definitions; all draws are keyed by seed value and shared across methods.
+    """
+    import jax
+
+    from jaxrae import metrics as M
+
+    keys = _eval_keys()
+    seeds = runs.seeds
+    n_runs = runs.n_runs
+    discrete = runs.codec.discrete
+    n_eval = min(experiment.n_eval, data.n_test)
+    test = data.test_images[:n_eval]
+    ref_feats = fnet.features(test)
+
+    test_codes = runs.encode(test)
+    recon = runs.decode(test_codes)
+    prior_codes = np.asarray(jax.vmap(runs.codec.sample_prior, in_axes=(0, None))(_seed_keys(keys["prior"], seeds), n_eval))
+    prior = runs.decode(prior_codes)
+
+    train_codes = runs.encode(data.train_images)
+    density, bad_fit = _fit_ex_post(runs, train_codes, _seed_keys(keys["fit"], seeds), experiment.n_components)
+    if density is not None:
+        ex_codes = np.asarray(jax.vmap(lambda d, k: d.sample(k, n_eval))(density, _seed_keys(keys["ex_post"], seeds)))
+        ex_codes = ex_codes.astype(np.int32) if discrete else ex_codes.astype(np.float32)
+        ex_post = runs.decode(ex_codes)
+        code_ll = np.asarray(jax.vmap(lambda d, c: d.log_prob(c))(density, test_codes), np.float64).mean(axis=1)
+    else:
+        ex_post = np.full_like(prior, np.nan)
+        code_ll = np.full(n_runs, np.nan)
+
+    rng = np.random.default_rng(EVAL_SEED)
+    i, j = interpolation_pairs(n_eval, n_eval)
+    coins = rng.random((n_eval, test_codes.shape[-1])) < 0.5 if discrete else None
+    midpoints = interpolate_codes(test_codes[:, i], test_codes[:, j], 0.5, discrete, coins=coins)
+    interp = runs.decode(midpoints)
+
+    out: dict[str, list[float]] = {k: [] for k in ("rec_error", "fd_rec", "fd_prior", "fd_ex_post", "fd_interp",
+                                                   "precision", "recall", "code_loglik")}
+    if discrete:
+        out["perplexity"], out["distinct_codes"] = [], []
+    for r in range(n_runs):
+        feats = {name: fnet.features(np.nan_to_num(images[r])) if np.all(np.isfinite(images[r])) else None
+                 for name, images in (("rec", recon), ("prior", prior), ("ex_post", ex_post), ("interp", interp))}
+        fd = lambda name: math.nan if feats[name] is None else M.frechet_distance(ref_feats, feats[name])  # noqa: E731
+        out["rec_error"].append(_safe(M.reconstruction_error, test, recon[r]))
+        out["fd_rec"].append(fd("rec"))
+        out["fd_prior"].append(fd("prior"))
+        out["fd_interp"].append(fd("interp"))
+        if bad_fit[r] or feats["ex_post"] is None:
+            out["fd_ex_post"].append(math.nan)
+            out["precision"].append(math.nan)
+            out["recall"].append(math.nan)
+            out["code_loglik"].append(math.nan)
+        else:
+            out["fd_ex_post"].append(fd("ex_post"))
+            p, rc = M.precision_recall(ref_feats, feats["ex_post"], k=PR_NEIGHBOURS)
+            out["precision"].append(float(p))
+            out["recall"].append(float(rc))
+            out["code_loglik"].append(float(code_ll[r]))
+        if discrete:
+            usage = M.code_usage(test_codes[r].reshape(n_eval, -1), runs.codec.n_classes)
+            out["perplexity"].append(usage.mean_perplexity)
+            out["distinct_codes"].append(float(usage.n_distinct_codes))
+
+    # Figures show one representative run: the first that did not diverge.
+    rep = int(np.argmax(runs.ok)) if runs.ok.any() else 0
+    strip_i, strip_j = i[:N_FIGURE_PAIRS], j[:N_FIGURE_PAIRS]
+    order = np.random.default_rng(EVAL_SEED + 1).permutation(test_codes.shape[-1])
+    steps = np.linspace(0.0, 1.0, N_FIGURE_STEPS)
+    strip_codes = np.stack([interpolate_codes(test_codes[:, strip_i], test_codes[:, strip_j], t, discrete, order=order)
+                            for t in steps], axis=2)  # (runs, pairs, steps, ...)
+    strips = runs.decode(strip_codes.reshape(n_runs, N_FIGURE_PAIRS * N_FIGURE_STEPS, *strip_codes.shape[3:]))
+    images = {
+        "reconstructions": recon[rep, :N_FIGURE_IMAGES],
+        "prior": prior[rep, :N_FIGURE_SAMPLES],
+        "ex_post": ex_post[rep, :N_FIGURE_SAMPLES],
+        "interpolations": strips[rep].reshape(N_FIGURE_PAIRS, N_FIGURE_STEPS, *strips.shape[2:]),
+    }
+    notes = {"figure_seed": seeds[rep], "n_eval": n_eval, "ex_post_fit_failed": bad_fit.tolist()}
+    if density is not None:
+        notes["ex_post_converged"] = np.asarray(density.converged).tolist()
+        notes["ex_post_iterations"] = np.asarray(density.n_iter).tolist()
+    return out, images, notes
+
+
+def loss_curve(losses: np.ndarray, max_points: int = MAX_LOSS_POINTS) -> dict:
+    """Losses (runs, steps) block-averaged to at most ``max_points`` points (nan-aware)."""
+    losses = np.asarray(losses, np.float64)
+    n_steps = losses.shape[1]
+    block = max(1, -(-n_steps // max_points))
+    n_blocks = -(-n_steps // block)
+    padded = np.full((losses.shape[0], n_blocks * block), np.nan)
+    padded[:, :n_steps] = losses
+    blocks = padded.reshape(losses.shape[0], n_blocks, block)
+    with np.errstate(all="ignore"):
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(blocks, axis=2)
+    steps = np.minimum(np.arange(n_blocks) * block + (block + 1) / 2, n_steps)
+    return {"steps": steps.tolist(), "loss": [[None if not np.isfinite(v) else float(v) for v in row] for row in mean]}
+
+
+# --------------------------------------------------------------------------------------------
+# Running a comparison
+
+
+def _method_header(experiment: Experiment, name: str, data, fnet, n_eval: int) -> dict:
+    """What a finished method's numbers depend on; a saved method is reused only if it matches."""
+    return {
+        "format": FORMAT,
+        "data": experiment.data,
+        "fingerprint": data.fingerprint,
+        "config": experiment.method_config(name).to_dict(),
+        "seeds": list(experiment.seeds),
+        "eval": {"n_eval": n_eval, "n_components": experiment.n_components, "k": PR_NEIGHBOURS,
+                 "eval_seed": EVAL_SEED, "feature_steps": fnet.steps, "feature_version": fnet.version},
+    }
+
+
+def _differences(a, b, prefix="") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = []
+        for k in sorted(set(a) | set(b)):
+            out += _differences(a.get(k), b.get(k), f"{prefix}{k}.")
+        return out
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _load_finished(path: Path, header: dict) -> dict | None:
+    """A finished method's record if it exists and matches ``header``; error if it is foreign."""
+    import json
+
+    if not path.exists():
+        return None
+    try:
+        record = json.loads(path.read_text())
+        saved = record["header"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}); delete it to redo that method, or rerun with --overwrite") from None
+    if saved != ckpt_roundtrip(header):
+        diff = ", ".join(_differences(saved, ckpt_roundtrip(header))[:6])
+        raise CheckpointError(f"{path} was computed with other settings (differs in: {diff}); "
+                              "rerun with --overwrite or choose another --out")
+    return record
+
+
+def ckpt_roundtrip(obj):
+    """``obj`` as it reads back from JSON (tuples -> lists)."""
+    import json
+
+    return json.loads(json.dumps(obj, default=ckpt._json_default))
+
+
+def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
+    buf = io.BytesIO()
+    np.savez_compressed(buf, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
+    return buf.getvalue()
+
+
+def run_method(name: str, experiment: Experiment, data, fnet, out: Path, *, progress: bool = True,
+               progress_desc: str | None = None, stop_after_chunks: int | None = None, log: Callable = print) -> dict:
+    """Train all seeds of one method (resuming its checkpoint), evaluate them, save the record."""
+    from jaxrae.train import train
+
+    config = experiment.method_config(name)
+    n_eval = min(experiment.n_eval, data.n_test)
+    header = _method_header(experiment, name, data, fnet, n_eval)
+    record_path = out / "methods" / f"{name}.json"
+    runs = train(config, data, experiment.seeds, checkpoint_path=out / "checkpoints" / f"{name}.msgpack",
+                 progress=progress, progress_desc=progress_desc or name, stop_after_chunks=stop_after_chunks)
+    if int(np.asarray(runs.state.step).min()) < config.steps:
+        raise CompareInterrupted(f"{name} stopped at step {int(np.asarray(runs.state.step).min())} of {config.steps}")
+    t0 = time.perf_counter()
+    values, images, notes = evaluate(runs, data, fnet, experiment)
+    eval_s = time.perf_counter() - t0
+    record = {
+        "header": header,
+        "method": name,
+        "discrete": bool(runs.codec.discrete),
+        "config": config.to_dict(),
+        "seeds": list(runs.seeds),
+        "runs": runs.runs,
+        "ok": runs.ok.tolist(),
+        "diverged_at": runs.diverged_at.tolist(),
+        "final_loss": [None if not np.isfinite(v) else float(v) for v in runs.summary()["final_loss"]],
+        "metrics": values,
+        "times": {"train_s": runs.wall_time_s, "compile_s": runs.compile_time_s, "eval_s": eval_s},
+        "notes": notes,
+        "loss_curve": loss_curve(runs.losses),
+    }
+    ckpt.atomic_write_bytes(out / "methods" / f"{name}.npz", _npz_bytes(images))
+    ckpt.atomic_write_json(record_path, record)  # last: its presence marks the method as done
+    return record
+
+
+def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False, overwrite: bool = False,
+                progress: bool = True, feature_cache_dir: str | Path | None = None,
+                stop_after_chunks: int | None = None, log: Callable = print) -> dict:
+    """Run (or resume) a comparison into ``out``; returns the ``results.json`` structure.
+
+    Finished methods (``out/methods/<name>.json`` of the same settings) are loaded, not rerun; an
+    interrupted method continues from ``out/checkpoints/<name>.msgpack``. ``out`` must be empty
+    unless ``resume`` or ``overwrite``. ``stop_after_chunks`` stops the first method that still
+    trains after that many chunks and raises :class:`CompareInterrupted` (for resume tests).
+    """
+    from jaxrae import metrics as M
+    from jaxrae.cli import prepare_out_dir
+    from jaxrae.data import load_data
+    from jaxrae.provenance import environment
+
+    t_start = time.perf_counter()
+    out = Path(out)
+    prepare_out_dir(out, resume, overwrite)
+    ckpt.atomic_write_json(out / "experiment.json", experiment.to_dict())
+    data = load_data(experiment.data, n_train=experiment.n_train, n_test=experiment.n_test)
+    t0 = time.perf_counter()
+    fnet = M.feature_network(data, cache_dir=feature_cache_dir, steps=experiment.feature_steps)
+    feature_s = time.perf_counter() - t0
+    n_eval = min(experiment.n_eval, data.n_test)
+
+    bar = None
+    if progress:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(experiment.methods), desc="compare", unit="method", position=0, dynamic_ncols=True)
+    say = (lambda msg: bar.write(msg)) if bar is not None else log  # noqa: E731
+    records: dict[str, dict] = {}
+    try:
+        for index, name in enumerate(experiment.methods):
+            header = _method_header(experiment, name, data, fnet, n_eval)
+            record = _load_finished(out / "methods" / f"{name}.json", header)
+            if record is not None:
+                say(f"{name}: finished earlier, loaded from {out / 'methods' / (name + '.json')}")
+            else:
+                if bar is not None:
+                    bar.set_postfix_str(f"{name}: training + evaluation")
+                record = run_method(name, experiment, data, fnet, out, progress=progress,
+                                    progress_desc=f"{name} [{index + 1}/{len(experiment.methods)}]",
+                                    stop_after_chunks=stop_after_chunks, log=say)
+                t = record["times"]
+                say(f"{name}: {sum(record['ok'])}/{len(record['ok'])} ok, train {t['train_s']:.1f}s "
+                    f"+ compile {t['compile_s']:.1f}s + eval {t['eval_s']:.1f}s")
+            records[name] = record
+            if bar is not None:
+                bar.update(1)
+    finally:
+        if bar is not None:
+            bar.close()
+
+    results = assemble_results(experiment, data, fnet, records, n_eval)
+    results["times"] = {"this_invocation_s": time.perf_counter() - t_start, "feature_network_s": feature_s}
+    write_outputs(results, records, out)
+    return results
+
+
+def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, dict], n_eval: int) -> dict:
+    """The results.json structure from the per-method records (no loss curves: see methods/*.json)."""
+    from jaxrae import report
+    from jaxrae.metrics import FD_METRIC_NAME
+    from jaxrae.provenance import environment
+
+    methods = {}
+    for name, r in records.items():
+        methods[name] = {k: v for k, v in r.items() if k not in ("header", "loss_curve")}
+    return {
+        "format": FORMAT,
+        "data": experiment.data,
+        "data_name": data.name,
+        "fingerprint": data.fingerprint,
+        "n_train": data.n_train,
+        "n_test": data.n_test,
+        "experiment": experiment.to_dict(),
+        "baseline": experiment.baseline_method if len(records) > 1 else None,
+        "feature_network": {"metric": FD_METRIC_NAME, "label": fnet.metric_label, "test_accuracy": fnet.test_accuracy,
+                            "steps": fnet.steps, "version": fnet.version, "fingerprint": fnet.fingerprint},
+        "eval": {"n_eval": n_eval, "n_components": experiment.n_components, "k": PR_NEIGHBOURS, "eval_seed": EVAL_SEED},
+        "metric_names": {k: v[1] for k, v in report.METRICS.items()},
+        "methods": methods,
+        "environment": environment(),
+    }
+
+
+def write_outputs(results: dict, records: Mapping[str, dict], out: Path) -> None:
+    """results.json, table.md, table.csv and the five figures, each written atomically."""
+    from jaxrae import report
+
+    rows = report.summary_table(results)
+    results["table"] = rows
+    ckpt.atomic_write_json(out / "results.json", results)
+    ckpt.atomic_write_text(out / "table.md", report.render_markdown(results, rows) + "\n")
+    ckpt.atomic_write_text(out / "table.csv", report.render_csv(rows))
+
+    images = {}
+    for name in records:
+        with np.load(out / "methods" / f"{name}.npz") as z:
+            images[name] = {k: z[k] for k in z.files}
+    names = list(records)
+    from jaxrae.data import load_data
+
+    data = load_data(results["data"], n_train=results["experiment"]["n_train"], n_test=results["experiment"]["n_test"])
+    originals = data.test_images[:N_FIGURE_IMAGES]
+    report.plot_reconstructions(out / "reconstructions.png", originals, {n: images[n]["reconstructions"] for n in names})
+    report.plot_samples(out / "samples.png", {n: images[n]["prior"] for n in names}, {n: images[n]["ex_post"] for n in names})
+    report.plot_interpolations(out / "interpolations.png", {n: images[n]["interpolations"] for n in names})
+    report.plot_metrics(out / "metrics.png", results, rows)
+    curves = {n: (np.asarray(r["loss_curve"]["steps"]),
+                  np.array([[np.nan if v is None else v for v in row] for row in r["loss_curve"]["loss"]], np.float64),
+                  np.asarray(r["ok"], bool)) for n, r in records.items()}
+    report.plot_losses(out / "losses.png", curves)
+
+
+# --------------------------------------------------------------------------------------------
+# Command line
+
+
+def default_out_dir(data: str) -> Path:
+    """``runs/compare-<data>`` (characters other than letters, digits, ``-_.`` become ``_``)."""
+    return Path("runs") / f"compare-{re.sub(r'[^A-Za-z0-9_.-]+', '_', data)}"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``jaxrae compare`` flags (every TrainConfig field too, applied to all methods)."""
+    from jaxrae.cli import add_config_flags
+
+    parser.description = (
+        "Train every method for every seed (one vmapped program per method), evaluate each seed "
+        "(reconstruction error; FD in classifier features of reconstructions, prior samples, "
+        "ex-post samples and interpolations; precision/recall; code log-likelihood; code usage), "
+        "and write results.json, table.md/.csv and PNG figures. With no arguments: the main job, "
+        f"{DEFAULT_DATA} x {','.join(DEFAULT_METHODS)} x {DEFAULT_SEEDS} seeds, "
+        f"{DEFAULT_JOB_CONFIG['steps']} steps, into {default_out_dir(DEFAULT_DATA)}."
+    )
+    g = parser.add_argument_group("comparison")
+    g.add_argument("--config", dest="experiment_file", default=None,
+                   help="experiment TOML (experiments/<name>.toml); flags given here override it")
+    g.add_argument("--data", default=None, help=f"digits | fashion_mnist | mnist | idx:<dir> | tfds:<name> (default {DEFAULT_DATA})")
+    g.add_argument("--methods", default=None, help=f"comma-separated presets (default {','.join(DEFAULT_METHODS)}; see `jaxrae methods`)")
+    g.add_argument("--seeds", default=None, help=f"a count (5 -> 0..4) or a list (0,5,7) (default {DEFAULT_SEEDS})")
+    g.add_argument("--baseline", default=None, help="method the others are compared to, paired over seeds (default: the first)")
+    g.add_argument("--n-eval", type=int, default=None, help=f"test images and generated samples per FD (default {DEFAULT_N_EVAL}, capped at the test set)")
+    g.add_argument("--n-train", type=int, default=None, help="use only the first N training images")
+    g.add_argument("--n-test", type=int, default=None, help="use only the first N test images")
+    g.add_argument("--feature-steps", type=int, default=None, help="training steps of the FD feature classifier (cached per data set)")
+    g.add_argument("--out", default=None,
+                   help="output directory (default runs/compare-<data>). An explicit --out that holds results needs "
+                        "--resume or --overwrite; the default directory is resumed automatically, so rerunning a plain "
+                        "`jaxrae compare` skips finished methods and continues an interrupted one")
+    g.add_argument("--resume", action="store_true", help="skip finished methods in --out, continue an interrupted one from its checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="delete what --out holds and start afresh")
+    g.add_argument("--quiet", action="store_true", help="no progress bars (the summary table is still printed)")
+    t = parser.add_argument_group("training (TrainConfig fields, applied to every method; override the TOML)")
+    add_config_flags(t)
+
+
+def experiment_from_args(args) -> Experiment:
+    """Defaults < ``--config`` TOML < flags given on the command line."""
+    from jaxrae.cli import parse_seeds
+    from jaxrae.config import field_names
+
+    base = load_experiment(args.experiment_file) if args.experiment_file else Experiment()
+    values = base.to_dict()
+    if getattr(args, "method", None) is not None:
+        raise ConfigError("--method is not a compare flag; list the methods with --methods a,b,c")
+    if args.data is not None:
+        values["data"] = args.data
+    if args.methods is not None:
+        values["methods"] = _split_names(args.methods)
+    if args.seeds is not None:
+        values["seeds"] = parse_seeds(args.seeds)
+    for flag in ("baseline", "n_eval", "n_train", "n_test", "feature_steps"):
+        if getattr(args, flag) is not None:
+            values[flag] = getattr(args, flag)
+    given = {name: getattr(args, name) for name in field_names() if name != "method" and getattr(args, name, None) is not None}
+    if given:
+        # A flag is the most explicit choice: it wins over the TOML's shared and per-method values.
+        values["config"] = {**values["config"], **given}
+        values["overrides"] = {m: {k: v for k, v in o.items() if k not in given} for m, o in values["overrides"].items()}
+    return Experiment.from_dict(values, source="command line")
+
+
+def main(args) -> int:
+    """``jaxrae compare``: run, write, print the summary table."""
+    from jaxrae import report
+
+    experiment = experiment_from_args(args)
+    out = Path(args.out) if args.out else default_out_dir(experiment.data)
+    resume = args.resume or (args.out is None and not args.overwrite)
+    t0 = time.perf_counter()
+    try:
+        results = run_compare(experiment, out, resume=resume, overwrite=args.overwrite, progress=not args.quiet)
+    except CompareInterrupted as e:  # only reachable from the Python API, kept for symmetry
+        raise CheckpointError(f"{e}; rerun with --resume") from None
+    print()
+    print(report.render_summary(results, results["table"]))
+    print()
+    n_runs = sum(len(m["ok"]) for m in results["methods"].values())
+    print(f"{len(results['methods'])} methods x {len(experiment.seeds)} seeds ({n_runs} runs) in "
+          f"{time.perf_counter() - t0:.1f}s; written to {out}/ "
+          "(results.json, table.md, table.csv, reconstructions/samples/interpolations/metrics/losses.png)")
+    return 0

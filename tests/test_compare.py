@@ -1,0 +1,131 @@
+"""End-to-end `jaxrae compare` on a tiny slice of digits: outputs, table == per-seed means, resume.
+
+Kept fast: 300/120 images, 20 steps in chunks of 10, 2 seeds, one continuous and one discrete
+method, 40 evaluation samples, a 30-step feature network. Every run in this module uses the same
+configs, so JAX compiles each program once and later runs reuse it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+
+import numpy as np
+import pytest
+
+from jaxrae import cli
+from jaxrae.compare import CompareInterrupted, Experiment, run_compare
+
+OUTPUT_FILES = ["results.json", "table.md", "table.csv", "experiment.json", "reconstructions.png", "samples.png",
+                "interpolations.png", "metrics.png", "losses.png"]
+
+TINY = dict(data="digits", seeds=(0, 1), n_train=300, n_test=120, n_eval=40, feature_steps=30, n_components=3,
+            config={"steps": 20, "chunk_size": 10, "batch_size": 32, "latent_dim": 4, "n_classes": 4})
+
+
+def tiny(methods=("ae", "drae"), **changes) -> Experiment:
+    return Experiment(**{**TINY, "methods": tuple(methods), **changes})
+
+
+@pytest.fixture(scope="module")
+def cache_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("cache")
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, cache_dir):
+    out = tmp_path_factory.mktemp("full") / "out"
+    results = run_compare(tiny(), out, progress=False, feature_cache_dir=cache_dir, log=lambda *_: None)
+    return out, results
+
+
+def test_every_output_file_exists(uninterrupted):
+    out, _ = uninterrupted
+    for name in OUTPUT_FILES:
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    for method in ("ae", "drae"):
+        for suffix in (".json", ".npz"):
+            assert (out / "methods" / f"{method}{suffix}").is_file()
+        assert (out / "checkpoints" / f"{method}.msgpack").is_file()
+    assert not list(out.rglob("*.tmp"))  # atomic writes leave no temporaries
+
+
+def test_results_json_holds_every_number(uninterrupted):
+    out, _ = uninterrupted
+    results = json.loads((out / "results.json").read_text())
+    assert results["feature_network"]["metric"] == "FD in classifier features"
+    assert 0.0 <= results["feature_network"]["test_accuracy"] <= 1.0
+    assert results["environment"]["versions"]["jax"] and results["environment"]["devices"]
+    ae, drae = results["methods"]["ae"], results["methods"]["drae"]
+    assert ae["config"]["method"] == "ae" and ae["config"]["steps"] == 20
+    for m in (ae, drae):
+        assert m["seeds"] == [0, 1] and len(m["ok"]) == 2 and len(m["diverged_at"]) == 2
+        assert m["times"]["train_s"] >= 0 and m["times"]["compile_s"] >= 0
+        for key in ("rec_error", "fd_rec", "fd_prior", "fd_ex_post", "fd_interp", "precision", "recall", "code_loglik"):
+            assert len(m["metrics"][key]) == 2 and all(math.isfinite(v) for v in m["metrics"][key]), key
+    assert "perplexity" in drae["metrics"] and "perplexity" not in ae["metrics"]
+    assert all(1.0 <= p <= 4.0 for p in drae["metrics"]["perplexity"])
+    assert all(0.0 <= v <= 1.0 for v in ae["metrics"]["precision"] + ae["metrics"]["recall"])
+    assert results["baseline"] == "ae"
+
+
+def test_table_means_equal_per_seed_means(uninterrupted):
+    out, _ = uninterrupted
+    results = json.loads((out / "results.json").read_text())
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    assert rows
+    for row in rows:
+        m = results["methods"][row["method"]]
+        values = np.array(m["metrics"][row["metric"]])[np.array(m["ok"])]
+        assert float(row["mean"]) == pytest.approx(values.mean(), rel=1e-12)
+        assert float(row["std"]) == pytest.approx(values.std(ddof=1), rel=1e-12)
+        assert row["n_ok"] == str(sum(m["ok"])) and row["n_total"] == "2"
+        if row["method"] == "drae" and row["metric"] in results["methods"]["ae"]["metrics"]:
+            base = np.array(results["methods"]["ae"]["metrics"][row["metric"]])
+            assert float(row["diff_mean"]) == pytest.approx((values - base).mean(), rel=1e-9, abs=1e-12)
+    md = (out / "table.md").read_text()
+    assert "2/2" in md and "FD in classifier features" not in md or "classifier features" in md
+    assert "FID (Inception)" not in md
+
+
+def _numbers(results):
+    return {name: m["metrics"] for name, m in results["methods"].items()}
+
+
+def test_resume_after_interruption_gives_the_same_results(tmp_path, uninterrupted, cache_dir):
+    _, full = uninterrupted
+    out = tmp_path / "out"
+    quiet = dict(progress=False, feature_cache_dir=cache_dir, log=lambda *_: None)
+    # 1. only the first method finishes
+    run_compare(tiny(methods=("ae",)), out, **quiet)
+    ae_record = (out / "methods" / "ae.json").read_bytes()
+    # 2. the second method is interrupted after its first chunk (of two)
+    with pytest.raises(CompareInterrupted):
+        run_compare(tiny(), out, resume=True, stop_after_chunks=1, **quiet)
+    assert (out / "checkpoints" / "drae.msgpack").exists() and not (out / "methods" / "drae.json").exists()
+    # 3. rerun: ae is skipped (its record untouched), drae continues from its checkpoint
+    resumed = run_compare(tiny(), out, resume=True, **quiet)
+    assert (out / "methods" / "ae.json").read_bytes() == ae_record
+    assert _numbers(resumed) == _numbers(full)
+    for name in ("ae", "drae"):
+        assert resumed["methods"][name]["final_loss"] == full["methods"][name]["final_loss"]
+
+
+def test_cli_default_out_resumes_and_explicit_out_refuses(tmp_path, monkeypatch, cache_dir):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("JAXRAE_CACHE", str(cache_dir))
+    flags = ["compare", "--methods", "ae", "--seeds", "2", "--n-train", "300", "--n-test", "120", "--n-eval", "40",
+             "--feature-steps", "30", "--steps", "20", "--chunk-size", "10", "--batch-size", "32", "--latent-dim", "4",
+             "--n-classes", "4", "--quiet"]
+    assert cli.main(flags) == 0
+    out = tmp_path / "runs" / "compare-digits"
+    assert (out / "results.json").is_file()
+    before = (out / "methods" / "ae.json").read_bytes()
+    assert cli.main(flags) == 0  # the default directory is resumed: the finished method is skipped
+    assert (out / "methods" / "ae.json").read_bytes() == before
+    # changed settings in the same (default) directory: a clear one-line error, exit 2
+    assert cli.main(flags[:-1] + ["--steps", "30", "--quiet"]) == 2
+    # an explicit --out that holds results needs --resume or --overwrite
+    assert cli.main(flags + ["--out", str(out)]) == 2
+    assert cli.main(flags + ["--out", str(out), "--resume"]) == 0

@@ -1,0 +1,202 @@
+"""Statistics and tables of jaxrae.report, and the experiment-file rules of jaxrae.compare (no training)."""
+
+from __future__ import annotations
+
+import csv
+import io
+import math
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from scipy import stats
+
+from jaxrae import report
+from jaxrae.compare import Experiment, interpolate_codes, interpolation_pairs, load_experiment, loss_curve
+from jaxrae.errors import ConfigError
+
+
+# --------------------------------------------------------------------------------------------
+# mean, std, Student t interval
+
+
+def test_summarize_matches_hand_computed_t_interval():
+    s = report.summarize([1.0, 2.0, 3.0, 4.0, 5.0])
+    # mean 3, s = sqrt(2.5), t_{0.975,4} = 2.7764451052 (table value), half = t s / sqrt(5)
+    assert s["mean"] == pytest.approx(3.0)
+    assert s["std"] == pytest.approx(math.sqrt(2.5))
+    assert s["half_width"] == pytest.approx(2.7764451052 * math.sqrt(2.5) / math.sqrt(5), rel=1e-9)
+    lo, hi = stats.t.interval(0.95, 4, loc=3.0, scale=math.sqrt(2.5) / math.sqrt(5))
+    assert (s["ci_low"], s["ci_high"]) == pytest.approx((lo, hi), rel=1e-12)
+    assert (s["n"], s["n_ok"], s["n_total"]) == (5, 5, 5)
+
+
+def test_summarize_two_values_uses_t_with_one_degree_of_freedom():
+    s = report.summarize([0.0, 2.0])
+    # t_{0.975,1} = 12.7062047362; s = sqrt(2); half = t * sqrt(2) / sqrt(2)
+    assert s["half_width"] == pytest.approx(12.7062047362, rel=1e-9)
+
+
+def test_summarize_single_and_empty():
+    one = report.summarize([4.0])
+    assert one["mean"] == 4.0 and math.isnan(one["std"]) and math.isnan(one["ci_low"])
+    none = report.summarize([1.0, 2.0], ok=[False, False])
+    assert math.isnan(none["mean"]) and none["n"] == 0 and none["n_ok"] == 0 and none["n_total"] == 2
+
+
+def test_diverged_run_is_excluded_but_counted():
+    s = report.summarize([1.0, 2.0, 1e9], ok=[True, True, False])
+    assert s["mean"] == pytest.approx(1.5)
+    assert (s["n"], s["n_ok"], s["n_total"]) == (2, 2, 3)
+    # a non-finite value of an ok run is not averaged either, and shows in n
+    s = report.summarize([1.0, float("nan"), 3.0])
+    assert s["mean"] == pytest.approx(2.0) and (s["n"], s["n_ok"]) == (2, 3)
+
+
+# --------------------------------------------------------------------------------------------
+# paired comparison
+
+
+def test_paired_difference_over_common_ok_seeds():
+    d = report.paired_difference(
+        values=[1.0, 2.0, 3.0, 7.0], seeds=[0, 1, 2, 5], ok=[True, True, True, True],
+        baseline_values=[0.5, 1.0, 2.0, 100.0], baseline_seeds=[0, 1, 2, 3], baseline_ok=[True, True, True, True],
+    )
+    diffs = np.array([0.5, 1.0, 1.0])  # seeds 0, 1, 2 are common; 5 and 3 are not
+    assert d["seeds"] == [0, 1, 2] and d["n"] == 3
+    assert d["mean"] == pytest.approx(diffs.mean())
+    half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / math.sqrt(3)
+    assert (d["ci_low"], d["ci_high"]) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
+    # a diverged baseline seed drops that pair
+    d2 = report.paired_difference([1.0, 2.0, 3.0], [0, 1, 2], [True] * 3, [0.5, 1.0, 2.0], [0, 1, 2], [True, False, True])
+    assert d2["seeds"] == [0, 2] and d2["mean"] == pytest.approx(0.75)
+
+
+def _fake_results():
+    return {
+        "data": "digits",
+        "baseline": "a",
+        "eval": {"n_eval": 100},
+        "feature_network": {"test_accuracy": 0.9},
+        "methods": {
+            "a": {"seeds": [0, 1, 2], "ok": [True, True, True],
+                  "metrics": {"rec_error": [1.0, 2.0, 3.0], "fd_ex_post": [10.0, 11.0, 12.0]}},
+            "b": {"seeds": [0, 1, 2], "ok": [True, True, False],
+                  "metrics": {"rec_error": [2.0, 4.0, 1e6], "fd_ex_post": [9.0, 10.0, float("nan")],
+                              "perplexity": [3.0, 4.0, 1.0]}},
+        },
+    }
+
+
+def test_table_rows_csv_and_markdown():
+    results = _fake_results()
+    rows = report.summary_table(results)
+    by = {(r["method"], r["metric"]): r for r in rows}
+    assert by[("b", "rec_error")]["mean"] == pytest.approx(3.0)  # the diverged 1e6 is excluded
+    assert (by[("b", "rec_error")]["n_ok"], by[("b", "rec_error")]["n_total"]) == (2, 3)
+    assert by[("b", "rec_error")]["diff_mean"] == pytest.approx(1.5)  # (2-1 + 4-2) / 2 over seeds 0, 1
+    assert by[("a", "rec_error")]["diff_mean"] is None  # the baseline has no difference to itself
+    assert ("a", "perplexity") not in by  # discrete-only metric absent for a continuous method
+
+    parsed = list(csv.DictReader(io.StringIO(report.render_csv(rows))))
+    assert len(parsed) == len(rows)
+    row = next(r for r in parsed if r["method"] == "b" and r["metric"] == "fd_ex_post")
+    assert float(row["mean"]) == pytest.approx(9.5) and row["n_ok"] == "2" and row["n_total"] == "3"
+
+    md = report.render_markdown(results, rows)
+    text = report.render_summary(results, rows)
+    for out in (md, text):
+        assert "2/3" in out and "3/3" in out
+        assert "classifier features" in out and "Inception FID" in out  # named as "not an Inception FID"
+        assert "FID (Inception)" not in out
+    assert "paired difference" in text.lower()
+
+
+def test_fmt():
+    assert report.fmt(None) == "-" and report.fmt(float("nan")) == "nan"
+    assert report.fmt(3.14159) == "3.14" and report.fmt(12345.6) == "12346" and report.fmt(2e-5) == "2.00e-05"
+
+
+def test_figures_render(tmp_path):
+    results = _fake_results()
+    report.plot_metrics(tmp_path / "m.png", results)
+    report.plot_losses(tmp_path / "l.png", {"a": (np.arange(5), np.ones((2, 5)), np.array([True, False]))})
+    imgs = np.random.default_rng(0).random((6, 8, 8, 1))
+    report.plot_reconstructions(tmp_path / "r.png", imgs[:3], {"a": imgs[3:]})
+    report.plot_samples(tmp_path / "s.png", {"a": imgs}, {"a": imgs})
+    report.plot_interpolations(tmp_path / "i.png", {"a": imgs.reshape(2, 3, 8, 8, 1)})
+    for name in "mlrsi":
+        assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+# --------------------------------------------------------------------------------------------
+# compare's pure pieces: experiment files, interpolation, loss curves
+
+
+def test_toml_unknown_keys_are_config_errors(tmp_path):
+    good = tmp_path / "good.toml"
+    good.write_text('data = "digits"\nmethods = ["ae", "drae"]\nseeds = 3\nbaseline = "ae"\n'
+                    "[config]\nsteps = 20\n[overrides.drae]\nbeta = 0.01\n")
+    exp = load_experiment(good)
+    assert exp.seeds == (0, 1, 2) and exp.method_config("drae").beta == 0.01 and exp.method_config("ae").steps == 20
+
+    for body, needle in [
+        ('methods = ["ae"]\nsedes = 3\n', "sedes"),
+        ('methods = ["ae"]\n[config]\nstep = 20\n', "step"),
+        ('methods = ["ae"]\n[overrides.ae]\nlearning_rate = 0.1\n', "learning_rate"),
+        ('methods = ["ae"]\n[overrides.vae]\nbeta = 0.1\n', "vae"),
+        ('methods = ["ae", "nope"]\n', "nope"),
+        ('methods = ["ae"]\nbaseline = "vae"\n', "baseline"),
+    ]:
+        bad = tmp_path / "bad.toml"
+        bad.write_text(body)
+        with pytest.raises(ConfigError, match=needle):
+            load_experiment(bad)
+
+
+def test_non_empty_out_without_resume_or_overwrite_exits_2_with_one_line(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "results.json").write_text("{}")
+    proc = subprocess.run([sys.executable, "-m", "jaxrae.cli", "compare", "--methods", "ae", "--out", str(out), "--quiet"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("jaxrae: error:") and "--resume" in lines[0] and "--overwrite" in lines[0]
+    assert (out / "results.json").read_text() == "{}"  # untouched
+
+
+def test_experiment_validation():
+    with pytest.raises(ConfigError, match="n_eval"):
+        Experiment(methods=("ae",), n_eval=2)
+    with pytest.raises(ConfigError, match="repeat"):
+        Experiment(methods=("ae", "ae"))
+    with pytest.raises(ConfigError, match="steps"):
+        Experiment(methods=("ae",), config={"steps": 0})
+
+
+def test_discrete_midpoint_takes_each_variable_from_an_endpoint():
+    a = np.zeros((2, 50, 6), np.int32)
+    b = np.full((2, 50, 6), 3, np.int32)
+    coins = np.random.default_rng(0).random((50, 6)) < 0.5
+    mid = interpolate_codes(a, b, 0.5, discrete=True, coins=coins)
+    assert set(np.unique(mid)) == {0, 3} and np.array_equal(mid[0] == 3, coins)
+    order = np.array([2, 0, 1, 5, 4, 3])
+    assert np.array_equal(interpolate_codes(a, b, 0.0, True, order=order), a)
+    assert np.array_equal(interpolate_codes(a, b, 1.0, True, order=order), b)
+    third = interpolate_codes(a, b, 1 / 3, True, order=order)
+    assert np.array_equal(np.flatnonzero(third[0, 0] == 3), [0, 2])  # the first two variables of `order`
+    z = interpolate_codes(np.zeros((1, 3, 2)), np.ones((1, 3, 2)), 0.25, discrete=False)
+    assert np.allclose(z, 0.25)
+    i, j = interpolation_pairs(5, 200)
+    assert np.all(i != j) and i.max() < 5 and j.max() < 5
+
+
+def test_loss_curve_downsamples_with_nan_for_missing():
+    losses = np.arange(20, dtype=float).reshape(2, 10)
+    losses[1, 4:] = np.nan
+    curve = loss_curve(losses, max_points=5)
+    assert len(curve["steps"]) == 5
+    assert curve["loss"][0] == [0.5, 2.5, 4.5, 6.5, 8.5]
+    assert curve["loss"][1][2:] == [None, None, None]
