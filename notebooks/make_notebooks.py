@@ -411,9 +411,9 @@ table = {"st": [bias_variance(gradients("st", 1.0))] * len(TEMPERATURES)}  # no 
 for est in ESTIMATORS:
     table[est] = [bias_variance(gradients(est, tau)) for tau in TEMPERATURES]
 print(f"||exact gradient|| = {float(jnp.linalg.norm(exact)):.4f}; {N_SAMPLES} samples per cell")
-print(f"{'estimator':<16}" + "".join(f"{'tau=' + format(t, 'g'):>22}" for t in TEMPERATURES))
+print(f"{'estimator':<16}" + "".join(f"{'tau=' + format(t, 'g'):>24}" for t in TEMPERATURES))
 for est, cells in table.items():
-    print(f"{est:<16}" + "".join(f"{b:>9.3f} +- {se:.3f} / {v:5.2f}"[:22].rjust(22) for b, v, se in cells))
+    print(f"{est:<16}" + "".join(f"{b:.3f} +- {se:.3f} / {v:.3g}".rjust(24) for b, v, se in cells))
 print("cells: relative bias +- its Monte Carlo s.e. / relative variance")
 '''
         ),
