@@ -188,10 +188,12 @@ from pathlib import Path
 from jaxrae import compare, report
 
 
-def find_repo_root(start=Path.cwd()):
-    for p in [start, *start.parents]:
-        if (p / "experiments").is_dir() and (p / "jaxrae").is_dir():
-            return p
+def find_repo_root():
+    """The checkout holding experiments/: above the working directory, or above an editable install."""
+    for start in (Path.cwd(), Path(jaxrae.__file__).resolve().parent):
+        for p in [start, *start.parents]:
+            if (p / "experiments").is_dir() and (p / "jaxrae").is_dir():
+                return p
     return None
 
 
