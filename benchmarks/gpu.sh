@@ -57,7 +57,7 @@ command -v nvidia-smi >/dev/null 2>&1 && timeout 10 nvidia-smi --query-gpu=name,
 DEVICE=$(timeout 60 "$PY" -c "import jax, re; print(re.sub(r'[^A-Za-z0-9]+', '-', jax.devices()[0].device_kind).strip('-').lower())" 2>/dev/null | tail -n 1)
 RESULT="benchmarks/results/gpu_${DEVICE:-unknown}.md"
 if [ "$BACKEND" = "cpu" ]; then
-  SIZES=1,8; STEPS=5; BATCH=16; MATMUL=2048   # a smoke run only: the conv net is slow on a CPU
+  SIZES=1,2; STEPS=2; BATCH=4; MATMUL=1024   # a smoke run only: the conv net is slow on a CPU
 else
   SIZES=${SIZES:-1,8,32,128}; STEPS=${STEPS:-20}; BATCH=${BATCH:-100}; MATMUL=${MATMUL:-8192}
 fi
