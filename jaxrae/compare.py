@@ -60,7 +60,7 @@ DEFAULT_DATA = "digits"
 DEFAULT_METHODS = ("ae", "vae", "rae-l2", "rae-gp", "wae", "dvae", "drae", "vqvae")
 DEFAULT_SEEDS = 5
 #: Shared TrainConfig values of the main job (2-core CPU budget: a few minutes in all).
-DEFAULT_JOB_CONFIG: dict[str, Any] = {"steps": 1000}
+DEFAULT_JOB_CONFIG: dict[str, Any] = {"steps": 500, "batch_size": 64}
 DEFAULT_N_EVAL = 1000
 DEFAULT_N_COMPONENTS = 10  # Ghosh et al. 2020, Sec. 4: a 10-component GMM
 PR_NEIGHBOURS = 3  # Kynkaanniemi et al. 2019: k = 3
@@ -254,6 +254,19 @@ def interpolate_codes(codes_a: np.ndarray, codes_b: np.ndarray, t: float, discre
     return np.where(coins, codes_b, codes_a)
 
 
+_COMPILED: dict = {}
+
+
+def _compiled(key, make: Callable) -> Callable:
+    """jax.jit(make()) cached under ``key``: one compilation per program, not one per primitive
+    (an un-jitted vmap dispatches, and compiles, every operation separately)."""
+    import jax
+
+    if key not in _COMPILED:
+        _COMPILED[key] = jax.jit(make())
+    return _COMPILED[key]
+
+
 def _safe(fn: Callable, *arrays) -> float:
     """fn(*arrays), or nan when an input is not finite (a diverged run's output)."""
     if not all(np.all(np.isfinite(a)) for a in arrays):
@@ -304,23 +317,25 @@ def evaluate(runs, data, fnet, experiment: Experiment) -> tuple[dict, dict, dict
 
     test_codes = runs.encode(test)
     recon = runs.decode(test_codes)
-    prior_codes = np.asarray(jax.vmap(runs.codec.sample_prior, in_axes=(0, None))(_seed_keys(keys["prior"], seeds), n_eval))
+    prior_codes = np.asarray(_compiled(("prior", runs.codec.sample_prior, n_eval),
+                                       lambda: jax.vmap(lambda k: runs.codec.sample_prior(k, n_eval)))(_seed_keys(keys["prior"], seeds)))
     prior = runs.decode(prior_codes)
 
     train_codes = runs.encode(data.train_images)
     density, bad_fit = _fit_ex_post(runs, train_codes, _seed_keys(keys["fit"], seeds), experiment.n_components)
     if density is not None:
-        ex_codes = np.asarray(jax.vmap(lambda d, k: d.sample(k, n_eval))(density, _seed_keys(keys["ex_post"], seeds)))
+        sample = _compiled(("sample", type(density), n_eval), lambda: jax.vmap(lambda d, k: d.sample(k, n_eval)))
+        ex_codes = np.asarray(sample(density, _seed_keys(keys["ex_post"], seeds)))
         ex_codes = ex_codes.astype(np.int32) if discrete else ex_codes.astype(np.float32)
         ex_post = runs.decode(ex_codes)
-        code_ll = np.asarray(jax.vmap(lambda d, c: d.log_prob(c))(density, test_codes), np.float64).mean(axis=1)
+        log_prob = _compiled(("log_prob", type(density)), lambda: jax.vmap(lambda d, c: d.log_prob(c)))
+        code_ll = np.asarray(log_prob(density, test_codes), np.float64).mean(axis=1)
     else:
         ex_post = np.full_like(prior, np.nan)
         code_ll = np.full(n_runs, np.nan)
 
-    rng = np.random.default_rng(EVAL_SEED)
     i, j = interpolation_pairs(n_eval, n_eval)
-    coins = rng.random((n_eval, test_codes.shape[-1])) < 0.5 if discrete else None
+    coins = np.random.default_rng(EVAL_SEED + 2).random((n_eval, test_codes.shape[-1])) < 0.5 if discrete else None
     midpoints = interpolate_codes(test_codes[:, i], test_codes[:, j], 0.5, discrete, coins=coins)
     interp = runs.decode(midpoints)
 
@@ -329,7 +344,7 @@ def evaluate(runs, data, fnet, experiment: Experiment) -> tuple[dict, dict, dict
     if discrete:
         out["perplexity"], out["distinct_codes"] = [], []
     for r in range(n_runs):
-        feats = {name: fnet.features(np.nan_to_num(images[r])) if np.all(np.isfinite(images[r])) else None
+        feats = {name: fnet.features(images[r]) if np.all(np.isfinite(images[r])) else None
                  for name, images in (("rec", recon), ("prior", prior), ("ex_post", ex_post), ("interp", interp))}
         fd = lambda name: math.nan if feats[name] is None else M.frechet_distance(ref_feats, feats[name])  # noqa: E731
         out["rec_error"].append(_safe(M.reconstruction_error, test, recon[r]))
@@ -361,6 +376,7 @@ def evaluate(runs, data, fnet, experiment: Experiment) -> tuple[dict, dict, dict
                             for t in steps], axis=2)  # (runs, pairs, steps, ...)
     strips = runs.decode(strip_codes.reshape(n_runs, N_FIGURE_PAIRS * N_FIGURE_STEPS, *strip_codes.shape[3:]))
     images = {
+        "originals": test[:N_FIGURE_IMAGES],
         "reconstructions": recon[rep, :N_FIGURE_IMAGES],
         "prior": prior[rep, :N_FIGURE_SAMPLES],
         "ex_post": ex_post[rep, :N_FIGURE_SAMPLES],
@@ -443,6 +459,18 @@ def ckpt_roundtrip(obj):
     return json.loads(json.dumps(obj, default=ckpt._json_default))
 
 
+def json_safe(obj):
+    """``obj`` with every nan/inf float replaced by None (null): results files stay strict JSON,
+    which jq and other parsers accept; :mod:`jaxrae.report` reads null back as nan."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
+        return None
+    return obj
+
+
 def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     buf = io.BytesIO()
     np.savez_compressed(buf, **{k: np.asarray(v, np.float32) for k, v in arrays.items()})
@@ -450,7 +478,7 @@ def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
 
 
 def run_method(name: str, experiment: Experiment, data, fnet, out: Path, *, progress: bool = True,
-               progress_desc: str | None = None, stop_after_chunks: int | None = None, log: Callable = print) -> dict:
+               progress_desc: str | None = None, stop_after_chunks: int | None = None) -> dict:
     """Train all seeds of one method (resuming its checkpoint), evaluate them, save the record."""
     from jaxrae.train import train
 
@@ -481,29 +509,29 @@ def run_method(name: str, experiment: Experiment, data, fnet, out: Path, *, prog
         "loss_curve": loss_curve(runs.losses),
     }
     ckpt.atomic_write_bytes(out / "methods" / f"{name}.npz", _npz_bytes(images))
+    record = json_safe(record)  # the same values a later resume reads back
     ckpt.atomic_write_json(record_path, record)  # last: its presence marks the method as done
     return record
 
 
 def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False, overwrite: bool = False,
                 progress: bool = True, feature_cache_dir: str | Path | None = None,
-                stop_after_chunks: int | None = None, log: Callable = print) -> dict:
+                stop_after_chunks: int | None = None, log: Callable = print, figures: bool = True) -> dict:
     """Run (or resume) a comparison into ``out``; returns the ``results.json`` structure.
 
     Finished methods (``out/methods/<name>.json`` of the same settings) are loaded, not rerun; an
     interrupted method continues from ``out/checkpoints/<name>.msgpack``. ``out`` must be empty
     unless ``resume`` or ``overwrite``. ``stop_after_chunks`` stops the first method that still
-    trains after that many chunks and raises :class:`CompareInterrupted` (for resume tests).
+    trains after that many chunks and raises :class:`CompareInterrupted` (for resume tests);
+    ``figures=False`` writes the tables and results but no PNGs.
     """
     from jaxrae import metrics as M
     from jaxrae.cli import prepare_out_dir
     from jaxrae.data import load_data
-    from jaxrae.provenance import environment
 
     t_start = time.perf_counter()
     out = Path(out)
     prepare_out_dir(out, resume, overwrite)
-    ckpt.atomic_write_json(out / "experiment.json", experiment.to_dict())
     data = load_data(experiment.data, n_train=experiment.n_train, n_test=experiment.n_test)
     t0 = time.perf_counter()
     fnet = M.feature_network(data, cache_dir=feature_cache_dir, steps=experiment.feature_steps)
@@ -528,7 +556,7 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
                     bar.set_postfix_str(f"{name}: training + evaluation")
                 record = run_method(name, experiment, data, fnet, out, progress=progress,
                                     progress_desc=f"{name} [{index + 1}/{len(experiment.methods)}]",
-                                    stop_after_chunks=stop_after_chunks, log=say)
+                                    stop_after_chunks=stop_after_chunks)
                 t = record["times"]
                 say(f"{name}: {sum(record['ok'])}/{len(record['ok'])} ok, train {t['train_s']:.1f}s "
                     f"+ compile {t['compile_s']:.1f}s + eval {t['eval_s']:.1f}s")
@@ -541,7 +569,8 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
 
     results = assemble_results(experiment, data, fnet, records, n_eval)
     results["times"] = {"this_invocation_s": time.perf_counter() - t_start, "feature_network_s": feature_s}
-    write_outputs(results, records, out)
+    write_outputs(results, records, out, figures=figures)
+    ckpt.atomic_write_json(out / "experiment.json", experiment.to_dict())
     return results
 
 
@@ -572,25 +601,34 @@ def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, d
     }
 
 
-def write_outputs(results: dict, records: Mapping[str, dict], out: Path) -> None:
+def write_outputs(results: dict, records: Mapping[str, dict], out: Path, figures: bool = True) -> None:
     """results.json, table.md, table.csv and the five figures, each written atomically."""
     from jaxrae import report
 
     rows = report.summary_table(results)
     results["table"] = rows
-    ckpt.atomic_write_json(out / "results.json", results)
+    ckpt.atomic_write_json(out / "results.json", json_safe(results))
     ckpt.atomic_write_text(out / "table.md", report.render_markdown(results, rows) + "\n")
     ckpt.atomic_write_text(out / "table.csv", report.render_csv(rows))
+    if figures:
+        write_figures(results, records, out, rows)
+
+
+def write_figures(results: Mapping, records: Mapping[str, dict], out: Path, rows: list[dict]) -> None:
+    """The five PNGs, from the per-method image files and records (so a resume can redraw them)."""
+    from jaxrae import report
 
     images = {}
     for name in records:
-        with np.load(out / "methods" / f"{name}.npz") as z:
-            images[name] = {k: z[k] for k in z.files}
+        path = out / "methods" / f"{name}.npz"
+        try:
+            with np.load(path) as z:
+                images[name] = {k: z[k] for k in z.files}
+        except (OSError, ValueError) as e:
+            raise CheckpointError(f"{path} is missing or unreadable ({type(e).__name__}); delete "
+                                  f"{out / 'methods' / (name + '.json')} to redo {name}, or rerun with --overwrite") from None
     names = list(records)
-    from jaxrae.data import load_data
-
-    data = load_data(results["data"], n_train=results["experiment"]["n_train"], n_test=results["experiment"]["n_test"])
-    originals = data.test_images[:N_FIGURE_IMAGES]
+    originals = images[names[0]]["originals"]
     report.plot_reconstructions(out / "reconstructions.png", originals, {n: images[n]["reconstructions"] for n in names})
     report.plot_samples(out / "samples.png", {n: images[n]["prior"] for n in names}, {n: images[n]["ex_post"] for n in names})
     report.plot_interpolations(out / "interpolations.png", {n: images[n]["interpolations"] for n in names})
@@ -632,6 +670,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--n-eval", type=int, default=None, help=f"test images and generated samples per FD (default {DEFAULT_N_EVAL}, capped at the test set)")
     g.add_argument("--n-train", type=int, default=None, help="use only the first N training images")
     g.add_argument("--n-test", type=int, default=None, help="use only the first N test images")
+    g.add_argument("--n-components", type=int, default=None, help=f"components of the ex-post mixture (default {DEFAULT_N_COMPONENTS}, as Ghosh et al.)")
     g.add_argument("--feature-steps", type=int, default=None, help="training steps of the FD feature classifier (cached per data set)")
     g.add_argument("--out", default=None,
                    help="output directory (default runs/compare-<data>). An explicit --out that holds results needs "
@@ -659,7 +698,7 @@ def experiment_from_args(args) -> Experiment:
         values["methods"] = _split_names(args.methods)
     if args.seeds is not None:
         values["seeds"] = parse_seeds(args.seeds)
-    for flag in ("baseline", "n_eval", "n_train", "n_test", "feature_steps"):
+    for flag in ("baseline", "n_eval", "n_train", "n_test", "feature_steps", "n_components"):
         if getattr(args, flag) is not None:
             values[flag] = getattr(args, flag)
     given = {name: getattr(args, name) for name in field_names() if name != "method" and getattr(args, name, None) is not None}

@@ -50,6 +50,11 @@ CONFIDENCE = 0.95
 # Statistics
 
 
+def as_float(value) -> float:
+    """A per-seed number as float; None (how results.json stores nan and inf) -> nan."""
+    return math.nan if value is None else float(value)
+
+
 def t_quantile(q: float, dof: int) -> float:
     """Student t quantile ``t_{q, dof}`` (scipy.stats.t.ppf)."""
     from scipy import stats
@@ -69,7 +74,7 @@ def summarize(values: Sequence[float], ok: Sequence[bool] | None = None, confide
       dict with ``mean, std, ci_low, ci_high, half_width, n, n_ok, n_total``; ``n_ok`` counts
       the runs that did not diverge, ``n`` the values actually averaged (ok and finite).
     """
-    x = np.asarray(values, dtype=np.float64)
+    x = np.array([as_float(v) for v in values], dtype=np.float64)
     ok_mask = np.ones(x.shape, bool) if ok is None else np.asarray(ok, bool)
     if ok_mask.shape != x.shape:
         raise ValueError(f"summarize: {x.shape[0]} values but {ok_mask.shape[0]} ok flags")
@@ -108,8 +113,8 @@ def paired_difference(
       dict with ``mean, std, ci_low, ci_high, half_width, n`` (number of pairs) and
       ``seeds`` (the paired seeds).
     """
-    here = {int(s): (float(v), bool(o)) for s, v, o in zip(seeds, values, ok)}
-    there = {int(s): (float(v), bool(o)) for s, v, o in zip(baseline_seeds, baseline_values, baseline_ok)}
+    here = {int(s): (as_float(v), bool(o)) for s, v, o in zip(seeds, values, ok)}
+    there = {int(s): (as_float(v), bool(o)) for s, v, o in zip(baseline_seeds, baseline_values, baseline_ok)}
     paired = [s for s in here if s in there and here[s][1] and there[s][1]
               and math.isfinite(here[s][0]) and math.isfinite(there[s][0])]
     diffs = [here[s][0] - there[s][0] for s in paired]
@@ -138,7 +143,10 @@ def summary_table(results: Mapping) -> list[dict]:
             row = {"method": name, "metric": key, **summarize(m["metrics"][key], m["ok"])}
             row["baseline"] = baseline
             diff = None
-            if base is not None and name != baseline and key in base["metrics"]:
+            # Code log-likelihoods are densities (nats) for continuous codes and log-probabilities
+            # for discrete ones: a difference between the two kinds would mean nothing.
+            comparable = key != "code_loglik" or (base is not None and bool(m.get("discrete")) == bool(base.get("discrete")))
+            if base is not None and name != baseline and key in base["metrics"] and comparable:
                 diff = paired_difference(m["metrics"][key], m["seeds"], m["ok"],
                                          base["metrics"][key], base["seeds"], base["ok"])
             for field in ("mean", "ci_low", "ci_high", "n"):
@@ -167,7 +175,7 @@ def fmt(x, digits: int = 3) -> str:
 
 def _mean_pm(row: Mapping | None) -> str:
     if row is None:
-        return ""
+        return "-"
     if math.isnan(row["mean"]):
         return "nan"
     if math.isnan(row["half_width"]):
@@ -175,26 +183,28 @@ def _mean_pm(row: Mapping | None) -> str:
     return f"{fmt(row['mean'])} ± {fmt(row['half_width'], 2)}"
 
 
-def _diff_cell(row: Mapping | None) -> str:
+def _diff_cell(row: Mapping | None, interval: bool = True) -> str:
     if row is None or row.get("diff_mean") is None:
-        return ""
+        return "-"
     if math.isnan(row["diff_mean"]):
         return "nan"
     lo, hi = row["diff_ci_low"], row["diff_ci_high"]
     # '*' marks an interval that excludes 0, i.e. a difference the seeds resolve.
     star = "*" if (not math.isnan(lo) and (lo > 0 or hi < 0)) else ""
+    if not interval:
+        return f"{fmt(row['diff_mean'])}{star}"
     return f"{fmt(row['diff_mean'])} [{fmt(lo, 2)}, {fmt(hi, 2)}]{star}"
 
 
-def _grid(results: Mapping, rows: list[dict], cell) -> tuple[list[str], list[list[str]]]:
+def _grid(results: Mapping, rows: list[dict], cell, with_ok: bool = True) -> tuple[list[str], list[list[str]]]:
     """Methods x metrics cells, plus the n_ok/n_total column."""
     keys = [k for k in METRICS if any(r["metric"] == k for r in rows)]
     by = {(r["method"], r["metric"]): r for r in rows}
-    header = ["method", "ok"] + [METRICS[k][0] for k in keys]
+    header = ["method"] + (["ok"] if with_ok else []) + [METRICS[k][0] for k in keys]
     body = []
     for name, m in results["methods"].items():
         n_ok, n_total = int(np.sum(m["ok"])), len(m["ok"])
-        body.append([name, f"{n_ok}/{n_total}"] + [cell(by.get((name, k))) for k in keys])
+        body.append([name] + ([f"{n_ok}/{n_total}"] if with_ok else []) + [cell(by.get((name, k))) for k in keys])
     return header, body
 
 
@@ -232,8 +242,9 @@ def render_summary(results: Mapping, rows: list[dict] | None = None) -> str:
     out.append(_plain(*_grid(results, rows, _mean_pm)))
     baseline = results.get("baseline")
     if baseline and len(results["methods"]) > 1:
-        out += ["", f"paired difference vs {baseline} over common seeds: mean [95% interval], * = interval excludes 0"]
-        header, body = _grid(results, rows, _diff_cell)
+        out += ["", f"paired difference vs {baseline} over common seeds: mean, * = its 95% interval excludes 0 "
+                    "(intervals in table.md)"]
+        header, body = _grid(results, rows, lambda r: _diff_cell(r, interval=False), with_ok=False)
         body = [r for r in body if r[0] != baseline]
         out.append(_plain(header, body))
     return "\n".join(out)
@@ -246,7 +257,7 @@ def render_markdown(results: Mapping, rows: list[dict] | None = None) -> str:
     parts = ["# jaxrae compare", ""] + [f"- {line}" for line in _caption(results)] + [""]
     parts += ["## Summary (mean ± 95% interval half-width)", "", _markdown(*_grid(results, rows, _mean_pm)), ""]
     if baseline and len(results["methods"]) > 1:
-        header, body = _grid(results, rows, _diff_cell)
+        header, body = _grid(results, rows, _diff_cell, with_ok=False)
         parts += [f"## Paired difference vs baseline `{baseline}` (mean [95% interval], * excludes 0)", "",
                   _markdown(header, [r for r in body if r[0] != baseline]), ""]
     parts += ["## Per metric", ""]
@@ -300,12 +311,12 @@ def _save(fig, path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def tile(images: np.ndarray, n_cols: int) -> np.ndarray:
+def tile(images: np.ndarray, n_cols: int, gap_value: float = 0.12) -> np.ndarray:
     """(n, H, W, C) images in [0, 1] -> one (rows*(H+1)-1, cols*(W+1)-1, C) mosaic, 1-px gaps."""
     images = np.clip(np.nan_to_num(np.asarray(images, np.float32)), 0.0, 1.0)
     n, h, w, c = images.shape
     n_rows = max(1, -(-n // n_cols))
-    canvas = np.ones((n_rows * (h + 1) - 1, n_cols * (w + 1) - 1, c), np.float32)
+    canvas = np.full((n_rows * (h + 1) - 1, n_cols * (w + 1) - 1, c), gap_value, np.float32)
     for i in range(n):
         r, col = divmod(i, n_cols)
         canvas[r * (h + 1): r * (h + 1) + h, col * (w + 1): col * (w + 1) + w] = images[i]
@@ -314,7 +325,8 @@ def tile(images: np.ndarray, n_cols: int) -> np.ndarray:
 
 def _show(ax, mosaic: np.ndarray, title: str | None = None) -> None:
     if mosaic.shape[-1] == 1:
-        ax.imshow(mosaic[..., 0], cmap="gray_r" if mosaic.mean() < 0.5 else "gray", vmin=0, vmax=1, interpolation="nearest")
+        # One colormap for every panel (ink dark on light), so methods are compared by eye fairly.
+        ax.imshow(mosaic[..., 0], cmap="gray_r", vmin=0, vmax=1, interpolation="nearest")
     else:
         ax.imshow(mosaic, interpolation="nearest")
     ax.set_xticks([])
@@ -327,7 +339,7 @@ def plot_reconstructions(path, originals: np.ndarray, reconstructions: Mapping[s
     """Row 1: test images; one row per method: their reconstructions (representative seed)."""
     plt = _pyplot()
     names = list(reconstructions)
-    fig, axes = plt.subplots(len(names) + 1, 1, figsize=(0.5 * len(originals) + 1.5, 0.75 * (len(names) + 1) + 0.5), squeeze=False)
+    fig, axes = plt.subplots(len(names) + 1, 1, figsize=(0.5 * len(originals) + 1.5, 0.75 * (len(names) + 1) + 0.5), squeeze=False, layout="constrained")
     _show(axes[0, 0], tile(originals, len(originals)))
     axes[0, 0].set_ylabel("test", rotation=0, ha="right", va="center")
     for ax, name in zip(axes[1:, 0], names):
@@ -341,7 +353,7 @@ def plot_samples(path, prior: Mapping[str, np.ndarray], ex_post: Mapping[str, np
     """One row per method: prior samples (left) and ex-post samples (right), same seed."""
     plt = _pyplot()
     names = list(prior)
-    fig, axes = plt.subplots(len(names), 2, figsize=(7, 1.9 * len(names) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(len(names), 2, figsize=(7, 1.9 * len(names) + 0.4), squeeze=False, layout="constrained")
     for row, name in zip(axes, names):
         _show(row[0], tile(prior[name], n_cols), f"{name}: prior")
         _show(row[1], tile(ex_post[name], n_cols), f"{name}: ex-post density")
@@ -353,7 +365,7 @@ def plot_interpolations(path, strips: Mapping[str, np.ndarray]) -> None:
     """One panel per method: rows are test pairs, columns go from one endpoint to the other."""
     plt = _pyplot()
     names = list(strips)
-    fig, axes = plt.subplots(len(names), 1, figsize=(5, 1.6 * len(names) + 0.4), squeeze=False)
+    fig, axes = plt.subplots(len(names), 1, figsize=(5, 1.6 * len(names) + 0.4), squeeze=False, layout="constrained")
     for ax, name in zip(axes[:, 0], names):
         pairs, steps = strips[name].shape[:2]
         _show(ax, tile(strips[name].reshape(pairs * steps, *strips[name].shape[2:]), steps), name)
@@ -369,7 +381,7 @@ def plot_metrics(path, results: Mapping, rows: list[dict] | None = None) -> None
     names = list(results["methods"])
     n_cols = min(4, len(keys)) or 1
     n_rows = max(1, -(-len(keys) // n_cols))
-    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.3 * n_cols, 2.8 * n_rows), squeeze=False)
+    fig, axes = plt.subplots(n_rows, n_cols, figsize=(3.3 * n_cols, 2.8 * n_rows), squeeze=False, layout="constrained")
     by = {(r["method"], r["metric"]): r for r in rows}
     for ax, key in zip(axes.ravel(), keys):
         for i, name in enumerate(names):
@@ -377,7 +389,7 @@ def plot_metrics(path, results: Mapping, rows: list[dict] | None = None) -> None
             r = by.get((name, key))
             if r is None:
                 continue
-            vals = np.asarray(m["metrics"][key], np.float64)
+            vals = np.array([as_float(v) for v in m["metrics"][key]], np.float64)
             ok = np.asarray(m["ok"], bool)
             jitter = np.linspace(-0.15, 0.15, len(vals)) if len(vals) > 1 else np.zeros(1)
             ax.scatter(i + jitter[ok], vals[ok], s=8, color="0.6", zorder=1)
@@ -392,7 +404,6 @@ def plot_metrics(path, results: Mapping, rows: list[dict] | None = None) -> None
     for ax in axes.ravel()[len(keys):]:
         ax.axis("off")
     fig.suptitle("Mean and 95% t-interval across seeds (dots: seeds; red x: diverged, excluded)", fontsize=10)
-    fig.tight_layout()
     _save(fig, path)
 
 

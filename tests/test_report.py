@@ -52,6 +52,8 @@ def test_diverged_run_is_excluded_but_counted():
     # a non-finite value of an ok run is not averaged either, and shows in n
     s = report.summarize([1.0, float("nan"), 3.0])
     assert s["mean"] == pytest.approx(2.0) and (s["n"], s["n_ok"]) == (2, 3)
+    s = report.summarize([1.0, None, 3.0])  # results.json stores nan as null
+    assert s["mean"] == pytest.approx(2.0) and (s["n"], s["n_ok"]) == (2, 3)
 
 
 # --------------------------------------------------------------------------------------------
