@@ -130,3 +130,41 @@ def test_cli_default_out_resumes_and_explicit_out_refuses(tmp_path, monkeypatch,
     assert cli.main(flags[:-1] + ["--steps", "30", "--quiet"]) == 2
     # an explicit --out that holds results needs --resume or --overwrite
     assert cli.main(flags + ["--out", str(out)]) == 2
+
+
+def test_diverged_run_is_recorded_but_excluded_from_the_table(tmp_path, uninterrupted, cache_dir):
+    import shutil
+
+    src, _ = uninterrupted
+    out = tmp_path / "out"
+    shutil.copytree(src, out)
+    record_path = out / "methods" / "drae.json"
+    record = json.loads(record_path.read_text())
+    record["ok"], record["diverged_at"] = [True, False], [-1, 7]  # as train() flags a run that went non-finite
+    record_path.write_text(json.dumps(record))
+    results = run_compare(tiny(), out, resume=True, progress=False, feature_cache_dir=cache_dir,
+                          log=lambda *_: None, figures=False)
+    assert results["methods"]["drae"]["diverged_at"] == [-1, 7]  # recorded
+    rows = {(r["method"], r["metric"]): r for r in csv.DictReader((out / "table.csv").open())}
+    row = rows[("drae", "rec_error")]
+    assert (row["n"], row["n_ok"], row["n_total"]) == ("1", "1", "2")
+    assert float(row["mean"]) == pytest.approx(record["metrics"]["rec_error"][0])  # seed 1 not averaged in
+    assert rows[("drae", "rec_error")]["diff_n"] == "1"  # paired over the one common ok seed
+    assert "| drae | 1/2 |" in (out / "table.md").read_text()
+
+
+def test_ex_post_fit_survives_a_run_with_non_finite_codes():
+    from types import SimpleNamespace
+
+    from jaxrae.compare import _fit_ex_post, _seed_keys
+    import jax
+
+    codes = np.random.default_rng(0).normal(size=(2, 300, 4)).astype(np.float32)
+    broken = codes.copy()
+    broken[1, 5] = np.nan
+    runs = SimpleNamespace(codec=SimpleNamespace(discrete=False))
+    keys = _seed_keys(jax.random.PRNGKey(0), [0, 1])
+    fitted, bad = _fit_ex_post(runs, broken, keys, 3)
+    reference, _ = _fit_ex_post(runs, codes, keys, 3)
+    assert bad.tolist() == [False, True]
+    np.testing.assert_allclose(np.asarray(fitted.means[0]), np.asarray(reference.means[0]), rtol=1e-6)
