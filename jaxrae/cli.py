@@ -103,8 +103,15 @@ def cmd_train(args) -> int:
     sweep = parse_sweep(args.sweep)
     data = load_data(args.data)
     out = Path(args.out)
-    prepare_out_dir(out, args.resume, args.overwrite)
-    ckpt.atomic_write_json(out / "config.json", {"config": config.to_dict(), "data": args.data, "seeds": seeds, "sweep": sweep})
+    from jaxrae import distributed
+
+    # With several processes (--distributed) one of them owns the output directory; the others
+    # wait for it, train their share, and write nothing. --out must be on shared storage.
+    primary = distributed.is_primary()
+    if primary:
+        prepare_out_dir(out, args.resume, args.overwrite)
+        ckpt.atomic_write_json(out / "config.json", {"config": config.to_dict(), "data": args.data, "seeds": seeds, "sweep": sweep})
+    distributed.barrier("out-ready")
     runs = train(config, data, seeds, sweep=sweep, checkpoint_path=out / "checkpoint.msgpack", progress=not args.quiet)
     from jaxrae.metrics import code_usage, reconstruction_error
 
@@ -124,6 +131,8 @@ def cmd_train(args) -> int:
         "compile_time_s": runs.compile_time_s,
         "environment": environment(),
     }
+    if not primary:
+        return 0
     ckpt.atomic_write_json(out / "history.json", history)
     print(f"{config.method_name} on {data.name}: {len(runs.runs)} run(s), {config.steps} steps, "
           f"{runs.wall_time_s:.1f}s training + {runs.compile_time_s:.1f}s compilation")
