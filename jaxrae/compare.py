@@ -51,7 +51,7 @@ from typing import Any, Callable, Mapping, Sequence
 import numpy as np
 
 from jaxrae import checkpoint as ckpt
-from jaxrae.errors import CheckpointError, ConfigError, JaxraeError
+from jaxrae.errors import CheckpointError, ConfigError
 
 FORMAT = "jaxrae-compare-v1"
 
@@ -169,6 +169,8 @@ class Experiment:
         for table in ("config", "overrides"):
             if table in values and not isinstance(values[table], Mapping):
                 raise ConfigError(f"{source}: {table} must be a table, got {values[table]!r}")
+        if "config" in values:  # compare's defaults hold unless the file sets the field
+            values["config"] = {**DEFAULT_JOB_CONFIG, **values["config"]}
         for name, fields in values.get("overrides", {}).items():
             if not isinstance(fields, Mapping):
                 raise ConfigError(f"{source}: overrides.{name} must be a table, got {fields!r}")
@@ -658,7 +660,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "ex-post samples and interpolations; precision/recall; code log-likelihood; code usage), "
         "and write results.json, table.md/.csv and PNG figures. With no arguments: the main job, "
         f"{DEFAULT_DATA} x {','.join(DEFAULT_METHODS)} x {DEFAULT_SEEDS} seeds, "
-        f"{DEFAULT_JOB_CONFIG['steps']} steps, into {default_out_dir(DEFAULT_DATA)}."
+        f"{DEFAULT_JOB_CONFIG['steps']} steps of batch {DEFAULT_JOB_CONFIG['batch_size']}, into "
+        f"{default_out_dir(DEFAULT_DATA)}."
     )
     g = parser.add_argument_group("comparison")
     g.add_argument("--config", dest="experiment_file", default=None,
@@ -679,8 +682,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--resume", action="store_true", help="skip finished methods in --out, continue an interrupted one from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="delete what --out holds and start afresh")
     g.add_argument("--quiet", action="store_true", help="no progress bars (the summary table is still printed)")
-    t = parser.add_argument_group("training (TrainConfig fields, applied to every method; override the TOML)")
+    shared = ", ".join(f"{k}={v}" for k, v in DEFAULT_JOB_CONFIG.items())
+    t = parser.add_argument_group(f"training (TrainConfig fields, applied to every method; they override the TOML; "
+                                  f"compare's defaults: {shared}, the rest TrainConfig's)")
     add_config_flags(t)
+    for action in t._group_actions:
+        if action.dest == "method":  # a comparison names its methods with --methods
+            action.help = argparse.SUPPRESS
 
 
 def experiment_from_args(args) -> Experiment:

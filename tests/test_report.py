@@ -13,7 +13,7 @@ import pytest
 from scipy import stats
 
 from jaxrae import report
-from jaxrae.compare import Experiment, interpolate_codes, interpolation_pairs, load_experiment, loss_curve
+from jaxrae.compare import DEFAULT_JOB_CONFIG, Experiment, interpolate_codes, interpolation_pairs, load_experiment, loss_curve
 from jaxrae.errors import ConfigError
 
 
@@ -142,6 +142,7 @@ def test_toml_unknown_keys_are_config_errors(tmp_path):
                     "[config]\nsteps = 20\n[overrides.drae]\nbeta = 0.01\n")
     exp = load_experiment(good)
     assert exp.seeds == (0, 1, 2) and exp.method_config("drae").beta == 0.01 and exp.method_config("ae").steps == 20
+    assert exp.method_config("ae").batch_size == DEFAULT_JOB_CONFIG["batch_size"]  # compare's shared default survives a partial [config]
 
     for body, needle in [
         ('methods = ["ae"]\nsedes = 3\n', "sedes"),
