@@ -8,9 +8,8 @@ with L_rec the reconstruction error, L_z a latent regularizer and L_reg a decode
 Each term below is one entry of the method grid (DESIGN.md); :mod:`jaxrae.methods` picks and
 weights them. Every function returns a scalar averaged over the batch.
 
-Normalisation follows the official implementation of Ghosh et al. so that its weights carry over:
-the reconstruction error is the squared error summed over channels and averaged over pixels and
-images. See :mod:`jaxrae.methods` for how the paper's beta and lambda map onto these terms.
+The reconstruction error is summed over an image's pixels (a log-likelihood, as in the official
+VAE loss of Ghosh et al.); :mod:`jaxrae.methods` converts the paper's beta and lambda to it.
 """
 
 from __future__ import annotations
@@ -23,14 +22,16 @@ import jax.numpy as jnp
 
 
 def reconstruction_loss(x: chex.Array, x_hat: chex.Array) -> chex.Array:
-    """Per-pixel squared error: mean over (B, H, W) of sum_c (x - x_hat)^2.
+    """Squared error summed over an image's pixels and channels, averaged over the batch:
+    mean_b sum_{h,w,c} (x - x_hat)^2.
 
-    The L2 reconstruction term of Ghosh et al. (2020), normalised as in their code (a Gaussian
-    decoder with fixed variance, up to constants).
+    The L2 reconstruction term of Ghosh et al. (2020); up to constants the negative
+    log-likelihood of a Gaussian decoder with variance 1/2 (the form of the official VAE loss).
+    Equal to :func:`jaxrae.metrics.reconstruction_error` on the same images.
     """
     chex.assert_equal_shape([x, x_hat])
     chex.assert_rank(x, 4)
-    return jnp.mean(jnp.sum(jnp.square(x - x_hat), axis=-1))
+    return jnp.mean(jnp.sum(jnp.square(x - x_hat), axis=(1, 2, 3)))
 
 
 def rae_latent_penalty(z: chex.Array) -> chex.Array:

@@ -24,6 +24,7 @@ import math
 from typing import Sequence
 
 import flax.linen as nn
+import jax
 import jax.numpy as jnp
 
 from jaxrae.errors import ConfigError
@@ -134,9 +135,12 @@ class AutoEncoder(nn.Module):
         self.encoder = Encoder(self.arch, self.encoder_out)
         self.decoder = Decoder(self.arch, tuple(self.image_shape), self.spectral_norm)
         if self.codebook_shape is not None:
-            # Unit-normal entries match the scale of a freshly initialised encoder's outputs, so
-            # the codebook and commitment losses start small instead of chasing a mismatch.
-            self.codebook = self.param("codebook", nn.initializers.normal(stddev=1.0), self.codebook_shape)
+            # Uniform(-1/K, 1/K) as in van den Oord et al.'s implementation: entries start close
+            # together, near the encoder's initial outputs, so small moves of z_e switch entries
+            # and every entry receives codebook-loss updates (a spread-out init collapses onto one).
+            bound = 1.0 / self.codebook_shape[0]
+            init = lambda key, shape: jax.random.uniform(key, shape, minval=-bound, maxval=bound)  # noqa: E731
+            self.codebook = self.param("codebook", init, self.codebook_shape)
 
     def encode(self, x, train: bool):
         return self.encoder(x, train)

@@ -10,13 +10,21 @@ import pytest
 from jaxrae import losses
 
 
-def test_reconstruction_loss_sums_channels_and_averages_pixels():
+def test_reconstruction_loss_sums_each_image_and_averages_the_batch():
     x = jnp.zeros((2, 3, 4, 3))
     x_hat = jnp.ones((2, 3, 4, 3)) * 0.5
-    # each pixel: 3 channels * 0.25 = 0.75
-    assert float(losses.reconstruction_loss(x, x_hat)) == pytest.approx(0.75)
+    # each image: 3 * 4 * 3 values of 0.25 = 9
+    assert float(losses.reconstruction_loss(x, x_hat)) == pytest.approx(9.0)
     x_hat = x_hat.at[0].set(0.0)  # first image perfect: mean over images halves
-    assert float(losses.reconstruction_loss(x, x_hat)) == pytest.approx(0.375)
+    assert float(losses.reconstruction_loss(x, x_hat)) == pytest.approx(4.5)
+
+
+def test_reconstruction_loss_equals_the_reported_metric():
+    from jaxrae.metrics import reconstruction_error
+
+    rng = np.random.default_rng(1)
+    x, x_hat = rng.uniform(size=(5, 4, 4, 1)), rng.uniform(size=(5, 4, 4, 1))
+    assert float(losses.reconstruction_loss(jnp.asarray(x), jnp.asarray(x_hat))) == pytest.approx(reconstruction_error(x, x_hat), rel=1e-5)
 
 
 def test_rae_latent_penalty_is_half_squared_norm():
