@@ -87,3 +87,12 @@ def peak_rss_mib() -> float:
 
 def tree_bytes(tree) -> int:
     return int(sum(np.asarray(x).nbytes for x in jax.tree_util.tree_leaves(tree)))
+
+
+def write_table(out: str | None, lines: list[str]) -> None:
+    """Write the printed lines to ``out`` (a markdown file under benchmarks/results/), if given."""
+    if out:
+        from pathlib import Path
+
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        Path(out).write_text("\n".join(lines) + "\n")

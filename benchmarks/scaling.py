@@ -173,9 +173,7 @@ def main(argv=None) -> int:
     emit(f"- S={sizes[0]} program memory: arguments {m['arguments'] / 2**20:.1f} MiB (of which data "
          f"{data.train_images_u8.nbytes / 2**20:.1f}), outputs {m['outputs'] / 2**20:.1f}, temporaries {m['temps'] / 2**20:.1f}, "
          f"aliased {m['aliased'] / 2**20:.1f}")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text("\n".join(lines) + "\n")
+    _common.write_table(args.out, lines)
     return 0
 
 

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import sys
-import time
 from pathlib import Path
 
 import jax
@@ -116,9 +115,7 @@ def main(argv=None) -> int:
         emit(f"- achieved (analytic FLOPs / training time): {_common.fmt_rate(_common.median(achieved))}FLOP/s")
         emit(f"- {args.matmul_n}x{args.matmul_n} f32 matmul, same rounds: {_common.fmt_rate(_common.median([mm for mm, _, _ in rounds]))}FLOP/s")
         emit(f"- **MLP preset / matmul = {_common.median(fractions):.0%}** (per round: {', '.join(f'{f:.0%}' for f in fractions)}; target >= 60%)")
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text("\n".join(lines) + "\n")
+    _common.write_table(args.out, lines)
     return 0
 
 

@@ -18,7 +18,6 @@ import dataclasses
 import functools
 import os
 import pathlib
-import tempfile
 import warnings
 from typing import Any, NamedTuple
 
@@ -29,6 +28,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from jaxrae.checkpoint import atomic_write_bytes
 from jaxrae.data import Dataset
 from jaxrae.errors import DataError
 
@@ -520,23 +520,9 @@ def _save_feature_network(path: pathlib.Path, net: FeatureNetwork) -> None:
         "test_accuracy": net.test_accuracy,
         "params": flax.serialization.to_state_dict(net.params),
     }
-    payload = flax.serialization.msgpack_serialize(record)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # Temp file in the same directory + os.replace: readers see the old file or the whole new
-    # one, never a partial write, even with concurrent runs.
-    fd, tmp_name = tempfile.mkstemp(prefix=path.name + ".", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(payload)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp_name, path)
-    except BaseException:
-        try:
-            os.unlink(tmp_name)
-        except FileNotFoundError:
-            pass
-        raise
+    # Temp file + rename (jaxrae.checkpoint): readers see the old file or the whole new one,
+    # never a partial write, even with concurrent runs.
+    atomic_write_bytes(path, flax.serialization.msgpack_serialize(record))
 
 
 def _load_feature_network(path: pathlib.Path, dataset: Dataset, steps: int) -> FeatureNetwork:

@@ -25,7 +25,6 @@ from typing import Sequence
 
 import flax.linen as nn
 import jax
-import jax.numpy as jnp
 
 from jaxrae.errors import ConfigError
 

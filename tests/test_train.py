@@ -2,7 +2,6 @@
 do not change results, and a diverging run is frozen without touching the others."""
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
