@@ -21,6 +21,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
+import json
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -376,7 +377,7 @@ def train(
     header = _header(config, data, runs)
     if checkpoint_path is not None and Path(checkpoint_path).exists():
         saved, saved_header = ckpt.load_checkpoint(checkpoint_path, None)
-        if saved_header != json_roundtrip(header):
+        if saved_header != _json_roundtrip(header):
             raise CheckpointError(
                 f"checkpoint {checkpoint_path} belongs to another configuration, data set or seed list; "
                 "rerun with --overwrite or choose another --out"
@@ -434,10 +435,8 @@ def _on_runs(state, sharding):
     return jax.jit(lambda s: s, out_shardings=sharding)(state)
 
 
-def json_roundtrip(obj):
+def _json_roundtrip(obj):
     """``obj`` as it reads back from JSON (tuples become lists), for header comparison."""
-    import json
-
     return json.loads(json.dumps(obj, default=ckpt._json_default))
 
 
