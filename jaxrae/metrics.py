@@ -490,6 +490,11 @@ def train_feature_network(dataset: Dataset, *, steps: int | None = None) -> Feat
     params = jax.tree.map(np.asarray, params)
     predictions = np.argmax(_map_batches(model, params, dataset.test_images)[0], axis=1)
     test_accuracy = float(np.mean(predictions == np.asarray(dataset.test_labels)))
+    return _network_record(dataset, model, params, test_accuracy, steps)
+
+
+def _network_record(dataset: Dataset, model, params, test_accuracy: float, steps: int) -> FeatureNetwork:
+    """A FeatureNetwork tied to ``dataset`` (its fingerprint and image shape)."""
     return FeatureNetwork(
         model=model,
         params=params,
@@ -551,14 +556,7 @@ def _load_feature_network(path: pathlib.Path, dataset: Dataset, steps: int) -> F
         if not isinstance(leaf, np.ndarray) or leaf.shape != spec.shape or leaf.dtype != spec.dtype:
             raise ValueError("parameter shapes or dtypes do not match the network")
     test_accuracy = float(record["test_accuracy"])
-    return FeatureNetwork(
-        model=model,
-        params=params,
-        test_accuracy=test_accuracy,
-        fingerprint=dataset.fingerprint,
-        image_shape=tuple(dataset.image_shape),
-        steps=steps,
-    )
+    return _network_record(dataset, model, params, test_accuracy, steps)
 
 
 def feature_network(
