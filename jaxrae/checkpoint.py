@@ -62,7 +62,10 @@ def _json_default(obj):
 
 
 def restore_into(target: Any, state_dict: Any, path: str | os.PathLike) -> Any:
-    """``state_dict`` (from ``load_checkpoint(path, None)``) restored into ``target``'s structure."""
+    """``state_dict`` (a part of what :func:`load_checkpoint` read) restored into ``target``'s structure.
+
+    Raises CheckpointError when the saved tree has another structure than ``target``.
+    """
     try:
         return serialization.from_state_dict(target, state_dict)
     except Exception as e:
@@ -77,14 +80,14 @@ def save_checkpoint(path: str | os.PathLike, tree: Any, header: dict) -> None:
     atomic_write_bytes(path, blob)
 
 
-def load_checkpoint(path: str | os.PathLike, target: Any) -> tuple[Any, dict]:
-    """Read a checkpoint into the structure of ``target``; returns (tree, header).
+def load_checkpoint(path: str | os.PathLike) -> tuple[Any, dict]:
+    """Read a checkpoint; returns (tree as nested dicts of NumPy arrays, header).
 
-    With ``target=None`` the tree comes back as nested dicts of NumPy arrays (for parts whose
-    structure is only known from the file, such as a metric history).
+    The caller restores the parts whose structure it knows with :func:`restore_into` (the
+    training state) and reads the rest as is (a metric history).
 
-    Raises CheckpointError (naming the file and the fault) when the file is missing, truncated,
-    not a jaxrae checkpoint, or holds a tree of another structure.
+    Raises CheckpointError (naming the file and the fault) when the file is missing, truncated
+    or not a jaxrae checkpoint.
     """
     path = Path(path)
     try:
@@ -98,11 +101,9 @@ def load_checkpoint(path: str | os.PathLike, target: Any) -> tuple[Any, dict]:
     if not isinstance(blob, dict) or blob.get("format") != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} file; delete it or rerun with --overwrite")
     try:
-        header = json.loads(blob["header"])
-        tree = blob["tree"] if target is None else serialization.from_state_dict(target, blob["tree"])
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {path} does not match this run's structure ({e}); rerun with --overwrite") from None
-    return tree, header
+        return blob["tree"], json.loads(blob["header"])
+    except (KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"checkpoint {path} has no valid header or tree ({type(e).__name__}); delete it or rerun with --overwrite") from None
 
 
 def _to_numpy(tree):

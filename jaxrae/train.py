@@ -376,7 +376,7 @@ def train(
     history: dict[str, list[np.ndarray]] = {}
     header = _header(config, data, runs)
     if checkpoint_path is not None and Path(checkpoint_path).exists():
-        saved, saved_header = ckpt.load_checkpoint(checkpoint_path, None)
+        saved, saved_header = ckpt.load_checkpoint(checkpoint_path)
         if saved_header != _json_roundtrip(header):
             raise CheckpointError(
                 f"checkpoint {checkpoint_path} belongs to another configuration, data set or seed list; "

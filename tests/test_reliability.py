@@ -19,7 +19,7 @@ def _train_args(out):
 
 
 def _final_state(out):
-    tree, _ = load_checkpoint(out / "checkpoint.msgpack", None)
+    tree, _ = load_checkpoint(out / "checkpoint.msgpack")
     return tree["state"]
 
 
@@ -72,7 +72,7 @@ def test_partial_checkpoint_is_a_clear_error(tmp_path):
     path = tmp_path / "c.msgpack"
     path.write_bytes(b"\x85\xa6format")  # a msgpack map cut short
     with pytest.raises(CheckpointError, match="--overwrite"):
-        load_checkpoint(path, {})
+        load_checkpoint(path)
     path.write_bytes(b"")
     with pytest.raises(CheckpointError):
-        load_checkpoint(path, {})
+        load_checkpoint(path)
