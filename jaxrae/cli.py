@@ -51,9 +51,8 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         if field.name == "fsq_levels":
             parser.add_argument(flag, type=lambda s: tuple(int(v) for v in s.split(",")), default=None, help="comma-separated, e.g. 8,5,5,5")
             continue
-        kind = {"int": int, "float": float, "str": str}.get(str(field.type).split(" |")[0].strip("'"), str)
-        if field.name in ("beta", "lam", "tau"):
-            kind = float
+        # Annotations are strings ("int", "float | None", "str | None"): the first type parses.
+        kind = {"int": int, "float": float}.get(str(field.type).split(" |")[0], str)
         parser.add_argument(flag, type=kind, default=None, help=f"TrainConfig.{field.name}")
 
 
