@@ -1,4 +1,5 @@
-"""Tests of the data layer: embedded digits, IDX reader (round trips, faults, fuzz), tfds mock.
+"""Tests of the data layer: embedded digits, IDX reader (round trips, faults, fuzz), crop and
+resize, attributes, tfds mock.
 
 Run ``python tests/test_data.py`` to regenerate ``jaxrae/_data/digits.npz`` from scikit-learn.
 """
@@ -20,9 +21,12 @@ from jaxrae.data import (
     DEBIAN_FASHION_MNIST_DIR,
     IDX_FILES,
     Dataset,
+    area_resize,
+    center_crop,
     fingerprint,
     load_data,
     make_dataset,
+    preprocess_images,
     read_idx,
 )
 from jaxrae.errors import ConfigError, DataError
@@ -473,6 +477,154 @@ def test_fuzz_mutated_gzip_idx(tmp_path, edits, cut, tail, compress_first):
 
 
 # --------------------------------------------------------------------------------------------
+# Preprocessing: centre crop and area resize
+
+
+def reference_area_resize(x: np.ndarray, out_h: int, out_w: int) -> np.ndarray:
+    """Area average by supersampling: repeat each pixel out_h x out_w times, then the (H, W) block
+    means are exactly the footprint means; rounded half up. Independent of jaxrae's matrices."""
+    n, h, w, c = x.shape
+    big = np.repeat(np.repeat(x.astype(np.float64), out_h, axis=1), out_w, axis=2)
+    means = big.reshape(n, out_h, h, out_w, w, c).mean(axis=(2, 4))
+    return np.floor(means + 0.5).astype(np.uint8)
+
+
+def test_area_resize_by_two_gives_block_means_rounded_half_up():
+    x = np.array([[0, 1, 10, 20], [4, 5, 30, 41], [255, 255, 7, 7], [255, 254, 7, 8]], np.uint8)
+    # block means 2.5, 25.25 / 254.75, 7.25 -> 3, 25 / 255, 7 (2.5 rounds up, not to even)
+    expected = np.array([[3, 25], [255, 7]], np.uint8)
+    got = area_resize(x[None, :, :, None], 2)
+    assert got.dtype == np.uint8 and got.shape == (1, 2, 2, 1)
+    np.testing.assert_array_equal(got[0, :, :, 0], expected)
+
+
+def test_area_resize_fractional_footprints_by_hand():
+    # 3 -> 2 pixels: footprints [0, 1.5) and [1.5, 3), so per axis y0 = (2 a + b) / 3, y1 = (b + 2 c) / 3.
+    x = np.array([[30, 60, 90], [0, 0, 0], [90, 60, 30]], np.uint8)[None, :, :, None]
+    # rows first: (2 [30 60 90] + 0) / 3 = [20 40 60] and (0 + 2 [90 60 30]) / 3 = [60 40 20];
+    # then columns: [(40 + 40) / 3, (40 + 120) / 3] = [26.67, 53.33] and [53.33, 26.67].
+    np.testing.assert_array_equal(area_resize(x, 2)[0, :, :, 0], [[27, 53], [53, 27]])
+    # 2 -> 3 (upsampling): footprints [0, 2/3), [2/3, 4/3), [4/3, 2): y = [a, (a + b) / 2, b]
+    np.testing.assert_array_equal(area_resize(np.array([[[[10], [21]]]], np.uint8), (1, 3))[0, 0, :, 0], [10, 16, 21])
+
+
+def test_area_resize_constant_blocks_and_reference():
+    # A constant image stays constant at any size; an image of constant 4x4 blocks halved by 4.
+    blocks = np.array([[0, 255], [17, 100]], np.uint8)
+    x = np.kron(blocks, np.ones((4, 4), np.uint8))[None, :, :, None].repeat(3, axis=3)
+    np.testing.assert_array_equal(area_resize(x, 2)[0, :, :, 1], blocks)
+    np.testing.assert_array_equal(area_resize(np.full((2, 140, 140, 3), 77, np.uint8), 64), 77)
+    rng = np.random.default_rng(0)
+    for (h, w), (oh, ow) in [((7, 5), (3, 4)), ((35, 35), (16, 16)), ((9, 6), (9, 12)), ((5, 5), (5, 5))]:
+        x = rng.integers(0, 256, size=(2, h, w, 3), dtype=np.uint8)
+        np.testing.assert_array_equal(area_resize(x, (oh, ow)), reference_area_resize(x, oh, ow),
+                                      err_msg=f"{h}x{w}->{oh}x{ow}")
+
+
+def test_center_crop_is_the_wae_celeba_window():
+    # CelebA 218x178, crop 140: PIL box ((178-140)/2, (218-140)/2, ...) = rows 39..178, cols 19..158.
+    rows, cols = np.meshgrid(np.arange(218), np.arange(178), indexing="ij")
+    x = np.stack([rows, cols, rows], axis=-1).astype(np.uint8)[None]
+    out = center_crop(x, 140)
+    assert out.shape == (1, 140, 140, 3)
+    assert (out[0, 0, 0, 0], out[0, -1, 0, 0], out[0, 0, 0, 1], out[0, 0, -1, 1]) == (39, 178, 19, 158)
+    assert center_crop(x, (100, 50)).shape == (1, 100, 50, 3)
+
+
+def test_preprocess_images_in_chunks_equals_one_pass(monkeypatch):
+    rng = np.random.default_rng(1)
+    x = rng.integers(0, 256, size=(11, 12, 10, 3), dtype=np.uint8)
+    whole = area_resize(center_crop(x, 8), 3)
+    monkeypatch.setattr("jaxrae.data._PREPROCESS_CHUNK_BYTES", 8 * 12 * 10 * 3 * 4)  # 4 images a chunk
+    out = preprocess_images(x, crop=8, image_size=3)
+    assert out.flags.c_contiguous
+    np.testing.assert_array_equal(out, whole)
+    assert preprocess_images(x) is x  # nothing asked, nothing done
+
+
+def test_load_data_crop_and_resize_digits():
+    raw = load_data("digits", n_train=50, n_test=20)
+    ds = load_data("digits", n_train=50, n_test=20, crop=6, image_size=3)
+    assert ds.name == "digits@crop=6,image_size=3" and ds.image_shape == (3, 3, 1)
+    np.testing.assert_array_equal(ds.train_images_u8, area_resize(raw.train_images_u8[:, 1:7, 1:7], 3))
+    np.testing.assert_array_equal(ds.test_labels, raw.test_labels)
+    # the spec suffix is the same request, and the name is a spec that loads the same data
+    same = load_data("digits@crop=6,image_size=3", n_train=50, n_test=20)
+    assert same.fingerprint == ds.fingerprint == load_data(ds.name, n_train=50, n_test=20).fingerprint
+    # other preprocessing -> other content -> other fingerprint (feature nets, checkpoints, results)
+    prints = {raw.fingerprint, ds.fingerprint}
+    for kw in ({"crop": 6}, {"image_size": 3}, {"crop": 8, "image_size": 4}, {"crop": (6, 4), "image_size": 3}):
+        other = load_data("digits", n_train=50, n_test=20, **kw)
+        prints.add(other.fingerprint)
+    assert len(prints) == 6
+    assert load_data("digits@image_size=4x2", n_train=5, n_test=5).image_shape == (4, 2, 1)
+
+
+@pytest.mark.parametrize(
+    "spec, kw, error, match",
+    [
+        ("digits", {"crop": 9}, DataError, r"digits@crop=9: crop=9 is larger than the 8x8 images.*at most 8x8"),
+        ("digits", {"crop": (4, 20)}, DataError, "crop=4x20 is larger than the 8x8 images"),
+        ("digits", {"crop": 0}, ConfigError, "crop=0 is invalid: must be a positive integer"),
+        ("digits", {"image_size": True}, ConfigError, "image_size=True is invalid"),
+        ("digits", {"image_size": (3, 4, 5)}, ConfigError, "image_size=.* is invalid"),
+        ("digits@crop=abc", {}, ConfigError, "crop='abc' is invalid"),
+        ("digits@size=4", {}, ConfigError, r"cannot read 'size=4'.*keys: crop, image_size"),
+        ("digits@crop=4,crop=5", {}, ConfigError, "crop is given twice"),
+        ("digits@crop=4", {"crop": 4}, ConfigError, "crop is given twice.*keep one"),
+    ],
+)
+def test_preprocessing_errors(spec, kw, error, match):
+    with pytest.raises(error, match=match):
+        load_data(spec, n_train=5, n_test=5, **kw)
+
+
+def test_preprocessing_functions_check_their_input():
+    with pytest.raises(DataError, match="expected uint8 images of shape"):
+        area_resize(np.zeros((2, 4, 4, 1), np.float32), 2)
+    with pytest.raises(DataError, match="expected uint8 images of shape"):
+        center_crop(np.zeros((4, 4), np.uint8), 2)
+    with pytest.raises(DataError, match="mine: crop=5 is larger"):
+        preprocess_images(np.zeros((2, 4, 4, 1), np.uint8), crop=5, source="mine")
+
+
+def test_at_sign_without_options_stays_part_of_an_idx_path(tmp_path):
+    x = np.zeros((2, 4, 4), np.uint8)
+    y = np.zeros(2, np.uint8)
+    d = write_idx_dir(tmp_path / "a@b", (x, y, x, y), gz=False)
+    assert load_data(f"idx:{d}").name == f"idx:{d}"
+    assert load_data(f"idx:{d}@image_size=2").image_shape == (2, 2, 1)
+
+
+# --------------------------------------------------------------------------------------------
+# Attributes
+
+
+def test_make_dataset_attributes_and_fingerprint():
+    x = np.zeros((4, 2, 2, 1), np.uint8)
+    y = np.zeros(4, np.int32)
+    attrs = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 1, 0]], bool)
+    plain = make_dataset("p", x, y, x, y)
+    ds = make_dataset("a", x, y, x, y, train_attributes=attrs, test_attributes=attrs[::-1],
+                      attribute_names=["u", "v", "w"])
+    assert plain.train_attributes is None and plain.n_attributes == 0 and plain.attribute_names == ()
+    assert ds.train_attributes.dtype == np.uint8 and ds.n_attributes == 3 and ds.attribute_names == ("u", "v", "w")
+    assert ds.fingerprint != plain.fingerprint  # attributes are content
+    assert plain.fingerprint == fingerprint(x, y, x, y)  # data sets without attributes keep their digest
+    flipped = make_dataset("a", x, y, x, y, train_attributes=attrs, test_attributes=attrs)
+    assert flipped.fingerprint != ds.fingerprint
+    assert flipped.attribute_names == ("attribute_0", "attribute_1", "attribute_2")
+    with pytest.raises(DataError, match="one split only"):
+        make_dataset("a", x, y, x, y, train_attributes=attrs)
+    with pytest.raises(DataError, match="must be 0 or 1"):
+        make_dataset("a", x, y, x, y, train_attributes=attrs * 2, test_attributes=attrs)
+    with pytest.raises(DataError, match=r"shape \(4, n_attributes\)"):
+        make_dataset("a", x, y, x, y, train_attributes=attrs[:3], test_attributes=attrs)
+    with pytest.raises(DataError, match="3 distinct names"):
+        make_dataset("a", x, y, x, y, train_attributes=attrs, test_attributes=attrs, attribute_names=["u", "u", "w"])
+
+
+# --------------------------------------------------------------------------------------------
 # tensorflow-datasets, offline
 
 
@@ -487,6 +639,36 @@ def test_tfds_mock_mnist_without_tensorflow():
     assert ds.train_images_u8.dtype == np.uint8 and ds.train_labels.dtype == np.int32
     assert ds.train_labels.min() >= 0 and ds.train_labels.max() < 10
     assert small.n_train == 3 and small.n_test == 2
+
+
+def test_tfds_mock_celeb_a_crop_resize_and_attributes(monkeypatch):
+    tfds = pytest.importorskip("tensorflow_datasets", reason="tfds:<name> is the optional extra jaxrae[tfds]")
+    monkeypatch.setattr("jaxrae.data.TFDS_READ_CHUNK", 2)  # 5 examples -> chunks of 2, 2, 1
+    with tfds.testing.mock_data(num_examples=5):
+        raw = load_data("tfds:celeb_a")
+        ds = load_data("tfds:celeb_a@crop=140,image_size=64", n_train=3)
+        same = load_data("tfds:celeb_a", n_train=3, crop=140, image_size=64)
+    assert raw.image_shape == (218, 178, 3) and ds.image_shape == (64, 64, 3)
+    assert ds.name == "tfds:celeb_a@crop=140,image_size=64" and (ds.n_train, ds.n_test) == (3, 5)
+    # read in chunks, preprocessed while reading: the same bytes as preprocessing the whole split
+    np.testing.assert_array_equal(ds.train_images_u8,
+                                  preprocess_images(raw.train_images_u8[:3], crop=140, image_size=64))
+    np.testing.assert_array_equal(ds.test_images_u8, area_resize(center_crop(raw.test_images_u8, 140), 64))
+    # celeb_a: no class label (all 0), 40 binary attributes kept in a fixed (sorted) order
+    assert ds.n_classes == 1 and ds.n_attributes == 40 and ds.train_attributes.shape == (3, 40)
+    assert ds.attribute_names[0] == "5_o_Clock_Shadow" and list(ds.attribute_names) == sorted(ds.attribute_names)
+    np.testing.assert_array_equal(ds.train_attributes, raw.train_attributes[:3])
+    assert set(np.unique(raw.train_attributes)) <= {0, 1}
+    assert same.fingerprint == ds.fingerprint != raw.fingerprint
+
+
+def test_tfds_subset_larger_than_split_and_crop_too_large():
+    tfds = pytest.importorskip("tensorflow_datasets", reason="tfds:<name> is the optional extra jaxrae[tfds]")
+    with tfds.testing.mock_data(num_examples=3):
+        with pytest.raises(ConfigError, match="n_test=4 but tfds:mnist has only 3 images"):
+            load_data("tfds:mnist", n_test=4)
+        with pytest.raises(DataError, match=r"tfds:mnist@crop=30: crop=30 is larger than the 28x28 images"):
+            load_data("tfds:mnist@crop=30")
 
 
 def test_fashion_mnist_falls_back_to_tfds(monkeypatch, tmp_path):
