@@ -7,6 +7,11 @@ images anyway. Report the number as "FD in classifier features" next to the clas
 accuracy (:attr:`FeatureNetwork.metric_label`), never as "FID (Inception)": values are not
 comparable with published FIDs.
 
+The classifier learns the data set's class labels; a data set without classes but with binary
+attributes (CelebA's 40) gets a multi-label attribute classifier instead (sigmoid cross-entropy,
+as in the attribute-prediction setting of Liu et al. 2015), and its accuracy is then the mean
+attribute accuracy (:func:`feature_target`).
+
 Statistics (Frechet distance, precision/recall, code usage) are float64 NumPy functions: they
 run once per seed after training, so exactness matters more than speed. The feature network is
 Flax/JAX, trained with one ``jax.lax.scan`` over steps.
@@ -35,6 +40,7 @@ from jaxrae.errors import DataError
 __all__ = [
     "FD_METRIC_NAME",
     "FEATURE_NET_VERSION",
+    "FEATURE_NET_VERSIONS",
     "CodeUsage",
     "FeatureClassifier",
     "FeatureNetwork",
@@ -42,6 +48,7 @@ __all__ = [
     "default_cache_dir",
     "default_feature_steps",
     "feature_network",
+    "feature_target",
     "frechet_distance",
     "frechet_distance_from_stats",
     "gaussian_stats",
@@ -308,9 +315,13 @@ def code_usage(indices, n_classes: int) -> CodeUsage:
 # --------------------------------------------------------------------------------------------
 # Feature network
 
-# Bump whenever FeatureClassifier, the training recipe or the cache format changes: it is part
-# of every cache key, so stale networks are never reused.
-FEATURE_NET_VERSION = "fdnet-v1"
+# One version per training target. Bump a target's entry whenever FeatureClassifier, its training
+# recipe or its cache format changes (the architecture is shared: bump both): the version is part
+# of every cache key and of compare's resume header, so stale networks are never reused. The
+# attribute target was added with its own entry; label networks and their cache files are
+# unchanged from fdnet-v1 (their records gained no field), so their caches stay valid.
+FEATURE_NET_VERSIONS = {"labels": "fdnet-v1", "attributes": "fdnet-attributes-v1"}
+FEATURE_NET_VERSION = FEATURE_NET_VERSIONS["labels"]
 FEATURE_BATCH_SIZE = 128
 FEATURE_LEARNING_RATE = 2e-3
 FEATURE_TRAIN_SEED = 0
@@ -338,7 +349,8 @@ class FeatureClassifier(nn.Module):
 
     Two 2x2 stride-2 convolutions (patchify layers, as in a ViT/ConvNeXt stem) with
     ``conv_channels`` channels and ReLU, a dense layer of ``n_features`` ReLU units (the
-    features), then a linear classifier head. Works for any input size (8x8, 28x28, 32x32x3...).
+    features), then a linear head of ``n_classes`` outputs: class logits, or one logit per
+    attribute for a multi-label network. Works for any input size (8x8, 28x28, 64x64x3...).
 
     Each 2x2 stride-2 convolution is written as space-to-depth + Dense, which is the same
     linear map: XLA:CPU runs ``conv`` ops inside a ``lax.scan`` (a while loop) about 6x slower
@@ -361,15 +373,21 @@ class FeatureClassifier(nn.Module):
         return logits, features
 
 
-@functools.partial(jax.jit, static_argnames=("model", "steps"))
-def _train_classifier(model: FeatureClassifier, key, images_u8, labels, *, steps: int):
-    """Adam on softmax cross-entropy, minibatches drawn with replacement, one scan over steps."""
+@functools.partial(jax.jit, static_argnames=("model", "steps", "multilabel"))
+def _train_classifier(model: FeatureClassifier, key, images_u8, labels, *, steps: int, multilabel: bool = False):
+    """Adam, minibatches drawn with replacement, one scan over steps.
+
+    Loss: softmax cross-entropy on integer labels (n,), or with ``multilabel`` the mean over
+    attributes of the sigmoid cross-entropy on 0/1 attributes (n, A).
+    """
     init_key, batch_key = jax.random.split(key)
     params = model.init(init_key, jnp.zeros((1, *images_u8.shape[1:]), jnp.float32))["params"]
     optimizer = optax.adam(FEATURE_LEARNING_RATE)
 
     def loss_fn(params, images, batch_labels):
         logits, _ = model.apply({"params": params}, images)
+        if multilabel:
+            return optax.sigmoid_binary_cross_entropy(logits, batch_labels.astype(jnp.float32)).mean()
         return optax.softmax_cross_entropy_with_integer_labels(logits, batch_labels).mean()
 
     def step(carry, step_index):
@@ -401,6 +419,8 @@ def _map_batches(model, params, images: np.ndarray, batch_size: int = _EVAL_BATC
     logits_out, feats_out = [], []
     for start in range(0, n, batch_size):
         batch = images[start:start + batch_size]
+        if batch.dtype == np.uint8:  # convert per batch: a uint8 test split is never held as float32
+            batch = batch.astype(np.float32) / 255.0
         rows = batch.shape[0]
         if rows < batch_size:
             batch = np.concatenate([batch, np.zeros((batch_size - rows, *batch.shape[1:]), batch.dtype)])
@@ -417,11 +437,17 @@ class FeatureNetwork:
     Attributes:
       model: the Flax module (architecture).
       params: its trained parameters.
-      test_accuracy: accuracy on the data set's test split; report it next to every FD.
+      test_accuracy: on the data set's test split, the classification accuracy (``target ==
+        "labels"``) or the mean attribute accuracy, ``mean_{i, a} 1[(logit_ia > 0) = attr_ia]``
+        (``target == "attributes"``); report it next to every FD (:attr:`metric_label`).
       fingerprint: ``Dataset.fingerprint`` of the training data.
       image_shape: (H, W, C) of the images it accepts.
       steps: training steps.
-      version: :data:`FEATURE_NET_VERSION` of the recipe.
+      version: ``FEATURE_NET_VERSIONS[target]``, the recipe.
+      target: ``"labels"`` (softmax classifier) or ``"attributes"`` (multi-label sigmoid).
+      majority_accuracy: the same accuracy for the rule that predicts the most frequent
+        training class (or each attribute's most frequent training value): the floor the
+        network must beat (CelebA's attributes are imbalanced, about 80% there).
     """
 
     model: FeatureClassifier
@@ -431,34 +457,91 @@ class FeatureNetwork:
     image_shape: tuple[int, int, int]
     steps: int
     version: str = FEATURE_NET_VERSION
+    target: str = "labels"
+    majority_accuracy: float = float("nan")
 
     def _check_images(self, images) -> np.ndarray:
         images = np.asarray(images)
-        if images.dtype == np.uint8:
-            images = images.astype(np.float32) / 255.0
         if images.ndim != 4 or tuple(images.shape[1:]) != tuple(self.image_shape):
             raise DataError(
                 f"feature network expects images of shape (n, {', '.join(map(str, self.image_shape))}), "
                 f"got {images.shape}"
             )
-        return images.astype(np.float32)
+        return images if images.dtype == np.uint8 else images.astype(np.float32)
 
     def features(self, images) -> np.ndarray:
         """Penultimate features, float32 (n, n_features), of NHWC images (float in [0, 1], or uint8)."""
         return _map_batches(self.model, self.params, self._check_images(images))[1]
 
     def predict(self, images) -> np.ndarray:
-        """Predicted class of each image, int (n,)."""
-        return np.argmax(_map_batches(self.model, self.params, self._check_images(images))[0], axis=1)
+        """Predicted class of each image, int (n,); for an attribute network the 0/1 attributes (n, A)."""
+        logits = _map_batches(self.model, self.params, self._check_images(images))[0]
+        if self.target == "attributes":
+            return (logits > 0).astype(np.uint8)
+        return np.argmax(logits, axis=1)
 
     def frechet_distance(self, images_a, images_b) -> float:
         """FD in classifier features between two image sets (see :func:`frechet_distance`)."""
         return frechet_distance(self.features(images_a), self.features(images_b))
 
     @property
+    def accuracy_name(self) -> str:
+        """What :attr:`test_accuracy` measures: "test accuracy" or "test mean attribute accuracy"."""
+        return "test mean attribute accuracy" if self.target == "attributes" else "test accuracy"
+
+    @property
     def metric_label(self) -> str:
-        """E.g. "FD in classifier features (test acc 97.8%)", for tables and figure captions."""
+        """For tables and captions: "FD in classifier features (test acc 97.8%)", or for an
+        attribute network "FD in classifier features (test mean attribute accuracy 90.1%;
+        majority rule 80.0%)"."""
+        if self.target == "attributes":
+            return (f"{FD_METRIC_NAME} ({self.accuracy_name} {self.test_accuracy:.1%}; "
+                    f"majority rule {self.majority_accuracy:.1%})")
         return f"{FD_METRIC_NAME} (test acc {self.test_accuracy:.1%})"
+
+
+def feature_target(dataset: Dataset) -> str:
+    """What the feature network learns on ``dataset``: ``"labels"`` or ``"attributes"``.
+
+    Class labels when there are at least 2 classes (a softmax classifier, as before); otherwise
+    the binary attributes if the data set has them (a multi-label classifier: sigmoid
+    cross-entropy per attribute, the usual objective for CelebA's 40 attributes, Liu et al.
+    2015). Labels win when both exist, so labelled data sets keep their networks.
+
+    Raises:
+      DataError: neither (fewer than 2 classes and no attributes), naming what to do.
+    """
+    if dataset.n_classes >= 2:
+        return "labels"
+    if dataset.n_attributes > 0:
+        return "attributes"
+    raise DataError(
+        f"{dataset.name}: cannot train the feature network for the FD: it needs class labels (at "
+        f"least 2 classes; this data set has {dataset.n_classes}) or binary attributes, and this "
+        "data set has neither. Use a source that provides them (tfds:celeb_a provides 40 attributes), "
+        "build the Dataset with labels or attributes (jaxrae.data.make_dataset(..., "
+        "train_attributes=..., test_attributes=...)), or compute Frechet distances with a "
+        "FeatureNetwork trained on a labelled data set of the same image shape"
+    )
+
+
+def _targets(dataset: Dataset, target: str, split: str) -> np.ndarray:
+    if target == "attributes":
+        return getattr(dataset, f"{split}_attributes")
+    return np.asarray(getattr(dataset, f"{split}_labels"))
+
+
+def _head_size(dataset: Dataset, target: str) -> int:
+    return dataset.n_attributes if target == "attributes" else dataset.n_classes
+
+
+def _majority_accuracy(dataset: Dataset, target: str) -> float:
+    """Test accuracy of predicting the most frequent training value (per attribute)."""
+    train, test = _targets(dataset, target, "train"), _targets(dataset, target, "test")
+    if target == "attributes":
+        majority = (2 * train.sum(axis=0, dtype=np.int64) >= train.shape[0]).astype(np.uint8)
+        return float(np.mean(test == majority[None, :]))
+    return float(np.mean(test == np.argmax(np.bincount(train))))
 
 
 def default_feature_steps(dataset: Dataset) -> int:
@@ -473,28 +556,33 @@ def train_feature_network(dataset: Dataset, *, steps: int | None = None) -> Feat
     Fixed key (seed ``FEATURE_TRAIN_SEED``), ``steps`` Adam steps (lr ``FEATURE_LEARNING_RATE``)
     of batch ``FEATURE_BATCH_SIZE`` drawn with replacement, float32, one ``lax.scan``: the same
     data set and steps give the same parameters on the same platform. ``steps=None`` means
-    :func:`default_feature_steps`.
+    :func:`default_feature_steps`. The target (class labels, or binary attributes when there
+    are no classes) is :func:`feature_target`'s, which raises DataError when there is neither.
     """
+    target = feature_target(dataset)
     if steps is None:
         steps = default_feature_steps(dataset)
     if steps < 1:
         raise ValueError(f"train_feature_network: steps must be >= 1, got {steps}")
-    model = FeatureClassifier(n_classes=dataset.n_classes)
+    model = FeatureClassifier(n_classes=_head_size(dataset, target))
+    multilabel = target == "attributes"
     params, _ = _train_classifier(
         model,
         jax.random.key(FEATURE_TRAIN_SEED),
         jnp.asarray(dataset.train_images_u8),
-        jnp.asarray(dataset.train_labels, dtype=jnp.int32),
+        jnp.asarray(_targets(dataset, target, "train"), dtype=jnp.uint8 if multilabel else jnp.int32),
         steps=steps,
+        multilabel=multilabel,
     )
     params = jax.tree.map(np.asarray, params)
-    predictions = np.argmax(_map_batches(model, params, dataset.test_images)[0], axis=1)
-    test_accuracy = float(np.mean(predictions == np.asarray(dataset.test_labels)))
-    return _network_record(dataset, model, params, test_accuracy, steps)
+    logits = _map_batches(model, params, dataset.test_images_u8)[0]
+    predictions = (logits > 0) if multilabel else np.argmax(logits, axis=1)
+    test_accuracy = float(np.mean(predictions == _targets(dataset, target, "test")))
+    return _network_record(dataset, target, model, params, test_accuracy, steps)
 
 
-def _network_record(dataset: Dataset, model, params, test_accuracy: float, steps: int) -> FeatureNetwork:
-    """A FeatureNetwork tied to ``dataset`` (its fingerprint and image shape)."""
+def _network_record(dataset: Dataset, target: str, model, params, test_accuracy: float, steps: int) -> FeatureNetwork:
+    """A FeatureNetwork tied to ``dataset`` (its fingerprint and image shape) and ``target``."""
     return FeatureNetwork(
         model=model,
         params=params,
@@ -502,6 +590,9 @@ def _network_record(dataset: Dataset, model, params, test_accuracy: float, steps
         fingerprint=dataset.fingerprint,
         image_shape=tuple(dataset.image_shape),
         steps=steps,
+        version=FEATURE_NET_VERSIONS[target],
+        target=target,
+        majority_accuracy=_majority_accuracy(dataset, target),
     )
 
 
@@ -511,8 +602,8 @@ def default_cache_dir() -> pathlib.Path:
     return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "jaxrae"
 
 
-def _cache_path(cache_dir: pathlib.Path, fingerprint: str, steps: int) -> pathlib.Path:
-    return cache_dir / "feature_nets" / f"{FEATURE_NET_VERSION}-{fingerprint}-{steps}steps.msgpack"
+def _cache_path(cache_dir: pathlib.Path, fingerprint: str, steps: int, target: str = "labels") -> pathlib.Path:
+    return cache_dir / "feature_nets" / f"{FEATURE_NET_VERSIONS[target]}-{fingerprint}-{steps}steps.msgpack"
 
 
 def _save_feature_network(path: pathlib.Path, net: FeatureNetwork) -> None:
@@ -520,11 +611,13 @@ def _save_feature_network(path: pathlib.Path, net: FeatureNetwork) -> None:
         "version": net.version,
         "fingerprint": net.fingerprint,
         "steps": net.steps,
-        "n_classes": net.model.n_classes,
+        "n_classes": net.model.n_classes,  # head size: classes, or attributes
         "image_shape": list(net.image_shape),
         "test_accuracy": net.test_accuracy,
         "params": flax.serialization.to_state_dict(net.params),
     }
+    if net.target != "labels":  # label records keep the fdnet-v1 format exactly
+        record["target"] = net.target
     # Temp file + rename (jaxrae.checkpoint): readers see the old file or the whole new one,
     # never a partial write, even with concurrent runs.
     atomic_write_bytes(path, flax.serialization.msgpack_serialize(record))
@@ -532,20 +625,23 @@ def _save_feature_network(path: pathlib.Path, net: FeatureNetwork) -> None:
 
 def _load_feature_network(path: pathlib.Path, dataset: Dataset, steps: int) -> FeatureNetwork:
     """Read and validate a cache file; raises on anything unexpected."""
+    target = feature_target(dataset)
     record = flax.serialization.msgpack_restore(path.read_bytes())
     if not isinstance(record, dict):
         raise ValueError("not a feature-network record")
+    record.setdefault("target", "labels")  # fdnet-v1 label records have no target field
     expected = {
-        "version": FEATURE_NET_VERSION,
+        "version": FEATURE_NET_VERSIONS[target],
+        "target": target,
         "fingerprint": dataset.fingerprint,
         "steps": steps,
-        "n_classes": dataset.n_classes,
+        "n_classes": _head_size(dataset, target),
         "image_shape": list(dataset.image_shape),
     }
     for field, value in expected.items():
         if record.get(field) != value:
             raise ValueError(f"field {field!r} is {record.get(field)!r}, expected {value!r}")
-    model = FeatureClassifier(n_classes=dataset.n_classes)
+    model = FeatureClassifier(n_classes=_head_size(dataset, target))
     template = jax.eval_shape(
         lambda: model.init(jax.random.key(0), jnp.zeros((1, *dataset.image_shape), jnp.float32))["params"]
     )
@@ -556,7 +652,7 @@ def _load_feature_network(path: pathlib.Path, dataset: Dataset, steps: int) -> F
         if not isinstance(leaf, np.ndarray) or leaf.shape != spec.shape or leaf.dtype != spec.dtype:
             raise ValueError("parameter shapes or dtypes do not match the network")
     test_accuracy = float(record["test_accuracy"])
-    return _network_record(dataset, model, params, test_accuracy, steps)
+    return _network_record(dataset, target, model, params, test_accuracy, steps)
 
 
 def feature_network(
@@ -564,8 +660,10 @@ def feature_network(
 ) -> FeatureNetwork:
     """The data set's feature network: loaded from the disk cache, or trained and cached.
 
-    The cache key is ``dataset.fingerprint`` + :data:`FEATURE_NET_VERSION` + ``steps``, so a
-    changed data set or recipe never reuses a stale network. Files live under
+    The cache key is ``dataset.fingerprint`` + the target's :data:`FEATURE_NET_VERSIONS` entry +
+    ``steps``, so a changed data set (a different crop or resize included) or recipe never
+    reuses a stale network. The target is :func:`feature_target`'s: class labels, else binary
+    attributes (CelebA), else a DataError saying what to do. Files live under
     ``<cache_dir>/feature_nets/`` (default :func:`default_cache_dir`), are written atomically,
     and an unreadable or mismatched file is ignored with a warning and overwritten after
     retraining.
@@ -573,12 +671,13 @@ def feature_network(
     Default ``steps`` (:func:`default_feature_steps`): 500 on ``digits`` (a few seconds), 2000
     on Fashion-MNIST (about 50 CPU-seconds, ~90% test accuracy).
     """
+    target = feature_target(dataset)  # a DataError now, before any cache or training work
     if steps is None:
         steps = default_feature_steps(dataset)
     if not use_cache:
         return train_feature_network(dataset, steps=steps)
     path = _cache_path(pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir(),
-                       dataset.fingerprint, steps)
+                       dataset.fingerprint, steps, target)
     if path.exists():
         try:
             return _load_feature_network(path, dataset, steps)

@@ -1,11 +1,12 @@
 """Tests of jaxrae.metrics: closed forms and constructed sets with known answers.
 
-The feature-network tests share one tiny synthetic data set and one step count, so the training
-scan compiles once for the whole module.
+The feature-network tests share one tiny synthetic data set per target (class labels, binary
+attributes) and one step count, so the training scan compiles once per target for the module.
 """
 
 import hashlib
 
+import flax.serialization
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -13,7 +14,7 @@ import pytest
 import scipy.linalg
 
 from jaxrae import metrics
-from jaxrae.data import Dataset
+from jaxrae.data import Dataset, make_dataset
 from jaxrae.errors import DataError
 
 # ------------------------------------------------------------------------------------------
@@ -263,3 +264,102 @@ def test_feature_network_other_image_sizes():
         variables = jax.eval_shape(model.init, jax.random.key(0), images)
         logits, feats = jax.eval_shape(model.apply, variables, images)
         assert logits.shape == (3, 10) and feats.shape == (3, model.n_features)
+
+
+# ------------------------------------------------------------------------------------------
+# Feature network for data without class labels: binary attributes (CelebA's case)
+
+
+def attribute_dataset(n_train=320, n_test=160, seed=1):
+    """8x8 gray images without classes (label 0) whose attribute q says "quadrant q is lit"."""
+    rng = np.random.default_rng(seed)
+
+    def split(n):
+        attributes = rng.integers(0, 2, size=(n, 4)).astype(np.uint8)
+        images = rng.uniform(0, 80, size=(n, 8, 8, 1))
+        for q in range(4):
+            row, col = divmod(q, 2)
+            images[:, 4 * row:4 * row + 4, 4 * col:4 * col + 4] += 150 * attributes[:, q, None, None, None]
+        return images.clip(0, 255).astype(np.uint8), np.zeros(n, np.int32), attributes
+
+    train_x, train_y, train_a = split(n_train)
+    test_x, test_y, test_a = split(n_test)
+    return make_dataset("attrs", train_x, train_y, test_x, test_y, train_attributes=train_a, test_attributes=test_a,
+                        attribute_names=["top_left", "top_right", "bottom_left", "bottom_right"])
+
+
+@pytest.fixture(scope="module")
+def attr_dataset():
+    return attribute_dataset()
+
+
+@pytest.fixture(scope="module")
+def attr_net(attr_dataset):
+    return metrics.train_feature_network(attr_dataset, steps=TRAIN_STEPS)
+
+
+def test_attribute_network_learns_and_says_what_it_measures(attr_dataset, attr_net):
+    assert metrics.feature_target(attr_dataset) == "attributes"
+    assert attr_net.target == "attributes" and attr_net.version == metrics.FEATURE_NET_VERSIONS["attributes"]
+    assert attr_net.version != metrics.FEATURE_NET_VERSION
+    assert attr_net.model.n_classes == 4  # one logit per attribute
+    # mean attribute accuracy, recomputed from the predictions, and well above the majority rule
+    predicted = attr_net.predict(attr_dataset.test_images_u8)
+    assert predicted.shape == (attr_dataset.n_test, 4) and set(np.unique(predicted)) <= {0, 1}
+    assert attr_net.test_accuracy == pytest.approx(np.mean(predicted == attr_dataset.test_attributes))
+    majority = (attr_dataset.train_attributes.mean(0) >= 0.5).astype(np.uint8)
+    assert attr_net.majority_accuracy == pytest.approx(np.mean(attr_dataset.test_attributes == majority))
+    assert attr_net.test_accuracy >= 0.95 > 0.7 > attr_net.majority_accuracy
+    assert attr_net.accuracy_name == "test mean attribute accuracy"
+    assert attr_net.metric_label.startswith("FD in classifier features (test mean attribute accuracy ")
+    assert "majority rule" in attr_net.metric_label
+    # the features separate image sets as for a label network
+    lit = attr_dataset.test_images[attr_dataset.test_attributes[:, 0] == 1]
+    same = attr_net.frechet_distance(attr_dataset.train_images, attr_dataset.test_images)
+    assert same < attr_net.frechet_distance(attr_dataset.train_images, lit)
+
+
+def test_label_network_is_unchanged_by_attributes(dataset, trained_net):
+    assert trained_net.target == "labels" and trained_net.version == metrics.FEATURE_NET_VERSION == "fdnet-v1"
+    assert trained_net.accuracy_name == "test accuracy"
+    assert 0.2 < trained_net.majority_accuracy < 0.4  # 4 roughly balanced classes
+    # labels win over attributes when a data set has both
+    attrs = np.zeros((dataset.n_train, 2), np.uint8)
+    both = make_dataset("both", dataset.train_images_u8, dataset.train_labels, dataset.test_images_u8,
+                        dataset.test_labels, train_attributes=attrs, test_attributes=attrs[:dataset.n_test])
+    assert metrics.feature_target(both) == "labels"
+
+
+def test_attribute_network_cache_round_trip(attr_dataset, attr_net, tmp_path, monkeypatch):
+    monkeypatch.setattr(metrics, "train_feature_network", lambda ds, *, steps=None: attr_net)
+    first = metrics.feature_network(attr_dataset, cache_dir=tmp_path, steps=TRAIN_STEPS)
+    (cache_file,) = (tmp_path / "feature_nets").iterdir()
+    assert cache_file.name.startswith(metrics.FEATURE_NET_VERSIONS["attributes"] + "-" + attr_dataset.fingerprint)
+
+    def refuse_to_train(ds, *, steps=None):
+        raise AssertionError("cache hit expected, but the network was retrained")
+
+    monkeypatch.setattr(metrics, "train_feature_network", refuse_to_train)
+    cached = metrics.feature_network(attr_dataset, cache_dir=tmp_path, steps=TRAIN_STEPS)
+    assert (cached.target, cached.version, cached.test_accuracy) == (first.target, first.version, first.test_accuracy)
+    assert cached.majority_accuracy == first.majority_accuracy
+    few = attr_dataset.test_images_u8[:5]
+    np.testing.assert_array_equal(cached.features(few), first.features(few))
+    # a label record under the attribute network's name is rejected (with a warning) and retrained
+    record = flax.serialization.msgpack_restore(cache_file.read_bytes())
+    del record["target"]
+    cache_file.write_bytes(flax.serialization.msgpack_serialize(record))
+    monkeypatch.setattr(metrics, "train_feature_network", lambda ds, *, steps=None: attr_net)
+    with pytest.warns(RuntimeWarning, match="'target' is 'labels', expected 'attributes'"):
+        metrics.feature_network(attr_dataset, cache_dir=tmp_path, steps=TRAIN_STEPS)
+
+
+def test_no_labels_and_no_attributes_is_a_data_error(tmp_path):
+    x = np.zeros((6, 8, 8, 1), np.uint8)
+    unlabelled = make_dataset("tfds:unlabelled", x, np.zeros(6, np.int32), x, np.zeros(6, np.int32))
+    for call in (metrics.feature_target, metrics.train_feature_network,
+                 lambda ds: metrics.feature_network(ds, cache_dir=tmp_path)):
+        with pytest.raises(DataError, match=r"tfds:unlabelled: cannot train the feature network"
+                                            r".*class labels.*attributes.*make_dataset"):
+            call(unlabelled)
+    assert not (tmp_path / "feature_nets").exists()
