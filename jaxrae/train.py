@@ -39,6 +39,7 @@ from jaxrae.config import TrainConfig
 from jaxrae.data import Dataset
 from jaxrae.errors import CheckpointError, ConfigError
 from jaxrae.methods import AutoEncoder, Codec, HParams, build_model, code_spec, make_codec, make_loss_fn
+from jaxrae.optim import adam_init, adam_step_or_freeze
 
 SWEEPABLE = HParams._fields  # lr, beta, lam, tau
 
@@ -58,12 +59,6 @@ class TrainState(NamedTuple):
 def default_hparams(config: TrainConfig) -> HParams:
     """The config's hyperparameters as float32 scalars."""
     return HParams(*(jnp.float32(getattr(config, name)) for name in SWEEPABLE))
-
-
-def _optimizer(lr) -> optax.GradientTransformation:
-    # inject_hyperparams keeps the learning rate in the optimizer state, so it can differ per
-    # run inside one vmapped program (a learning-rate sweep).
-    return optax.inject_hyperparams(optax.adam)(learning_rate=lr)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)  # eq=False: hashed by identity, so jax.jit(trainer) works
@@ -115,7 +110,7 @@ def _training_functions(config: TrainConfig, image_shape: tuple):
         z = jnp.zeros((1, decoder_in), jnp.float32)
         variables = model.init(init_key, x, z, False)
         params = variables["params"]
-        opt_state = _optimizer(hparams.lr).init(params)
+        opt_state = adam_init(params)  # the learning rate is per run, in hparams
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -132,18 +127,21 @@ def _training_functions(config: TrainConfig, image_shape: tuple):
         (loss, (batch_stats, metrics)), grads = jax.value_and_grad(loss_fn, has_aux=True)(
             state.params, state.batch_stats, key, x, state.hparams, state.step
         )
-        updates, opt_state = _optimizer(state.hparams.lr).update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
         # One reduction instead of a finiteness test per leaf: any NaN/inf gradient makes the
         # global norm non-finite (as does a norm beyond float range, which is divergence too).
         finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
         alive = finite & (state.diverged_at < 0)
-        keep = lambda new, old: jax.tree_util.tree_map(lambda a, b: jnp.where(alive, a, b), new, old)  # noqa: E731
+        # The freeze is inside the update (scalar coefficients), not a where() between an old
+        # and a new state, so XLA updates parameters and moments in place (see jaxrae/optim.py).
+        params, opt_state = adam_step_or_freeze(state.params, state.opt_state, grads,
+                                                state.hparams.lr, alive)
+        batch_stats = jax.tree_util.tree_map(lambda new, old: jnp.where(alive, new, old),
+                                             batch_stats, state.batch_stats)
         new_state = TrainState(
             step=state.step + 1,
-            params=keep(params, state.params),
-            batch_stats=keep(batch_stats, state.batch_stats),
-            opt_state=keep(opt_state, state.opt_state),
+            params=params,
+            batch_stats=batch_stats,
+            opt_state=opt_state,
             key=state.key,
             hparams=state.hparams,
             diverged_at=jnp.where((state.diverged_at < 0) & ~finite, state.step, state.diverged_at),

@@ -128,3 +128,49 @@ def test_ex_post_density_and_sampling(digits):
     codes = runs.sample_ex_post_codes(jax.random.PRNGKey(2), gmm, 4000)
     train_codes = runs.encode(digits.train_images[:500])
     np.testing.assert_allclose(codes.mean(axis=1), train_codes.mean(axis=1), atol=0.15 * float(np.abs(train_codes).max()))
+
+
+@pytest.fixture(scope="module")
+def adam_problem():
+    key = jax.random.PRNGKey(3)
+    params = {"w": jax.random.normal(key, (8, 4)), "b": jax.numpy.zeros(4)}
+    grads = [jax.tree.map(lambda p: jax.random.normal(jax.random.fold_in(key, t), p.shape), params) for t in range(4)]
+    return params, grads
+
+
+def test_adam_step_matches_optax_adam(adam_problem):
+    """The in-place Adam is optax's adam (the trainer's former optimizer) up to float rounding."""
+    import optax
+
+    from jaxrae.optim import adam_init, adam_step_or_freeze
+
+    params, grads = adam_problem
+    lr = np.float32(3e-2)
+    reference = optax.inject_hyperparams(optax.adam)(learning_rate=lr)
+    ref_params, ref_state = params, reference.init(params)
+    ours_params, ours_state = params, adam_init(params)
+    step = jax.jit(adam_step_or_freeze)
+    for g in grads:
+        updates, ref_state = reference.update(g, ref_state, ref_params)
+        ref_params = optax.apply_updates(ref_params, updates)
+        ours_params, ours_state = step(ours_params, ours_state, g, lr, True)
+    ref_adam = ref_state.inner_state[0]
+    for ours, ref in [(ours_params, ref_params), (ours_state.mu, ref_adam.mu), (ours_state.nu, ref_adam.nu)]:
+        for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(ref)):
+            np.testing.assert_allclose(a, b, rtol=1e-6, atol=1e-9)
+    assert int(ours_state.count) == int(ref_adam.count) == len(grads)
+
+
+@pytest.mark.parametrize("steps_before", [0, 2])
+def test_frozen_adam_step_returns_the_state_bitwise_even_for_nan_gradients(adam_problem, steps_before):
+    from jaxrae.optim import adam_init, adam_step_or_freeze
+
+    params, grads = adam_problem
+    step = jax.jit(adam_step_or_freeze)
+    state = adam_init(params)
+    for g in grads[:steps_before]:
+        params, state = step(params, state, g, np.float32(1e-2), True)
+    nan_grads = jax.tree.map(lambda g: g.at[0].set(np.nan).at[-1].set(np.inf), grads[-1])
+    frozen_params, frozen_state = step(params, state, nan_grads, np.float32(1e-2), False)
+    for a, b in zip(jax.tree.leaves((frozen_params, frozen_state)), jax.tree.leaves((params, state))):
+        np.testing.assert_array_equal(a, b)
