@@ -132,7 +132,8 @@ def summary_table(results: Mapping) -> list[dict]:
 
     ``results`` is the ``results.json`` structure: ``results["methods"][name]`` holds ``seeds``,
     ``ok`` and ``metrics[key]`` (one value per seed); ``results["baseline"]`` names the baseline
-    (or is None). Rows of the baseline itself carry no difference.
+    (or is None). Rows of the baseline itself carry no difference. ``name`` is the row label of
+    :mod:`jaxrae.compare`: a preset's name, or a variant's label such as ``reinmax-tau0.5``.
     """
     methods = results["methods"]
     baseline = results.get("baseline")
@@ -235,6 +236,21 @@ def _caption(results: Mapping) -> list[str]:
     return lines
 
 
+def row_settings(results: Mapping) -> list[list[str]]:
+    """[label, preset, settings] for every row that is not a preset at [config] alone.
+
+    Those are the variants and the methods with ``[overrides.<method>]``; ``settings`` lists
+    the fields the row's own table set (``estimator=reinmax, tau=0.5``). Results written
+    before variants existed carry no ``preset`` and give no lines.
+    """
+    lines = []
+    for name, m in results["methods"].items():
+        preset, fields = m.get("preset", name), m.get("overrides") or {}
+        if preset != name or fields:
+            lines.append([name, preset, ", ".join(f"{k}={v}" for k, v in fields.items()) or "-"])
+    return lines
+
+
 def render_summary(results: Mapping, rows: list[dict] | None = None) -> str:
     """The one-screen summary printed at the end of ``jaxrae compare``."""
     rows = summary_table(results) if rows is None else rows
@@ -255,6 +271,10 @@ def render_markdown(results: Mapping, rows: list[dict] | None = None) -> str:
     rows = summary_table(results) if rows is None else rows
     baseline = results.get("baseline")
     parts = ["# jaxrae compare", ""] + [f"- {line}" for line in _caption(results)] + [""]
+    settings = row_settings(results)
+    if settings:  # what a label such as `reinmax-tau0.5` stands for (full configs: results.json)
+        parts += ["## Rows: preset and own settings (on top of the shared config)", "",
+                  _markdown(["row", "preset", "settings"], settings, align_right_from=3), ""]
     parts += ["## Summary (mean ± 95% interval half-width)", "", _markdown(*_grid(results, rows, _mean_pm)), ""]
     if baseline and len(results["methods"]) > 1:
         header, body = _grid(results, rows, _diff_cell, with_ok=False)
