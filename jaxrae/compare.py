@@ -1,8 +1,10 @@
 """``jaxrae compare``: methods x seeds, trained and evaluated the same way, with error bars.
 
-The main job of the project (Ghosh et al. 2020, Table 1, carried to discrete codes). For every
-method, all seeds train in one vmapped program (:func:`jaxrae.train.train`), then each seed is
-evaluated on the same draws:
+The main job of the project (Ghosh et al. 2020, Table 1, carried to discrete codes). A
+comparison is a table of *rows*: plain methods (presets) and labelled variants, a preset with
+settings of their own (``[variants.<label>]``, see :class:`Experiment`), so one preset can fill
+several rows, e.g. an estimator x temperature grid. For every row, all seeds train in one
+vmapped program (:func:`jaxrae.train.train`), then each seed is evaluated on the same draws:
 
 - test reconstruction error (sum of squares per image, :func:`jaxrae.metrics.reconstruction_error`);
 - the Frechet distance in the penultimate features of a classifier trained by jaxrae for the data
@@ -27,13 +29,16 @@ on this.
 
 Output directory (all files written atomically: temp file + rename):
 
-  results.json            every per-seed number, configs, feature network, versions, device, times
+  results.json            every per-seed number, feature network, versions, device, times; per row
+                          (keyed by its label) its preset, its own fields and its full config
   table.md, table.csv     mean, std, 95% t-interval, n_ok/n_total, paired difference vs baseline
   reconstructions.png, samples.png, interpolations.png, metrics.png, losses.png
   experiment.json         the resolved experiment of the last invocation
-  methods/<name>.json     a finished method's numbers (its presence means "done": resume skips it)
-  methods/<name>.npz      the images its figures show
-  checkpoints/<name>.msgpack  the training checkpoint (an interrupted method resumes from it)
+  methods/<label>.json    a finished row's numbers (its presence means "done": resume skips it)
+  methods/<label>.npz     the images its figures show
+  checkpoints/<label>.msgpack  the training checkpoint (an interrupted row resumes from it)
+
+A row's label is the method's name for a plain method, the table key for a variant.
 """
 
 from __future__ import annotations
@@ -41,6 +46,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import io
+import json
 import math
 import re
 import time
@@ -79,22 +85,41 @@ class CompareInterrupted(Exception):
 # The experiment: what to run, as data
 
 
+#: A row label names files (methods/<label>.json, checkpoints/<label>.msgpack): no separators.
+ROW_LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
+
+
 @dataclasses.dataclass(frozen=True)
 class Experiment:
-    """A comparison: data, methods, seeds, shared and per-method config, evaluation sizes.
+    """A comparison: data, its rows (methods and labelled variants), seeds, configs, evaluation sizes.
 
-    ``config`` holds TrainConfig fields shared by every method, ``overrides[method]`` fields for
-    one method (they win over ``config``). ``n_train``/``n_test`` keep the first images of each
-    split (quick runs); ``n_eval`` is the number of test images and of generated samples per FD
-    (capped at the test set size). ``feature_steps`` trains the FD classifier (None: the
-    default of :func:`jaxrae.metrics.feature_network`).
+    A *row* of the comparison is a label, the preset it trains and the TrainConfig fields it sets
+    on top of the shared ``config``. There are two ways to write one:
+
+    - a plain method ``m`` in ``methods``: the row labelled ``m``, preset ``m``, with the fields of
+      ``overrides[m]`` (TOML ``[overrides.m]``; none when absent);
+    - a variant ``variants[label] = {"method": preset, **fields}`` (TOML ``[variants.<label>]``):
+      the row ``label``, so one preset can appear several times with different settings, e.g.
+      ``drae`` under four gradient estimators and three temperatures.
+
+    :attr:`rows` resolves both to the same form, and everything downstream (records, checkpoints,
+    resume, ``baseline``, paired differences, tables, figures) is keyed by the row label, which
+    results and tables call "method" as before. Labels and method names share one namespace; rows
+    come in the order ``methods``, then ``variants`` (a TOML file's table order). ``methods=None``
+    means the main job's methods, or none when variants are given.
+
+    ``n_train``/``n_test`` keep the first images of each split (quick runs); ``n_eval`` is the
+    number of test images and of generated samples per FD (capped at the test set size).
+    ``feature_steps`` trains the FD classifier (None: the default of
+    :func:`jaxrae.metrics.feature_network`).
     """
 
     data: str = DEFAULT_DATA
-    methods: tuple[str, ...] = DEFAULT_METHODS
+    methods: tuple[str, ...] | None = None
     seeds: tuple[int, ...] = tuple(range(DEFAULT_SEEDS))
     config: Mapping[str, Any] = dataclasses.field(default_factory=lambda: dict(DEFAULT_JOB_CONFIG))
     overrides: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
+    variants: Mapping[str, Mapping[str, Any]] = dataclasses.field(default_factory=dict)
     baseline: str | None = None
     n_eval: int = DEFAULT_N_EVAL
     n_train: int | None = None
@@ -105,12 +130,20 @@ class Experiment:
     def __post_init__(self):
         from jaxrae import methods as presets
 
-        object.__setattr__(self, "methods", tuple(self.methods))
+        object.__setattr__(self, "overrides", _tables("overrides", self.overrides))
+        object.__setattr__(self, "variants", _tables("variants", self.variants))
+        methods = (() if self.variants else DEFAULT_METHODS) if self.methods is None else self.methods
+        object.__setattr__(self, "methods", tuple(methods))
         object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
         object.__setattr__(self, "config", dict(self.config))
-        object.__setattr__(self, "overrides", {k: dict(v) for k, v in self.overrides.items()})
-        if not self.methods:
-            raise ConfigError("methods is empty; name at least one (see `jaxrae methods`)")
+        if not self.methods and not self.variants:
+            raise ConfigError("nothing to compare: list presets in methods = [...] (see `jaxrae methods`) "
+                              "or add [variants.<label>] tables")
+        for label in self.variants:  # before the preset check: `--methods a,<label>` is this mistake
+            if label in self.methods:
+                raise ConfigError(f"{self.row_table(label)}: the label {label!r} is also in methods, and labels and "
+                                  f"method names share one namespace; rename the variant (e.g. "
+                                  f"[variants.{_toml_key(label + '-2')}]) or drop {label!r} from methods")
         for name in self.methods:
             presets.get(name)  # ConfigError listing the presets
         if len(set(self.methods)) != len(self.methods):
@@ -118,45 +151,81 @@ class Experiment:
         if not self.seeds or len(set(self.seeds)) != len(self.seeds):
             raise ConfigError(f"seeds={list(self.seeds)} is invalid: at least one seed, no repeats")
         if "method" in self.config:
-            raise ConfigError("config.method is not allowed in a comparison; list the methods in `methods`")
+            raise ConfigError("config.method is not allowed in a comparison; list the methods in `methods`, "
+                              "or give each [variants.<label>] table its own method")
         for name, fields in self.overrides.items():
+            if name in self.variants:
+                raise ConfigError(f"[overrides.{_toml_key(name)}] names a variant; put those fields in "
+                                  f"[variants.{_toml_key(name)}] instead")
             if name not in self.methods:
                 raise ConfigError(f"overrides for {name!r}, which is not among methods {list(self.methods)}")
             if "method" in fields:
                 raise ConfigError(f"overrides.{name}.method is not allowed; the key names the method")
-        if self.baseline is not None and self.baseline not in self.methods:
-            raise ConfigError(f"baseline={self.baseline!r} is not among methods {list(self.methods)}")
+        for label, fields in self.variants.items():
+            table = self.row_table(label)
+            if not ROW_LABEL.fullmatch(label):
+                raise ConfigError(f"{table}: the label {label!r} names output files, so use only letters, digits "
+                                  "and - _ . + (not starting with . + -), e.g. reinmax-tau0.5")
+            if not isinstance(fields.get("method"), str):
+                raise ConfigError(f'{table} needs method = "<preset>", the preset the variant starts from '
+                                  "(see `jaxrae methods`)")
+        if self.baseline is not None and self.baseline not in self.rows:
+            raise ConfigError(f"baseline={self.baseline!r} is neither a method nor a variant label; "
+                              f"choose one of {list(self.rows)}")
         for field, minimum in (("n_eval", PR_NEIGHBOURS + 2), ("feature_steps", 1), ("n_components", 1)):
             value = getattr(self, field)
             if field == "feature_steps" and value is None:
                 continue  # the feature network's own default (jaxrae.metrics)
             if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
                 raise ConfigError(f"{field}={value!r} is invalid: must be an integer >= {minimum}")
-        for name in self.methods:
-            self.method_config(name)  # every config validates now, not after an hour of training
+        for label in self.rows:  # every config validates now, not after an hour of training
+            try:
+                self.method_config(label)
+            except ConfigError as e:
+                own = label in self.overrides or label in self.variants
+                where = f"[config] + {self.row_table(label)}" if own else "[config]"
+                raise ConfigError(f"{where}: {e}") from None
 
     @property
-    def baseline_method(self) -> str:
-        """The chosen baseline, else the first method."""
-        return self.baseline or self.methods[0]
+    def rows(self) -> dict[str, dict[str, Any]]:
+        """Row label -> ``{"method": preset, **fields it sets on top of config}``, methods first.
 
-    def method_config(self, name: str):
-        """The TrainConfig of one method: shared config, then its overrides."""
+        The one place where ``[overrides.m]`` becomes what it is: the variant labelled ``m`` with
+        preset ``m``.
+        """
+        rows = {name: {"method": name, **self.overrides.get(name, {})} for name in self.methods}
+        return rows | {label: dict(fields) for label, fields in self.variants.items()}
+
+    def row_table(self, label: str) -> str:
+        """The TOML table that holds a row's own fields: ``[variants.<label>]`` or ``[overrides.<m>]``."""
+        return f"[{'variants' if label in self.variants else 'overrides'}.{_toml_key(label)}]"
+
+    @property
+    def baseline_label(self) -> str:
+        """The chosen baseline, else the first row."""
+        return self.baseline or next(iter(self.rows))
+
+    def method_config(self, label: str):
+        """The TrainConfig of one row (a method or a variant label): shared config, then the row's fields."""
         from jaxrae.config import TrainConfig
 
-        return TrainConfig.from_dict({**self.config, **self.overrides.get(name, {}), "method": name})
+        return TrainConfig.from_dict({**self.config, **self.rows[label]})
 
     def to_dict(self) -> dict:
         return {
             "data": self.data, "methods": list(self.methods), "seeds": list(self.seeds),
             "config": dict(self.config), "overrides": {k: dict(v) for k, v in self.overrides.items()},
+            "variants": {k: dict(v) for k, v in self.variants.items()},
             "baseline": self.baseline, "n_eval": self.n_eval, "n_train": self.n_train,
             "n_test": self.n_test, "feature_steps": self.feature_steps, "n_components": self.n_components,
         }
 
     @classmethod
     def from_dict(cls, data: Mapping, source: str = "experiment") -> "Experiment":
-        """Inverse of :meth:`to_dict`; also reads TOML's spellings (``seeds = 5``). Unknown keys -> ConfigError."""
+        """Inverse of :meth:`to_dict`; also reads TOML's spellings (``seeds = 5``).
+
+        Every ConfigError, unknown keys included, starts with ``source`` (the file's path).
+        """
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = sorted(set(data) - known)
         if unknown:
@@ -166,24 +235,40 @@ class Experiment:
             values["seeds"] = _seed_list(values["seeds"], source)
         if isinstance(values.get("methods"), str):
             values["methods"] = _split_names(values["methods"])
-        for table in ("config", "overrides"):
-            if table in values and not isinstance(values[table], Mapping):
-                raise ConfigError(f"{source}: {table} must be a table, got {values[table]!r}")
         if "config" in values:  # compare's defaults hold unless the file sets the field
+            if not isinstance(values["config"], Mapping):
+                raise ConfigError(f"{source}: config must be a table, got {values['config']!r}")
             values["config"] = {**DEFAULT_JOB_CONFIG, **values["config"]}
-        for name, fields in values.get("overrides", {}).items():
-            if not isinstance(fields, Mapping):
-                raise ConfigError(f"{source}: overrides.{name} must be a table, got {fields!r}")
-        return cls(**values)
+        try:
+            return cls(**values)
+        except ConfigError as e:
+            raise ConfigError(f"{source}: {e}") from None
+
+
+def _tables(name: str, value) -> dict[str, dict[str, Any]]:
+    """``overrides``/``variants`` as plain dicts; ConfigError unless a table of tables."""
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{name} must be a table of [{name}.<name>] tables, got {value!r}")
+    for key, fields in value.items():
+        if not isinstance(fields, Mapping):
+            raise ConfigError(f"{name}.{key} must be a table ([{name}.{_toml_key(key)}]), got {fields!r}")
+    return {key: dict(fields) for key, fields in value.items()}
+
+
+def _toml_key(key: str) -> str:
+    """``key`` as written in a TOML table header: bare if it can be, else quoted (``"reinmax-tau0.5"``)."""
+    return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
 
 
 def load_experiment(path: str | Path) -> Experiment:
     """Read an experiment TOML (see ``experiments/``); any unknown key is a ConfigError.
 
     Top-level keys: ``data, methods, seeds, baseline, n_eval, n_train, n_test, feature_steps,
-    n_components``; tables ``[config]`` (TrainConfig fields for every method) and
-    ``[overrides.<method>]`` (fields for one method). TrainConfig keys are checked by
-    :meth:`jaxrae.config.TrainConfig.from_dict`, which rejects unknown names too.
+    n_components``; tables ``[config]`` (TrainConfig fields for every row),
+    ``[overrides.<method>]`` (fields for one method of ``methods``) and ``[variants.<label>]``
+    (a row of its own: ``method = "<preset>"`` plus TrainConfig fields; see :class:`Experiment`).
+    TrainConfig keys are checked by :meth:`jaxrae.config.TrainConfig.from_dict`, which rejects
+    unknown names too.
     """
     path = Path(path)
     try:
@@ -414,13 +499,17 @@ def loss_curve(losses: np.ndarray, max_points: int = MAX_LOSS_POINTS) -> dict:
 # Running a comparison
 
 
-def _method_header(experiment: Experiment, name: str, data, fnet, n_eval: int) -> dict:
-    """What a finished method's numbers depend on; a saved method is reused only if it matches."""
+def _row_header(experiment: Experiment, label: str, data, fnet, n_eval: int) -> dict:
+    """What a finished row's numbers depend on; a saved row is reused only if it matches.
+
+    The row's full config names its preset and every field its table set, so the header of a
+    plain method is what it was before variants existed (older output directories still resume).
+    """
     return {
         "format": FORMAT,
         "data": experiment.data,
         "fingerprint": data.fingerprint,
-        "config": experiment.method_config(name).to_dict(),
+        "config": experiment.method_config(label).to_dict(),
         "seeds": list(experiment.seeds),
         "eval": {"n_eval": n_eval, "n_components": experiment.n_components, "k": PR_NEIGHBOURS,
                  "eval_seed": EVAL_SEED, "feature_steps": fnet.steps, "feature_version": fnet.version},
@@ -437,9 +526,7 @@ def _differences(a, b, prefix="") -> list[str]:
 
 
 def _load_finished(path: Path, header: dict) -> dict | None:
-    """A finished method's record if it exists and matches ``header``; error if it is foreign."""
-    import json
-
+    """A finished row's record if it exists and matches ``header``; error if it is foreign."""
     if not path.exists():
         return None
     try:
@@ -456,8 +543,6 @@ def _load_finished(path: Path, header: dict) -> dict | None:
 
 def ckpt_roundtrip(obj):
     """``obj`` as it reads back from JSON (tuples -> lists)."""
-    import json
-
     return json.loads(json.dumps(obj, default=ckpt._json_default))
 
 
@@ -479,25 +564,34 @@ def _npz_bytes(arrays: Mapping[str, np.ndarray]) -> bytes:
     return buf.getvalue()
 
 
-def run_method(name: str, experiment: Experiment, data, fnet, out: Path, *, progress: bool = True,
+def _row_description(experiment: Experiment, label: str) -> dict:
+    """What a reader of results.json needs to know what a row was, next to its full config:
+    the preset it starts from and the fields its own table (variant or overrides) set."""
+    row = experiment.rows[label]
+    return {"preset": row["method"], "overrides": {k: v for k, v in row.items() if k != "method"}}
+
+
+def run_method(label: str, experiment: Experiment, data, fnet, out: Path, *, progress: bool = True,
                progress_desc: str | None = None, stop_after_chunks: int | None = None) -> dict:
-    """Train all seeds of one method (resuming its checkpoint), evaluate them, save the record."""
+    """Train all seeds of one row (a method or a variant; resuming its checkpoint), evaluate them,
+    save the record ``out/methods/<label>.json``."""
     from jaxrae.train import train
 
-    config = experiment.method_config(name)
+    config = experiment.method_config(label)
     n_eval = min(experiment.n_eval, data.n_test)
-    header = _method_header(experiment, name, data, fnet, n_eval)
-    record_path = out / "methods" / f"{name}.json"
-    runs = train(config, data, experiment.seeds, checkpoint_path=out / "checkpoints" / f"{name}.msgpack",
-                 progress=progress, progress_desc=progress_desc or name, stop_after_chunks=stop_after_chunks)
+    header = _row_header(experiment, label, data, fnet, n_eval)
+    record_path = out / "methods" / f"{label}.json"
+    runs = train(config, data, experiment.seeds, checkpoint_path=out / "checkpoints" / f"{label}.msgpack",
+                 progress=progress, progress_desc=progress_desc or label, stop_after_chunks=stop_after_chunks)
     if int(np.asarray(runs.state.step).min()) < config.steps:
-        raise CompareInterrupted(f"{name} stopped at step {int(np.asarray(runs.state.step).min())} of {config.steps}")
+        raise CompareInterrupted(f"{label} stopped at step {int(np.asarray(runs.state.step).min())} of {config.steps}")
     t0 = time.perf_counter()
     values, images, notes = evaluate(runs, data, fnet, experiment)
     eval_s = time.perf_counter() - t0
     record = {
         "header": header,
-        "method": name,
+        "method": label,
+        **_row_description(experiment, label),
         "discrete": bool(runs.codec.discrete),
         "config": config.to_dict(),
         "seeds": list(runs.seeds),
@@ -510,9 +604,9 @@ def run_method(name: str, experiment: Experiment, data, fnet, out: Path, *, prog
         "notes": notes,
         "loss_curve": loss_curve(runs.losses),
     }
-    ckpt.atomic_write_bytes(out / "methods" / f"{name}.npz", _npz_bytes(images))
+    ckpt.atomic_write_bytes(out / "methods" / f"{label}.npz", _npz_bytes(images))
     record = json_safe(record)  # the same values a later resume reads back
-    ckpt.atomic_write_json(record_path, record)  # last: its presence marks the method as done
+    ckpt.atomic_write_json(record_path, record)  # last: its presence marks the row as done
     return record
 
 
@@ -521,9 +615,10 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
                 stop_after_chunks: int | None = None, log: Callable = print, figures: bool = True) -> dict:
     """Run (or resume) a comparison into ``out``; returns the ``results.json`` structure.
 
-    Finished methods (``out/methods/<name>.json`` of the same settings) are loaded, not rerun; an
-    interrupted method continues from ``out/checkpoints/<name>.msgpack``. ``out`` must be empty
-    unless ``resume`` or ``overwrite``. ``stop_after_chunks`` stops the first method that still
+    Rows are ``experiment.rows`` (methods, then variants), each keyed by its label: finished
+    rows (``out/methods/<label>.json`` of the same settings) are loaded, not rerun; an
+    interrupted row continues from ``out/checkpoints/<label>.msgpack``. ``out`` must be empty
+    unless ``resume`` or ``overwrite``. ``stop_after_chunks`` stops the first row that still
     trains after that many chunks and raises :class:`CompareInterrupted` (for resume tests);
     ``figures=False`` writes the tables and results but no PNGs.
     """
@@ -539,30 +634,31 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
     fnet = M.feature_network(data, cache_dir=feature_cache_dir, steps=experiment.feature_steps)
     feature_s = time.perf_counter() - t0
     n_eval = min(experiment.n_eval, data.n_test)
+    labels = list(experiment.rows)
 
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(experiment.methods), desc="compare", unit="method", position=0, dynamic_ncols=True)
+        bar = tqdm(total=len(labels), desc="compare", unit="row", position=0, dynamic_ncols=True)
     say = (lambda msg: bar.write(msg)) if bar is not None else log  # noqa: E731
     records: dict[str, dict] = {}
     try:
-        for index, name in enumerate(experiment.methods):
-            header = _method_header(experiment, name, data, fnet, n_eval)
-            record = _load_finished(out / "methods" / f"{name}.json", header)
+        for index, label in enumerate(labels):
+            header = _row_header(experiment, label, data, fnet, n_eval)
+            record = _load_finished(out / "methods" / f"{label}.json", header)
             if record is not None:
-                say(f"{name}: finished earlier, loaded from {out / 'methods' / (name + '.json')}")
+                say(f"{label}: finished earlier, loaded from {out / 'methods' / (label + '.json')}")
             else:
                 if bar is not None:
-                    bar.set_postfix_str(f"{name}: training + evaluation")
-                record = run_method(name, experiment, data, fnet, out, progress=progress,
-                                    progress_desc=f"{name} [{index + 1}/{len(experiment.methods)}]",
+                    bar.set_postfix_str(f"{label}: training + evaluation")
+                record = run_method(label, experiment, data, fnet, out, progress=progress,
+                                    progress_desc=f"{label} [{index + 1}/{len(labels)}]",
                                     stop_after_chunks=stop_after_chunks)
                 t = record["times"]
-                say(f"{name}: {sum(record['ok'])}/{len(record['ok'])} ok, train {t['train_s']:.1f}s "
+                say(f"{label}: {sum(record['ok'])}/{len(record['ok'])} ok, train {t['train_s']:.1f}s "
                     f"+ compile {t['compile_s']:.1f}s + eval {t['eval_s']:.1f}s")
-            records[name] = record
+            records[label] = record
             if bar is not None:
                 bar.update(1)
     finally:
@@ -577,14 +673,21 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
 
 
 def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, dict], n_eval: int) -> dict:
-    """The results.json structure from the per-method records (no loss curves: see methods/*.json)."""
+    """The results.json structure from the per-row records (no loss curves: see methods/*.json).
+
+    ``methods`` maps each row label to its record: per-seed numbers, ``preset``, ``overrides``
+    (the fields the row's own table set) and the full ``config`` it trained with.
+    """
     from jaxrae import report
     from jaxrae.metrics import FD_METRIC_NAME
     from jaxrae.provenance import environment
 
     methods = {}
-    for name, r in records.items():
-        methods[name] = {k: v for k, v in r.items() if k not in ("header", "loss_curve")}
+    for label, r in records.items():
+        # A record written before variants existed lacks preset/overrides; its header matched, so
+        # the experiment's row is the row it was computed for.
+        methods[label] = {**{k: v for k, v in r.items() if k not in ("header", "loss_curve")},
+                          **_row_description(experiment, label)}
     return {
         "format": FORMAT,
         "data": experiment.data,
@@ -593,7 +696,7 @@ def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, d
         "n_train": data.n_train,
         "n_test": data.n_test,
         "experiment": experiment.to_dict(),
-        "baseline": experiment.baseline_method if len(records) > 1 else None,
+        "baseline": experiment.baseline_label if len(records) > 1 else None,
         "feature_network": {"metric": FD_METRIC_NAME, "label": fnet.metric_label, "test_accuracy": fnet.test_accuracy,
                             "steps": fnet.steps, "version": fnet.version, "fingerprint": fnet.fingerprint},
         "eval": {"n_eval": n_eval, "n_components": experiment.n_components, "k": PR_NEIGHBOURS, "eval_seed": EVAL_SEED},
@@ -617,7 +720,7 @@ def write_outputs(results: dict, records: Mapping[str, dict], out: Path, figures
 
 
 def write_figures(results: Mapping, records: Mapping[str, dict], out: Path, rows: list[dict]) -> None:
-    """The five PNGs, from the per-method image files and records (so a resume can redraw them)."""
+    """The five PNGs, from the per-row image files and records (so a resume can redraw them)."""
     from jaxrae import report
 
     images = {}
@@ -651,11 +754,12 @@ def default_out_dir(data: str) -> Path:
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """The ``jaxrae compare`` flags (every TrainConfig field too, applied to all methods)."""
+    """The ``jaxrae compare`` flags (every TrainConfig field too, applied to every row)."""
     from jaxrae.cli import add_config_flags
 
     parser.description = (
-        "Train every method for every seed (one vmapped program per method), evaluate each seed "
+        "Train every row (a method, or a labelled variant of one: see experiments/README.md) for every "
+        "seed (one vmapped program per row), evaluate each seed "
         "(reconstruction error; FD in classifier features of reconstructions, prior samples, "
         "ex-post samples and interpolations; precision/recall; code log-likelihood; code usage), "
         "and write results.json, table.md/.csv and PNG figures. With no arguments: the main job, "
@@ -665,11 +769,15 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     )
     g = parser.add_argument_group("comparison")
     g.add_argument("--config", dest="experiment_file", default=None,
-                   help="experiment TOML (experiments/<name>.toml); flags given here override it")
+                   help="experiment TOML (experiments/<name>.toml); flags given here override its top-level keys "
+                        "and [config]; a TrainConfig flag for a field that a [variants.*] or [overrides.*] table "
+                        "sets is an error")
     g.add_argument("--data", default=None, help=f"digits | fashion_mnist | mnist | idx:<dir> | tfds:<name> (default {DEFAULT_DATA})")
-    g.add_argument("--methods", default=None, help=f"comma-separated presets (default {','.join(DEFAULT_METHODS)}; see `jaxrae methods`)")
+    g.add_argument("--methods", default=None, help=f"comma-separated presets (default {','.join(DEFAULT_METHODS)}; see `jaxrae methods`); "
+                                                 "they replace the file's methods, its [variants.*] rows stay")
     g.add_argument("--seeds", default=None, help=f"a count (5 -> 0..4) or a list (0,5,7) (default {DEFAULT_SEEDS})")
-    g.add_argument("--baseline", default=None, help="method the others are compared to, paired over seeds (default: the first)")
+    g.add_argument("--baseline", default=None, help="method or variant label the others are compared to, paired over seeds "
+                                                   "(default: the first row)")
     g.add_argument("--n-eval", type=int, default=None, help=f"test images and generated samples per FD (default {DEFAULT_N_EVAL}, capped at the test set)")
     g.add_argument("--n-train", type=int, default=None, help="use only the first N training images")
     g.add_argument("--n-test", type=int, default=None, help="use only the first N test images")
@@ -678,12 +786,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--out", default=None,
                    help="output directory (default runs/compare-<data>). An explicit --out that holds results needs "
                         "--resume or --overwrite; the default directory is resumed automatically, so rerunning a plain "
-                        "`jaxrae compare` skips finished methods and continues an interrupted one")
-    g.add_argument("--resume", action="store_true", help="skip finished methods in --out, continue an interrupted one from its checkpoint")
+                        "`jaxrae compare` skips finished rows and continues an interrupted one")
+    g.add_argument("--resume", action="store_true", help="skip finished rows in --out, continue an interrupted one from its checkpoint")
     g.add_argument("--overwrite", action="store_true", help="delete what --out holds and start afresh")
     g.add_argument("--quiet", action="store_true", help="no progress bars (the summary table is still printed)")
     shared = ", ".join(f"{k}={v}" for k, v in DEFAULT_JOB_CONFIG.items())
-    t = parser.add_argument_group(f"training (TrainConfig fields, applied to every method; they override the TOML; "
+    t = parser.add_argument_group(f"training (TrainConfig fields, applied to every row; they override the TOML's [config], "
+                                  "and may not set a field that a row's [variants.*]/[overrides.*] table sets; "
                                   f"compare's defaults: {shared}, the rest TrainConfig's)")
     add_config_flags(t)
     for action in t._group_actions:
@@ -692,7 +801,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def experiment_from_args(args) -> Experiment:
-    """Defaults < ``--config`` TOML < flags given on the command line."""
+    """Defaults < ``--config`` TOML < flags given on the command line.
+
+    TrainConfig flags replace ``[config]`` values; a flag for a field that a row's own table
+    (``[variants.<label>]`` or ``[overrides.<method>]``) sets is a ConfigError
+    (:func:`_reject_flags_that_rows_set` says why).
+    """
     from jaxrae.cli import parse_seeds
     from jaxrae.config import field_names
 
@@ -710,11 +824,31 @@ def experiment_from_args(args) -> Experiment:
         if getattr(args, flag) is not None:
             values[flag] = getattr(args, flag)
     given = {name: getattr(args, name) for name in field_names() if name != "method" and getattr(args, name, None) is not None}
-    if given:
-        # A flag is the most explicit choice: it wins over the TOML's shared and per-method values.
-        values["config"] = {**values["config"], **given}
-        values["overrides"] = {m: {k: v for k, v in o.items() if k not in given} for m, o in values["overrides"].items()}
-    return Experiment.from_dict(values, source="command line")
+    source = f"{args.experiment_file} with the command-line flags" if args.experiment_file else "command line"
+    _reject_flags_that_rows_set(given, base, source)
+    values["config"] = {**values["config"], **given}
+    return Experiment.from_dict(values, source=source)
+
+
+def _reject_flags_that_rows_set(flags: Mapping[str, Any], experiment: Experiment, source: str) -> None:
+    """ConfigError if a TrainConfig flag sets a field that some row's own table also sets.
+
+    A flag applies to every row, like ``[config]``, and wins over ``[config]``. A row's own
+    table (``[variants.<label>]``, or ``[overrides.<method>]``, which is the same thing for a
+    plain method) says how that row differs from the others. If a flag won there too, ``--tau 1``
+    would silently train every ``*-tau0.5``/``*-tau2`` variant at tau 1 under labels that say
+    otherwise, i.e. flatten the grid; if the row won, the flag would be silently ignored for it.
+    Neither is safe, so the collision is an error naming the flag and the tables. This replaces
+    the rule before variants (a flag dropped the field from every ``[overrides.*]``): overrides
+    are variants now, and no shipped experiment relied on it.
+    """
+    for field in flags:
+        tables = [experiment.row_table(label) for label, row in experiment.rows.items() if field in row]
+        if tables:
+            flag = "--" + field.replace("_", "-")
+            listed = ", ".join(tables[:4]) + (f" and {len(tables) - 4} more" if len(tables) > 4 else "")
+            raise ConfigError(f"{source}: {flag} sets {field} for every row, but {listed} also set {field}, and a flag "
+                              f"would erase that difference between rows; drop {flag}, or change {field} in those tables")
 
 
 def main(args) -> int:
@@ -733,7 +867,7 @@ def main(args) -> int:
     print(report.render_summary(results, results["table"]))
     print()
     n_runs = sum(len(m["ok"]) for m in results["methods"].values())
-    print(f"{len(results['methods'])} methods x {len(experiment.seeds)} seeds ({n_runs} runs) in "
+    print(f"{len(results['methods'])} rows (methods and variants) x {len(experiment.seeds)} seeds ({n_runs} runs) in "
           f"{time.perf_counter() - t0:.1f}s; written to {out}/ "
           "(results.json, table.md, table.csv, reconstructions/samples/interpolations/metrics/losses.png)")
     return 0

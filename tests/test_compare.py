@@ -168,3 +168,145 @@ def test_ex_post_fit_survives_a_run_with_non_finite_codes():
     reference, _ = _fit_ex_post(runs, codes, keys, 3)
     assert bad.tolist() == [False, True]
     np.testing.assert_allclose(np.asarray(fitted.means[0]), np.asarray(reference.means[0]), rtol=1e-6)
+
+
+# --------------------------------------------------------------------------------------------
+# Labelled variants: one preset in several rows (an estimator x temperature grid in one table)
+
+VARIANTS_TOML = '''
+methods = ["ae"]
+seeds = 2
+baseline = "st"
+[config]
+steps = 20
+[overrides.ae]
+lr = 1e-3
+[variants.st]
+method = "drae"
+estimator = "st"
+[variants."reinmax-tau0.5"]
+method = "drae"
+estimator = "reinmax"
+tau = 0.5
+'''
+
+
+def _write(tmp_path, body, name="experiment.toml"):
+    path = tmp_path / name
+    path.write_text(body)
+    return path
+
+
+def test_variants_are_rows_after_the_methods(tmp_path):
+    from jaxrae.compare import load_experiment
+
+    exp = load_experiment(_write(tmp_path, VARIANTS_TOML))
+    assert list(exp.rows) == ["ae", "st", "reinmax-tau0.5"]  # methods, then variants in file order
+    st, reinmax = exp.method_config("st"), exp.method_config("reinmax-tau0.5")
+    assert (st.method, st.estimator, st.steps) == ("drae", "st", 20)
+    assert (reinmax.method, reinmax.estimator, reinmax.tau, reinmax.steps) == ("drae", "reinmax", 0.5, 20)
+    assert exp.method_config("ae").lr == 1e-3  # [overrides.ae] is the row labelled ae, preset ae
+    assert exp.rows["ae"] == {"method": "ae", "lr": 1e-3}
+    assert exp.baseline_label == "st"
+    assert Experiment.from_dict(exp.to_dict()).rows == exp.rows
+    only_variants = load_experiment(_write(tmp_path, '[variants.b]\nmethod = "drae"\n[variants.a]\nmethod = "ae"\n'))
+    assert only_variants.methods == () and list(only_variants.rows) == ["b", "a"]  # not the main job's methods
+
+
+@pytest.mark.parametrize("body, needles", [
+    ('methods = ["drae"]\n[variants.drae]\nmethod = "drae"\n', ["[variants.drae]", "rename the variant", "drop 'drae' from methods"]),
+    ('[variants.st]\nestimator = "st"\n', ["[variants.st]", 'method = "<preset>"']),
+    ('[variants.st]\nmethod = "drae"\nestimater = "st"\n', ["[variants.st]", "estimater"]),
+    ('[variants.st]\nmethod = "drea"\n', ["[variants.st]", "drea", "drae"]),
+    ('[variants.st]\nmethod = "drae"\ntau = -1.0\n', ["[variants.st]", "tau"]),
+    ('[variants."a/b"]\nmethod = "drae"\n', ['[variants."a/b"]', "letters, digits"]),
+    ('methods = ["ae"]\n[variants.st]\nmethod = "drae"\n[overrides.st]\nbeta = 1.0\n', ["[overrides.st]", "[variants.st]"]),
+    ('[variants.st]\nmethod = "drae"\nbaseline = "x"\n', ["[variants.st]", "baseline"]),  # a key of the wrong table
+    ('baseline = "drae"\n[variants.st]\nmethod = "drae"\n', ["baseline='drae'", "'st'"]),
+    ('variants = 3\n', ["variants", "table"]),
+])
+def test_variant_mistakes_are_config_errors_naming_the_file(tmp_path, body, needles):
+    from jaxrae.compare import load_experiment
+    from jaxrae.errors import ConfigError
+
+    path = _write(tmp_path, body)
+    with pytest.raises(ConfigError) as error:
+        load_experiment(path)
+    for needle in [str(path)] + needles:
+        assert needle in str(error.value), (needle, str(error.value))
+
+
+def _args(*flags):
+    return cli.build_parser().parse_args(["compare", *flags])
+
+
+def test_flags_override_config_but_may_not_set_a_field_a_row_sets(tmp_path):
+    from jaxrae.compare import experiment_from_args
+    from jaxrae.errors import ConfigError
+
+    path = str(_write(tmp_path, VARIANTS_TOML))
+    exp = experiment_from_args(_args("--config", path, "--steps", "7", "--baseline", "reinmax-tau0.5"))
+    assert all(exp.method_config(label).steps == 7 for label in exp.rows)  # a flag beats [config], in every row
+    assert exp.method_config("reinmax-tau0.5").tau == 0.5 and exp.baseline_label == "reinmax-tau0.5"
+    with pytest.raises(ConfigError, match=r'--tau sets tau .*\[variants."reinmax-tau0.5"\]') as error:
+        experiment_from_args(_args("--config", path, "--tau", "1"))  # would flatten the grid
+    assert path in str(error.value) and "[variants.st]" not in str(error.value)  # st does not set tau
+    with pytest.raises(ConfigError, match=r"--estimator .*\[variants.st\], \[variants.\"reinmax-tau0.5\"\]"):
+        experiment_from_args(_args("--config", path, "--estimator", "st"))
+    with pytest.raises(ConfigError, match=r"--lr .*\[overrides.ae\]"):  # [overrides.m] is a row's table too
+        experiment_from_args(_args("--config", path, "--lr", "0.01"))
+    with pytest.raises(ConfigError, match="share one namespace"):
+        experiment_from_args(_args("--config", path, "--methods", "ae,st"))
+
+
+def test_estimators_toml_is_the_estimator_by_temperature_grid():
+    from pathlib import Path
+
+    from jaxrae.compare import load_experiment
+
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "estimators.toml")
+    configs = {label: exp.method_config(label) for label in exp.rows}
+    assert len(configs) == 10 and exp.methods == () and exp.baseline_label == "st"
+    assert {c.method for c in configs.values()} == {"drae"}
+    assert configs["st"].estimator == "st"  # deterministic: tau does not enter it, one row
+    grid = {(c.estimator, c.tau) for label, c in configs.items() if label != "st"}
+    assert grid == {(e, t) for e in ("st-gumbel", "gumbel-rao", "reinmax") for t in (0.5, 1.0, 2.0)}
+    assert all(label == f"{c.estimator}-tau{c.tau:g}" for label, c in configs.items() if label != "st")
+    assert {c.steps for c in configs.values()} == {1000} and exp.data == "digits" and len(exp.seeds) == 5
+
+
+def test_variants_are_keyed_by_label_in_results_tables_and_resume(tmp_path, uninterrupted, cache_dir):
+    _, full = uninterrupted
+    out = tmp_path / "out"
+    quiet = dict(progress=False, feature_cache_dir=cache_dir, log=lambda *_: None, figures=False)
+    # The fixture's drae config again (estimator st is drae's own), so its program is reused.
+    st = {"method": "drae", "estimator": "st"}
+    hot = {"method": "drae", "estimator": "reinmax", "tau": 2.0}
+    # 1. one variant finishes
+    run_compare(tiny(methods=(), variants={"drae-st": st}), out, **quiet)
+    st_record = (out / "methods" / "drae-st.json").read_bytes()
+    # 2. a second variant of the same preset is interrupted after its first chunk (of two)
+    grid = tiny(methods=(), variants={"drae-st": st, "reinmax-tau2": hot})
+    with pytest.raises(CompareInterrupted):
+        run_compare(grid, out, resume=True, stop_after_chunks=1, **quiet)
+    assert (out / "checkpoints" / "reinmax-tau2.msgpack").exists() and not (out / "methods" / "reinmax-tau2.json").exists()
+    # 3. rerun: drae-st is skipped (record untouched), reinmax-tau2 continues from its checkpoint
+    results = run_compare(grid, out, resume=True, **quiet)
+    assert (out / "methods" / "drae-st.json").read_bytes() == st_record
+
+    saved = json.loads((out / "results.json").read_text())
+    assert list(saved["methods"]) == ["drae-st", "reinmax-tau2"] and saved["baseline"] == "drae-st"
+    a, b = saved["methods"]["drae-st"], saved["methods"]["reinmax-tau2"]
+    assert a["preset"] == b["preset"] == "drae" and a["config"]["method"] == b["config"]["method"] == "drae"
+    assert b["overrides"] == {"estimator": "reinmax", "tau": 2.0}
+    assert (a["config"]["estimator"], a["config"]["tau"]) == ("st", 1.0) and (b["config"]["estimator"], b["config"]["tau"]) == ("reinmax", 2.0)
+    assert a["metrics"] == full["methods"]["drae"]["metrics"]  # the same row under another label: the same numbers
+    assert results["methods"]["reinmax-tau2"]["metrics"] != a["metrics"]
+
+    rows = list(csv.DictReader((out / "table.csv").open()))
+    assert {r["method"] for r in rows} == {"drae-st", "reinmax-tau2"}
+    diff = next(r for r in rows if r["method"] == "reinmax-tau2" and r["metric"] == "rec_error")
+    paired = np.array(b["metrics"]["rec_error"]) - np.array(a["metrics"]["rec_error"])
+    assert diff["baseline"] == "drae-st" and float(diff["diff_mean"]) == pytest.approx(paired.mean(), rel=1e-9)
+    md = (out / "table.md").read_text()
+    assert "| reinmax-tau2 | drae | estimator=reinmax, tau=2.0 |" in md and "vs baseline `drae-st`" in md
