@@ -158,7 +158,8 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the method presets (rows of the grid)").set_defaults(func=cmd_methods)
 
     p = sub.add_parser("train", help="train one method for several seeds in one program")
-    p.add_argument("--data", default="digits", help="digits | fashion_mnist | mnist | idx:<dir> | tfds:<name>")
+    p.add_argument("--data", default="digits", help="digits | fashion_mnist | mnist | idx:<dir> | tfds:<name>, optionally with a "
+                   "preprocessing suffix such as tfds:celeb_a@crop=140,image_size=64")
     p.add_argument("--seeds", default="4", help="a count (4 -> 0..3) or a list (0,5,7)")
     p.add_argument("--sweep", action="append", help="NAME=V1,V2: a vmapped hyperparameter axis (lr, beta, lam, tau)")
     p.add_argument("--out", required=True, help="output directory")

@@ -698,7 +698,8 @@ def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, d
         "experiment": experiment.to_dict(),
         "baseline": experiment.baseline_label if len(records) > 1 else None,
         "feature_network": {"metric": FD_METRIC_NAME, "label": fnet.metric_label, "test_accuracy": fnet.test_accuracy,
-                            "steps": fnet.steps, "version": fnet.version, "fingerprint": fnet.fingerprint},
+                            "target": fnet.target, "accuracy_name": fnet.accuracy_name,
+                            "majority_accuracy": fnet.majority_accuracy, "steps": fnet.steps, "version": fnet.version, "fingerprint": fnet.fingerprint},
         "eval": {"n_eval": n_eval, "n_components": experiment.n_components, "k": PR_NEIGHBOURS, "eval_seed": EVAL_SEED},
         "metric_names": {k: v[1] for k, v in report.METRICS.items()},
         "methods": methods,
@@ -772,7 +773,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                    help="experiment TOML (experiments/<name>.toml); flags given here override its top-level keys "
                         "and [config]; a TrainConfig flag for a field that a [variants.*] or [overrides.*] table "
                         "sets is an error")
-    g.add_argument("--data", default=None, help=f"digits | fashion_mnist | mnist | idx:<dir> | tfds:<name> (default {DEFAULT_DATA})")
+    g.add_argument("--data", default=None, help="digits | fashion_mnist | mnist | idx:<dir> | tfds:<name>, optionally with a "
+                   f"preprocessing suffix such as tfds:celeb_a@crop=140,image_size=64 (default {DEFAULT_DATA})")
     g.add_argument("--methods", default=None, help=f"comma-separated presets (default {','.join(DEFAULT_METHODS)}; see `jaxrae methods`); "
                                                  "they replace the file's methods, its [variants.*] rows stay")
     g.add_argument("--seeds", default=None, help=f"a count (5 -> 0..4) or a list (0,5,7) (default {DEFAULT_SEEDS})")

@@ -229,7 +229,8 @@ def _caption(results: Mapping) -> list[str]:
         f"data: {results.get('data')}  |  seeds per method: {n_seeds}  |  "
         f"n_eval: {results.get('eval', {}).get('n_eval')}",
         f"FD = Frechet distance in classifier features (jaxrae's feature network for this data set, "
-        f"test accuracy {fnet.get('test_accuracy', float('nan')):.1%}); not an Inception FID.",
+        f"{fnet.get('accuracy_name', 'test accuracy')} {fnet.get('test_accuracy', float('nan')):.1%}); "
+        "not an Inception FID.",
         "cells: mean ± half-width of the 95% Student t interval across seeds; ok = n_ok/n_total "
         "(diverged runs are recorded but excluded from every mean).",
     ]

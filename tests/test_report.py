@@ -113,6 +113,14 @@ def test_table_rows_csv_and_markdown():
         assert "classifier features" in out and "Inception FID" in out  # named as "not an Inception FID"
         assert "FID (Inception)" not in out
     assert "paired difference" in text.lower()
+    assert "test accuracy 90.0%" in md
+
+
+def test_caption_names_what_an_attribute_feature_network_was_scored_on():
+    results = _fake_results()
+    results["feature_network"] = {"test_accuracy": 0.87, "accuracy_name": "test mean attribute accuracy"}
+    md = report.render_markdown(results, report.summary_table(results))
+    assert "test mean attribute accuracy 87.0%" in md and "test accuracy" not in md
 
 
 def test_fmt():
