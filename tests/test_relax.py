@@ -373,6 +373,27 @@ def test_no_nan_at_small_temperature_with_many_classes():
     assert np.all(np.isfinite(values)) and np.all(np.isfinite(grad))
 
 
+@pytest.mark.parametrize("estimator", ESTIMATORS)
+def test_masked_class_gets_no_sample_and_no_gradient(estimator):
+    """A logit of -inf (a masked class) behaves like a very negative finite one: never sampled,
+    zero gradient, and the other classes' gradients are those of the finite mask (no NaN)."""
+    logits = normal(15, (3, 4))
+    weights = normal(16, logits.shape)
+    key = rng(17)
+
+    def grad_with(mask_value):
+        masked = logits.at[:, 1].set(mask_value)
+        code = lambda l: discrete_code(key, l, estimator, 0.7, n_samples=4)  # noqa: E731
+        return code(masked), jax.grad(lambda l: jnp.sum(weights * code(l)))(masked)
+
+    code_inf, grad_inf = jax.jit(grad_with, static_argnums=0)(-jnp.inf)
+    code_big, grad_big = jax.jit(grad_with, static_argnums=0)(-1e4)
+    assert np.all(np.asarray(code_inf)[:, 1] == 0)
+    np.testing.assert_array_equal(code_inf, code_big)
+    assert np.all(np.isfinite(grad_inf)) and np.all(np.asarray(grad_inf)[:, 1] == 0)
+    np.testing.assert_allclose(grad_inf, grad_big, rtol=1e-5, atol=1e-6)
+
+
 # ----------------------------------------------------------------------------- validation
 
 
