@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -185,6 +186,8 @@ def main(argv: list[str] | None = None) -> int:
         "JAXRAE_NUM_PROCESSES, JAXRAE_PROCESS_ID, or SLURM / Open MPI); the runs are spread over every process's devices",
     )
     args = parser.parse_args(argv)
+    # The invocation as a shell line, so that result files can say exactly what produced them.
+    args.command_line = shlex.join(["jaxrae", *(sys.argv[1:] if argv is None else argv)])
     try:
         from jaxrae import distributed
 

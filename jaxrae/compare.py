@@ -612,7 +612,8 @@ def run_method(label: str, experiment: Experiment, data, fnet, out: Path, *, pro
 
 def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False, overwrite: bool = False,
                 progress: bool = True, feature_cache_dir: str | Path | None = None,
-                stop_after_chunks: int | None = None, log: Callable = print, figures: bool = True) -> dict:
+                stop_after_chunks: int | None = None, log: Callable = print, figures: bool = True,
+                command: str | None = None) -> dict:
     """Run (or resume) a comparison into ``out``; returns the ``results.json`` structure.
 
     Rows are ``experiment.rows`` (methods, then variants), each keyed by its label: finished
@@ -620,7 +621,8 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
     interrupted row continues from ``out/checkpoints/<label>.msgpack``. ``out`` must be empty
     unless ``resume`` or ``overwrite``. ``stop_after_chunks`` stops the first row that still
     trains after that many chunks and raises :class:`CompareInterrupted` (for resume tests);
-    ``figures=False`` writes the tables and results but no PNGs.
+    ``figures=False`` writes the tables and results but no PNGs. ``command`` (the shell line
+    that ran this, e.g. ``jaxrae compare --config ...``) heads table.md and is kept in results.json.
     """
     from jaxrae import metrics as M
     from jaxrae.cli import prepare_out_dir
@@ -667,6 +669,7 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
 
     results = assemble_results(experiment, data, fnet, records, n_eval)
     results["times"] = {"this_invocation_s": time.perf_counter() - t_start, "feature_network_s": feature_s}
+    results["command"] = command
     write_outputs(results, records, out, figures=figures)
     ckpt.atomic_write_json(out / "experiment.json", experiment.to_dict())
     return results
@@ -862,7 +865,8 @@ def main(args) -> int:
     resume = args.resume or (args.out is None and not args.overwrite)
     t0 = time.perf_counter()
     try:
-        results = run_compare(experiment, out, resume=resume, overwrite=args.overwrite, progress=not args.quiet)
+        results = run_compare(experiment, out, resume=resume, overwrite=args.overwrite, progress=not args.quiet,
+                              command=getattr(args, "command_line", None))
     except CompareInterrupted as e:  # only reachable from the Python API, kept for symmetry
         raise CheckpointError(f"{e}; rerun with --resume") from None
     print()

@@ -222,6 +222,31 @@ def _plain(header: list[str], body: list[list[str]]) -> str:
     return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in body])
 
 
+def _provenance(results: Mapping) -> list[str]:
+    """What produced a table: the command, its time, the code and package versions, the machine."""
+    env = results.get("environment", {})
+    versions = env.get("versions", {})
+    commit = env.get("git_commit")
+    times = results.get("times", {})
+    run_time = sum(sum((m.get("times") or {}).get(k, 0.0) for k in ("train_s", "compile_s", "eval_s"))
+                   for m in results["methods"].values())
+    lines = [f"command: `{results['command']}`" if results.get("command") else
+             "command: not recorded (results written through the Python API)"]
+    if times:
+        lines.append(f"time: {run_time / 60:.1f} min training + compiling + evaluating, summed over rows; "
+                     f"this invocation {times.get('this_invocation_s', float('nan')) / 60:.1f} min wall")
+    if versions:
+        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+                     + (f", python {env['python']}" if env.get("python") else "")
+                     + (f"; git {commit[:10]}" if commit else ""))
+    if env:
+        devices = env.get("devices") or []
+        cpus = f", {env['cpu_count']} CPU cores" if env.get("cpu_count") else ""
+        lines.append(f"machine: {env.get('backend')} backend, {len(devices)} x {devices[0] if devices else '?'}{cpus}, "
+                     f"{env.get('process_count', 1)} process(es), {env.get('platform')}; finished {env.get('time_utc')}")
+    return lines
+
+
 def _caption(results: Mapping) -> list[str]:
     fnet = results.get("feature_network", {})
     n_seeds = max((len(m["ok"]) for m in results["methods"].values()), default=0)
@@ -271,7 +296,8 @@ def render_markdown(results: Mapping, rows: list[dict] | None = None) -> str:
     """table.md: the summary grid, the paired grid, then every number per metric."""
     rows = summary_table(results) if rows is None else rows
     baseline = results.get("baseline")
-    parts = ["# jaxrae compare", ""] + [f"- {line}" for line in _caption(results)] + [""]
+    parts = ["# jaxrae compare", ""] + [f"- {line}" for line in _provenance(results)] + [""]
+    parts += [f"- {line}" for line in _caption(results)] + [""]
     settings = row_settings(results)
     if settings:  # what a label such as `reinmax-tau0.5` stands for (full configs: results.json)
         parts += ["## Rows: preset and own settings (on top of the shared config)", "",

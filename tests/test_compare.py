@@ -123,6 +123,11 @@ def test_cli_default_out_resumes_and_explicit_out_refuses(tmp_path, monkeypatch,
     assert cli.main(flags) == 0
     out = tmp_path / "runs" / "compare-digits"
     assert (out / "results.json").is_file()
+    # table.md is headed by the exact command, the versions and the machine
+    head = (out / "table.md").read_text().splitlines()[:6]
+    assert head[2] == "- command: `jaxrae " + " ".join(flags) + "`"
+    assert any(line.startswith("- versions: jaxrae ") and "jax " in line for line in head)
+    assert any(line.startswith("- machine: cpu backend") for line in head)
     before = (out / "methods" / "ae.json").read_bytes()
     assert cli.main(flags) == 0  # the default directory is resumed: the finished method is skipped
     assert (out / "methods" / "ae.json").read_bytes() == before
