@@ -171,7 +171,8 @@ class Experiment:
                                   "(see `jaxrae methods`)")
         if self.baseline is not None and self.baseline not in self.rows:
             raise ConfigError(f"baseline={self.baseline!r} is neither a method nor a variant label; "
-                              f"choose one of {list(self.rows)}")
+                              f"choose one of {list(self.rows)} (`--baseline` on the command line, `baseline` "
+                              "in the file)")
         for field, minimum in (("n_eval", PR_NEIGHBOURS + 2), ("feature_steps", 1), ("n_components", 1)):
             value = getattr(self, field)
             if field == "feature_steps" and value is None:
