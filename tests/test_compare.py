@@ -10,6 +10,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -265,8 +266,6 @@ def test_flags_override_config_but_may_not_set_a_field_a_row_sets(tmp_path):
 
 
 def test_estimators_toml_is_the_estimator_by_temperature_grid():
-    from pathlib import Path
-
     from jaxrae.compare import load_experiment
 
     exp = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "estimators.toml")
@@ -278,6 +277,31 @@ def test_estimators_toml_is_the_estimator_by_temperature_grid():
     assert grid == {(e, t) for e in ("st-gumbel", "gumbel-rao", "reinmax") for t in (0.5, 1.0, 2.0)}
     assert all(label == f"{c.estimator}-tau{c.tau:g}" for label, c in configs.items() if label != "st")
     assert {c.steps for c in configs.values()} == {1000} and exp.data == "digits" and len(exp.seeds) == 5
+
+
+EXPERIMENT_FILES = sorted((Path(__file__).resolve().parents[1] / "experiments").glob("*.toml"))
+
+
+@pytest.mark.parametrize("path", EXPERIMENT_FILES, ids=lambda p: p.name)
+def test_every_shipped_experiment_file_loads_and_validates(path):
+    """A typo in a shipped TOML (unknown key, bad value, a label colliding with a method) is caught
+    here, not after an hour of training: loading validates every row's TrainConfig."""
+    from jaxrae.compare import load_experiment
+
+    exp = load_experiment(path)
+    assert exp.rows and all(exp.method_config(label).steps >= 1 for label in exp.rows)
+
+
+def test_decoder_regularizers_toml_varies_only_the_decoder_term_at_one_latent_weight():
+    from jaxrae.compare import load_experiment
+
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "decoder_regularizers.toml")
+    configs = {label: exp.method_config(label) for label in exp.rows}
+    assert exp.baseline_label == "rae-beta0.0098"
+    same_weight = [label for label in configs if label != "rae"]
+    assert {configs[label].beta for label in same_weight} == {configs["rae-l2"].beta}
+    decoder_terms = {configs[label].method_spec.decoder_reg for label in same_weight}
+    assert decoder_terms == {"none", "l2", "gp", "sn"}
 
 
 def test_variants_are_keyed_by_label_in_results_tables_and_resume(tmp_path, uninterrupted, cache_dir):
