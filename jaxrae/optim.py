@@ -23,7 +23,6 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import optax
-from optax._src.numerics import safe_increment
 
 ADAM_B1 = 0.9
 ADAM_B2 = 0.999
@@ -63,7 +62,7 @@ def adam_step_or_freeze(params: Any, state: optax.ScaleByAdamState, grads: Any, 
     nu = optax.tree.update_moment_per_elem_norm(grads, state.nu, b2, 2)
     # The bias correction always uses the real betas and a count >= 1, so it stays finite (and
     # the frozen update, 0 * finite, is exactly 0) even for a run frozen at its first step.
-    count_inc = safe_increment(state.count)
+    count_inc = optax.safe_increment(state.count)
     mu_hat = optax.tree.bias_correction(mu, jnp.asarray(ADAM_B1, dtype), count_inc)
     nu_hat = optax.tree.bias_correction(nu, jnp.asarray(ADAM_B2, dtype), count_inc)
     new_params = jax.tree.map(
