@@ -102,6 +102,14 @@ def _replace_gradient(value: jax.Array, surrogate: jax.Array) -> jax.Array:
     return lax.stop_gradient(value) + (surrogate - lax.stop_gradient(surrogate))
 
 
+def _frozen_offset(target: jax.Array, logits: jax.Array) -> jax.Array:
+    """``stop_gradient(target - logits)``, so ``logits + offset`` equals ``target`` forward and
+    has the gradient of ``logits``; 0 for a masked class (logit -inf), where both are -inf and
+    their difference would be NaN, so that class keeps logit -inf (probability 0, zero gradient).
+    """
+    return lax.stop_gradient(jnp.where(jnp.isfinite(logits), target - logits, 0.0))
+
+
 # ----------------------------------------------------------------------------- relaxations
 
 
@@ -263,10 +271,7 @@ def gumbel_rao(key: jax.Array, logits: jax.Array, tau, n_samples: int) -> jax.Ar
     sample = jax.nn.one_hot(
         jax.random.categorical(key_sample, logits), logits.shape[-1], dtype=logits.dtype
     )
-    # For a masked class (logit -inf) the conditional draw is -inf too: its noise is set to 0
-    # instead of NaN, so logits + noise stays -inf there (probability 0, zero gradient).
-    perturbed = conditional_gumbel(key_noise, logits, sample, n_samples)
-    noise = lax.stop_gradient(jnp.where(jnp.isfinite(logits), perturbed - logits, 0.0))
+    noise = _frozen_offset(conditional_gumbel(key_noise, logits, sample, n_samples), logits)
     surrogate = jnp.mean(jax.nn.softmax((logits + noise) / tau, axis=-1), axis=0)
     return _replace_gradient(sample, surrogate)
 
@@ -303,10 +308,7 @@ def reinmax(key: jax.Array, logits: jax.Array, tau=1.0) -> jax.Array:
     # log(0) would put -inf into the stop_gradient branch.
     log_sample = jnp.where(sample > 0, 0.0, -jnp.inf).astype(logits.dtype)
     log_pi1 = jnp.logaddexp(log_sample, jax.nn.log_softmax(logits / tau, axis=-1)) - math.log(2.0)
-    # A masked class (logit -inf) has log_pi1 = -inf too, and -inf - (-inf) is NaN: its offset
-    # is set to 0 so that the class keeps logit -inf (probability 0, zero gradient).
-    offset = jnp.where(jnp.isfinite(logits), log_pi1 - logits, 0.0)
-    pi1 = jax.nn.softmax(lax.stop_gradient(offset) + logits, axis=-1)
+    pi1 = jax.nn.softmax(_frozen_offset(log_pi1, logits) + logits, axis=-1)
     pi2 = 2.0 * pi1 - 0.5 * pi0
     return _replace_gradient(sample, pi2)
 
