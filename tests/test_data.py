@@ -535,7 +535,7 @@ def test_preprocess_images_in_chunks_equals_one_pass(monkeypatch):
     rng = np.random.default_rng(1)
     x = rng.integers(0, 256, size=(11, 12, 10, 3), dtype=np.uint8)
     whole = area_resize(center_crop(x, 8), 3)
-    monkeypatch.setattr("jaxrae.data._PREPROCESS_CHUNK_BYTES", 8 * 12 * 10 * 3 * 4)  # 4 images a chunk
+    monkeypatch.setattr("jaxrae.data.preprocess._PREPROCESS_CHUNK_BYTES", 8 * 12 * 10 * 3 * 4)  # 4 images a chunk
     out = preprocess_images(x, crop=8, image_size=3)
     assert out.flags.c_contiguous
     np.testing.assert_array_equal(out, whole)
@@ -643,7 +643,7 @@ def test_tfds_mock_mnist_without_tensorflow():
 
 def test_tfds_mock_celeb_a_crop_resize_and_attributes(monkeypatch):
     tfds = pytest.importorskip("tensorflow_datasets", reason="tfds:<name> is the optional extra jaxrae[tfds]")
-    monkeypatch.setattr("jaxrae.data.TFDS_READ_CHUNK", 2)  # 5 examples -> chunks of 2, 2, 1
+    monkeypatch.setattr("jaxrae.data.tfds.TFDS_READ_CHUNK", 2)  # 5 examples -> chunks of 2, 2, 1
     with tfds.testing.mock_data(num_examples=5):
         raw = load_data("tfds:celeb_a")
         ds = load_data("tfds:celeb_a@crop=140,image_size=64", n_train=3)
@@ -673,14 +673,14 @@ def test_tfds_subset_larger_than_split_and_crop_too_large():
 
 def test_fashion_mnist_falls_back_to_tfds(monkeypatch, tmp_path):
     tfds = pytest.importorskip("tensorflow_datasets", reason="tfds:<name> is the optional extra jaxrae[tfds]")
-    monkeypatch.setattr("jaxrae.data.DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr("jaxrae.data.spec.DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
     with tfds.testing.mock_data(num_examples=4):
         ds = load_data("fashion_mnist")
     assert ds.name == "fashion_mnist" and ds.train_images_u8.shape == (4, 28, 28, 1)
 
 
 def test_fashion_mnist_absent_everywhere_names_both_fixes(monkeypatch, tmp_path):
-    monkeypatch.setattr("jaxrae.data.DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
+    monkeypatch.setattr("jaxrae.data.spec.DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import fail
     with pytest.raises(DataError, match=r"apt-get install dataset-fashion-mnist.*pip install jaxrae\[tfds\]"):
         load_data("fashion_mnist")
