@@ -18,7 +18,7 @@ import zlib
 import numpy as np
 
 from jaxrae.data.preprocess import as_images_u8, as_labels
-from jaxrae.errors import DataError
+from jaxrae.errors import DataError, invalid, require
 
 #: Standard MNIST-family file stems; each may also end in ``.gz``.
 IDX_FILES = {
@@ -61,19 +61,19 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """
     path = pathlib.Path(path)
     try:
-        raw = open(path, "rb")
+        raw = open(path, "rb")  # noqa: SIM115  (closed by the `with raw` below; open's own errors are told apart here)
     except FileNotFoundError:
-        raise DataError(f"{path}: IDX file not found") from None
+        raise invalid("IDX file", str(path), "file not found", DataError) from None
     except IsADirectoryError:
-        raise DataError(f"{path}: is a directory, expected an IDX file") from None
+        raise invalid("IDX file", str(path), "it is a directory; expected an IDX file", DataError) from None
     except OSError as e:
-        raise DataError(f"{path}: cannot open IDX file: {e.strerror or e}") from None
+        raise invalid("IDX file", str(path), f"cannot open it: {e.strerror or e}", DataError) from None
     with raw:
         try:
             head = raw.read(2)
             raw.seek(0)
         except OSError as e:
-            raise DataError(f"{path}: cannot read IDX file: {e.strerror or e}") from None
+            raise invalid("IDX file", str(path), f"cannot read it: {e.strerror or e}", DataError) from None
         if head == _GZIP_MAGIC:
             return _read_idx_stream(path, gzip.GzipFile(fileobj=raw, mode="rb"), None, compressed=True)
         size = os.fstat(raw.fileno()).st_size
@@ -85,8 +85,14 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
 
 
 def _read_idx_stream(path: pathlib.Path, f, size: int | None, *, compressed: bool) -> np.ndarray:
-    """Parse IDX from a binary stream; ``size`` is the total byte count when known (plain files)."""
+    """Parse IDX from a binary stream; ``size`` is the total byte count when known (plain files).
+
+    Every fault is ``invalid("<path> <part>", value, what is wrong, DataError)``.
+    """
     what = "gzipped IDX file" if compressed else "IDX file"
+
+    def fault(part: str, value, allowed: str) -> DataError:
+        return invalid(f"{path} {part}", value, allowed, DataError)
 
     def read(n: int) -> bytes:
         # Read up to n bytes, in chunks, so memory grows with the data actually present; a
@@ -96,7 +102,7 @@ def _read_idx_stream(path: pathlib.Path, f, size: int | None, *, compressed: boo
             try:
                 piece = f.read(min(_CHUNK, n - len(out)))
             except (OSError, EOFError, zlib.error, ValueError, struct.error, IndexError) as e:
-                raise DataError(f"{path}: corrupt {what}: {e}") from None
+                raise fault("stream", str(e), f"corrupt {what}: re-create or re-download it") from None
             if not piece:
                 break
             out += piece
@@ -104,24 +110,19 @@ def _read_idx_stream(path: pathlib.Path, f, size: int | None, *, compressed: boo
 
     magic = read(4)
     if len(magic) < 4:
-        raise DataError(f"{path}: truncated {what}: {len(magic)} bytes, the magic number needs 4")
+        raise fault("length", len(magic), f"truncated {what}: the magic number needs 4 bytes")
     if magic[0] != 0 or magic[1] != 0:
-        raise DataError(
-            f"{path}: wrong magic number {magic.hex(' ')}: an IDX file starts with 00 00 "
-            "<dtype code> <ndim>"
-        )
+        raise fault("magic number", magic.hex(" "), "an IDX file starts with 00 00 <dtype code> <ndim>")
     code, ndim = magic[2], magic[3]
     if code not in IDX_DTYPES:
         known = ", ".join(f"0x{c:02X}" for c in IDX_DTYPES)
-        raise DataError(f"{path}: unknown IDX dtype code 0x{code:02X} (known: {known})")
+        raise fault("dtype code", f"0x{code:02X}", f"unknown IDX dtype code; known: {known}")
     if ndim == 0 or ndim > IDX_MAX_DIMS:
-        raise DataError(f"{path}: IDX file declares {ndim} dimensions; 1 to {IDX_MAX_DIMS} are supported")
+        raise fault("dimensions", ndim, f"an IDX file declares 1 to {IDX_MAX_DIMS} dimensions")
     dims_bytes = read(4 * ndim)
     if len(dims_bytes) < 4 * ndim:
-        raise DataError(
-            f"{path}: truncated {what}: header declares {ndim} dimensions but only "
-            f"{len(dims_bytes)} of their {4 * ndim} size bytes are present"
-        )
+        raise fault("size bytes", len(dims_bytes),
+                    f"truncated {what}: the header declares {ndim} dimensions, which need {4 * ndim} size bytes")
     dims = struct.unpack(f">{ndim}I", dims_bytes)
     dtype = IDX_DTYPES[code]
     n_bytes = dtype.itemsize
@@ -131,26 +132,22 @@ def _read_idx_stream(path: pathlib.Path, f, size: int | None, *, compressed: boo
     if size is not None:
         # Plain file: compare with the size on disk before reading or allocating anything.
         if size - header < n_bytes:
-            raise DataError(
-                f"{path}: truncated IDX file: dims {dims} of {dtype.name} need {n_bytes} payload "
-                f"bytes, the file has {size - header}"
-            )
+            raise fault("payload bytes", size - header,
+                        f"truncated IDX file: dims {dims} of {dtype.name} need {n_bytes} payload bytes")
         if size - header > n_bytes:
-            raise DataError(
-                f"{path}: {size - header - n_bytes} trailing bytes after the IDX payload "
-                f"(dims {dims} of {dtype.name} need {n_bytes})"
-            )
+            raise fault("payload bytes", size - header,
+                        f"{size - header - n_bytes} trailing bytes after the IDX payload "
+                        f"(dims {dims} of {dtype.name} need {n_bytes})")
     payload = read(n_bytes)
     if len(payload) < n_bytes:
-        raise DataError(
-            f"{path}: truncated {what}: dims {dims} of {dtype.name} need {n_bytes} payload bytes, "
-            f"only {len(payload)} present"
-        )
+        raise fault("payload bytes", len(payload),
+                    f"truncated {what}: dims {dims} of {dtype.name} need {n_bytes} payload bytes")
     # Reading one more byte both detects trailing data and, for gzip, runs the decompressor to
     # the end of the stream, where it verifies the CRC and length.
     extra = read(1)
     if extra:
-        raise DataError(f"{path}: trailing bytes after the IDX payload (dims {dims} of {dtype.name})")
+        raise fault("payload bytes", f"more than {n_bytes}",
+                    f"trailing bytes after the IDX payload (dims {dims} of {dtype.name} need {n_bytes})")
     return np.frombuffer(payload, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -158,28 +155,25 @@ def _find_idx_file(directory: pathlib.Path, stem: str) -> pathlib.Path:
     for candidate in (directory / stem, directory / f"{stem}.gz"):
         if candidate.is_file():
             return candidate
-    raise DataError(f"{directory}: missing IDX file {stem} (or {stem}.gz)")
+    raise invalid("IDX directory", str(directory), f"missing IDX file {stem} (or {stem}.gz)", DataError)
 
 
 def load_idx_dir(directory: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(train images, train labels, test images, test labels) from the :data:`IDX_FILES` in
     ``directory``: images uint8 (N, H, W, C), labels int32. Every fault is a DataError naming the file."""
-    if not directory.exists():
-        raise DataError(f"{directory}: IDX directory not found")
-    if not directory.is_dir():
-        raise DataError(f"{directory}: not a directory; idx:<dir> needs a directory of IDX files")
+    require(directory.exists(), "IDX directory", str(directory), "directory not found", DataError)
+    require(directory.is_dir(), "IDX directory", str(directory),
+            "not a directory; idx:<dir> needs a directory of IDX files", DataError)
     paths = {k: _find_idx_file(directory, stem) for k, stem in IDX_FILES.items()}
     arrays = {k: read_idx(p) for k, p in paths.items()}
     # Check each file's role here, where its path is known, so the message names the file.
     for split in ("train", "test"):
         xp, yp = paths[f"{split}_images"], paths[f"{split}_labels"]
         x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        if x.ndim not in (3, 4):
-            raise DataError(f"{xp}: images must have 3 or 4 dimensions (N, H, W[, C]), got shape {x.shape}")
-        if y.ndim != 1:
-            raise DataError(f"{yp}: labels must have 1 dimension, got shape {y.shape}")
-        if x.shape[0] != y.shape[0]:
-            raise DataError(f"{xp} has {x.shape[0]} images but {yp} has {y.shape[0]} labels")
+        require(x.ndim in (3, 4), f"{xp} shape", x.shape, "images must have 3 or 4 dimensions (N, H, W[, C])", DataError)
+        require(y.ndim == 1, f"{yp} shape", y.shape, "labels must have 1 dimension", DataError)
+        require(x.shape[0] == y.shape[0], f"{yp} labels", y.shape[0],
+                f"{xp} has {x.shape[0]} images: need one label per image", DataError)
         arrays[f"{split}_images"] = as_images_u8(str(xp), "images", x)
         arrays[f"{split}_labels"] = as_labels(str(yp), "labels", y)
     return (arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"])

@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxrae.errors import ConfigError, DataError
+from jaxrae.errors import DataError, invalid, require
 
 #: Labels must lie in [0, MAX_CLASSES): n_classes sizes one-hot targets and classifier heads, so
 #: a corrupt label of 2**31 would otherwise ask for a gigantic output layer far from the file.
@@ -45,11 +45,9 @@ def center_crop(images: np.ndarray, crop: int | tuple[int, int], *, source: str 
     crop_h, crop_w = as_size("crop", crop)
     images = _check_nhwc(source, images)
     height, width = images.shape[1:3]
-    if crop_h > height or crop_w > width:
-        raise DataError(
-            f"{source}: crop={format_size((crop_h, crop_w))} is larger than the {height}x{width} images; "
-            f"choose a crop of at most {height}x{width} (crop={min(height, width)} for a square one)"
-        )
+    require(crop_h <= height and crop_w <= width, "crop", crop_h if crop_h == crop_w else (crop_h, crop_w),
+            f"larger than the {height}x{width} images of {source}; choose a crop of at most "
+            f"{height}x{width} (crop={min(height, width)} for a square one)", DataError)
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
     return images[:, top:top + crop_h, left:left + crop_w, :]
 
@@ -80,7 +78,7 @@ def area_resize(images: np.ndarray, image_size: int | tuple[int, int], *, source
     """
     out_h, out_w = as_size("image_size", image_size)
     images = _check_nhwc(source, images)
-    n, height, width, channels = images.shape
+    height, width = images.shape[1:3]
     if (out_h, out_w) == (height, width):
         return np.array(images)
     rows = _area_matrix(height, out_h)  # (out_h, H), rows sum to H
@@ -173,18 +171,14 @@ def as_size(field: str, value) -> tuple[int, int] | None:
         and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in value)
     ):
         return (int(value[0]), int(value[-1]))
-    raise ConfigError(
-        f"{field}={given!r} is invalid: must be a positive integer or (height, width), "
-        f"e.g. {field}=64, {field}=(64, 48), or {field}=64x48 in a spec suffix"
-    )
+    raise invalid(field, given, f"must be a positive integer or (height, width), e.g. {field}=64, "
+                                f"{field}=(64, 48), or {field}=64x48 in a spec suffix")
 
 
 def _check_nhwc(source: str, images) -> np.ndarray:
     images = np.asarray(images)
-    if images.ndim != 4 or images.dtype != np.uint8:
-        raise DataError(
-            f"{source}: expected uint8 images of shape (N, H, W, C), got {images.dtype} {images.shape}"
-        )
+    require(images.ndim == 4 and images.dtype == np.uint8, f"{source} images", f"{images.dtype} {images.shape}",
+            "expected uint8 images of shape (N, H, W, C)", DataError)
     return images
 
 
@@ -198,49 +192,50 @@ def as_images_u8(source: str, what: str, x) -> np.ndarray:
     x = np.asarray(x)
     if x.ndim == 3:
         x = x[..., None]  # gray (N, H, W) -> NHWC with one channel
-    if x.ndim != 4:
-        raise DataError(f"{source}: {what} must be (N, H, W) or (N, H, W, C), got shape {x.shape}")
+    require(x.ndim == 4, f"{source} {what} shape", x.shape, "must be (N, H, W) or (N, H, W, C)", DataError)
     if x.dtype == np.uint8:
         return np.ascontiguousarray(x)
     if np.issubdtype(x.dtype, np.integer):
-        if x.size and (x.min() < 0 or x.max() > 255):
-            raise DataError(
-                f"{source}: {what} values must lie in [0, 255], found [{x.min()}, {x.max()}]"
-            )
+        if x.size:
+            low, high = x.min().item(), x.max().item()
+            require(low >= 0 and high <= 255, f"{source} {what} range", (low, high), "values must lie in [0, 255]", DataError)
         return x.astype(np.uint8)
     if np.issubdtype(x.dtype, np.floating):
-        if not np.all(np.isfinite(x)):
-            raise DataError(f"{source}: {what} contain {int(np.sum(~np.isfinite(x)))} NaN or inf values")
-        if x.size and (x.min() < 0.0 or x.max() > 1.0):
-            raise DataError(
-                f"{source}: float {what} must lie in [0, 1], found [{x.min()}, {x.max()}]"
-            )
+        finite = np.isfinite(x)
+        if not finite.all():
+            first = tuple(int(i) for i in np.argwhere(~finite)[0])
+            raise invalid(f"{source} {what}[{', '.join(map(str, first))}]", float(x[first]),
+                          f"values must be finite ({int(x.size - finite.sum())} NaN or inf in {what})", DataError)
+        if x.size:
+            low, high = float(x.min()), float(x.max())
+            require(low >= 0.0 and high <= 1.0, f"{source} {what} range", (low, high),
+                    "float values must lie in [0, 1]", DataError)
         return np.rint(x.astype(np.float64) * 255.0).astype(np.uint8)
-    raise DataError(f"{source}: {what} have unsupported dtype {x.dtype}")
+    raise invalid(f"{source} {what} dtype", str(x.dtype),
+                  "unsupported: give integer images in [0, 255] or float images in [0, 1]", DataError)
 
 
 def as_labels(source: str, what: str, y) -> np.ndarray:
     """1-D integer labels in [0, ``MAX_CLASSES``) as int32; anything else is a DataError."""
     y = np.asarray(y)
-    if y.ndim != 1:
-        raise DataError(f"{source}: {what} must be 1-D, got shape {y.shape}")
-    if not np.issubdtype(y.dtype, np.integer):
-        raise DataError(f"{source}: {what} must be integers, got dtype {y.dtype}")
-    if y.size and (y.min() < 0 or y.max() >= MAX_CLASSES):
-        raise DataError(
-            f"{source}: {what} must lie in [0, {MAX_CLASSES}), found [{y.min()}, {y.max()}]"
-        )
+    require(y.ndim == 1, f"{source} {what} shape", y.shape, "must be 1-D", DataError)
+    require(np.issubdtype(y.dtype, np.integer), f"{source} {what} dtype", str(y.dtype), "must be integers", DataError)
+    if y.size:
+        low, high = y.min().item(), y.max().item()
+        require(low >= 0 and high < MAX_CLASSES, f"{source} {what} range", (low, high),
+                f"must lie in [0, {MAX_CLASSES})", DataError)
     return y.astype(np.int32)
 
 
 def as_attributes(source: str, what: str, a, n: int) -> np.ndarray:
     """An (n, A) matrix of 0/1 values (bool or integer) as uint8; anything else is a DataError."""
     a = np.asarray(a)
-    if a.ndim != 2 or a.shape[0] != n:
-        raise DataError(f"{source}: {what} must be a matrix of shape ({n}, n_attributes), got shape {a.shape}")
-    if not (a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer)):
-        raise DataError(f"{source}: {what} must be boolean or 0/1 integers, got dtype {a.dtype}")
-    if a.size and (a.min() < 0 or a.max() > 1):
-        raise DataError(f"{source}: {what} must be 0 or 1, found values in [{a.min()}, {a.max()}]")
+    require(a.ndim == 2 and a.shape[0] == n, f"{source} {what} shape", a.shape,
+            f"must be a matrix of shape ({n}, n_attributes)", DataError)
+    require(a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer), f"{source} {what} dtype", str(a.dtype),
+            "must be boolean or 0/1 integers", DataError)
+    if a.size:
+        low, high = int(a.min()), int(a.max())
+        require(low >= 0 and high <= 1, f"{source} {what} range", (low, high), "must be 0 or 1", DataError)
     return np.ascontiguousarray(a, dtype=np.uint8)
 

@@ -64,7 +64,7 @@ from jaxrae.data.preprocess import (
     preprocess_images,
 )
 from jaxrae.data.tfds import load_tfds
-from jaxrae.errors import ConfigError, DataError
+from jaxrae.errors import DataError, invalid, require
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -177,17 +177,13 @@ def load_data(
         ``image_size``, or a preprocessing key given both in the suffix and as an argument.
       DataError: a missing, corrupt or inconsistent source, or a crop larger than the images.
     """
-    if not isinstance(spec, str):
-        raise ConfigError(f"data spec must be a string, got {spec!r}; valid forms: {', '.join(VALID_SPECS)}")
+    require(isinstance(spec, str), "data", spec, f"the data spec must be a string; valid forms: {', '.join(VALID_SPECS)}")
     _check_subset("n_train", n_train)
     _check_subset("n_test", n_test)
     base, options = _split_spec_options(spec)
     for key, value in (("crop", crop), ("image_size", image_size)):
         if value is not None:
-            if key in options:
-                raise ConfigError(
-                    f"{key} is given twice, in the spec {spec!r} and as an argument ({key}={value!r}); keep one"
-                )
+            require(key not in options, key, value, f"{key} is given twice, in the spec {spec!r} and as an argument; keep one")
             options[key] = value
     prep = Preprocess(as_size("crop", options.get("crop")), as_size("image_size", options.get("image_size")))
     name = base + prep.suffix()
@@ -203,7 +199,7 @@ def load_data(
     elif base.startswith("tfds:") and base[5:]:
         splits = _Splits(*load_tfds(base[5:], cache_dir, (n_train, n_test), prep, name), preprocessed=True)
     else:
-        raise ConfigError(f"unknown data spec {spec!r}; valid forms: {', '.join(VALID_SPECS)}")
+        raise invalid("data", spec, f"unknown data spec; valid forms: {', '.join(VALID_SPECS)}")
 
     train = _subset(name, "n_train", n_train, splits.train_x, splits.train_y, splits.train_a)
     test = _subset(name, "n_test", n_test, splits.test_x, splits.test_y, splits.test_a)
@@ -239,33 +235,30 @@ def make_dataset(
     train_y = as_labels(name, "train labels", train_labels)
     test_y = as_labels(name, "test labels", test_labels)
     for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
-        if x.shape[0] != y.shape[0]:
-            raise DataError(f"{name}: {split} has {x.shape[0]} images but {y.shape[0]} labels")
-        if x.shape[0] == 0:
-            raise DataError(f"{name}: {split} split is empty")
-    if train_x.shape[1:] != test_x.shape[1:]:
-        raise DataError(
-            f"{name}: train images are {train_x.shape[1:]} but test images are {test_x.shape[1:]}"
-        )
+        require(y.shape[0] == x.shape[0], f"{name} {split} labels", y.shape[0],
+                f"the {split} split has {x.shape[0]} images: need one label per image", DataError)
+        require(x.shape[0] > 0, f"{name} {split} images", 0, f"the {split} split is empty", DataError)
+    require(test_x.shape[1:] == train_x.shape[1:], f"{name} test image shape", test_x.shape[1:],
+            f"train images are {train_x.shape[1:]}: both splits need one image shape", DataError)
     if (train_attributes is None) != (test_attributes is None):
-        raise DataError(f"{name}: attributes given for one split only; give both train and test attributes, or neither")
+        raise invalid(f"{name} attributes", "train only" if test_attributes is None else "test only",
+                      "given for one split only; give both train and test attributes, or neither", DataError)
     names: tuple[str, ...] = ()
     if train_attributes is not None:
         train_attributes = as_attributes(name, "train attributes", train_attributes, train_x.shape[0])
         test_attributes = as_attributes(name, "test attributes", test_attributes, test_x.shape[0])
         n_attr = train_attributes.shape[1]
-        if test_attributes.shape[1] != n_attr:
-            raise DataError(
-                f"{name}: train images have {n_attr} attributes but test images {test_attributes.shape[1]}"
-            )
+        require(test_attributes.shape[1] == n_attr, f"{name} test attributes", test_attributes.shape[1],
+                f"train images have {n_attr} attributes: both splits need the same", DataError)
         if attribute_names is None:
             names = tuple(f"attribute_{i}" for i in range(n_attr))
         else:
             names = tuple(str(a) for a in attribute_names)
-            if len(names) != n_attr or len(set(names)) != n_attr:
-                raise DataError(f"{name}: {n_attr} attributes need {n_attr} distinct names, got {list(names)}")
+            require(len(names) == n_attr and len(set(names)) == n_attr, f"{name} attribute_names", list(names),
+                    f"{n_attr} attributes need {n_attr} distinct names", DataError)
     elif attribute_names:
-        raise DataError(f"{name}: attribute_names given without attributes")
+        raise invalid(f"{name} attribute_names", attribute_names,
+                      "given without attributes; give train_attributes and test_attributes too", DataError)
     return Dataset(
         name=name,
         train_images_u8=train_x,
@@ -324,13 +317,10 @@ def _split_spec_options(spec: str) -> tuple[str, dict[str, str]]:
     options: dict[str, str] = {}
     for item in tail.split(","):
         key, eq, value = (t.strip() for t in item.partition("="))
-        if not eq or key not in SPEC_OPTIONS or not value:
-            raise ConfigError(
-                f"data spec {spec!r}: cannot read {item!r} in its @ suffix; write "
-                f"<spec>@crop=<n>,image_size=<n> (keys: {', '.join(SPEC_OPTIONS)}; values n or HxW)"
-            )
-        if key in options:
-            raise ConfigError(f"data spec {spec!r}: {key} is given twice")
+        require(eq and key in SPEC_OPTIONS and value, "data", spec,
+                f"cannot read {item!r} in its @ suffix; write <spec>@crop=<n>,image_size=<n> "
+                f"(keys: {', '.join(SPEC_OPTIONS)}; values n or HxW)")
+        require(key not in options, "data", spec, f"{key} is given twice in its @ suffix; keep one")
         options[key] = value
     return base, options
 
@@ -345,7 +335,7 @@ def _load_digits():
         with ref.open("rb") as f, np.load(f, allow_pickle=False) as z:
             return (z["train_images"], z["train_labels"], z["test_images"], z["test_labels"])
     except (OSError, KeyError, ValueError) as e:
-        raise DataError(f"{ref}: embedded digits data is missing or unreadable ({e}); reinstall jaxrae") from None
+        raise invalid("embedded digits data", str(ref), f"missing or unreadable ({e}); reinstall jaxrae", DataError) from None
 
 
 class _Splits(NamedTuple):
@@ -364,15 +354,13 @@ class _Splits(NamedTuple):
 def _load_fashion_mnist(cache_dir, limits, prep: Preprocess, display: str) -> _Splits:
     if DEBIAN_FASHION_MNIST_DIR.is_dir():
         return _Splits(*load_idx_dir(DEBIAN_FASHION_MNIST_DIR))
-    hint = (
-        f"Fashion-MNIST not found: {DEBIAN_FASHION_MNIST_DIR} is absent and tensorflow-datasets "
-        "could not provide it; `apt-get install dataset-fashion-mnist`, or `pip install jaxrae[tfds]` "
-        "and prepare tfds:fashion_mnist, or pass idx:<dir> with the IDX files"
-    )
     try:
         return _Splits(*load_tfds("fashion_mnist", cache_dir, limits, prep, display), preprocessed=True)
     except DataError as e:
-        raise DataError(f"{hint} ({e})") from None
+        raise invalid("data", display, f"Fashion-MNIST not found: {DEBIAN_FASHION_MNIST_DIR} is absent and "
+                      "tensorflow-datasets could not provide it; `apt-get install dataset-fashion-mnist`, or "
+                      "`pip install jaxrae[tfds]` and prepare tfds:fashion_mnist, or pass idx:<dir> with the IDX "
+                      f"files ({e})", DataError) from None
 
 
 # --------------------------------------------------------------------------------------------
@@ -382,13 +370,12 @@ def _load_fashion_mnist(cache_dir, limits, prep: Preprocess, display: str) -> _S
 def _check_subset(field: str, n) -> None:
     if n is None:
         return
-    if isinstance(n, bool) or not isinstance(n, (int, np.integer)) or n < 1:
-        raise ConfigError(f"{field} must be a positive integer or None, got {n!r}")
+    is_int = isinstance(n, (int, np.integer)) and not isinstance(n, bool)
+    require(is_int and n >= 1, field, n, "must be a positive integer or None")
 
 
 def _subset(name: str, field: str, n, x: np.ndarray, y: np.ndarray, a: np.ndarray | None = None):
     if n is None:
         return x, y, a
-    if n > len(x):
-        raise ConfigError(f"{field}={n} but {name} has only {len(x)} images in that split")
+    require(n <= len(x), field, n, f"{name} has only {len(x)} images in that split")
     return x[:n], y[:n], None if a is None else a[:n]

@@ -19,14 +19,14 @@ import os
 import numpy as np
 
 from jaxrae.data.preprocess import Preprocess, as_attributes, as_images_u8
-from jaxrae.errors import ConfigError, DataError
+from jaxrae.errors import ConfigError, DataError, invalid, require
 
 #: tfds examples decoded, stacked and preprocessed at a time: memory for full-size images is one
 #: chunk (CelebA: 512 x 116 KB = 60 MB), never a whole split.
 TFDS_READ_CHUNK = 512
 
 
-def load_tfds(name: str, cache_dir, limits=(None, None), prep: Preprocess = Preprocess(), display: str | None = None):
+def load_tfds(name: str, cache_dir, limits=(None, None), prep: Preprocess | None = None, display: str | None = None):
     """Read the train and test splits, ``TFDS_READ_CHUNK`` examples at a time, preprocessing each chunk.
 
     ``limits`` = (n_train, n_test): read only the first n examples of each split (None: all).
@@ -35,12 +35,11 @@ def load_tfds(name: str, cache_dir, limits=(None, None), prep: Preprocess = Prep
     cropped and resized by ``prep``, labels, uint8 attributes or None, and their names.
     """
     display = display or f"tfds:{name}"
+    prep = Preprocess() if prep is None else prep
     try:
         import tensorflow_datasets as tfds  # optional extra; imported only when asked for
     except ImportError:
-        raise DataError(
-            f"tfds:{name} needs tensorflow-datasets: `pip install jaxrae[tfds]`"
-        ) from None
+        raise invalid("data", f"tfds:{name}", "needs tensorflow-datasets: `pip install jaxrae[tfds]`", DataError) from None
     data_dir = None if cache_dir is None else os.fspath(cache_dir)
     split_names = ("train", "test")
     # tfds.data_source reads ArrayRecord files with numpy only (no TensorFlow); it is also what
@@ -54,14 +53,15 @@ def load_tfds(name: str, cache_dir, limits=(None, None), prep: Preprocess = Prep
         ]
     except (DataError, ConfigError):
         raise
-    except Exception as first:  # tfds raises many types (not found, not prepared, network ...)
+    except Exception as first:  # noqa: BLE001  (tfds raises many types: not found, not prepared, network ...)
         try:
             import tensorflow  # noqa: F401  (only to know whether the fallback can run)
         except ImportError:
-            raise DataError(
-                f"tfds:{name}: cannot load it without TensorFlow ({type(first).__name__}: {first}); "
-                "prepare it in ArrayRecord format in tfds' data dir (cache_dir=...), or install "
-                "tensorflow to read TFRecord-prepared data"
+            raise invalid(
+                "data", f"tfds:{name}",
+                f"cannot load it without TensorFlow ({type(first).__name__}: {first}); prepare it in ArrayRecord "
+                "format in tfds' data dir (cache_dir=...), or install tensorflow to read TFRecord-prepared data",
+                DataError,
             ) from None
         try:
             splits = []
@@ -72,21 +72,18 @@ def load_tfds(name: str, cache_dir, limits=(None, None), prep: Preprocess = Prep
                 splits.append(_assemble_split(display, split, len(ds), batches, prep))
         except (DataError, ConfigError):
             raise
-        except Exception as e:
-            raise DataError(f"tfds:{name}: cannot load it ({type(e).__name__}: {e})") from None
+        except Exception as e:  # noqa: BLE001  (as above: any tfds failure means the data set cannot be read)
+            raise invalid("data", f"tfds:{name}", f"cannot load it ({type(e).__name__}: {e})", DataError) from None
     (train_x, train_y, train_a, names), (test_x, test_y, test_a, test_names) = splits
-    if names != test_names:
-        raise DataError(f"tfds:{name}: train and test splits have different attributes")
+    require(names == test_names, "data", f"tfds:{name}", "its train and test splits have different attributes", DataError)
     return train_x, train_y, test_x, test_y, train_a, test_a, names
 
 
 def _read_tfds_source(name: str, display: str, split: str, source, limit, prep: Preprocess):
     n = len(source)
-    if n == 0:
-        raise DataError(f"tfds:{name}: the {split} split is empty")
+    require(n > 0, "data", f"tfds:{name}", f"the {split} split is empty", DataError)
     if limit is not None:
-        if limit > n:
-            raise ConfigError(f"n_{split}={limit} but {display} has only {n} images in that split")
+        require(limit <= n, f"n_{split}", limit, f"{display} has only {n} images in that split")
         n = limit
 
     def batches():
@@ -102,14 +99,11 @@ def _read_tfds_source(name: str, display: str, split: str, source, limit, prep: 
 def _stack_examples(name: str, examples: list[dict]) -> dict:
     """Per-example dicts -> one batch dict of the features jaxrae uses (image, label, attributes)."""
     first = examples[0]
-    if "image" not in first:
-        raise DataError(f"tfds:{name}: no 'image' feature (features: {sorted(first)})")
+    require("image" in first, f"tfds:{name} features", sorted(first), "no 'image' feature: jaxrae needs images", DataError)
     shapes = {np.shape(ex["image"]) for ex in examples}
-    if len(shapes) > 1:
-        raise DataError(
-            f"tfds:{name}: images of different shapes {sorted(shapes)[:3]}...; jaxrae needs one image "
-            "shape: add @crop=<n> (at most the smallest side) to the spec"
-        )
+    require(len(shapes) == 1, f"tfds:{name} image shapes", sorted(shapes)[:3],
+            "images of different shapes; jaxrae needs one image shape: add @crop=<n> (at most the smallest side) "
+            "to the spec", DataError)
     batch = {"image": np.stack([np.asarray(ex["image"]) for ex in examples])}
     if "label" in first:
         batch["label"] = np.stack([np.asarray(ex["label"]) for ex in examples])
@@ -124,8 +118,7 @@ def _stack_examples(name: str, examples: list[dict]) -> dict:
 
 def _split_from_batch(name: str, batch: dict):
     """A batch dict -> (images, labels, attributes (n, A) or None, attribute names)."""
-    if "image" not in batch:
-        raise DataError(f"tfds:{name}: no 'image' feature (features: {sorted(batch)})")
+    require("image" in batch, f"tfds:{name} features", sorted(batch), "no 'image' feature: jaxrae needs images", DataError)
     x = np.asarray(batch["image"])
     if "label" in batch:
         y = np.asarray(batch["label"])
@@ -157,28 +150,25 @@ def _assemble_split(display: str, split: str, n: int, batches, prep: Preprocess)
         if prep:
             x = prep.apply(x, display)
         rows = x.shape[0]
-        if pos + rows > n:
-            raise DataError(f"{display}: the {split} split holds more examples than the {n} it declares")
+        require(pos + rows <= n, f"{display} {split} examples", f"more than {n}",
+                f"the {split} split holds more examples than the {n} it declares", DataError)
         if out_x is None:
             out_x = np.empty((n, *x.shape[1:]), np.uint8)
             out_y = np.empty(n, np.asarray(y).dtype)
             names = batch_names
             if attrs is not None:
                 out_a = np.empty((n, attrs.shape[1]), np.uint8)
-        elif x.shape[1:] != out_x.shape[1:]:
-            raise DataError(
-                f"{display}: {split} images of shapes {out_x.shape[1:]} and {x.shape[1:]}; jaxrae needs "
-                "one image shape: add @crop=<n> to the spec"
-            )
-        if (attrs is None) != (out_a is None) or batch_names != names:
-            raise DataError(f"{display}: the {split} split's attributes differ between examples")
+        else:
+            require(x.shape[1:] == out_x.shape[1:], f"{display} {split} image shapes", [out_x.shape[1:], x.shape[1:]],
+                    "jaxrae needs one image shape: add @crop=<n> to the spec", DataError)
+        require((attrs is None) == (out_a is None) and batch_names == names, f"{display} {split} attributes",
+                list(batch_names), f"the {split} split's attributes differ between examples", DataError)
         out_x[pos:pos + rows] = x
         out_y[pos:pos + rows] = y
         if out_a is not None:
             out_a[pos:pos + rows] = attrs
         pos += rows
-    if out_x is None or pos == 0:
-        raise DataError(f"{display}: the {split} split is empty")
+    require(out_x is not None and pos > 0, "data", display, f"the {split} split is empty", DataError)
     if pos < n:
         out_x, out_y = out_x[:pos], out_y[:pos]
         out_a = None if out_a is None else out_a[:pos]
