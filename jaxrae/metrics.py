@@ -154,7 +154,7 @@ def frechet_distance(feats_a, feats_b) -> float:
 
     ``||mu_a - mu_b||^2 + tr(S_a) + tr(S_b) - 2 tr sqrt(S_a^{1/2} S_b S_a^{1/2})`` with
     ``(mu, S) = gaussian_stats(feats)``; see :func:`frechet_distance_from_stats` (Heusel et al.
-    2017; Dowson & Landau 1982). Computed in :func:`feature_network` features this is the
+    2017; Dowson & Landau 1982). Computed in :func:`jaxrae.features.feature_network` features this is the
     "FD in classifier features", not an Inception FID.
 
     Args:

@@ -11,8 +11,13 @@ import pytest
 from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 
-from jaxrae.density import (CategoricalMixture, GaussianMixture, fit_categorical_mixture,
-                            fit_gaussian, fit_gmm)
+from jaxrae.density import (
+    CategoricalMixture,
+    GaussianMixture,
+    fit_categorical_mixture,
+    fit_gaussian,
+    fit_gmm,
+)
 from jaxrae.errors import ConfigError, DataError
 
 N_COMPONENTS = 3
@@ -299,9 +304,9 @@ def test_badly_shaped_input_is_a_data_error(x):
 
 
 @pytest.mark.parametrize("kwargs", [
-    dict(n_components=0), dict(covariance="tied"), dict(covariance="bogus"), dict(n_init=0),
-    dict(max_iter=0), dict(reg_covar=-1.0), dict(tol=float("nan")), dict(init="spectral"),
-    dict(n_components=2.5),
+    {"n_components": 0}, {"covariance": "tied"}, {"covariance": "bogus"}, {"n_init": 0},
+    {"max_iter": 0}, {"reg_covar": -1.0}, {"tol": float("nan")}, {"init": "spectral"},
+    {"n_components": 2.5},
 ])
 def test_bad_arguments_are_config_errors(kwargs):
     ((field, value),) = kwargs.items()

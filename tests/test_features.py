@@ -6,6 +6,7 @@ step count, so the training scan compiles once per target for the module.
 
 import hashlib
 
+import chex
 import flax.serialization
 import jax
 import jax.numpy as jnp
@@ -78,8 +79,7 @@ def test_feature_network_learns_and_gives_features(dataset, trained_net):
 
 def test_feature_network_training_is_deterministic(dataset, trained_net):
     again = features.train_feature_network(dataset, steps=TRAIN_STEPS)
-    for leaf_a, leaf_b in zip(jax.tree.leaves(trained_net.params), jax.tree.leaves(again.params)):
-        np.testing.assert_array_equal(leaf_a, leaf_b)
+    chex.assert_trees_all_equal(trained_net.params, again.params)
     assert again.test_accuracy == trained_net.test_accuracy
 
 
@@ -101,8 +101,7 @@ def test_feature_network_cache_hit_and_corrupt_file(dataset, trained_net, tmp_pa
 
     monkeypatch.setattr(features, "train_feature_network", refuse_to_train)
     cached = features.feature_network(dataset, cache_dir=tmp_path, steps=TRAIN_STEPS)
-    for leaf_a, leaf_b in zip(jax.tree.leaves(first.params), jax.tree.leaves(cached.params)):
-        np.testing.assert_array_equal(leaf_a, leaf_b)
+    chex.assert_trees_all_equal(first.params, cached.params)
     assert cached.test_accuracy == first.test_accuracy
     np.testing.assert_array_equal(cached.features(dataset.test_images[:5]), first.features(dataset.test_images[:5]))
 
