@@ -77,6 +77,14 @@ def test_feature_network_learns_and_gives_features(dataset, trained_net):
         features.train_feature_network(dataset, steps=0)
 
 
+def test_features_compile_once_whatever_the_number_of_images(dataset, trained_net, monkeypatch):
+    # The last batch is padded to the evaluation batch size, so one compiled shape serves every call.
+    once = jax.jit(chex.assert_max_traces(features._apply_classifier.__wrapped__, n=1), static_argnames=("model",))
+    monkeypatch.setattr(features, "_apply_classifier", once)
+    for images in (dataset.test_images[:1], dataset.test_images[:7], dataset.test_images_u8, dataset.train_images):
+        assert trained_net.features(images).shape == (images.shape[0], trained_net.model.n_features)
+
+
 def test_feature_network_training_is_deterministic(dataset, trained_net):
     again = features.train_feature_network(dataset, steps=TRAIN_STEPS)
     chex.assert_trees_all_equal(trained_net.params, again.params)
