@@ -30,6 +30,34 @@ __all__ = [
 
 
 # --------------------------------------------------------------------------------------------
+# Input checks (NaN in, error out)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _require_finite(field: str, array: np.ndarray) -> None:
+    """DataError naming the first NaN or inf entry and how many there are."""
+    finite = np.isfinite(array)
+    if not finite.all():
+        first = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise invalid(f"{field}[{', '.join(map(str, first))}]", float(array[first]),
+                      f"values must be finite ({int(np.size(array) - finite.sum())} NaN or inf in {field}; "
+                      "a diverged run's outputs have no score)", DataError)
+
+
+def _as_feature_matrix(feats, field: str, min_rows: int) -> np.ndarray:
+    """float64 (n, d) features with n >= ``min_rows``, all finite; DataError otherwise."""
+    feats = np.asarray(feats, dtype=np.float64)
+    require(feats.ndim == 2, f"{field}.shape", feats.shape, "features must have shape (n, d)", DataError)
+    require(feats.shape[0] >= min_rows, f"{field}.shape", feats.shape,
+            f"need at least {min_rows} samples (rows)", DataError)
+    _require_finite(field, feats)
+    return feats
+
+
+# --------------------------------------------------------------------------------------------
 # Reconstruction
 
 
@@ -62,26 +90,6 @@ def reconstruction_error(x, x_hat) -> float:
 # Frechet distance
 
 
-def _require_finite(field: str, array: np.ndarray) -> None:
-    """DataError naming the first NaN or inf entry and how many there are."""
-    finite = np.isfinite(array)
-    if not finite.all():
-        first = tuple(int(i) for i in np.argwhere(~finite)[0])
-        raise invalid(f"{field}[{', '.join(map(str, first))}]", float(array[first]),
-                      f"values must be finite ({int(np.size(array) - finite.sum())} NaN or inf in {field}; "
-                      "a diverged run's outputs have no score)", DataError)
-
-
-def _as_feature_matrix(feats, field: str, min_rows: int) -> np.ndarray:
-    """float64 (n, d) features with n >= ``min_rows``, all finite; DataError otherwise."""
-    feats = np.asarray(feats, dtype=np.float64)
-    require(feats.ndim == 2, f"{field}.shape", feats.shape, "features must have shape (n, d)", DataError)
-    require(feats.shape[0] >= min_rows, f"{field}.shape", feats.shape,
-            f"need at least {min_rows} samples (rows)", DataError)
-    _require_finite(field, feats)
-    return feats
-
-
 def gaussian_stats(feats) -> tuple[np.ndarray, np.ndarray]:
     """Mean and unbiased covariance (divisor n - 1) of features, in float64.
 
@@ -96,10 +104,6 @@ def gaussian_stats(feats) -> tuple[np.ndarray, np.ndarray]:
     centered = feats - mu
     cov = centered.T @ centered / (feats.shape[0] - 1)
     return mu, cov
-
-
-def _is_int(value) -> bool:
-    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
 def _psd_sqrt(sym: np.ndarray) -> np.ndarray:
