@@ -75,6 +75,10 @@ MAX_FEATURE_STEPS = 2000
 _EVAL_BATCH_SIZE = 500
 
 
+# --------------------------------------------------------------------------------------------
+# Classifier and its training
+
+
 def _space_to_depth(x):
     """(n, H, W, C) -> (n, ceil(H/2), ceil(W/2), 4C): each 2x2 patch becomes one pixel.
 
@@ -173,6 +177,10 @@ def _map_batches(model, params, images: np.ndarray, batch_size: int = _EVAL_BATC
     return np.concatenate(logits_out), np.concatenate(feats_out)
 
 
+# --------------------------------------------------------------------------------------------
+# The trained network
+
+
 @dataclasses.dataclass(frozen=True, eq=False)
 class FeatureNetwork:
     """A trained :class:`FeatureClassifier` and what it was trained on.
@@ -245,6 +253,10 @@ class FeatureNetwork:
             return (f"{FD_METRIC_NAME} ({self.accuracy_name} {self.test_accuracy:.1%}; "
                     f"majority rule {self.majority_accuracy:.1%})")
         return f"{FD_METRIC_NAME} (test acc {self.test_accuracy:.1%})"
+
+
+# --------------------------------------------------------------------------------------------
+# Targets, accuracies, training
 
 
 def feature_target(dataset: Dataset) -> str:
@@ -342,6 +354,10 @@ def _network_record(dataset: Dataset, target: str, model, params, test_accuracy:
         target=target,
         majority_accuracy=_majority_accuracy(dataset, target),
     )
+
+
+# --------------------------------------------------------------------------------------------
+# Disk cache
 
 
 def default_cache_dir() -> pathlib.Path:
