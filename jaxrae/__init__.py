@@ -13,7 +13,7 @@ Public API (re-exported here; the modules are usable alone):
 # Eager on purpose: `jaxrae.train` must stay the function even after `import jaxrae.train`
 # (a lazy re-export would be shadowed by the submodule). relax, losses and density import
 # nothing from the layers above them, so they remain usable on their own.
-from jaxrae import density, losses, methods, metrics, relax
+from jaxrae import density, features, losses, methods, metrics, relax
 from jaxrae.config import TrainConfig
 from jaxrae.data import Dataset, load_data
 from jaxrae.errors import CheckpointError, ConfigError, DataError, JaxraeError
@@ -34,6 +34,7 @@ __all__ = [
     "TrainConfig",
     "TrainState",
     "density",
+    "features",
     "load_data",
     "losses",
     "make_train",

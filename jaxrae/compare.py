@@ -625,16 +625,16 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
     ``figures=False`` writes the tables and results but no PNGs. ``command`` (the shell line
     that ran this, e.g. ``jaxrae compare --config ...``) heads table.md and is kept in results.json.
     """
-    from jaxrae import metrics as M
     from jaxrae.cli import prepare_out_dir
     from jaxrae.data import load_data
+    from jaxrae.features import feature_network
 
     t_start = time.perf_counter()
     out = Path(out)
     prepare_out_dir(out, resume, overwrite)
     data = load_data(experiment.data, n_train=experiment.n_train, n_test=experiment.n_test)
     t0 = time.perf_counter()
-    fnet = M.feature_network(data, cache_dir=feature_cache_dir, steps=experiment.feature_steps)
+    fnet = feature_network(data, cache_dir=feature_cache_dir, steps=experiment.feature_steps)
     feature_s = time.perf_counter() - t0
     n_eval = min(experiment.n_eval, data.n_test)
     labels = list(experiment.rows)
@@ -683,7 +683,7 @@ def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, d
     (the fields the row's own table set) and the full ``config`` it trained with.
     """
     from jaxrae import report
-    from jaxrae.metrics import FD_METRIC_NAME
+    from jaxrae.features import FD_METRIC_NAME
     from jaxrae.provenance import environment
 
     methods = {}

@@ -39,8 +39,9 @@ values cannot be inspected, so only shapes are checked there.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from functools import partial
-from typing import Any, Callable, NamedTuple
+from typing import Any, NamedTuple
 
 import chex
 import flax.struct
@@ -50,7 +51,7 @@ import numpy as np
 from jax.scipy.linalg import solve_triangular
 from jax.scipy.special import logsumexp
 
-from jaxrae.errors import ConfigError, DataError
+from jaxrae.errors import DataError, invalid, require
 
 COVARIANCE_TYPES = ("full", "diag", "spherical")
 GMM_INITS = ("kmeans++", "random")
@@ -193,7 +194,7 @@ def _gaussian_log_densities(x, means, precisions_cholesky, covariance_type):
 
     With Sigma^-1 = P P^T, log N = -0.5 (d log 2pi + ||P^T (x - mu)||^2) + sum log diag P.
     """
-    n, d = x.shape
+    _, d = x.shape
     prec_chol = precisions_cholesky
     if covariance_type == "full":
         log_det = jnp.sum(jnp.log(jnp.diagonal(prec_chol, axis1=-2, axis2=-1)), axis=-1)
@@ -521,25 +522,23 @@ def fit_gmm(key: jax.Array, x: jax.Array, n_components: int = 10, covariance: st
       DataError: x is not (n, d) / (seeds, n, d), is empty, or holds NaN or inf.
       ConfigError: an argument is out of range.
     """
-    _check_int("n_components", n_components, minimum=1)
-    _check_int("max_iter", max_iter, minimum=1)
-    _check_int("n_init", n_init, minimum=1)
-    _check_int("kmeans_iter", kmeans_iter, minimum=0)
-    _check_choice("covariance", covariance, COVARIANCE_TYPES)
-    _check_choice("init", init, GMM_INITS)
-    _check_nonnegative("tol", tol)
-    _check_nonnegative("reg_covar", reg_covar)
+    for field, value, minimum in (("n_components", n_components, 1), ("max_iter", max_iter, 1),
+                                  ("n_init", n_init, 1), ("kmeans_iter", kmeans_iter, 0)):
+        require(_is_int(value) and value >= minimum, field, value, f"must be an integer >= {minimum}")
+    require(covariance in COVARIANCE_TYPES, "covariance", covariance, f"choose one of {', '.join(COVARIANCE_TYPES)}")
+    require(init in GMM_INITS, "init", init, f"choose one of {', '.join(GMM_INITS)}")
+    for field, value in (("tol", tol), ("reg_covar", reg_covar)):
+        require(_is_finite_nonnegative(value), field, value, "must be a finite number >= 0")
     x = _as_float_array("x", x)
     batched = _check_data_rank("x", x, "(n, d)")
     if means_init is not None:
-        if n_init != 1:
-            raise ConfigError(f"n_init={n_init} with means_init: a given init is deterministic, "
-                              "so use n_init=1")
+        require(n_init == 1, "n_init", n_init, "a given means_init is deterministic, so use n_init=1")
         means_init = _as_float_array("means_init", means_init).astype(x.dtype)
         expected = (n_components, x.shape[-1])
-        if means_init.shape[-2:] != expected or means_init.ndim not in ((2, 3) if batched else (2,)):
-            raise DataError(f"means_init has shape {means_init.shape}; expected {expected}"
-                            + (f" or ({x.shape[0]}, {expected[0]}, {expected[1]})" if batched else ""))
+        require(means_init.shape[-2:] == expected and means_init.ndim in ((2, 3) if batched else (2,)),
+                "means_init.shape", means_init.shape,
+                f"expected {expected}" + (f" or ({x.shape[0]}, {expected[0]}, {expected[1]})" if batched else ""),
+                DataError)
     key = _keys_for(key, x.shape[0] if batched else None)
     mixture = _fit_gmm_compiled(key, x, means_init, jnp.asarray(tol, x.dtype),
                                 jnp.asarray(reg_covar, x.dtype), n_components=n_components,
@@ -560,7 +559,7 @@ def fit_gaussian(x: jax.Array, reg_covar: float = 1e-6) -> GaussianMixture:
 
     Raises DataError for a wrongly shaped, empty or non-finite x, ConfigError for reg_covar < 0.
     """
-    _check_nonnegative("reg_covar", reg_covar)
+    require(_is_finite_nonnegative(reg_covar), "reg_covar", reg_covar, "must be a finite number >= 0")
     x = _as_float_array("x", x)
     batched = _check_data_rank("x", x, "(n, d)")
     fit = partial(_fit_gaussian_compiled, reg_covar=jnp.asarray(reg_covar, x.dtype))
@@ -615,7 +614,7 @@ def _categorical_m_step(codes, resp, n_classes, alpha):
     posterior, i.e. alpha pseudo-counts per class, so no class gets probability 0.
     w_c = (N_c + 10 eps) / sum, the maximum-likelihood weights kept off zero like the GMM's.
     """
-    n, n_vars = codes.shape
+    _, n_vars = codes.shape
     # Scatter-add responsibilities into (n_vars, n_classes, c) count tables: memory O(n * c)
     # per variable, never the (n, n_vars * n_classes) one-hot matrix.
     counts = jnp.zeros((n_vars, n_classes, resp.shape[1]), resp.dtype)
@@ -704,22 +703,19 @@ def fit_categorical_mixture(key: jax.Array, codes: jax.Array, n_classes: int,
       DataError: codes are not integers of the right rank, empty, or outside [0, n_classes).
       ConfigError: an argument is out of range.
     """
-    _check_int("n_classes", n_classes, minimum=1)
-    _check_int("n_components", n_components, minimum=1)
-    _check_int("max_iter", max_iter, minimum=1)
-    _check_int("n_init", n_init, minimum=1)
-    _check_nonnegative("tol", tol)
-    if not alpha > 0:
-        raise ConfigError(f"alpha={alpha!r}: the Dirichlet pseudo-count must be > 0")
+    for field, value in (("n_classes", n_classes), ("n_components", n_components), ("max_iter", max_iter),
+                         ("n_init", n_init)):
+        require(_is_int(value) and value >= 1, field, value, "must be an integer >= 1")
+    require(_is_finite_nonnegative(tol), "tol", tol, "must be a finite number >= 0")
+    require(alpha > 0, "alpha", alpha, "the Dirichlet pseudo-count must be > 0")
     codes = jnp.asarray(codes) if not isinstance(codes, jax.core.Tracer) else codes
-    if not jnp.issubdtype(codes.dtype, jnp.integer):
-        raise DataError(f"codes have dtype {codes.dtype}; expected integer class indices")
+    require(jnp.issubdtype(codes.dtype, jnp.integer), "codes.dtype", str(codes.dtype),
+            "expected integer class indices", DataError)
     batched = _check_data_rank("codes", codes, "(n, n_vars)")
     if not isinstance(codes, jax.core.Tracer):
         low, high = int(jnp.min(codes)), int(jnp.max(codes))
-        if low < 0 or high >= n_classes:
-            raise DataError(f"codes range over [{low}, {high}]; expected classes in "
-                            f"[0, {n_classes - 1}] for n_classes={n_classes}")
+        require(low >= 0 and high < n_classes, "codes range", (low, high),
+                f"expected classes in [0, {n_classes - 1}] for n_classes={n_classes}", DataError)
     dtype = jnp.result_type(float)
     key = _keys_for(key, codes.shape[0] if batched else None)
     mixture = _fit_categorical_compiled(key, codes.astype(jnp.int32), jnp.asarray(alpha, dtype),
@@ -735,20 +731,12 @@ def fit_categorical_mixture(key: jax.Array, codes: jax.Array, n_classes: int,
 # ---------------------------------------------------------------------------------------------
 
 
-def _check_int(name, value, minimum):
-    if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
-        raise ConfigError(f"{name}={value!r}: expected an integer >= {minimum}")
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
 
 
-def _check_nonnegative(name, value):
-    if not (isinstance(value, (int, float, np.floating, np.integer)) and value >= 0
-            and math.isfinite(value)):
-        raise ConfigError(f"{name}={value!r}: expected a finite number >= 0")
-
-
-def _check_choice(name, value, allowed):
-    if value not in allowed:
-        raise ConfigError(f"{name}={value!r}: expected one of {', '.join(allowed)}")
+def _is_finite_nonnegative(value) -> bool:
+    return isinstance(value, (int, float, np.floating, np.integer)) and value >= 0 and math.isfinite(value)
 
 
 def _as_float_array(name, x):
@@ -756,25 +744,24 @@ def _as_float_array(name, x):
     if isinstance(x, jax.core.Tracer):
         return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))
     array = np.asarray(x)
-    if not (np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer)
-            or array.dtype == np.bool_):
-        raise DataError(f"{name} has dtype {array.dtype}; expected a real-valued array")
+    require(np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_,
+            f"{name}.dtype", str(array.dtype), "expected a real-valued array", DataError)
     finite = np.isfinite(array)
     if not finite.all():
         n_nan, n_inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
         first = tuple(int(i) for i in np.argwhere(~finite)[0])
-        raise DataError(f"{name} contains {n_nan} NaN and {n_inf} infinite values (first at "
-                        f"index {first}); a density cannot be fitted to them: drop or fix those rows")
+        raise invalid(f"{name}[{', '.join(map(str, first))}]", float(array[first]),
+                      f"{name} contains {n_nan} NaN and {n_inf} infinite values; a density cannot be "
+                      "fitted to them: drop or fix those rows", DataError)
     x = jnp.asarray(x)
     return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))
 
 
 def _check_data_rank(name, x, layout):
     """True for a stacked (seeds, ...) array; DataError for any rank but 2 or 3, or no rows."""
-    if x.ndim not in (2, 3):
-        raise DataError(f"{name} has shape {x.shape}; expected {layout} or (seeds, *{layout})")
-    if x.shape[-2] == 0 or x.shape[-1] == 0 or (x.ndim == 3 and x.shape[0] == 0):
-        raise DataError(f"{name} has shape {x.shape}: no data to fit")
+    require(x.ndim in (2, 3), f"{name}.shape", x.shape, f"expected {layout} or (seeds, *{layout})", DataError)
+    require(x.shape[-2] > 0 and x.shape[-1] > 0 and (x.ndim == 2 or x.shape[0] > 0), f"{name}.shape", x.shape,
+            "no data to fit: need at least one row and one column", DataError)
     return x.ndim == 3
 
 
@@ -784,14 +771,12 @@ def _keys_for(key, n_seeds):
     typed = jax.dtypes.issubdtype(key.dtype, jax.dtypes.prng_key)
     single_rank = 0 if typed else 1
     if n_seeds is None:
-        if key.ndim != single_rank:
-            raise ConfigError(f"key has shape {key.shape}; a single fit takes one PRNG key")
+        require(key.ndim == single_rank, "key.shape", key.shape, "a single fit takes one PRNG key")
         return key
     if key.ndim == single_rank:
         return jax.random.split(key, n_seeds)
-    if key.ndim != single_rank + 1 or key.shape[0] != n_seeds:
-        raise ConfigError(f"key has shape {key.shape}; for {n_seeds} stacked seeds pass one key "
-                          f"or {n_seeds} stacked keys")
+    require(key.ndim == single_rank + 1 and key.shape[0] == n_seeds, "key.shape", key.shape,
+            f"for {n_seeds} stacked seeds pass one key or {n_seeds} stacked keys")
     return key
 
 
@@ -801,5 +786,4 @@ def _check_fitted_finite(mixture, fields, hint):
         value = getattr(mixture, field)
         if isinstance(value, jax.core.Tracer):
             return
-        if not bool(jnp.all(jnp.isfinite(value))):
-            raise DataError(f"the fit produced non-finite {field}: {hint}")
+        require(bool(jnp.all(jnp.isfinite(value))), f"fitted {field}", "non-finite", f"the fit diverged: {hint}", DataError)

@@ -1,63 +1,60 @@
-"""Evaluation metrics: reconstruction error, Frechet distance, precision/recall, code usage.
+"""Evaluation statistics: reconstruction error, Frechet distance, precision/recall, code usage.
 
-The Frechet distances here are computed in the penultimate features of a small classifier that
-jaxrae trains per data set (:func:`feature_network`), not in Inception-v3 features: Inception
-weights cannot be downloaded here, and Inception is the wrong network for 8x8 or 28x28 gray
-images anyway. Report the number as "FD in classifier features" next to the classifier's test
-accuracy (:attr:`FeatureNetwork.metric_label`), never as "FID (Inception)": values are not
-comparable with published FIDs.
+Each is a float64 NumPy function of arrays: they run once per seed after training, so exactness
+matters more than speed. The feature sets they compare come from the per-data-set classifier of
+:mod:`jaxrae.features`; in its features the Frechet distance is reported as "FD in classifier
+features", never as an Inception FID.
 
-The classifier learns the data set's class labels; a data set without classes but with binary
-attributes (CelebA's 40) gets a multi-label attribute classifier instead (sigmoid cross-entropy,
-as in the attribute-prediction setting of Liu et al. 2015), and its accuracy is then the mean
-attribute accuracy (:func:`feature_target`).
-
-Statistics (Frechet distance, precision/recall, code usage) are float64 NumPy functions: they
-run once per seed after training, so exactness matters more than speed. The feature network is
-Flax/JAX, trained with one ``jax.lax.scan`` over steps.
+Every input a user can get wrong (shapes, ranges, NaN or inf values, arguments) raises
+:class:`jaxrae.errors.DataError` (data) or :class:`jaxrae.errors.ConfigError` (arguments) with
+the message form of :func:`jaxrae.errors.invalid`.
 """
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import os
-import pathlib
-import warnings
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
-import flax.linen as nn
-import flax.serialization
-import jax
-import jax.numpy as jnp
 import numpy as np
-import optax
 
-from jaxrae.checkpoint import atomic_write_bytes
-from jaxrae.data import Dataset
-from jaxrae.errors import DataError
+from jaxrae.errors import ConfigError, DataError, invalid, require
 
 __all__ = [
-    "FD_METRIC_NAME",
-    "FEATURE_NET_VERSION",
-    "FEATURE_NET_VERSIONS",
     "CodeUsage",
-    "FeatureClassifier",
-    "FeatureNetwork",
     "code_usage",
-    "default_cache_dir",
-    "default_feature_steps",
-    "feature_network",
-    "feature_target",
     "frechet_distance",
     "frechet_distance_from_stats",
     "gaussian_stats",
     "precision_recall",
     "reconstruction_error",
-    "train_feature_network",
 ]
 
-FD_METRIC_NAME = "FD in classifier features"
+
+# --------------------------------------------------------------------------------------------
+# Input checks (NaN in, error out)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, (int, np.integer)) and not isinstance(value, bool)
+
+
+def _require_finite(field: str, array: np.ndarray) -> None:
+    """DataError naming the first NaN or inf entry and how many there are."""
+    finite = np.isfinite(array)
+    if not finite.all():
+        first = tuple(int(i) for i in np.argwhere(~finite)[0])
+        raise invalid(f"{field}[{', '.join(map(str, first))}]", float(array[first]),
+                      f"values must be finite ({int(np.size(array) - finite.sum())} NaN or inf in {field}; "
+                      "a diverged run's outputs have no score)", DataError)
+
+
+def _as_feature_matrix(feats, field: str, min_rows: int) -> np.ndarray:
+    """float64 (n, d) features with n >= ``min_rows``, all finite; DataError otherwise."""
+    feats = np.asarray(feats, dtype=np.float64)
+    require(feats.ndim == 2, f"{field}.shape", feats.shape, "features must have shape (n, d)", DataError)
+    require(feats.shape[0] >= min_rows, f"{field}.shape", feats.shape,
+            f"need at least {min_rows} samples (rows)", DataError)
+    _require_finite(field, feats)
+    return feats
 
 
 # --------------------------------------------------------------------------------------------
@@ -75,13 +72,16 @@ def reconstruction_error(x, x_hat) -> float:
     Args:
       x: original images, shape (n, ...).
       x_hat: reconstructions, same shape as ``x``.
+
+    Raises:
+      DataError: the shapes differ, there is no image, or a value is NaN or inf.
     """
     x = np.asarray(x, dtype=np.float64)
     x_hat = np.asarray(x_hat, dtype=np.float64)
-    if x.shape != x_hat.shape:
-        raise ValueError(f"reconstruction_error: shapes differ, x {x.shape} vs x_hat {x_hat.shape}")
-    if x.ndim < 1 or x.shape[0] == 0:
-        raise ValueError(f"reconstruction_error: need at least one image, got shape {x.shape}")
+    require(x.ndim >= 1 and x.shape[0] > 0, "x.shape", x.shape, "need at least one image, shape (n, ...)", DataError)
+    require(x_hat.shape == x.shape, "x_hat.shape", x_hat.shape, f"must equal x.shape {x.shape}", DataError)
+    _require_finite("x", x)
+    _require_finite("x_hat", x_hat)
     per_image = np.sum((x - x_hat).reshape(x.shape[0], -1) ** 2, axis=1)
     return float(np.mean(per_image))
 
@@ -90,25 +90,16 @@ def reconstruction_error(x, x_hat) -> float:
 # Frechet distance
 
 
-def _as_feature_matrix(feats, name: str, min_rows: int) -> np.ndarray:
-    feats = np.asarray(feats, dtype=np.float64)
-    if feats.ndim != 2:
-        raise ValueError(f"{name}: expected features of shape (n, d), got {feats.shape}")
-    if feats.shape[0] < min_rows:
-        raise ValueError(f"{name}: need at least {min_rows} samples, got {feats.shape[0]}")
-    return feats
-
-
 def gaussian_stats(feats) -> tuple[np.ndarray, np.ndarray]:
     """Mean and unbiased covariance (divisor n - 1) of features, in float64.
 
     Args:
-      feats: shape (n, d), n >= 2.
+      feats: shape (n, d), n >= 2, finite (else DataError).
 
     Returns:
       ``(mu, cov)`` with shapes (d,) and (d, d).
     """
-    feats = _as_feature_matrix(feats, "gaussian_stats", min_rows=2)
+    feats = _as_feature_matrix(feats, "feats", min_rows=2)
     mu = feats.mean(axis=0)
     centered = feats - mu
     cov = centered.T @ centered / (feats.shape[0] - 1)
@@ -134,21 +125,22 @@ def frechet_distance_from_stats(mu_a, cov_a, mu_b, cov_b) -> float:
     return complex values and loses accuracy when the covariances are singular (ReLU features
     often are). Here every square root is of a symmetric PSD matrix, taken by ``eigh`` in
     float64 with negative eigenvalues (rounding noise) clamped to 0, so identical statistics
-    give 0 to rounding. The result is clamped at 0, since d^2 >= 0. Non-finite statistics (a
-    diverged model) give ``nan`` instead of an exception, so one bad seed does not abort a run.
+    give 0 to rounding. The result is clamped at 0, since d^2 >= 0.
+
+    Raises:
+      DataError: the shapes are inconsistent, or a statistic holds NaN or inf (a diverged run:
+        jaxrae's evaluation checks its samples first and reports such a run as nan).
     """
     mu_a = np.asarray(mu_a, dtype=np.float64)
     mu_b = np.asarray(mu_b, dtype=np.float64)
     cov_a = np.asarray(cov_a, dtype=np.float64)
     cov_b = np.asarray(cov_b, dtype=np.float64)
+    require(mu_a.ndim == 1, "mu_a.shape", mu_a.shape, "a mean must have shape (d,)", DataError)
     d = mu_a.shape[0]
-    if mu_a.shape != (d,) or mu_b.shape != (d,) or cov_a.shape != (d, d) or cov_b.shape != (d, d):
-        raise ValueError(
-            "frechet_distance_from_stats: inconsistent shapes "
-            f"mu_a {mu_a.shape}, cov_a {cov_a.shape}, mu_b {mu_b.shape}, cov_b {cov_b.shape}"
-        )
-    if not all(np.all(np.isfinite(a)) for a in (mu_a, mu_b, cov_a, cov_b)):
-        return float("nan")
+    for field, value, shape in (("mu_b", mu_b, (d,)), ("cov_a", cov_a, (d, d)), ("cov_b", cov_b, (d, d))):
+        require(value.shape == shape, f"{field}.shape", value.shape, f"must be {shape} for d={d} (mu_a.shape)", DataError)
+    for field, value in (("mu_a", mu_a), ("cov_a", cov_a), ("mu_b", mu_b), ("cov_b", cov_b)):
+        _require_finite(field, value)
     # Symmetrize first: covariances built by matmul are symmetric only up to rounding.
     cov_a = 0.5 * (cov_a + cov_a.T)
     cov_b = 0.5 * (cov_b + cov_b.T)
@@ -166,18 +158,16 @@ def frechet_distance(feats_a, feats_b) -> float:
 
     ``||mu_a - mu_b||^2 + tr(S_a) + tr(S_b) - 2 tr sqrt(S_a^{1/2} S_b S_a^{1/2})`` with
     ``(mu, S) = gaussian_stats(feats)``; see :func:`frechet_distance_from_stats` (Heusel et al.
-    2017; Dowson & Landau 1982). Computed in :func:`feature_network` features this is the
+    2017; Dowson & Landau 1982). Computed in :func:`jaxrae.features.feature_network` features this is the
     "FD in classifier features", not an Inception FID.
 
     Args:
-      feats_a, feats_b: shapes (n_a, d) and (n_b, d), n >= 2 each.
+      feats_a, feats_b: shapes (n_a, d) and (n_b, d), n >= 2 each, finite (else DataError).
     """
-    feats_a = _as_feature_matrix(feats_a, "frechet_distance", min_rows=2)
-    feats_b = _as_feature_matrix(feats_b, "frechet_distance", min_rows=2)
-    if feats_a.shape[1] != feats_b.shape[1]:
-        raise ValueError(
-            f"frechet_distance: feature sizes differ, {feats_a.shape[1]} vs {feats_b.shape[1]}"
-        )
+    feats_a = _as_feature_matrix(feats_a, "feats_a", min_rows=2)
+    feats_b = _as_feature_matrix(feats_b, "feats_b", min_rows=2)
+    require(feats_b.shape[1] == feats_a.shape[1], "feats_b.shape", feats_b.shape,
+            f"feature sizes differ: need the {feats_a.shape[1]} columns of feats_a", DataError)
     return frechet_distance_from_stats(*gaussian_stats(feats_a), *gaussian_stats(feats_b))
 
 
@@ -233,21 +223,24 @@ def precision_recall(real_feats, fake_feats, k: int = 3, *, batch_size: int = 10
     at a time (memory O(batch_size * n)), so 10k x 10k sets fit easily.
 
     Args:
-      real_feats: shape (n_real, d), n_real > k.
-      fake_feats: shape (n_fake, d), n_fake > k.
+      real_feats: shape (n_real, d), n_real > k, finite.
+      fake_feats: shape (n_fake, d), n_fake > k, finite.
       k: neighbour rank defining the radii (3 in the paper).
+      batch_size: query rows per distance block.
 
     Returns:
       ``(precision, recall)`` as floats in [0, 1].
+
+    Raises:
+      ConfigError: ``k`` or ``batch_size`` is not an integer >= 1.
+      DataError: a feature set has the wrong shape, too few rows, or a NaN or inf value.
     """
-    if k < 1:
-        raise ValueError(f"precision_recall: k must be >= 1, got {k}")
-    real = _as_feature_matrix(real_feats, "precision_recall (real)", min_rows=k + 1)
-    fake = _as_feature_matrix(fake_feats, "precision_recall (fake)", min_rows=k + 1)
-    if real.shape[1] != fake.shape[1]:
-        raise ValueError(
-            f"precision_recall: feature sizes differ, {real.shape[1]} vs {fake.shape[1]}"
-        )
+    require(_is_int(k) and k >= 1, "k", k, "must be an integer >= 1", ConfigError)
+    require(_is_int(batch_size) and batch_size >= 1, "batch_size", batch_size, "must be an integer >= 1", ConfigError)
+    real = _as_feature_matrix(real_feats, "real_feats", min_rows=k + 1)
+    fake = _as_feature_matrix(fake_feats, "fake_feats", min_rows=k + 1)
+    require(fake.shape[1] == real.shape[1], "fake_feats.shape", fake.shape,
+            f"feature sizes differ: need the {real.shape[1]} columns of real_feats", DataError)
     real_radii = _knn_radii_squared(real, k, batch_size)
     fake_radii = _knn_radii_squared(fake, k, batch_size)
     precision = _fraction_in_manifold(fake, real, real_radii, batch_size)
@@ -286,21 +279,22 @@ def code_usage(indices, n_classes: int) -> CodeUsage:
       indices: integer class indices, shape (n, n_vars) (or (n,) for a single variable),
         values in [0, n_classes).
       n_classes: classes per variable (K).
+
+    Raises:
+      ConfigError: ``n_classes`` is not an integer >= 1.
+      DataError: ``indices`` are not integers (NaN included), have the wrong shape, or lie
+        outside [0, n_classes).
     """
     indices = np.asarray(indices)
     if indices.ndim == 1:
         indices = indices[:, None]
-    if indices.ndim != 2 or indices.shape[0] == 0:
-        raise ValueError(f"code_usage: expected indices of shape (n, n_vars), got {indices.shape}")
-    if not np.issubdtype(indices.dtype, np.integer):
-        raise ValueError(f"code_usage: indices must be integers, got dtype {indices.dtype}")
-    if n_classes < 1:
-        raise ValueError(f"code_usage: n_classes must be >= 1, got {n_classes}")
-    if indices.min() < 0 or indices.max() >= n_classes:
-        raise ValueError(
-            f"code_usage: indices must lie in [0, {n_classes}), got range "
-            f"[{indices.min()}, {indices.max()}]"
-        )
+    require(indices.ndim == 2 and indices.shape[0] > 0, "indices.shape", indices.shape,
+            "need at least one code, shape (n, n_vars) or (n,)", DataError)
+    require(np.issubdtype(indices.dtype, np.integer), "indices.dtype", str(indices.dtype),
+            "must be integer class indices", DataError)
+    require(_is_int(n_classes) and n_classes >= 1, "n_classes", n_classes, "must be an integer >= 1", ConfigError)
+    low, high = int(indices.min()), int(indices.max())
+    require(low >= 0 and high < n_classes, "indices range", (low, high), f"must lie in [0, {n_classes})", DataError)
     n, n_vars = indices.shape
     # counts[v, k] via one bincount over offset indices: no Python loop over variables.
     offsets = indices + n_classes * np.arange(n_vars)[None, :]
@@ -310,383 +304,3 @@ def code_usage(indices, n_classes: int) -> CodeUsage:
     perplexity = np.exp(-plogp.sum(axis=1))
     n_distinct = int(np.unique(indices, axis=0).shape[0])
     return CodeUsage(perplexity, float(perplexity.mean()), n_distinct)
-
-
-# --------------------------------------------------------------------------------------------
-# Feature network
-
-# One version per training target. Bump a target's entry whenever FeatureClassifier, its training
-# recipe or its cache format changes (the architecture is shared: bump both): the version is part
-# of every cache key and of compare's resume header, so stale networks are never reused. The
-# attribute target was added with its own entry; label networks and their cache files are
-# unchanged from fdnet-v1 (their records gained no field), so their caches stay valid.
-FEATURE_NET_VERSIONS = {"labels": "fdnet-v1", "attributes": "fdnet-attributes-v1"}
-FEATURE_NET_VERSION = FEATURE_NET_VERSIONS["labels"]
-FEATURE_BATCH_SIZE = 128
-FEATURE_LEARNING_RATE = 2e-3
-FEATURE_TRAIN_SEED = 0
-# Default steps: about 5 epochs, at least 500 steps (small data sets need them to converge)
-# and at most 2000 (Fashion-MNIST: ~4 epochs, ~90% test accuracy, ~50 CPU-seconds).
-MIN_FEATURE_STEPS = 500
-MAX_FEATURE_STEPS = 2000
-_EVAL_BATCH_SIZE = 500
-
-
-def _space_to_depth(x):
-    """(n, H, W, C) -> (n, ceil(H/2), ceil(W/2), 4C): each 2x2 patch becomes one pixel.
-
-    Odd sizes are zero-padded, so any image size works.
-    """
-    n, h, w, c = x.shape
-    x = jnp.pad(x, ((0, 0), (0, h % 2), (0, w % 2), (0, 0)))
-    h, w = x.shape[1] // 2, x.shape[2] // 2
-    x = x.reshape(n, h, 2, w, 2, c).transpose(0, 1, 3, 2, 4, 5)
-    return x.reshape(n, h, w, 4 * c)
-
-
-class FeatureClassifier(nn.Module):
-    """Small conv classifier whose penultimate activations are the Frechet-distance features.
-
-    Two 2x2 stride-2 convolutions (patchify layers, as in a ViT/ConvNeXt stem) with
-    ``conv_channels`` channels and ReLU, a dense layer of ``n_features`` ReLU units (the
-    features), then a linear head of ``n_classes`` outputs: class logits, or one logit per
-    attribute for a multi-label network. Works for any input size (8x8, 28x28, 64x64x3...).
-
-    Each 2x2 stride-2 convolution is written as space-to-depth + Dense, which is the same
-    linear map: XLA:CPU runs ``conv`` ops inside a ``lax.scan`` (a while loop) about 6x slower
-    than outside it, while dense matmuls run at full speed, and training is one scan.
-    """
-
-    n_classes: int
-    conv_channels: tuple[int, ...] = (32, 64)
-    n_features: int = 128
-
-    @nn.compact
-    def __call__(self, images):
-        """images: float32 (n, H, W, C) in [0, 1]. Returns (logits, features)."""
-        x = images - 0.5  # centred inputs train faster with the default initializers
-        for channels in self.conv_channels:
-            x = nn.relu(nn.Dense(channels)(_space_to_depth(x)))
-        x = x.reshape((x.shape[0], -1))
-        features = nn.relu(nn.Dense(self.n_features)(x))
-        logits = nn.Dense(self.n_classes)(features)
-        return logits, features
-
-
-@functools.partial(jax.jit, static_argnames=("model", "steps", "multilabel"))
-def _train_classifier(model: FeatureClassifier, key, images_u8, labels, *, steps: int, multilabel: bool = False):
-    """Adam, minibatches drawn with replacement, one scan over steps.
-
-    Loss: softmax cross-entropy on integer labels (n,), or with ``multilabel`` the mean over
-    attributes of the sigmoid cross-entropy on 0/1 attributes (n, A).
-    """
-    init_key, batch_key = jax.random.split(key)
-    params = model.init(init_key, jnp.zeros((1, *images_u8.shape[1:]), jnp.float32))["params"]
-    optimizer = optax.adam(FEATURE_LEARNING_RATE)
-
-    def loss_fn(params, images, batch_labels):
-        logits, _ = model.apply({"params": params}, images)
-        if multilabel:
-            return optax.sigmoid_binary_cross_entropy(logits, batch_labels.astype(jnp.float32)).mean()
-        return optax.softmax_cross_entropy_with_integer_labels(logits, batch_labels).mean()
-
-    def step(carry, step_index):
-        params, opt_state = carry
-        idx = jax.random.randint(
-            jax.random.fold_in(batch_key, step_index), (FEATURE_BATCH_SIZE,), 0, images_u8.shape[0]
-        )
-        images = images_u8[idx].astype(jnp.float32) / 255.0
-        loss, grads = jax.value_and_grad(loss_fn)(params, images, labels[idx])
-        updates, opt_state = optimizer.update(grads, opt_state, params)
-        return (optax.apply_updates(params, updates), opt_state), loss
-
-    (params, _), losses = jax.lax.scan(step, (params, optimizer.init(params)), jnp.arange(steps))
-    return params, losses
-
-
-@functools.partial(jax.jit, static_argnames=("model",))
-def _apply_classifier(model: FeatureClassifier, params, images):
-    return model.apply({"params": params}, images)
-
-
-def _map_batches(model, params, images: np.ndarray, batch_size: int = _EVAL_BATCH_SIZE):
-    """(logits, features) for all images, a fixed-size batch at a time.
-
-    Padding the last batch keeps one compiled shape per network, and the fixed batch bounds
-    memory whatever the number of images.
-    """
-    n = images.shape[0]
-    logits_out, feats_out = [], []
-    for start in range(0, n, batch_size):
-        batch = images[start:start + batch_size]
-        if batch.dtype == np.uint8:  # convert per batch: a uint8 test split is never held as float32
-            batch = batch.astype(np.float32) / 255.0
-        rows = batch.shape[0]
-        if rows < batch_size:
-            batch = np.concatenate([batch, np.zeros((batch_size - rows, *batch.shape[1:]), batch.dtype)])
-        logits, feats = _apply_classifier(model, params, jnp.asarray(batch))
-        logits_out.append(np.asarray(logits)[:rows])
-        feats_out.append(np.asarray(feats)[:rows])
-    return np.concatenate(logits_out), np.concatenate(feats_out)
-
-
-@dataclasses.dataclass(frozen=True, eq=False)
-class FeatureNetwork:
-    """A trained :class:`FeatureClassifier` and what it was trained on.
-
-    Attributes:
-      model: the Flax module (architecture).
-      params: its trained parameters.
-      test_accuracy: on the data set's test split, the classification accuracy (``target ==
-        "labels"``) or the mean attribute accuracy, ``mean_{i, a} 1[(logit_ia > 0) = attr_ia]``
-        (``target == "attributes"``); report it next to every FD (:attr:`metric_label`).
-      fingerprint: ``Dataset.fingerprint`` of the training data.
-      image_shape: (H, W, C) of the images it accepts.
-      steps: training steps.
-      version: ``FEATURE_NET_VERSIONS[target]``, the recipe.
-      target: ``"labels"`` (softmax classifier) or ``"attributes"`` (multi-label sigmoid).
-      majority_accuracy: the same accuracy for the rule that predicts the most frequent
-        training class (or each attribute's most frequent training value): the floor the
-        network must beat (CelebA's attributes are imbalanced, about 80% there).
-    """
-
-    model: FeatureClassifier
-    params: Any
-    test_accuracy: float
-    fingerprint: str
-    image_shape: tuple[int, int, int]
-    steps: int
-    version: str = FEATURE_NET_VERSION
-    target: str = "labels"
-    majority_accuracy: float = float("nan")
-
-    def _check_images(self, images) -> np.ndarray:
-        images = np.asarray(images)
-        if images.ndim != 4 or tuple(images.shape[1:]) != tuple(self.image_shape):
-            raise DataError(
-                f"feature network expects images of shape (n, {', '.join(map(str, self.image_shape))}), "
-                f"got {images.shape}"
-            )
-        return images if images.dtype == np.uint8 else images.astype(np.float32)
-
-    def features(self, images) -> np.ndarray:
-        """Penultimate features, float32 (n, n_features), of NHWC images (float in [0, 1], or uint8)."""
-        return _map_batches(self.model, self.params, self._check_images(images))[1]
-
-    def predict(self, images) -> np.ndarray:
-        """Predicted class of each image, int (n,); for an attribute network the 0/1 attributes (n, A)."""
-        logits = _map_batches(self.model, self.params, self._check_images(images))[0]
-        if self.target == "attributes":
-            return (logits > 0).astype(np.uint8)
-        return np.argmax(logits, axis=1)
-
-    def frechet_distance(self, images_a, images_b) -> float:
-        """FD in classifier features between two image sets (see :func:`frechet_distance`)."""
-        return frechet_distance(self.features(images_a), self.features(images_b))
-
-    @property
-    def accuracy_name(self) -> str:
-        """What :attr:`test_accuracy` measures: "test accuracy" or "test mean attribute accuracy"."""
-        return "test mean attribute accuracy" if self.target == "attributes" else "test accuracy"
-
-    @property
-    def metric_label(self) -> str:
-        """For tables and captions: "FD in classifier features (test acc 97.8%)", or for an
-        attribute network "FD in classifier features (test mean attribute accuracy 90.1%;
-        majority rule 80.0%)"."""
-        if self.target == "attributes":
-            return (f"{FD_METRIC_NAME} ({self.accuracy_name} {self.test_accuracy:.1%}; "
-                    f"majority rule {self.majority_accuracy:.1%})")
-        return f"{FD_METRIC_NAME} (test acc {self.test_accuracy:.1%})"
-
-
-def feature_target(dataset: Dataset) -> str:
-    """What the feature network learns on ``dataset``: ``"labels"`` or ``"attributes"``.
-
-    Class labels when there are at least 2 classes (a softmax classifier, as before); otherwise
-    the binary attributes if the data set has them (a multi-label classifier: sigmoid
-    cross-entropy per attribute, the usual objective for CelebA's 40 attributes, Liu et al.
-    2015). Labels win when both exist, so labelled data sets keep their networks.
-
-    Raises:
-      DataError: neither (fewer than 2 classes and no attributes), naming what to do.
-    """
-    if dataset.n_classes >= 2:
-        return "labels"
-    if dataset.n_attributes > 0:
-        return "attributes"
-    raise DataError(
-        f"{dataset.name}: cannot train the feature network for the FD: it needs class labels (at "
-        f"least 2 classes; this data set has {dataset.n_classes}) or binary attributes, and this "
-        "data set has neither. Use a source that provides them (tfds:celeb_a provides 40 attributes), "
-        "build the Dataset with labels or attributes (jaxrae.data.make_dataset(..., "
-        "train_attributes=..., test_attributes=...)), or compute Frechet distances with a "
-        "FeatureNetwork trained on a labelled data set of the same image shape"
-    )
-
-
-def _targets(dataset: Dataset, target: str, split: str) -> np.ndarray:
-    if target == "attributes":
-        return getattr(dataset, f"{split}_attributes")
-    return np.asarray(getattr(dataset, f"{split}_labels"))
-
-
-def _head_size(dataset: Dataset, target: str) -> int:
-    return dataset.n_attributes if target == "attributes" else dataset.n_classes
-
-
-def _majority_accuracy(dataset: Dataset, target: str) -> float:
-    """Test accuracy of predicting the most frequent training value (per attribute)."""
-    train, test = _targets(dataset, target, "train"), _targets(dataset, target, "test")
-    if target == "attributes":
-        majority = (2 * train.sum(axis=0, dtype=np.int64) >= train.shape[0]).astype(np.uint8)
-        return float(np.mean(test == majority[None, :]))
-    return float(np.mean(test == np.argmax(np.bincount(train))))
-
-
-def default_feature_steps(dataset: Dataset) -> int:
-    """``clip(ceil(5 * n_train / batch_size), MIN_FEATURE_STEPS, MAX_FEATURE_STEPS)``."""
-    five_epochs = -(-5 * dataset.n_train // FEATURE_BATCH_SIZE)
-    return int(min(max(five_epochs, MIN_FEATURE_STEPS), MAX_FEATURE_STEPS))
-
-
-def train_feature_network(dataset: Dataset, *, steps: int | None = None) -> FeatureNetwork:
-    """Train the feature classifier on ``dataset``'s train split, deterministically; no cache.
-
-    Fixed key (seed ``FEATURE_TRAIN_SEED``), ``steps`` Adam steps (lr ``FEATURE_LEARNING_RATE``)
-    of batch ``FEATURE_BATCH_SIZE`` drawn with replacement, float32, one ``lax.scan``: the same
-    data set and steps give the same parameters on the same platform. ``steps=None`` means
-    :func:`default_feature_steps`. The target (class labels, or binary attributes when there
-    are no classes) is :func:`feature_target`'s, which raises DataError when there is neither.
-    """
-    target = feature_target(dataset)
-    if steps is None:
-        steps = default_feature_steps(dataset)
-    if steps < 1:
-        raise ValueError(f"train_feature_network: steps must be >= 1, got {steps}")
-    model = FeatureClassifier(n_classes=_head_size(dataset, target))
-    multilabel = target == "attributes"
-    params, _ = _train_classifier(
-        model,
-        jax.random.key(FEATURE_TRAIN_SEED),
-        jnp.asarray(dataset.train_images_u8),
-        jnp.asarray(_targets(dataset, target, "train"), dtype=jnp.uint8 if multilabel else jnp.int32),
-        steps=steps,
-        multilabel=multilabel,
-    )
-    params = jax.tree.map(np.asarray, params)
-    logits = _map_batches(model, params, dataset.test_images_u8)[0]
-    predictions = (logits > 0) if multilabel else np.argmax(logits, axis=1)
-    test_accuracy = float(np.mean(predictions == _targets(dataset, target, "test")))
-    return _network_record(dataset, target, model, params, test_accuracy, steps)
-
-
-def _network_record(dataset: Dataset, target: str, model, params, test_accuracy: float, steps: int) -> FeatureNetwork:
-    """A FeatureNetwork tied to ``dataset`` (its fingerprint and image shape) and ``target``."""
-    return FeatureNetwork(
-        model=model,
-        params=params,
-        test_accuracy=test_accuracy,
-        fingerprint=dataset.fingerprint,
-        image_shape=tuple(dataset.image_shape),
-        steps=steps,
-        version=FEATURE_NET_VERSIONS[target],
-        target=target,
-        majority_accuracy=_majority_accuracy(dataset, target),
-    )
-
-
-def default_cache_dir() -> pathlib.Path:
-    """``$JAXRAE_CACHE`` if set, else ``~/.cache/jaxrae``."""
-    env = os.environ.get("JAXRAE_CACHE")
-    return pathlib.Path(env) if env else pathlib.Path.home() / ".cache" / "jaxrae"
-
-
-def _cache_path(cache_dir: pathlib.Path, fingerprint: str, steps: int, target: str = "labels") -> pathlib.Path:
-    return cache_dir / "feature_nets" / f"{FEATURE_NET_VERSIONS[target]}-{fingerprint}-{steps}steps.msgpack"
-
-
-def _save_feature_network(path: pathlib.Path, net: FeatureNetwork) -> None:
-    record = {
-        "version": net.version,
-        "fingerprint": net.fingerprint,
-        "steps": net.steps,
-        "n_classes": net.model.n_classes,  # head size: classes, or attributes
-        "image_shape": list(net.image_shape),
-        "test_accuracy": net.test_accuracy,
-        "params": flax.serialization.to_state_dict(net.params),
-    }
-    if net.target != "labels":  # label records keep the fdnet-v1 format exactly
-        record["target"] = net.target
-    # Temp file + rename (jaxrae.checkpoint): readers see the old file or the whole new one,
-    # never a partial write, even with concurrent runs.
-    atomic_write_bytes(path, flax.serialization.msgpack_serialize(record))
-
-
-def _load_feature_network(path: pathlib.Path, dataset: Dataset, steps: int) -> FeatureNetwork:
-    """Read and validate a cache file; raises on anything unexpected."""
-    target = feature_target(dataset)
-    record = flax.serialization.msgpack_restore(path.read_bytes())
-    if not isinstance(record, dict):
-        raise ValueError("not a feature-network record")
-    record.setdefault("target", "labels")  # fdnet-v1 label records have no target field
-    expected = {
-        "version": FEATURE_NET_VERSIONS[target],
-        "target": target,
-        "fingerprint": dataset.fingerprint,
-        "steps": steps,
-        "n_classes": _head_size(dataset, target),
-        "image_shape": list(dataset.image_shape),
-    }
-    for field, value in expected.items():
-        if record.get(field) != value:
-            raise ValueError(f"field {field!r} is {record.get(field)!r}, expected {value!r}")
-    model = FeatureClassifier(n_classes=_head_size(dataset, target))
-    template = jax.eval_shape(
-        lambda: model.init(jax.random.key(0), jnp.zeros((1, *dataset.image_shape), jnp.float32))["params"]
-    )
-    params = flax.serialization.from_state_dict(template, record["params"])
-    if jax.tree.structure(params) != jax.tree.structure(template):
-        raise ValueError("parameter tree does not match the network")
-    for leaf, spec in zip(jax.tree.leaves(params), jax.tree.leaves(template)):
-        if not isinstance(leaf, np.ndarray) or leaf.shape != spec.shape or leaf.dtype != spec.dtype:
-            raise ValueError("parameter shapes or dtypes do not match the network")
-    test_accuracy = float(record["test_accuracy"])
-    return _network_record(dataset, target, model, params, test_accuracy, steps)
-
-
-def feature_network(
-    dataset: Dataset, *, cache_dir=None, steps: int | None = None, use_cache: bool = True
-) -> FeatureNetwork:
-    """The data set's feature network: loaded from the disk cache, or trained and cached.
-
-    The cache key is ``dataset.fingerprint`` + the target's :data:`FEATURE_NET_VERSIONS` entry +
-    ``steps``, so a changed data set (a different crop or resize included) or recipe never
-    reuses a stale network. The target is :func:`feature_target`'s: class labels, else binary
-    attributes (CelebA), else a DataError saying what to do. Files live under
-    ``<cache_dir>/feature_nets/`` (default :func:`default_cache_dir`), are written atomically,
-    and an unreadable or mismatched file is ignored with a warning and overwritten after
-    retraining.
-
-    Default ``steps`` (:func:`default_feature_steps`): 500 on ``digits`` (a few seconds), 2000
-    on Fashion-MNIST (about 50 CPU-seconds, ~90% test accuracy).
-    """
-    target = feature_target(dataset)  # a DataError now, before any cache or training work
-    if steps is None:
-        steps = default_feature_steps(dataset)
-    if not use_cache:
-        return train_feature_network(dataset, steps=steps)
-    path = _cache_path(pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir(),
-                       dataset.fingerprint, steps, target)
-    if path.exists():
-        try:
-            return _load_feature_network(path, dataset, steps)
-        except Exception as err:  # any fault in a cache file means: retrain, never crash
-            warnings.warn(
-                f"ignoring unreadable feature-network cache {path} ({type(err).__name__}: {err}); retraining",
-                RuntimeWarning,
-                stacklevel=2,
-            )
-    net = train_feature_network(dataset, steps=steps)
-    _save_feature_network(path, net)
-    return net

@@ -21,19 +21,18 @@ pytree ``{"params": ..., "batch_stats": ...}`` and training stays a pure functio
 from __future__ import annotations
 
 import math
-from typing import Sequence
+from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 
-from jaxrae.errors import ConfigError
+from jaxrae.errors import require
 
 ARCHS = ("mlp", "conv-small", "conv-paper")
 
 
 def _check_arch(arch: str) -> None:
-    if arch not in ARCHS:
-        raise ConfigError(f"arch={arch!r} is unknown; choose one of {', '.join(ARCHS)}")
+    require(arch in ARCHS, "arch", arch, f"choose one of {', '.join(ARCHS)}")
 
 
 def _maybe_spectral(layer: nn.Module, spectral_norm: bool, train: bool):
@@ -91,7 +90,7 @@ class Decoder(nn.Module):
     def __call__(self, z, train: bool):
         _check_arch(self.arch)
         height, width, channels = self.image_shape
-        sn = lambda layer: _maybe_spectral(layer, self.spectral_norm, train)  # noqa: E731
+        sn = lambda layer: _maybe_spectral(layer, self.spectral_norm, train)
         if self.arch == "mlp":
             h = z
             for w in (256, 512):
@@ -138,7 +137,7 @@ class AutoEncoder(nn.Module):
             # together, near the encoder's initial outputs, so small moves of z_e switch entries
             # and every entry receives codebook-loss updates (a spread-out init collapses onto one).
             bound = 1.0 / self.codebook_shape[0]
-            init = lambda key, shape: jax.random.uniform(key, shape, minval=-bound, maxval=bound)  # noqa: E731
+            init = lambda key, shape: jax.random.uniform(key, shape, minval=-bound, maxval=bound)
             self.codebook = self.param("codebook", init, self.codebook_shape)
 
     def encode(self, x, train: bool):

@@ -20,7 +20,8 @@ This module imports nothing from jaxrae except the errors, so it is usable on it
 from __future__ import annotations
 
 import math
-from typing import NamedTuple, Sequence
+from collections.abc import Sequence
+from typing import NamedTuple
 
 import chex
 import jax
@@ -28,27 +29,27 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
-from jaxrae.errors import ConfigError
+from jaxrae.errors import invalid, require
 
 __all__ = [
     "ESTIMATORS",
-    "gumbel_softmax",
-    "straight_through",
-    "straight_through_sample",
-    "conditional_gumbel",
-    "gumbel_rao",
-    "reinmax",
-    "discrete_code",
-    "relaxed_bernoulli",
-    "relaxed_one_hot_log_prob",
-    "categorical_kl_uniform",
-    "exponential_temperature",
-    "constant_temperature",
-    "VectorQuantized",
-    "vector_quantize",
     "ScalarQuantized",
+    "VectorQuantized",
+    "categorical_kl_uniform",
+    "conditional_gumbel",
+    "constant_temperature",
+    "discrete_code",
+    "exponential_temperature",
     "finite_scalar_quantize",
     "fsq_codes_from_index",
+    "gumbel_rao",
+    "gumbel_softmax",
+    "reinmax",
+    "relaxed_bernoulli",
+    "relaxed_one_hot_log_prob",
+    "straight_through",
+    "straight_through_sample",
+    "vector_quantize",
 ]
 
 ESTIMATORS = ("st", "st-gumbel", "gumbel-rao", "reinmax")
@@ -63,26 +64,21 @@ def _check_positive(name: str, value) -> None:
         concrete = np.asarray(value)
     except jax.errors.TracerArrayConversionError:
         return
-    if not np.all(concrete > 0):  # also rejects NaN
-        raise ConfigError(f"{name} must be > 0, got {value!r}")
+    require(bool(np.all(concrete > 0)), name, value, "must be > 0")  # also rejects NaN
 
 
 def _check_logits(logits) -> jax.Array:
     logits = jnp.asarray(logits)
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         logits = logits.astype(jnp.float32)
-    if logits.ndim < 1 or logits.shape[-1] < 2:
-        raise ConfigError(
-            f"logits must have shape (..., N, K) with K >= 2 classes, got shape {logits.shape}"
-        )
+    require(logits.ndim >= 1 and logits.shape[-1] >= 2, "logits.shape", logits.shape,
+            "logits must have shape (..., N, K) with K >= 2 classes")
     return logits
 
 
 def _check_n_samples(n_samples) -> int:
-    if isinstance(n_samples, bool) or not isinstance(n_samples, (int, np.integer)):
-        raise ConfigError(f"n_samples must be a Python int >= 1, got {n_samples!r}")
-    if n_samples < 1:
-        raise ConfigError(f"n_samples must be >= 1, got {n_samples}")
+    is_int = isinstance(n_samples, (int, np.integer)) and not isinstance(n_samples, bool)
+    require(is_int and n_samples >= 1, "n_samples", n_samples, "must be a Python int >= 1")
     return int(n_samples)
 
 
@@ -346,7 +342,7 @@ def discrete_code(
         return gumbel_rao(key, logits, tau, n_samples)
     if estimator == "reinmax":
         return reinmax(key, logits, tau)
-    raise ConfigError(f"unknown estimator {estimator!r}; allowed: {', '.join(ESTIMATORS)}")
+    raise invalid("estimator", estimator, f"choose one of {', '.join(ESTIMATORS)}")
 
 
 # ----------------------------------------------------------------------------- densities
@@ -420,8 +416,7 @@ def exponential_temperature(step, tau0=1.0, rate=1e-4, tau_min=0.5) -> jax.Array
     _check_positive("tau0", tau0)
     _check_positive("tau_min", tau_min)
     try:
-        if not np.all(np.asarray(rate) >= 0):
-            raise ConfigError(f"rate must be >= 0, got {rate!r}")
+        require(bool(np.all(np.asarray(rate) >= 0)), "rate", rate, "must be >= 0")
     except jax.errors.TracerArrayConversionError:
         pass
     step = jnp.asarray(step, dtype=jnp.float32)
@@ -491,15 +486,10 @@ class ScalarQuantized(NamedTuple):
 
 def _check_levels(levels: Sequence[int]) -> np.ndarray:
     levels_array = np.asarray(levels)
-    if (
-        levels_array.ndim != 1
-        or levels_array.size == 0
-        or not np.issubdtype(levels_array.dtype, np.integer)
-        or np.any(levels_array < 2)
-    ):
-        raise ConfigError(f"FSQ levels must be a non-empty list of integers >= 2, got {levels!r}")
-    if np.prod(levels_array.astype(np.float64)) > np.iinfo(np.int32).max:
-        raise ConfigError(f"FSQ codebook size prod(levels) must fit in int32, got {levels!r}")
+    require(levels_array.ndim == 1 and levels_array.size > 0 and np.issubdtype(levels_array.dtype, np.integer)
+            and bool(np.all(levels_array >= 2)), "levels", levels, "FSQ levels must be a non-empty list of integers >= 2")
+    require(np.prod(levels_array.astype(np.float64)) <= np.iinfo(np.int32).max, "levels", levels,
+            "the FSQ codebook size prod(levels) must fit in int32")
     return levels_array.astype(np.int64)
 
 

@@ -1,21 +1,12 @@
-"""Tests of jaxrae.metrics: closed forms and constructed sets with known answers.
+"""Tests of jaxrae.metrics: closed forms and constructed sets with known answers, and the
+rule that every metric refuses bad input (NaN in, DataError out)."""
 
-The feature-network tests share one tiny synthetic data set per target (class labels, binary
-attributes) and one step count, so the training scan compiles once per target for the module.
-"""
-
-import hashlib
-
-import flax.serialization
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 import scipy.linalg
 
 from jaxrae import metrics
-from jaxrae.data import Dataset, make_dataset
-from jaxrae.errors import DataError
+from jaxrae.errors import ConfigError, DataError
 
 # ------------------------------------------------------------------------------------------
 # Frechet distance
@@ -73,11 +64,12 @@ def test_gaussian_stats_and_bad_inputs():
     mu, cov = metrics.gaussian_stats(feats)
     np.testing.assert_allclose(mu, feats.mean(0))
     np.testing.assert_allclose(cov, np.cov(feats, rowvar=False))
-    assert np.isnan(metrics.frechet_distance(feats, np.full_like(feats, np.nan)))
-    with pytest.raises(ValueError, match="feature sizes differ"):
+    with pytest.raises(DataError, match=r"feats_b.shape=\(3, 1\) is invalid: feature sizes differ"):
         metrics.frechet_distance(feats, feats[:, :1])
-    with pytest.raises(ValueError, match="at least 2"):
+    with pytest.raises(DataError, match=r"feats.shape=\(1, 2\) is invalid: need at least 2 samples"):
         metrics.gaussian_stats(feats[:1])
+    with pytest.raises(DataError, match=r"mu_b.shape=\(3,\) is invalid: must be \(2,\)"):
+        metrics.frechet_distance_from_stats(mu, cov, np.zeros(3), cov)
 
 
 # ------------------------------------------------------------------------------------------
@@ -146,8 +138,10 @@ def test_code_usage_uniform_collapsed_and_distinct():
     assert usage.mean_perplexity == pytest.approx(1.5)
     assert usage.n_distinct_codes == 2
 
-    with pytest.raises(ValueError, match=r"\[0, 4\)"):
+    with pytest.raises(DataError, match=r"indices range=\(4, 4\) is invalid: must lie in \[0, 4\)"):
         metrics.code_usage(np.array([[4]]), n_classes)
+    with pytest.raises(ConfigError, match="n_classes=0 is invalid"):
+        metrics.code_usage(np.array([[0]]), 0)
 
 
 def test_reconstruction_error_is_mean_of_per_image_sums():
@@ -155,211 +149,60 @@ def test_reconstruction_error_is_mean_of_per_image_sums():
     x_hat = np.zeros_like(x)
     x_hat[0] = 1.0  # image 0: 4 pixels off by 1 -> 4; image 1: exact -> 0
     assert metrics.reconstruction_error(x, x_hat) == pytest.approx(2.0)
-    with pytest.raises(ValueError, match="shapes differ"):
+    with pytest.raises(DataError, match=r"x_hat.shape=\(1, 2, 2, 1\) is invalid: must equal x.shape"):
         metrics.reconstruction_error(x, x_hat[:1])
 
 
-# ------------------------------------------------------------------------------------------
-# Feature network
-
-TRAIN_STEPS = 150
-
-
-def synthetic_dataset(n_train=320, n_test=160, n_classes=4, seed=0):
-    """8x8 gray images: class c lights up quadrant c, plus pixel noise."""
-    rng = np.random.default_rng(seed)
-
-    def split(n):
-        labels = rng.integers(0, n_classes, size=n)
-        images = rng.uniform(0, 80, size=(n, 8, 8, 1))
-        for i, c in enumerate(labels):
-            row, col = divmod(int(c), 2)
-            images[i, 4 * row:4 * row + 4, 4 * col:4 * col + 4] += 150
-        return images.clip(0, 255).astype(np.uint8), labels.astype(np.int32)
-
-    train_x, train_y = split(n_train)
-    test_x, test_y = split(n_test)
-    digest = hashlib.sha256()
-    for array in (train_x, train_y, test_x, test_y):
-        digest.update(array.tobytes())
-    return Dataset("synthetic", train_x, train_y, test_x, test_y, digest.hexdigest())
-
-
-@pytest.fixture(scope="module")
-def dataset():
-    return synthetic_dataset()
-
-
-@pytest.fixture(scope="module")
-def trained_net(dataset):
-    return metrics.train_feature_network(dataset, steps=TRAIN_STEPS)
-
-
-def test_feature_network_learns_and_gives_features(dataset, trained_net):
-    assert trained_net.test_accuracy >= 0.95
-    assert trained_net.fingerprint == dataset.fingerprint
-    feats = trained_net.features(dataset.test_images)
-    assert feats.shape == (dataset.n_test, trained_net.model.n_features)
-    assert feats.dtype == np.float32 and np.all(np.isfinite(feats))
-    # Batching pads the last batch: features must not depend on the batch a row lands in.
-    np.testing.assert_allclose(trained_net.features(dataset.test_images[:7]), feats[:7], rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(trained_net.features(dataset.test_images_u8[:7]), trained_net.features(dataset.test_images[:7]))
-    # Train and test images of the same distribution are close; a shifted class mix is far.
-    same = trained_net.frechet_distance(dataset.train_images, dataset.test_images)
-    one_class = dataset.test_images[dataset.test_labels == 0]
-    assert same < trained_net.frechet_distance(dataset.train_images, one_class)
-    assert trained_net.metric_label.startswith("FD in classifier features (test acc")
-    with pytest.raises(DataError, match="expects images of shape"):
-        trained_net.features(np.zeros((3, 28, 28, 1), np.float32))
-
-
-def test_feature_network_training_is_deterministic(dataset, trained_net):
-    again = metrics.train_feature_network(dataset, steps=TRAIN_STEPS)
-    for leaf_a, leaf_b in zip(jax.tree.leaves(trained_net.params), jax.tree.leaves(again.params)):
-        np.testing.assert_array_equal(leaf_a, leaf_b)
-    assert again.test_accuracy == trained_net.test_accuracy
-
-
-def test_feature_network_cache_hit_and_corrupt_file(dataset, trained_net, tmp_path, monkeypatch):
-    calls = []
-
-    def counting_trainer(ds, *, steps=None):
-        calls.append(steps)
-        return trained_net
-
-    monkeypatch.setattr(metrics, "train_feature_network", counting_trainer)
-    first = metrics.feature_network(dataset, cache_dir=tmp_path, steps=TRAIN_STEPS)
-    assert calls == [TRAIN_STEPS]
-    (cache_file,) = (tmp_path / "feature_nets").iterdir()
-    assert dataset.fingerprint in cache_file.name and metrics.FEATURE_NET_VERSION in cache_file.name
-
-    def refuse_to_train(ds, *, steps=None):
-        raise AssertionError("cache hit expected, but the network was retrained")
-
-    monkeypatch.setattr(metrics, "train_feature_network", refuse_to_train)
-    cached = metrics.feature_network(dataset, cache_dir=tmp_path, steps=TRAIN_STEPS)
-    for leaf_a, leaf_b in zip(jax.tree.leaves(first.params), jax.tree.leaves(cached.params)):
-        np.testing.assert_array_equal(leaf_a, leaf_b)
-    assert cached.test_accuracy == first.test_accuracy
-    np.testing.assert_array_equal(cached.features(dataset.test_images[:5]), first.features(dataset.test_images[:5]))
-
-    # A truncated file (e.g. a crash of an old non-atomic writer) is ignored and replaced.
-    cache_file.write_bytes(cache_file.read_bytes()[:100])
-    monkeypatch.setattr(metrics, "train_feature_network", counting_trainer)
-    with pytest.warns(RuntimeWarning, match="retraining"):
-        retrained = metrics.feature_network(dataset, cache_dir=tmp_path, steps=TRAIN_STEPS)
-    assert calls == [TRAIN_STEPS, TRAIN_STEPS]
-    assert retrained.test_accuracy == first.test_accuracy
-    assert [p.name for p in (tmp_path / "feature_nets").iterdir()] == [cache_file.name]  # no temp left
-    monkeypatch.setattr(metrics, "train_feature_network", refuse_to_train)
-    metrics.feature_network(dataset, cache_dir=tmp_path, steps=TRAIN_STEPS)  # the rewrite is valid
-
-
-def test_feature_network_other_image_sizes():
-    # 28x28 gray and 32x32 RGB go through the same architecture (odd maps are padded).
-    # Shapes only (eval_shape): no compilation needed.
-    model = metrics.FeatureClassifier(n_classes=10)
-    for shape in [(28, 28, 1), (32, 32, 3), (7, 9, 1)]:
-        images = jax.ShapeDtypeStruct((3, *shape), jnp.float32)
-        variables = jax.eval_shape(model.init, jax.random.key(0), images)
-        logits, feats = jax.eval_shape(model.apply, variables, images)
-        assert logits.shape == (3, 10) and feats.shape == (3, model.n_features)
+def test_precision_recall_arguments_are_config_errors():
+    real = clusters(np.random.default_rng(4), CENTERS, 5)
+    with pytest.raises(ConfigError, match="k=0 is invalid: must be an integer >= 1"):
+        metrics.precision_recall(real, real, k=0)
+    with pytest.raises(ConfigError, match="batch_size=0 is invalid"):
+        metrics.precision_recall(real, real, batch_size=0)
+    with pytest.raises(DataError, match=r"fake_feats.shape=\(3, 4\) is invalid: need at least 4 samples"):
+        metrics.precision_recall(real, real[:3], k=3)
 
 
 # ------------------------------------------------------------------------------------------
-# Feature network for data without class labels: binary attributes (CelebA's case)
+# NaN in, error out: every public metric refuses non-finite input instead of returning a number
+
+_RNG = np.random.default_rng(5)
+_FEATS = _RNG.normal(size=(12, 3))
+_MU, _COV = _FEATS.mean(0), np.cov(_FEATS, rowvar=False)
+_IMAGES = _RNG.uniform(size=(4, 2, 2, 1))
 
 
-def attribute_dataset(n_train=320, n_test=160, seed=1):
-    """8x8 gray images without classes (label 0) whose attribute q says "quadrant q is lit"."""
-    rng = np.random.default_rng(seed)
-
-    def split(n):
-        attributes = rng.integers(0, 2, size=(n, 4)).astype(np.uint8)
-        images = rng.uniform(0, 80, size=(n, 8, 8, 1))
-        for q in range(4):
-            row, col = divmod(q, 2)
-            images[:, 4 * row:4 * row + 4, 4 * col:4 * col + 4] += 150 * attributes[:, q, None, None, None]
-        return images.clip(0, 255).astype(np.uint8), np.zeros(n, np.int32), attributes
-
-    train_x, train_y, train_a = split(n_train)
-    test_x, test_y, test_a = split(n_test)
-    return make_dataset("attrs", train_x, train_y, test_x, test_y, train_attributes=train_a, test_attributes=test_a,
-                        attribute_names=["top_left", "top_right", "bottom_left", "bottom_right"])
+def _with_nan(array, index):
+    out = np.array(array, dtype=np.float64)
+    out[index] = np.nan
+    return out
 
 
-@pytest.fixture(scope="module")
-def attr_dataset():
-    return attribute_dataset()
+# (metric, arguments with one NaN, the field the message must name)
+NAN_CASES = {
+    "reconstruction_error(x)": (metrics.reconstruction_error, (_with_nan(_IMAGES, (1, 0, 1, 0)), _IMAGES), r"x\[1, 0, 1, 0\]=nan"),
+    "reconstruction_error(x_hat)": (metrics.reconstruction_error, (_IMAGES, _with_nan(_IMAGES, (3, 1, 1, 0))), r"x_hat\[3, 1, 1, 0\]=nan"),
+    "gaussian_stats": (metrics.gaussian_stats, (_with_nan(_FEATS, (2, 1)),), r"feats\[2, 1\]=nan"),
+    "frechet_distance(a)": (metrics.frechet_distance, (_with_nan(_FEATS, (0, 0)), _FEATS), r"feats_a\[0, 0\]=nan"),
+    "frechet_distance(b)": (metrics.frechet_distance, (_FEATS, _with_nan(_FEATS, (11, 2))), r"feats_b\[11, 2\]=nan"),
+    "frechet_distance_from_stats(mu)": (metrics.frechet_distance_from_stats, (_MU, _COV, _with_nan(_MU, 1), _COV), r"mu_b\[1\]=nan"),
+    "frechet_distance_from_stats(cov)": (metrics.frechet_distance_from_stats, (_MU, _with_nan(_COV, (0, 2)), _MU, _COV), r"cov_a\[0, 2\]=nan"),
+    # Distances to a NaN row compare False with every radius, so without the check a NaN row
+    # would quietly count as "outside the manifold" and give numbers.
+    "precision_recall(real)": (metrics.precision_recall, (_with_nan(_FEATS, (5, 0)), _FEATS), r"real_feats\[5, 0\]=nan"),
+    "precision_recall(fake)": (metrics.precision_recall, (_FEATS, _with_nan(_FEATS, (7, 2))), r"fake_feats\[7, 2\]=nan"),
+    "code_usage": (metrics.code_usage, (_with_nan(np.zeros((3, 2)), (1, 1)), 4), r"indices.dtype='float64' is invalid"),
+}
 
 
-@pytest.fixture(scope="module")
-def attr_net(attr_dataset):
-    return metrics.train_feature_network(attr_dataset, steps=TRAIN_STEPS)
+def test_nan_cases_cover_every_public_metric():
+    covered = {name.split("(")[0] for name in NAN_CASES}
+    assert covered == {name for name in metrics.__all__ if callable(getattr(metrics, name)) and name != "CodeUsage"}
 
 
-def test_attribute_network_learns_and_says_what_it_measures(attr_dataset, attr_net):
-    assert metrics.feature_target(attr_dataset) == "attributes"
-    assert attr_net.target == "attributes" and attr_net.version == metrics.FEATURE_NET_VERSIONS["attributes"]
-    assert attr_net.version != metrics.FEATURE_NET_VERSION
-    assert attr_net.model.n_classes == 4  # one logit per attribute
-    # mean attribute accuracy, recomputed from the predictions, and well above the majority rule
-    predicted = attr_net.predict(attr_dataset.test_images_u8)
-    assert predicted.shape == (attr_dataset.n_test, 4) and set(np.unique(predicted)) <= {0, 1}
-    assert attr_net.test_accuracy == pytest.approx(np.mean(predicted == attr_dataset.test_attributes))
-    majority = (attr_dataset.train_attributes.mean(0) >= 0.5).astype(np.uint8)
-    assert attr_net.majority_accuracy == pytest.approx(np.mean(attr_dataset.test_attributes == majority))
-    assert attr_net.test_accuracy >= 0.95 > 0.7 > attr_net.majority_accuracy
-    assert attr_net.accuracy_name == "test mean attribute accuracy"
-    assert attr_net.metric_label.startswith("FD in classifier features (test mean attribute accuracy ")
-    assert "majority rule" in attr_net.metric_label
-    # the features separate image sets as for a label network
-    lit = attr_dataset.test_images[attr_dataset.test_attributes[:, 0] == 1]
-    same = attr_net.frechet_distance(attr_dataset.train_images, attr_dataset.test_images)
-    assert same < attr_net.frechet_distance(attr_dataset.train_images, lit)
+@pytest.mark.parametrize("case", sorted(NAN_CASES))
+def test_every_metric_given_nan_raises_data_error(case):
+    metric, args, field = NAN_CASES[case]
+    with pytest.raises(DataError, match=field):
+        metric(*args)
 
-
-def test_label_network_is_unchanged_by_attributes(dataset, trained_net):
-    assert trained_net.target == "labels" and trained_net.version == metrics.FEATURE_NET_VERSION == "fdnet-v1"
-    assert trained_net.accuracy_name == "test accuracy"
-    assert 0.2 < trained_net.majority_accuracy < 0.4  # 4 roughly balanced classes
-    # labels win over attributes when a data set has both
-    attrs = np.zeros((dataset.n_train, 2), np.uint8)
-    both = make_dataset("both", dataset.train_images_u8, dataset.train_labels, dataset.test_images_u8,
-                        dataset.test_labels, train_attributes=attrs, test_attributes=attrs[:dataset.n_test])
-    assert metrics.feature_target(both) == "labels"
-
-
-def test_attribute_network_cache_round_trip(attr_dataset, attr_net, tmp_path, monkeypatch):
-    monkeypatch.setattr(metrics, "train_feature_network", lambda ds, *, steps=None: attr_net)
-    first = metrics.feature_network(attr_dataset, cache_dir=tmp_path, steps=TRAIN_STEPS)
-    (cache_file,) = (tmp_path / "feature_nets").iterdir()
-    assert cache_file.name.startswith(metrics.FEATURE_NET_VERSIONS["attributes"] + "-" + attr_dataset.fingerprint)
-
-    def refuse_to_train(ds, *, steps=None):
-        raise AssertionError("cache hit expected, but the network was retrained")
-
-    monkeypatch.setattr(metrics, "train_feature_network", refuse_to_train)
-    cached = metrics.feature_network(attr_dataset, cache_dir=tmp_path, steps=TRAIN_STEPS)
-    assert (cached.target, cached.version, cached.test_accuracy) == (first.target, first.version, first.test_accuracy)
-    assert cached.majority_accuracy == first.majority_accuracy
-    few = attr_dataset.test_images_u8[:5]
-    np.testing.assert_array_equal(cached.features(few), first.features(few))
-    # a label record under the attribute network's name is rejected (with a warning) and retrained
-    record = flax.serialization.msgpack_restore(cache_file.read_bytes())
-    del record["target"]
-    cache_file.write_bytes(flax.serialization.msgpack_serialize(record))
-    monkeypatch.setattr(metrics, "train_feature_network", lambda ds, *, steps=None: attr_net)
-    with pytest.warns(RuntimeWarning, match="'target' is 'labels', expected 'attributes'"):
-        metrics.feature_network(attr_dataset, cache_dir=tmp_path, steps=TRAIN_STEPS)
-
-
-def test_no_labels_and_no_attributes_is_a_data_error(tmp_path):
-    x = np.zeros((6, 8, 8, 1), np.uint8)
-    unlabelled = make_dataset("tfds:unlabelled", x, np.zeros(6, np.int32), x, np.zeros(6, np.int32))
-    for call in (metrics.feature_target, metrics.train_feature_network,
-                 lambda ds: metrics.feature_network(ds, cache_dir=tmp_path)):
-        with pytest.raises(DataError, match=r"tfds:unlabelled: cannot train the feature network"
-                                            r".*class labels.*attributes.*make_dataset"):
-            call(unlabelled)
-    assert not (tmp_path / "feature_nets").exists()

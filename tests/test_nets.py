@@ -13,14 +13,14 @@ from jaxrae.nets import AutoEncoder, count_params
 def test_shapes(arch, shape):
     model = AutoEncoder(arch, shape, encoder_out=10, spectral_norm=arch == "conv-small")
     x, z = jnp.zeros((2, *shape)), jnp.zeros((2, 10))
-    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), x, z, False))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), x, z, False))
     h, x_hat = jax.eval_shape(lambda v: model.apply(v, x, z, False), variables)[:2]
     assert h.shape == (2, 10) and x_hat.shape == (2, *shape)
 
 
 def test_paper_architecture_filters_and_batch_norm():
     model = AutoEncoder("conv-paper", (28, 28, 1), encoder_out=16)
-    variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, 16)), False))
+    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, 16)), False))
     enc = variables["params"]["encoder"]
     filters = [enc[f"Conv_{i}"]["kernel"].shape[-1] for i in range(4)]
     assert filters == [128, 256, 512, 1024]
@@ -36,4 +36,4 @@ def test_paper_architecture_filters_and_batch_norm():
 def test_unknown_arch():
     model = AutoEncoder("resnet", (8, 8, 1), encoder_out=2)
     with pytest.raises(ConfigError, match="resnet"):
-        model.init(jax.random.PRNGKey(0), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1, 2)), False)
+        model.init(jax.random.key(0), jnp.zeros((1, 8, 8, 1)), jnp.zeros((1, 2)), False)

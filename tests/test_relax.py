@@ -176,10 +176,12 @@ def test_gumbel_rao_matches_direct_computation():
         for n_samples in (1, 3):
             noise = _direct_conditional_gumbel_noise(key_noise, logits, index, n_samples)
 
-            def surrogate(l):
+            def surrogate(l, noise=noise):
                 return jnp.mean(jax.nn.softmax((l + noise) / tau, axis=-1), axis=0)
 
-            estimator = lambda l: gumbel_rao(key, l, tau, n_samples)  # noqa: E731
+            def estimator(l, n_samples=n_samples):
+                return gumbel_rao(key, l, tau, n_samples)
+
             jacobians = jax.jacobian(estimator)(logits), jax.jacobian(surrogate)(logits)
             out.append((noise, estimator(logits), *jacobians))
         return out
@@ -383,7 +385,9 @@ def test_masked_class_gets_no_sample_and_no_gradient(estimator):
 
     def grad_with(mask_value):
         masked = logits.at[:, 1].set(mask_value)
-        code = lambda l: discrete_code(key, l, estimator, 0.7, n_samples=4)  # noqa: E731
+        def code(l):
+            return discrete_code(key, l, estimator, 0.7, n_samples=4)
+
         return code(masked), jax.grad(lambda l: jnp.sum(weights * code(l)))(masked)
 
     code_inf, grad_inf = jax.jit(grad_with, static_argnums=0)(-jnp.inf)

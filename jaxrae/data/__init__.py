@@ -1,0 +1,56 @@
+"""Data sets as uint8 image arrays with labels and a content fingerprint.
+
+One module per concern:
+
+- :mod:`jaxrae.data.spec`: the spec strings (``digits``, ``fashion_mnist``, ``mnist``,
+  ``idx:<dir>``, ``tfds:<name>``, each optionally ending in ``@crop=...,image_size=...``),
+  :func:`load_data`, the :class:`Dataset` it returns, :func:`make_dataset` for arrays you
+  already hold, and the content :func:`fingerprint` that caches are keyed on.
+- :mod:`jaxrae.data.preprocess`: raw arrays into a Dataset's types (uint8 NHWC images, int32
+  labels, 0/1 attributes), :func:`center_crop`, :func:`area_resize` (exact area averaging) and
+  :func:`preprocess_images` (both, in chunks).
+- :mod:`jaxrae.data.idx`: :func:`read_idx`, the strict IDX reader (gzipped or not), and the
+  ``idx:<dir>`` loader.
+- :mod:`jaxrae.data.tfds`: the tensorflow-datasets adapter; tensorflow-datasets is imported
+  only when a ``tfds:`` spec is loaded.
+
+The embedded ``digits`` file is package data (``jaxrae/_data/digits.npz``), read through
+``importlib.resources``.
+"""
+
+from jaxrae.data.idx import IDX_DTYPES, IDX_FILES, IDX_MAX_DIMS, read_idx
+from jaxrae.data.preprocess import (
+    MAX_CLASSES,
+    area_resize,
+    center_crop,
+    preprocess_images,
+)
+from jaxrae.data.spec import (
+    DEBIAN_FASHION_MNIST_DIR,
+    SPEC_OPTIONS,
+    VALID_SPECS,
+    Dataset,
+    fingerprint,
+    load_data,
+    make_dataset,
+)
+from jaxrae.data.tfds import TFDS_READ_CHUNK
+
+__all__ = [
+    "DEBIAN_FASHION_MNIST_DIR",
+    "IDX_DTYPES",
+    "IDX_FILES",
+    "IDX_MAX_DIMS",
+    "MAX_CLASSES",
+    "SPEC_OPTIONS",
+    "TFDS_READ_CHUNK",
+    "VALID_SPECS",
+    "Dataset",
+    "area_resize",
+    "center_crop",
+    "fingerprint",
+    "load_data",
+    "make_dataset",
+    "preprocess_images",
+    "read_idx",
+]
