@@ -593,8 +593,8 @@ def expected_objective_gradient(logits: jax.Array, objective) -> jax.Array:
         L(logits) = E_{b ~ prod_n Cat(softmax(logits_n))}[f(b)] = sum_b prod_n q_n(b_n) f(b),
         q_n = softmax(logits_n),  returned: grad_logits L.
 
-    The reference against which gradient estimators are measured (the small-model experiments
-    of Paulus et al. 2021, sec. 6, and Liu et al. 2023, sec. 6).
+    The reference against which gradient estimators are measured, as in the small enumerable
+    models of Paulus et al. (2021) and Liu et al. (2023).
 
     Args:
       logits: (N, K), with K^N at most ``MAX_ENUMERATED_CODES``.
@@ -604,7 +604,7 @@ def expected_objective_gradient(logits: jax.Array, objective) -> jax.Array:
       (N, K) gradient.
     """
     logits = _check_logits(logits)
-    chex.assert_rank(logits, 2)
+    require(logits.ndim == 2, "logits.shape", logits.shape, "must be (N, K): N categorical variables with K classes")
     codes = _all_one_hot_codes(*logits.shape, logits.dtype)
     values = jax.vmap(objective)(codes)
 
@@ -651,8 +651,8 @@ def estimator_gradient_moments(
     (``st``, ``st-gumbel``, ``gumbel-rao`` with ``n_samples`` conditional draws, ``reinmax``);
     ``gumbel-softmax``, the gradient of f at the relaxed sample (an estimate of the gradient of
     the relaxed objective, biased for the discrete one); and ``reinforce``, the score-function
-    estimator f(b) grad log q(b) (Williams 1992), unbiased. The comparison follows Paulus et al.
-    (2021, sec. 6) and Liu et al. (2023, sec. 6).
+    estimator f(b) grad log q(b) (Williams 1992), unbiased. The comparison is the one Paulus et
+    al. (2021) and Liu et al. (2023) make on small enumerable models.
 
     Pure: ``tau``, ``key`` and ``logits`` may be traced (``jit``, ``vmap`` over temperatures or
     keys); ``estimator``, ``n_draws`` and ``n_samples`` are static.
@@ -673,7 +673,7 @@ def estimator_gradient_moments(
     require(isinstance(n_draws, (int, np.integer)) and not isinstance(n_draws, bool) and n_draws >= 1,
             "n_draws", n_draws, "must be an integer >= 1")
     logits = _check_logits(logits)
-    chex.assert_rank(logits, 2)
+    require(logits.ndim == 2, "logits.shape", logits.shape, "must be (N, K): N categorical variables with K classes")
     exact = expected_objective_gradient(logits, objective)
     keys = jax.random.split(key, n_draws)
     grads = jax.vmap(lambda k: _estimator_gradient(k, logits, objective, estimator, tau, n_samples))(keys)

@@ -592,5 +592,7 @@ def test_gradient_moments_reject_bad_arguments():
         estimator_gradient_moments(rng(0), logits, jnp.sum, "score")
     with pytest.raises(ConfigError, match="n_draws=0 is invalid"):
         estimator_gradient_moments(rng(0), logits, jnp.sum, "st", n_draws=0)
+    with pytest.raises(ConfigError, match=r"logits.shape=\(2, 3, 4\) is invalid"):
+        expected_objective_gradient(jnp.zeros((2, 3, 4)), jnp.sum)
     with pytest.raises(ConfigError, match=r"logits.shape=\(17, 2\) is invalid"):
         expected_objective_gradient(jnp.zeros((17, 2)), jnp.sum)
