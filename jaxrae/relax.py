@@ -551,3 +551,123 @@ def fsq_codes_from_index(index: jax.Array, levels: Sequence[int], dtype=jnp.floa
     digits = (index // _fsq_basis(levels_array)) % levels_array.astype(np.int32)
     half_width = (levels_array // 2).astype(np.int32)
     return ((digits - half_width) / half_width).astype(dtype)
+
+
+# ----------------------------------------------------------------------------- estimator diagnostics
+
+GRADIENT_ESTIMATORS = ESTIMATORS + ("gumbel-softmax", "reinforce")
+MAX_ENUMERATED_CODES = 1 << 16  # K^N codes summed by expected_objective_gradient
+
+__all__ += ["GRADIENT_ESTIMATORS", "GradientMoments", "estimator_gradient_moments", "expected_objective_gradient"]
+
+
+class GradientMoments(NamedTuple):
+    """Moments of one gradient estimator next to the exact gradient; each field is shaped like the logits."""
+
+    mean: jax.Array  # (1/S) sum_s g_s, the Monte Carlo estimate of E[g]
+    variance: jax.Array  # per coordinate (1/S) sum_s (g_s - mean)^2
+    exact: jax.Array  # grad_logits E_{b ~ Cat(softmax(logits))}[f(b)], by enumeration
+
+
+def _all_one_hot_codes(num_variables: int, num_classes: int, dtype) -> jax.Array:
+    """Every code of N variables with K classes, (K^N, N, K) one-hot, in itertools.product order."""
+    require(num_classes**num_variables <= MAX_ENUMERATED_CODES, "logits.shape", (num_variables, num_classes),
+            f"enumeration needs K^N <= {MAX_ENUMERATED_CODES} codes")
+    indices = np.indices((num_classes,) * num_variables).reshape(num_variables, -1).T
+    return jax.nn.one_hot(jnp.asarray(indices), num_classes, dtype=dtype)
+
+
+def expected_objective_gradient(logits: jax.Array, objective) -> jax.Array:
+    """Exact gradient of an expectation over categorical codes, by enumerating all K^N codes.
+
+        L(logits) = E_{b ~ prod_n Cat(softmax(logits_n))}[f(b)] = sum_b prod_n q_n(b_n) f(b),
+        q_n = softmax(logits_n),  returned: grad_logits L.
+
+    The reference against which gradient estimators are measured, as in the small enumerable
+    models of Paulus et al. (2021) and Liu et al. (2023).
+
+    Args:
+      logits: (N, K), with K^N at most ``MAX_ENUMERATED_CODES``.
+      objective: f, a function of one (N, K) one-hot code to a scalar.
+
+    Returns:
+      (N, K) gradient.
+    """
+    logits = _check_logits(logits)
+    require(logits.ndim == 2, "logits.shape", logits.shape, "must be (N, K): N categorical variables with K classes")
+    codes = _all_one_hot_codes(*logits.shape, logits.dtype)
+    values = jax.vmap(objective)(codes)
+
+    def expected_value(logits):
+        log_prob_codes = jnp.sum(codes * jax.nn.log_softmax(logits, axis=-1), axis=(1, 2))
+        return jnp.sum(jnp.exp(log_prob_codes) * values)
+
+    return jax.grad(expected_value)(logits)
+
+
+def _estimator_gradient(key, logits, objective, estimator: str, tau, n_samples: int) -> jax.Array:
+    """One draw g(key) of an estimator's gradient of E[f(b)] with respect to ``logits``."""
+    if estimator == "reinforce":  # score function (Williams 1992): f(b) grad log q(b), b ~ q
+        sample = jax.nn.one_hot(jax.random.categorical(key, logits), logits.shape[-1], dtype=logits.dtype)
+        score = jax.grad(lambda x: jnp.sum(sample * jax.nn.log_softmax(x, axis=-1)))(logits)
+        return objective(sample) * score
+
+    def code_of(x):
+        if estimator == "gumbel-softmax":  # f at the relaxed sample: the relaxed objective's gradient
+            return gumbel_softmax(key, x, tau)
+        return discrete_code(key, x, estimator, tau, n_samples)
+
+    return jax.grad(lambda x: objective(code_of(x)))(logits)
+
+
+def estimator_gradient_moments(
+    key: jax.Array,
+    logits: jax.Array,
+    objective,
+    estimator: str,
+    tau=1.0,
+    n_draws: int = 10_000,
+    n_samples: int = 10,
+) -> GradientMoments:
+    """Mean and variance of a gradient estimator over ``n_draws`` keys, next to the exact gradient.
+
+    With g_s = grad_logits f(code(k_s, logits)) for the keys k_s = ``jax.random.split(key, S)``:
+
+        mean = (1/S) sum_s g_s,   variance = (1/S) sum_s (g_s - mean)^2   (per coordinate),
+        exact = grad_logits E_{b ~ Cat(softmax(logits))}[f(b)]   (:func:`expected_objective_gradient`).
+
+    From these: bias = mean - exact, with Monte Carlo standard error sqrt(sum(variance) / S);
+    E||g - exact||^2 = ||bias||^2 + sum(variance). Estimators: those of :func:`discrete_code`
+    (``st``, ``st-gumbel``, ``gumbel-rao`` with ``n_samples`` conditional draws, ``reinmax``);
+    ``gumbel-softmax``, the gradient of f at the relaxed sample (an estimate of the gradient of
+    the relaxed objective, biased for the discrete one); and ``reinforce``, the score-function
+    estimator f(b) grad log q(b) (Williams 1992), unbiased. The comparison is the one Paulus et
+    al. (2021) and Liu et al. (2023) make on small enumerable models.
+
+    Pure: ``tau``, ``key`` and ``logits`` may be traced (``jit``, ``vmap`` over temperatures or
+    keys); ``estimator``, ``n_draws`` and ``n_samples`` are static.
+
+    Args:
+      key: PRNG key, split into ``n_draws`` keys.
+      logits: (N, K), with K^N at most ``MAX_ENUMERATED_CODES``.
+      objective: f, a function of one (N, K) code to a scalar, differentiable in the code.
+      estimator: one of ``GRADIENT_ESTIMATORS``.
+      tau: temperature > 0 (ignored by ``st`` and ``reinforce``).
+      n_draws: S >= 1, gradient draws averaged.
+      n_samples: conditional Gumbel draws per code of ``gumbel-rao``.
+
+    Returns:
+      ``GradientMoments(mean, variance, exact)``, each (N, K).
+    """
+    require(estimator in GRADIENT_ESTIMATORS, "estimator", estimator, f"choose one of {', '.join(GRADIENT_ESTIMATORS)}")
+    require(isinstance(n_draws, (int, np.integer)) and not isinstance(n_draws, bool) and n_draws >= 1,
+            "n_draws", n_draws, "must be an integer >= 1")
+    logits = _check_logits(logits)
+    require(logits.ndim == 2, "logits.shape", logits.shape, "must be (N, K): N categorical variables with K classes")
+    exact = expected_objective_gradient(logits, objective)
+    keys = jax.random.split(key, n_draws)
+    grads = jax.vmap(lambda k: _estimator_gradient(k, logits, objective, estimator, tau, n_samples))(keys)
+    # Moments of the deviations from the first draw: a deterministic estimator (st) gets a
+    # variance of exactly 0, which a float32 mean of S equal values would not give.
+    deviations = grads - grads[0]
+    return GradientMoments(grads[0] + jnp.mean(deviations, axis=0), jnp.var(deviations, axis=0), exact)

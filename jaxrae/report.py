@@ -382,6 +382,40 @@ def _show(ax, mosaic: np.ndarray, title: str | None = None) -> None:
         ax.set_title(title, fontsize=9)
 
 
+def show_grid(ax, images: np.ndarray, n_cols: int, title: str | None = None) -> np.ndarray:
+    """Draw images (n, H, W, C) in [0, 1] on a matplotlib ``ax`` as one :func:`tile` mosaic.
+
+    The panels of this module's figures, for notebooks and scripts: gray images use ``gray_r``
+    (ink dark on light) on the fixed range [0, 1], color images are shown as they are, no ticks.
+    Returns the mosaic drawn, (rows*(H+1)-1, n_cols*(W+1)-1, C).
+    """
+    mosaic = tile(images, n_cols)
+    _show(ax, mosaic, title)
+    return mosaic
+
+
+def figure_png(fig, dpi: int = 110) -> bytes:
+    """A matplotlib figure rendered to PNG bytes (tight bounding box), then closed to free it."""
+    import matplotlib.pyplot as plt
+
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=dpi, bbox_inches="tight")
+    plt.close(fig)
+    return buf.getvalue()
+
+
+def show_figure(fig, dpi: int = 90) -> None:
+    """Display a figure in Jupyter/IPython as a PNG (:func:`figure_png`), whatever the backend.
+
+    The PNG is rendered explicitly, so a notebook shows the same image under the inline backend,
+    Agg, or a headless kernel executed by nbclient; the figure is closed, so the inline backend
+    does not show it a second time.
+    """
+    from IPython.display import Image, display
+
+    display(Image(data=figure_png(fig, dpi), format="png"))
+
+
 def plot_reconstructions(path, originals: np.ndarray, reconstructions: Mapping[str, np.ndarray]) -> None:
     """Row 1: test images; one row per method: their reconstructions (representative seed)."""
     plt = _pyplot()

@@ -1,10 +1,12 @@
-"""Every notebook runs top to bottom at its tiny size (JAXRAE_NOTEBOOK_TINY=1), offline.
+"""The notebooks: their .py sources and committed .ipynb agree, and each runs top to bottom at its
+tiny size (JAXRAE_NOTEBOOK_TINY=1), offline.
 
-The kernel is the "python3" kernelspec, which ipykernel installs into the environment it is
-installed in (``<venv>/share/jupyter/kernels/python3``); its command starts with ``python``, which
-jupyter_client replaces by the interpreter running these tests, so the notebooks see the same
-environment as pytest, in CI's fresh venv as on a laptop. The notebooks are committed without
-outputs and built by notebooks/make_notebooks.py; a test checks that the two agree.
+notebooks/0*.py (jupytext percent format) are the sources; the .ipynb are made from them with
+``jupytext --update --to ipynb notebooks/0*.py`` (``--update`` keeps the cell ids) and committed
+without outputs. The kernel is the "python3" kernelspec, which ipykernel installs into the
+environment it is installed in (``<venv>/share/jupyter/kernels/python3``); its command starts with
+``python``, which jupyter_client replaces by the interpreter running these tests, so the notebooks
+see the same environment as pytest, in CI's fresh venv as on a laptop.
 """
 
 from __future__ import annotations
@@ -22,26 +24,26 @@ NOTEBOOKS = sorted(p.name for p in NOTEBOOK_DIR.glob("0*.ipynb"))
 TIMEOUT_S = 600  # per cell; the tiny sizes take seconds (compilation included) on a free CPU
 
 
-def test_the_four_notebooks_exist():
+def test_the_four_notebooks_exist_with_their_python_sources():
     assert NOTEBOOKS == ["01_quickstart.ipynb", "02_table_and_figures.ipynb",
                          "03_discrete_relaxations.ipynb", "04_interpolations.ipynb"]
+    assert sorted(p.name for p in NOTEBOOK_DIR.glob("0*.py")) == [n.replace(".ipynb", ".py") for n in NOTEBOOKS]
 
 
-def test_committed_notebooks_match_the_generator_and_have_no_outputs():
-    nbformat = pytest.importorskip("nbformat")
-    sys.path.insert(0, str(NOTEBOOK_DIR))
-    try:
-        import make_notebooks
-    finally:
-        sys.path.remove(str(NOTEBOOK_DIR))
-    for name in NOTEBOOKS:
-        committed = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
-        built = make_notebooks.build(name)
-        assert [c.source for c in committed.cells] == [c.source for c in built.cells], (
-            f"{name} differs from notebooks/make_notebooks.py; rerun `python notebooks/make_notebooks.py`")
-        for cell in committed.cells:
-            if cell.cell_type == "code":
-                assert cell.outputs == [] and cell.execution_count is None, f"{name} is committed with outputs"
+@pytest.mark.parametrize("name", NOTEBOOKS)
+def test_committed_notebook_matches_its_python_source_and_has_no_outputs(name):
+    import jupytext  # a test dependency: without it a stale .ipynb would pass unnoticed
+    import nbformat
+
+    source = jupytext.read(NOTEBOOK_DIR / name.replace(".ipynb", ".py"))
+    committed = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
+    assert [(c.cell_type, c.source) for c in committed.cells] == [(c.cell_type, c.source) for c in source.cells], (
+        f"notebooks/{name} differs from its source notebooks/{name[:-6]}.py; "
+        "rerun `jupytext --update --to ipynb notebooks/0*.py` and commit both")
+    assert committed.metadata["kernelspec"]["name"] == "python3"
+    for cell in committed.cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{name} is committed with outputs"
 
 
 @pytest.mark.slow

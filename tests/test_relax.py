@@ -12,10 +12,14 @@ import pytest
 from jaxrae.errors import ConfigError
 from jaxrae.relax import (
     ESTIMATORS,
+    GRADIENT_ESTIMATORS,
+    GradientMoments,
     categorical_kl_uniform,
     conditional_gumbel,
     constant_temperature,
     discrete_code,
+    estimator_gradient_moments,
+    expected_objective_gradient,
     exponential_temperature,
     finite_scalar_quantize,
     fsq_codes_from_index,
@@ -256,33 +260,16 @@ def test_reinmax_gradient_matches_algorithm():
 def test_reinmax_is_unbiased_for_quadratic_objectives_at_tau_one():
     # Heun's method is exact on quadratics: with tau = 1, E[ReinMax gradient] equals the exact
     # gradient of E[f(b)] for f quadratic in the one-hot codes (Liu et al. 2023, sec. 4).
-    num_variables, num_classes = 2, 3
-    logits = normal(20, (num_variables, num_classes))
+    logits = normal(20, (2, 3))
     quadratic = normal(21, (6, 6))
-    keys = jax.random.split(rng(22), N_DRAWS)
 
     def objective(code):
         flat = code.reshape(-1)
         return flat @ quadratic @ flat
 
-    @jax.jit
-    def exact_and_sampled():
-        one_hots = jax.nn.one_hot(
-            jnp.array([[i, j] for i in range(num_classes) for j in range(num_classes)]),
-            num_classes,
-        )
-
-        def expected_value(l):
-            log_q = jnp.sum(one_hots * jax.nn.log_softmax(l, axis=-1), axis=(1, 2))
-            return jnp.sum(jnp.exp(log_q) * jax.vmap(objective)(one_hots))
-
-        sampled = jax.vmap(lambda k: jax.grad(lambda l: objective(reinmax(k, l, 1.0)))(logits))
-        return jax.grad(expected_value)(logits), sampled(keys)
-
-    exact, sampled = exact_and_sampled()
-    sampled = np.asarray(sampled)
-    std_err = np.sqrt(sampled.var(0) / N_DRAWS)
-    np.testing.assert_array_less(np.abs(sampled.mean(0) - exact), SIGMAS * std_err + 1e-6)
+    moments = jax.jit(lambda key: estimator_gradient_moments(key, logits, objective, "reinmax", 1.0, N_DRAWS))(rng(22))
+    std_err = np.sqrt(np.asarray(moments.variance) / N_DRAWS)
+    np.testing.assert_array_less(np.abs(moments.mean - moments.exact), SIGMAS * std_err + 1e-6)
 
 
 # ----------------------------------------------------------------------------- densities
@@ -512,3 +499,104 @@ def test_fsq_codes_lie_on_grid_and_index_is_a_bijection():
     shift = np.arctanh(np.array([0.0, 0.5, 0.0]) / half_l)
     expected = (1 - np.tanh(np.asarray(point) + shift) ** 2) * half_l / half_width
     np.testing.assert_allclose(grad, expected, rtol=1e-5)
+
+
+# ----------------------------------------------------------------------------- estimator diagnostics
+
+
+def quadratic_objective(quadratic, linear):
+    def objective(code):
+        flat = code.reshape(-1)
+        return flat @ quadratic @ flat + linear @ flat
+
+    return objective
+
+
+def expected_quadratic(logits, quadratic, linear):
+    """E[b'Ab + c'b] over independent one-hot variables in closed form, without enumeration:
+    E[b_i b_j] = p_i p_j for coordinates of different variables, p_i [i == j] within one."""
+    num_variables, num_classes = logits.shape
+    p = jax.nn.softmax(logits, axis=-1).reshape(-1)
+    same_variable = jnp.kron(jnp.eye(num_variables), jnp.ones((num_classes, num_classes))) > 0
+    second_moment = jnp.where(same_variable, jnp.diag(p), jnp.outer(p, p))
+    return jnp.sum(quadratic * second_moment) + linear @ p
+
+
+@pytest.mark.parametrize("shape", [(2, 3), (3, 2), (1, 4)])
+def test_expected_objective_gradient_matches_closed_form(shape):
+    size = shape[0] * shape[1]
+    logits, quadratic, linear = normal(30, shape), normal(31, (size, size)), normal(32, (size,))
+    got = expected_objective_gradient(logits, quadratic_objective(quadratic, linear))
+    chex.assert_shape(got, shape)
+    np.testing.assert_allclose(got, jax.grad(expected_quadratic)(logits, quadratic, linear), rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_moments_equal_mean_and_variance_of_per_key_gradients():
+    logits, quadratic, linear = normal(33, (2, 3)), normal(34, (6, 6)), normal(35, (6,))
+    objective, tau, n_draws = quadratic_objective(quadratic, linear), 0.5, 256
+
+    @jax.jit
+    def moments_and_draws(key):
+        def one(k):  # straight-through Gumbel-softmax written out (Jang et al. 2017)
+            def code_of(x):
+                perturbed = x + jax.random.gumbel(k, x.shape)
+                relaxed = jax.nn.softmax(perturbed / tau, axis=-1)
+                return jax.lax.stop_gradient(jax.nn.one_hot(jnp.argmax(perturbed, -1), 3) - relaxed) + relaxed
+
+            return jax.grad(lambda x: objective(code_of(x)))(logits)
+
+        moments = estimator_gradient_moments(key, logits, objective, "st-gumbel", tau, n_draws)
+        return moments, jax.vmap(one)(jax.random.split(key, n_draws))
+
+    moments, draws = moments_and_draws(rng(36))
+    draws = np.asarray(draws, np.float64)
+    chex.assert_trees_all_close(
+        moments,
+        GradientMoments(draws.mean(0), draws.var(0), jax.grad(expected_quadratic)(logits, quadratic, linear)),
+        rtol=1e-4, atol=1e-5,
+    )
+
+
+def test_straight_through_moments_are_deterministic_softmax_pullback():
+    logits, quadratic, linear = normal(37, (3, 2)), normal(38, (6, 6)), normal(39, (6,))
+    objective = quadratic_objective(quadratic, linear)
+    moments = estimator_gradient_moments(rng(40), logits, objective, "st", n_draws=8)
+    # Bengio et al. 2013: d f / d b at one_hot(argmax), pulled back through softmax's Jacobian.
+    p = jax.nn.softmax(logits, axis=-1)
+    df_db = jax.grad(objective)(jax.nn.one_hot(jnp.argmax(logits, -1), 2))
+    expected = p * (df_db - jnp.sum(p * df_db, axis=-1, keepdims=True))
+    np.testing.assert_array_equal(moments.variance, 0.0)  # exactly: every draw is the same code
+    np.testing.assert_allclose(moments.mean, expected, rtol=1e-5, atol=1e-6)
+
+
+def test_reinforce_moments_are_unbiased_and_vmap_over_temperatures():
+    logits, quadratic, linear = normal(41, (2, 3)), normal(42, (6, 6)), normal(43, (6,))
+    objective = quadratic_objective(quadratic, linear)
+
+    @jax.jit
+    def moments(tau):
+        return estimator_gradient_moments(rng(44), logits, objective, "reinforce", tau, N_DRAWS)
+
+    reinforce = moments(1.0)
+    std_err = np.sqrt(np.asarray(reinforce.variance) / N_DRAWS)
+    np.testing.assert_array_less(np.abs(reinforce.mean - reinforce.exact), SIGMAS * std_err)
+
+    # One vmapped call over temperatures gives each temperature's own moments.
+    taus = jnp.array([0.5, 2.0])
+    soft = jax.jit(jax.vmap(lambda t: estimator_gradient_moments(rng(45), logits, objective, "gumbel-softmax", t, 64)))(taus)
+    for i, tau in enumerate(taus):
+        one = estimator_gradient_moments(rng(45), logits, objective, "gumbel-softmax", tau, 64)
+        chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], soft), one, rtol=1e-5, atol=1e-6)
+
+
+def test_gradient_moments_reject_bad_arguments():
+    logits = jnp.zeros((2, 3))
+    assert "gumbel-softmax" in GRADIENT_ESTIMATORS and "reinforce" in GRADIENT_ESTIMATORS
+    with pytest.raises(ConfigError, match="estimator='score' is invalid"):
+        estimator_gradient_moments(rng(0), logits, jnp.sum, "score")
+    with pytest.raises(ConfigError, match="n_draws=0 is invalid"):
+        estimator_gradient_moments(rng(0), logits, jnp.sum, "st", n_draws=0)
+    with pytest.raises(ConfigError, match=r"logits.shape=\(2, 3, 4\) is invalid"):
+        expected_objective_gradient(jnp.zeros((2, 3, 4)), jnp.sum)
+    with pytest.raises(ConfigError, match=r"logits.shape=\(17, 2\) is invalid"):
+        expected_objective_gradient(jnp.zeros((17, 2)), jnp.sum)

@@ -140,6 +140,38 @@ def test_figures_render(tmp_path):
         assert (tmp_path / f"{name}.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
 
+def test_show_grid_draws_the_tiled_mosaic_in_gray_r():
+    import matplotlib.pyplot as plt
+
+    images = np.arange(5 * 2 * 3, dtype=np.float32).reshape(5, 2, 3, 1) / 30.0
+    fig, ax = plt.subplots()
+    mosaic = report.show_grid(ax, images, n_cols=3, title="five")
+    # 2 rows x 3 columns of 2x3 images with 1-pixel gaps; the sixth cell stays gap-valued.
+    assert mosaic.shape == (2 * 3 - 1, 3 * 4 - 1, 1)
+    np.testing.assert_array_equal(mosaic[0:2, 0:3, 0], images[0, ..., 0])
+    np.testing.assert_array_equal(mosaic[3:5, 4:7, 0], images[4, ..., 0])
+    assert np.all(mosaic[2, :, 0] == 0.12) and np.all(mosaic[3:5, 8:11, 0] == 0.12)
+    (drawn,) = ax.get_images()
+    np.testing.assert_array_equal(drawn.get_array(), mosaic[..., 0])
+    assert drawn.get_cmap().name == "gray_r" and drawn.get_clim() == (0, 1)
+    assert ax.get_title() == "five"
+    plt.close(fig)
+
+
+def test_show_figure_displays_one_png_and_closes_the_figure(monkeypatch):
+    import matplotlib.pyplot as plt
+
+    display_module = pytest.importorskip("IPython.display")
+    shown = []
+    monkeypatch.setattr(display_module, "display", shown.append)
+    fig, ax = plt.subplots(figsize=(2, 1))
+    ax.plot([0, 1], [1, 0])
+    report.show_figure(fig)
+    (image,) = shown
+    assert isinstance(image, display_module.Image) and image.data[:8] == b"\x89PNG\r\n\x1a\n"
+    assert not plt.fignum_exists(fig.number)
+
+
 # --------------------------------------------------------------------------------------------
 # compare's pure pieces: experiment files, interpolation, loss curves
 
