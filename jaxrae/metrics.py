@@ -33,9 +33,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrae.checkpoint import atomic_write_bytes
 from jaxrae.data import Dataset
 from jaxrae.errors import DataError
+from jaxrae.io import atomic_write_bytes
 
 __all__ = [
     "FD_METRIC_NAME",
@@ -618,7 +618,7 @@ def _save_feature_network(path: pathlib.Path, net: FeatureNetwork) -> None:
     }
     if net.target != "labels":  # label records keep the fdnet-v1 format exactly
         record["target"] = net.target
-    # Temp file + rename (jaxrae.checkpoint): readers see the old file or the whole new one,
+    # Temp file + rename (jaxrae.io): readers see the old file or the whole new one,
     # never a partial write, even with concurrent runs.
     atomic_write_bytes(path, flax.serialization.msgpack_serialize(record))
 

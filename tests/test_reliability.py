@@ -10,7 +10,7 @@ import jax
 import numpy as np
 import pytest
 
-from jaxrae.checkpoint import atomic_write_bytes, load_checkpoint
+from jaxrae.io import atomic_write_bytes, load_checkpoint
 
 
 def _train_args(out):

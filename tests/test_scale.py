@@ -62,10 +62,10 @@ print("RESULT " + json.dumps(out))
 
 _TWO_PROCESSES = """
 distributed.initialize()  # from JAXRAE_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID; before any computation
-from jaxrae import checkpoint as ckpt
+from jaxrae import io as jio
 saves = []
-_save = ckpt.save_checkpoint
-ckpt.save_checkpoint = lambda *a, **k: (saves.append(1), _save(*a, **k))
+_save = jio.save_checkpoint
+jio.save_checkpoint = lambda *a, **k: (saves.append(1), _save(*a, **k))
 runs = train(CONFIG, data, [0, 1, 2, 3], progress=False, checkpoint_path=sys.argv[1])
 print("RESULT " + json.dumps(dict(process=jax.process_index(), processes=jax.process_count(), devices=len(jax.devices()),
       losses=runs.losses.tolist(), layout=layouts[-1], saves=len(saves), primary=distributed.is_primary())))
