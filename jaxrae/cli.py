@@ -1,4 +1,4 @@
-"""The ``jaxrae`` command: ``methods``, ``train`` and ``compare``.
+"""The ``jaxrae`` command: ``methods``, ``train`` and ``compare``; every argparse line of jaxrae.
 
 Errors a user can cause (a config value, a data file, a checkpoint, an output directory) are
 printed as one line, ``jaxrae: error: ...``, with exit status 2 and no traceback.
@@ -9,11 +9,33 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import os
+import re
 import shlex
 import sys
+import time
 from pathlib import Path
+from typing import Any, Mapping
 
-from jaxrae.errors import ConfigError, JaxraeError
+import numpy as np
+
+from jaxrae import compare, distributed, methods, report
+from jaxrae.config import TrainConfig, field_names
+from jaxrae.data import load_data
+from jaxrae.errors import CheckpointError, ConfigError, JaxraeError, invalid, require
+from jaxrae.experiment import (
+    DEFAULT_DATA,
+    DEFAULT_JOB_CONFIG,
+    DEFAULT_METHODS,
+    DEFAULT_N_COMPONENTS,
+    DEFAULT_N_EVAL,
+    DEFAULT_SEEDS,
+    Experiment,
+    load_experiment,
+)
+from jaxrae.io import atomic_write_json, prepare_out_dir
+from jaxrae.metrics import code_usage, reconstruction_error
+from jaxrae.provenance import environment
+from jaxrae.train import train
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -23,9 +45,8 @@ def parse_seeds(text: str) -> list[int]:
             return [int(s) for s in text.split(",") if s.strip()]
         n = int(text)
     except ValueError:
-        raise ConfigError(f"--seeds={text!r} is invalid: give a count (4) or a comma-separated list (0,5,7)") from None
-    if n < 1:
-        raise ConfigError(f"--seeds={text!r} is invalid: at least one seed")
+        raise invalid("--seeds", text, "give a count (4) or a comma-separated list (0,5,7)") from None
+    require(n >= 1, "--seeds", text, "at least one seed")
     return list(range(n))
 
 
@@ -34,19 +55,16 @@ def parse_sweep(items: list[str] | None) -> dict[str, list[float]]:
     sweep: dict[str, list[float]] = {}
     for item in items or []:
         name, sep, values = item.partition("=")
-        if not sep or not values:
-            raise ConfigError(f"--sweep {item!r} is invalid: write NAME=V1,V2,... (e.g. beta=1e-4,1e-3)")
+        require(sep and values, "--sweep", item, "write NAME=V1,V2,... (e.g. beta=1e-4,1e-3)")
         try:
             sweep[name.strip().replace("-", "_")] = [float(v) for v in values.split(",") if v.strip()]
         except ValueError:
-            raise ConfigError(f"--sweep {item!r} is invalid: values must be numbers") from None
+            raise invalid("--sweep", item, "values must be numbers") from None
     return sweep
 
 
 def add_config_flags(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (``--latent-dim``, ``--beta``, ...), default: the config's."""
-    from jaxrae.config import TrainConfig
-
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         if field.name == "fsq_levels":
@@ -59,30 +77,13 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def config_from_args(args, **overrides):
     """A TrainConfig from the flags that were given (others keep their defaults)."""
-    from jaxrae.config import TrainConfig, field_names
-
     values = {name: getattr(args, name) for name in field_names() if getattr(args, name, None) is not None}
     values.update({k: v for k, v in overrides.items() if v is not None})
     return TrainConfig(**values)
 
 
-def prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Refuse to write into a directory holding results unless --resume or --overwrite."""
-    if resume and overwrite:
-        raise ConfigError("--resume and --overwrite exclude each other; choose one")
-    if out.exists() and any(out.iterdir()):
-        if overwrite:
-            import shutil
-
-            shutil.rmtree(out)
-        elif not resume:
-            raise ConfigError(f"output directory {out} already holds results; pass --resume to continue it or --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
-
-
 def cmd_methods(args) -> int:
-    from jaxrae import methods
-
+    """``jaxrae methods``: one line per preset, its four choices of the grid and its weights."""
     print(f"{'name':<11} {'encoder':<13} {'code':<15} {'latent_reg':<11} {'decoder_reg':<11} {'beta':>9} {'lambda':>9}")
     for name in methods.names():
         m = methods.get(name)
@@ -91,30 +92,20 @@ def cmd_methods(args) -> int:
 
 
 def cmd_train(args) -> int:
-    import numpy as np
-
-    from jaxrae import checkpoint as ckpt
-    from jaxrae.data import load_data
-    from jaxrae.provenance import environment
-    from jaxrae.train import train
-
+    """``jaxrae train``: one method, several seeds (and swept hyperparameters) in one program."""
     config = config_from_args(args)
     seeds = parse_seeds(args.seeds)
     sweep = parse_sweep(args.sweep)
     data = load_data(args.data)
     out = Path(args.out)
-    from jaxrae import distributed
-
     # With several processes (--distributed) one of them owns the output directory; the others
     # wait for it, train their share, and write nothing. --out must be on shared storage.
     primary = distributed.is_primary()
     if primary:
         prepare_out_dir(out, args.resume, args.overwrite)
-        ckpt.atomic_write_json(out / "config.json", {"config": config.to_dict(), "data": args.data, "seeds": seeds, "sweep": sweep})
+        atomic_write_json(out / "config.json", {"config": config.to_dict(), "data": args.data, "seeds": seeds, "sweep": sweep})
     distributed.barrier("out-ready")
     runs = train(config, data, seeds, sweep=sweep, checkpoint_path=out / "checkpoint.msgpack", progress=not args.quiet)
-    from jaxrae.metrics import code_usage, reconstruction_error
-
     test = data.test_images
     codes = runs.encode(test)
     recs = runs.decode(codes)
@@ -133,7 +124,7 @@ def cmd_train(args) -> int:
     }
     if not primary:
         return 0
-    ckpt.atomic_write_json(out / "history.json", history)
+    atomic_write_json(out / "history.json", history)
     print(f"{config.method_name} on {data.name}: {len(runs.runs)} run(s), {config.steps} steps, "
           f"{runs.wall_time_s:.1f}s training + {runs.compile_time_s:.1f}s compilation")
     usage_head = f" {'perplexity':>10} {'distinct':>8}" if usage else ""
@@ -152,7 +143,128 @@ def cmd_train(args) -> int:
     return 0
 
 
+def default_out_dir(data: str) -> Path:
+    """``runs/compare-<data>`` (characters other than letters, digits, ``-_.`` become ``_``)."""
+    return Path("runs") / f"compare-{re.sub(r'[^A-Za-z0-9_.-]+', '_', data)}"
+
+
+def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
+    """The ``jaxrae compare`` flags (every TrainConfig field too, applied to every row)."""
+    parser.description = (
+        "Train every row (a method, or a labelled variant of one: see experiments/README.md) for every "
+        "seed (one vmapped program per row), evaluate each seed "
+        "(reconstruction error; FD in classifier features of reconstructions, prior samples, "
+        "ex-post samples and interpolations; precision/recall; code log-likelihood; code usage), "
+        "and write results.json, table.md/.csv and PNG figures. With no arguments: the main job, "
+        f"{DEFAULT_DATA} x {','.join(DEFAULT_METHODS)} x {DEFAULT_SEEDS} seeds, "
+        f"{DEFAULT_JOB_CONFIG['steps']} steps of batch {DEFAULT_JOB_CONFIG['batch_size']}, into "
+        f"{default_out_dir(DEFAULT_DATA)}."
+    )
+    g = parser.add_argument_group("comparison")
+    g.add_argument("--config", dest="experiment_file", default=None,
+                   help="experiment TOML (experiments/<name>.toml); flags given here override its top-level keys "
+                        "and [config]; a TrainConfig flag for a field that a [variants.*] or [overrides.*] table "
+                        "sets is an error")
+    g.add_argument("--data", default=None, help="digits | fashion_mnist | mnist | idx:<dir> | tfds:<name>, optionally with a "
+                   f"preprocessing suffix such as tfds:celeb_a@crop=140,image_size=64 (default {DEFAULT_DATA})")
+    g.add_argument("--methods", default=None, help=f"comma-separated presets (default {','.join(DEFAULT_METHODS)}; see `jaxrae methods`); "
+                                                 "they replace the file's methods, its [variants.*] rows stay")
+    g.add_argument("--seeds", default=None, help=f"a count (5 -> 0..4) or a list (0,5,7) (default {DEFAULT_SEEDS})")
+    g.add_argument("--baseline", default=None, help="method or variant label the others are compared to, paired over seeds "
+                                                   "(default: the first row)")
+    g.add_argument("--n-eval", type=int, default=None, help=f"test images and generated samples per FD (default {DEFAULT_N_EVAL}, capped at the test set)")
+    g.add_argument("--n-train", type=int, default=None, help="use only the first N training images")
+    g.add_argument("--n-test", type=int, default=None, help="use only the first N test images")
+    g.add_argument("--n-components", type=int, default=None, help=f"components of the ex-post mixture (default {DEFAULT_N_COMPONENTS}, as Ghosh et al.)")
+    g.add_argument("--feature-steps", type=int, default=None, help="training steps of the FD feature classifier (cached per data set)")
+    g.add_argument("--out", default=None,
+                   help="output directory (default runs/compare-<data>). An explicit --out that holds results needs "
+                        "--resume or --overwrite; the default directory is resumed automatically, so rerunning a plain "
+                        "`jaxrae compare` skips finished rows and continues an interrupted one")
+    g.add_argument("--resume", action="store_true", help="skip finished rows in --out, continue an interrupted one from its checkpoint")
+    g.add_argument("--overwrite", action="store_true", help="delete what --out holds and start afresh")
+    g.add_argument("--quiet", action="store_true", help="no progress bars (the summary table is still printed)")
+    shared = ", ".join(f"{k}={v}" for k, v in DEFAULT_JOB_CONFIG.items())
+    t = parser.add_argument_group(f"training (TrainConfig fields, applied to every row; they override the TOML's [config], "
+                                  "and may not set a field that a row's [variants.*]/[overrides.*] table sets; "
+                                  f"compare's defaults: {shared}, the rest TrainConfig's)")
+    add_config_flags(t)
+    for action in t._group_actions:
+        if action.dest == "method":  # a comparison names its methods with --methods
+            action.help = argparse.SUPPRESS
+
+
+def experiment_from_args(args) -> Experiment:
+    """Defaults < ``--config`` TOML < flags given on the command line.
+
+    TrainConfig flags replace ``[config]`` values; a flag for a field that a row's own table
+    (``[variants.<label>]`` or ``[overrides.<method>]``) sets is a ConfigError
+    (:func:`_reject_flags_that_rows_set` says why).
+    """
+    base = load_experiment(args.experiment_file) if args.experiment_file else Experiment()
+    values = base.to_dict()
+    method = getattr(args, "method", None)
+    require(method is None, "--method", method, "not a compare flag; list the methods with --methods a,b,c")
+    if args.data is not None:
+        values["data"] = args.data
+    if args.methods is not None:
+        values["methods"] = args.methods  # "a,b,c": Experiment.from_dict splits it
+    if args.seeds is not None:
+        values["seeds"] = parse_seeds(args.seeds)
+    for flag in ("baseline", "n_eval", "n_train", "n_test", "feature_steps", "n_components"):
+        if getattr(args, flag) is not None:
+            values[flag] = getattr(args, flag)
+    given = {name: getattr(args, name) for name in field_names() if name != "method" and getattr(args, name, None) is not None}
+    source = f"{args.experiment_file} with the command-line flags" if args.experiment_file else "command line"
+    try:
+        _reject_flags_that_rows_set(given, base)
+    except ConfigError as e:
+        raise ConfigError(f"{source}: {e}") from None
+    values["config"] = {**values["config"], **given}
+    return Experiment.from_dict(values, source=source)
+
+
+def _reject_flags_that_rows_set(flags: Mapping[str, Any], experiment: Experiment) -> None:
+    """ConfigError if a TrainConfig flag sets a field that some row's own table also sets.
+
+    A flag applies to every row, like ``[config]``, and wins over ``[config]``. A row's own
+    table (``[variants.<label>]``, or ``[overrides.<method>]``, which is the same thing for a
+    plain method) says how that row differs from the others. If a flag won there too, ``--tau 1``
+    would silently train every ``*-tau0.5``/``*-tau2`` variant at tau 1 under labels that say
+    otherwise, i.e. flatten the grid; if the row won, the flag would be silently ignored for it.
+    Neither is safe, so the collision is an error naming the flag and the tables.
+    """
+    for field, value in flags.items():
+        tables = [experiment.row_table(label) for label, row in experiment.rows.items() if field in row]
+        flag = "--" + field.replace("_", "-")
+        listed = ", ".join(tables[:4]) + (f" and {len(tables) - 4} more" if len(tables) > 4 else "")
+        require(not tables, flag, value, f"it sets {field} for every row, but {listed} also set {field}, and a flag "
+                f"would erase that difference between rows; drop {flag}, or change {field} in those tables")
+
+
+def cmd_compare(args) -> int:
+    """``jaxrae compare``: run (or resume) the comparison, write its outputs, print the summary table."""
+    experiment = experiment_from_args(args)
+    out = Path(args.out) if args.out else default_out_dir(experiment.data)
+    resume = args.resume or (args.out is None and not args.overwrite)
+    t0 = time.perf_counter()
+    try:
+        results = compare.run_compare(experiment, out, resume=resume, overwrite=args.overwrite, progress=not args.quiet,
+                                      command=getattr(args, "command_line", None))
+    except compare.CompareInterrupted as e:  # only reachable from the Python API, kept for symmetry
+        raise CheckpointError(f"{e}; rerun with --resume") from None
+    print()
+    print(report.render_summary(results, results["table"]))
+    print()
+    n_runs = sum(len(m["ok"]) for m in results["methods"].values())
+    print(f"{len(results['methods'])} rows (methods and variants) x {len(experiment.seeds)} seeds ({n_runs} runs) in "
+          f"{time.perf_counter() - t0:.1f}s; written to {out}/ "
+          "(results.json, table.md, table.csv, reconstructions/samples/interpolations/metrics/losses.png)")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
+    """The ``jaxrae`` parser with its subcommands ``methods``, ``train`` and ``compare``."""
     parser = argparse.ArgumentParser(prog="jaxrae", description="Regularized autoencoders in JAX, many seeds at once.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -170,15 +282,17 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_flags(p)
     p.set_defaults(func=cmd_train)
 
-    from jaxrae import compare
-
     p = sub.add_parser("compare", help="methods x seeds with the full evaluation (the main job)")
-    compare.add_arguments(p)
-    p.set_defaults(func=compare.main)
+    add_compare_arguments(p)
+    p.set_defaults(func=cmd_compare)
     return parser
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run the ``jaxrae`` command (``argv``: the arguments, default ``sys.argv[1:]``); returns the exit status.
+
+    0 on success, 2 for an error a user can cause (printed as one line), 130 when interrupted.
+    """
     parser = build_parser()
     parser.add_argument(
         "--distributed", action="store_true",
@@ -189,8 +303,6 @@ def main(argv: list[str] | None = None) -> int:
     # The invocation as a shell line, so that result files can say exactly what produced them.
     args.command_line = shlex.join(["jaxrae", *(sys.argv[1:] if argv is None else argv)])
     try:
-        from jaxrae import distributed
-
         if os.environ.get(distributed.ENV_COMPILATION_CACHE):
             # Through jaxrae.distributed so the small CPU programs (< 1 s, JAX's default threshold) are cached too.
             distributed.enable_compilation_cache(os.environ[distributed.ENV_COMPILATION_CACHE])

@@ -27,8 +27,10 @@ from typing import Any
 
 import jax
 import numpy as np
+from jax.experimental import multihost_utils
+from jax.experimental.compilation_cache import compilation_cache
 
-from jaxrae.errors import ConfigError
+from jaxrae.errors import ConfigError, invalid, require
 
 ENV_COORDINATOR = "JAXRAE_COORDINATOR"
 ENV_NUM_PROCESSES = "JAXRAE_NUM_PROCESSES"
@@ -43,7 +45,7 @@ def _env_int(name: str) -> int | None:
     try:
         return int(text)
     except ValueError:
-        raise ConfigError(f"{name}={text!r} is invalid: must be an integer") from None
+        raise invalid(name, text, "must be an integer") from None
 
 
 def initialize(
@@ -69,10 +71,9 @@ def initialize(
     coordinator_address = coordinator_address or os.environ.get(ENV_COORDINATOR) or None
     num_processes = num_processes if num_processes is not None else _env_int(ENV_NUM_PROCESSES)
     process_id = process_id if process_id is not None else _env_int(ENV_PROCESS_ID)
-    if num_processes is not None and num_processes < 1:
-        raise ConfigError(f"num_processes={num_processes} is invalid: at least 1")
-    if process_id is not None and num_processes is not None and not 0 <= process_id < num_processes:
-        raise ConfigError(f"process_id={process_id} is invalid: must be in [0, {num_processes})")
+    require(num_processes is None or num_processes >= 1, "num_processes", num_processes, "at least 1")
+    if process_id is not None and num_processes is not None:
+        require(0 <= process_id < num_processes, "process_id", process_id, f"must be in [0, {num_processes})")
     try:
         jax.distributed.initialize(
             coordinator_address=coordinator_address,
@@ -103,8 +104,6 @@ def barrier(name: str) -> None:
     then everyone passes the barrier before reading from it.
     """
     if jax.process_count() > 1:
-        from jax.experimental import multihost_utils
-
         multihost_utils.sync_global_devices(name)
 
 
@@ -116,13 +115,13 @@ def put(host_tree: Any, sharding: jax.sharding.Sharding | None) -> Any:
     other devices, and nothing crosses the network). ``sharding=None`` is the default device.
     """
     if sharding is None:
-        return jax.tree_util.tree_map(jax.numpy.asarray, host_tree)
+        return jax.tree.map(jax.numpy.asarray, host_tree)
 
     def place(x):
         x = np.asarray(x)
         return jax.make_array_from_callback(x.shape, sharding, lambda index: x[index])
 
-    return jax.tree_util.tree_map(place, host_tree)
+    return jax.tree.map(place, host_tree)
 
 
 def to_host(tree: Any) -> Any:
@@ -134,15 +133,14 @@ def to_host(tree: Any) -> Any:
     is a collective).
     """
     if jax.process_count() == 1:
-        return jax.tree_util.tree_map(np.asarray, jax.device_get(tree))
-    from jax.experimental import multihost_utils
+        return jax.tree.map(np.asarray, jax.device_get(tree))
 
     def gather(x):
         if isinstance(x, jax.Array) and not x.is_fully_addressable:
             return np.asarray(multihost_utils.process_allgather(x, tiled=True))
         return np.asarray(x)  # already local (host data, or a fully addressable array)
 
-    return jax.tree_util.tree_map(gather, tree)
+    return jax.tree.map(gather, tree)
 
 
 def enable_compilation_cache(cache_dir: str | os.PathLike, min_compile_time_s: float = 0.5) -> Path:
@@ -156,12 +154,10 @@ def enable_compilation_cache(cache_dir: str | os.PathLike, min_compile_time_s: f
     many tiny eager-op compilations stay out). Calling it again with another directory switches
     the cache. Returns the directory.
     """
-    from jax.experimental.compilation_cache import compilation_cache as cc
-
     path = Path(cache_dir).expanduser().resolve()
     path.mkdir(parents=True, exist_ok=True)
     if jax.config.jax_compilation_cache_dir not in (None, "", str(path)):
-        cc.reset_cache()  # the cache object is built once per directory; rebuild it for the new one
+        compilation_cache.reset_cache()  # the cache object is built once per directory; rebuild it for the new one
     jax.config.update("jax_compilation_cache_dir", str(path))
     jax.config.update("jax_persistent_cache_min_compile_time_secs", float(min_compile_time_s))
     return path

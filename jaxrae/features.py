@@ -34,7 +34,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrae.checkpoint import atomic_write_bytes
+from jaxrae.io import atomic_write_bytes
 from jaxrae.data import Dataset
 from jaxrae.errors import ConfigError, DataError, invalid, require
 from jaxrae.metrics import frechet_distance
@@ -382,7 +382,7 @@ def _save_feature_network(path: pathlib.Path, net: FeatureNetwork) -> None:
     }
     if net.target != "labels":  # a label record has no target field (see _load_feature_network)
         record["target"] = net.target
-    # Temp file + rename (jaxrae.checkpoint): readers see the old file or the whole new one,
+    # Temp file + rename (jaxrae.io): readers see the old file or the whole new one,
     # never a partial write, even with concurrent runs.
     atomic_write_bytes(path, flax.serialization.msgpack_serialize(record))
 

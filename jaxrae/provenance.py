@@ -14,13 +14,13 @@ import platform
 import subprocess
 from pathlib import Path
 
+import jax
+
 PACKAGES = ("jaxrae", "jax", "jaxlib", "flax", "optax", "chex", "numpy")
 
 
 def environment() -> dict:
     """Versions of the packages that determine results, the JAX backend and devices, the host."""
-    import jax
-
     versions = {}
     for name in PACKAGES:
         try:

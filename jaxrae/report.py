@@ -27,9 +27,11 @@ from typing import Iterable, Mapping, Sequence
 
 import numpy as np
 
+from jaxrae.io import atomic_write_bytes
+
 # Metric key -> (table header, long name, better direction). The order is the table's column order.
 # "FD" is the Frechet distance in the penultimate features of jaxrae's per-data-set classifier
-# (jaxrae.metrics.feature_network), never an Inception FID.
+# (jaxrae.features.feature_network), never an Inception FID.
 METRICS: dict[str, tuple[str, str, str]] = {
     "rec_error": ("rec err", "test reconstruction error (sum of squares per image)", "lower"),
     "fd_rec": ("FD rec", "FD (classifier features) of test reconstructions", "lower"),
@@ -350,8 +352,6 @@ def _pyplot():
 
 def _save(fig, path) -> None:
     """PNG bytes rendered in memory, then written atomically."""
-    from jaxrae.checkpoint import atomic_write_bytes
-
     buf = io.BytesIO()
     fig.savefig(buf, format="png", dpi=110, bbox_inches="tight")
     _pyplot().close(fig)

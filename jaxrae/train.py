@@ -21,7 +21,6 @@ from __future__ import annotations
 import dataclasses
 import functools
 import itertools
-import json
 import time
 from pathlib import Path
 from typing import Any, Callable, NamedTuple, Sequence
@@ -33,8 +32,8 @@ import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from jaxrae import checkpoint as ckpt
 from jaxrae import distributed
+from jaxrae import io as jio
 from jaxrae.config import TrainConfig
 from jaxrae.data import Dataset
 from jaxrae.errors import CheckpointError, ConfigError
@@ -374,13 +373,13 @@ def train(
     history: dict[str, list[np.ndarray]] = {}
     header = _header(config, data, runs)
     if checkpoint_path is not None and Path(checkpoint_path).exists():
-        saved, saved_header = ckpt.load_checkpoint(checkpoint_path)
-        if saved_header != _json_roundtrip(header):
+        saved, saved_header = jio.load_checkpoint(checkpoint_path)
+        if saved_header != jio.json_roundtrip(header):
             raise CheckpointError(
                 f"checkpoint {checkpoint_path} belongs to another configuration, data set or seed list; "
                 "rerun with --overwrite or choose another --out"
             )
-        state = ckpt.restore_into(state, saved.get("state"), checkpoint_path)
+        state = jio.restore_into(state, saved.get("state"), checkpoint_path)
         history = {k: [np.asarray(v)] for k, v in (saved.get("history") or {}).items()}
         state = distributed.put(state, run_sharding)  # every process read the same (shared) file
 
@@ -406,7 +405,7 @@ def train(
                 host_state = distributed.to_host(state)
                 if distributed.is_primary():  # one writer; the others would race on the rename
                     stacked = {k: np.concatenate(v, axis=1) for k, v in history.items()}
-                    ckpt.save_checkpoint(checkpoint_path, {"state": host_state, "history": stacked}, header)
+                    jio.save_checkpoint(checkpoint_path, {"state": host_state, "history": stacked}, header)
             diverged = distributed.to_host(state.diverged_at)[:n_runs]
             if bar is not None:
                 loss = history["loss"][-1][:n_runs, -1]
@@ -431,11 +430,6 @@ def _on_runs(state, sharding):
     if sharding is None:
         return state
     return jax.jit(lambda s: s, out_shardings=sharding)(state)
-
-
-def _json_roundtrip(obj):
-    """``obj`` as it reads back from JSON (tuples become lists), for header comparison."""
-    return json.loads(json.dumps(obj, default=ckpt._json_default))
 
 
 def _chunk_lengths(remaining: int, chunk: int) -> list[int]:

@@ -33,6 +33,7 @@ from IPython.display import Image, Markdown, display
 
 import jaxrae
 from jaxrae import compare, report
+from jaxrae.experiment import Experiment
 
 # JAXRAE_NOTEBOOK_TINY=1: a few steps, 2 seeds, `digits` (what CI runs). Unset: the full size.
 TINY = os.environ.get("JAXRAE_NOTEBOOK_TINY", "0") not in ("", "0")
@@ -58,11 +59,11 @@ elif committed is not None and (committed / "results.json").exists():
 else:
     RESULTS_DIR = Path(tempfile.mkdtemp(prefix="jaxrae-compare-"))
     if TINY:
-        experiment = compare.Experiment(data="digits", methods=("vae", "rae-l2"), seeds=(0, 1),
+        experiment = Experiment(data="digits", methods=("vae", "rae-l2"), seeds=(0, 1),
                                         config={"steps": 40, "chunk_size": 40}, n_eval=200,
                                         feature_steps=100, n_components=4)
     else:
-        experiment = compare.Experiment()  # the README's main job
+        experiment = Experiment()  # the README's main job
     compare.run_compare(experiment, RESULTS_DIR, progress=not TINY)
 results = json.loads((RESULTS_DIR / "results.json").read_text())
 print("results from", RESULTS_DIR)

@@ -27,7 +27,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 
 import jaxrae
-from jaxrae.compare import interpolate_codes
+from jaxrae.evaluate import interpolate_codes
 from jaxrae.report import show_figure, show_grid
 
 # JAXRAE_NOTEBOOK_TINY=1: a few steps, 2 seeds, `digits` (what CI runs). Unset: the full size.

@@ -5,7 +5,10 @@ import os
 import subprocess
 import sys
 
+import numpy as np
 import pytest
+
+from jaxrae import methods
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
@@ -15,8 +18,6 @@ def jaxrae(*args, cwd=None):
 
 
 def test_methods_lists_every_preset():
-    from jaxrae import methods
-
     out = jaxrae("methods")
     assert out.returncode == 0, out.stderr
     for name in methods.names():
@@ -66,8 +67,6 @@ def test_user_errors_are_one_line_and_exit_2(tmp_path, args, needle):
 
 
 def test_corrupt_idx_file_is_one_line_error(tmp_path):
-    import numpy as np
-
     for name in ("train-images-idx3-ubyte", "t10k-images-idx3-ubyte"):
         (tmp_path / name).write_bytes(b"\x00\x00\x07\x03" + b"\x00" * 20)  # wrong dtype code 0x07
     for name in ("train-labels-idx1-ubyte", "t10k-labels-idx1-ubyte"):

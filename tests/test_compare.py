@@ -10,13 +10,20 @@ from __future__ import annotations
 import csv
 import json
 import math
+import shutil
 from pathlib import Path
+from types import SimpleNamespace
 
+import jax
 import numpy as np
 import pytest
 
 from jaxrae import cli
-from jaxrae.compare import CompareInterrupted, Experiment, run_compare
+from jaxrae.cli import experiment_from_args
+from jaxrae.compare import CompareInterrupted, run_compare
+from jaxrae.errors import ConfigError
+from jaxrae.evaluate import _fit_ex_post, _seed_keys
+from jaxrae.experiment import Experiment, load_experiment
 
 OUTPUT_FILES = ["results.json", "table.md", "table.csv", "experiment.json", "reconstructions.png", "samples.png",
                 "interpolations.png", "metrics.png", "losses.png"]
@@ -139,8 +146,6 @@ def test_cli_default_out_resumes_and_explicit_out_refuses(tmp_path, monkeypatch,
 
 
 def test_diverged_run_is_recorded_but_excluded_from_the_table(tmp_path, uninterrupted, cache_dir):
-    import shutil
-
     src, _ = uninterrupted
     out = tmp_path / "out"
     shutil.copytree(src, out)
@@ -160,11 +165,6 @@ def test_diverged_run_is_recorded_but_excluded_from_the_table(tmp_path, uninterr
 
 
 def test_ex_post_fit_survives_a_run_with_non_finite_codes():
-    from types import SimpleNamespace
-
-    from jaxrae.compare import _fit_ex_post, _seed_keys
-    import jax
-
     codes = np.random.default_rng(0).normal(size=(2, 300, 4)).astype(np.float32)
     broken = codes.copy()
     broken[1, 5] = np.nan
@@ -204,8 +204,6 @@ def _write(tmp_path, body, name="experiment.toml"):
 
 
 def test_variants_are_rows_after_the_methods(tmp_path):
-    from jaxrae.compare import load_experiment
-
     exp = load_experiment(_write(tmp_path, VARIANTS_TOML))
     assert list(exp.rows) == ["ae", "st", "reinmax-tau0.5"]  # methods, then variants in file order
     st, reinmax = exp.method_config("st"), exp.method_config("reinmax-tau0.5")
@@ -232,9 +230,6 @@ def test_variants_are_rows_after_the_methods(tmp_path):
     ('variants = 3\n', ["variants", "table"]),
 ])
 def test_variant_mistakes_are_config_errors_naming_the_file(tmp_path, body, needles):
-    from jaxrae.compare import load_experiment
-    from jaxrae.errors import ConfigError
-
     path = _write(tmp_path, body)
     with pytest.raises(ConfigError) as error:
         load_experiment(path)
@@ -247,27 +242,22 @@ def _args(*flags):
 
 
 def test_flags_override_config_but_may_not_set_a_field_a_row_sets(tmp_path):
-    from jaxrae.compare import experiment_from_args
-    from jaxrae.errors import ConfigError
-
     path = str(_write(tmp_path, VARIANTS_TOML))
     exp = experiment_from_args(_args("--config", path, "--steps", "7", "--baseline", "reinmax-tau0.5"))
     assert all(exp.method_config(label).steps == 7 for label in exp.rows)  # a flag beats [config], in every row
     assert exp.method_config("reinmax-tau0.5").tau == 0.5 and exp.baseline_label == "reinmax-tau0.5"
-    with pytest.raises(ConfigError, match=r'--tau sets tau .*\[variants."reinmax-tau0.5"\]') as error:
+    with pytest.raises(ConfigError, match=r'--tau=1.0 is invalid: it sets tau .*\[variants."reinmax-tau0.5"\]') as error:
         experiment_from_args(_args("--config", path, "--tau", "1"))  # would flatten the grid
     assert path in str(error.value) and "[variants.st]" not in str(error.value)  # st does not set tau
-    with pytest.raises(ConfigError, match=r"--estimator .*\[variants.st\], \[variants.\"reinmax-tau0.5\"\]"):
+    with pytest.raises(ConfigError, match=r"--estimator='st' is invalid: .*\[variants.st\], \[variants.\"reinmax-tau0.5\"\]"):
         experiment_from_args(_args("--config", path, "--estimator", "st"))
-    with pytest.raises(ConfigError, match=r"--lr .*\[overrides.ae\]"):  # [overrides.m] is a row's table too
+    with pytest.raises(ConfigError, match=r"--lr=0.01 is invalid: .*\[overrides.ae\]"):  # [overrides.m] is a row's table too
         experiment_from_args(_args("--config", path, "--lr", "0.01"))
     with pytest.raises(ConfigError, match="share one namespace"):
         experiment_from_args(_args("--config", path, "--methods", "ae,st"))
 
 
 def test_estimators_toml_is_the_estimator_by_temperature_grid():
-    from jaxrae.compare import load_experiment
-
     exp = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "estimators.toml")
     configs = {label: exp.method_config(label) for label in exp.rows}
     assert len(configs) == 10 and exp.methods == () and exp.baseline_label == "st"
@@ -286,15 +276,11 @@ EXPERIMENT_FILES = sorted((Path(__file__).resolve().parents[1] / "experiments").
 def test_every_shipped_experiment_file_loads_and_validates(path):
     """A typo in a shipped TOML (unknown key, bad value, a label colliding with a method) is caught
     here, not after an hour of training: loading validates every row's TrainConfig."""
-    from jaxrae.compare import load_experiment
-
     exp = load_experiment(path)
     assert exp.rows and all(exp.method_config(label).steps >= 1 for label in exp.rows)
 
 
 def test_decoder_regularizers_toml_varies_only_the_decoder_term_at_one_latent_weight():
-    from jaxrae.compare import load_experiment
-
     exp = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "decoder_regularizers.toml")
     configs = {label: exp.method_config(label) for label in exp.rows}
     assert exp.baseline_label == "rae-beta0.0098"

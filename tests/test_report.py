@@ -13,8 +13,9 @@ import pytest
 from scipy import stats
 
 from jaxrae import report
-from jaxrae.compare import DEFAULT_JOB_CONFIG, Experiment, interpolate_codes, interpolation_pairs, load_experiment, loss_curve
 from jaxrae.errors import ConfigError
+from jaxrae.evaluate import interpolate_codes, interpolation_pairs, loss_curve
+from jaxrae.experiment import DEFAULT_JOB_CONFIG, Experiment, load_experiment
 
 
 # --------------------------------------------------------------------------------------------

@@ -62,10 +62,10 @@ print("RESULT " + json.dumps(out))
 
 _TWO_PROCESSES = """
 distributed.initialize()  # from JAXRAE_COORDINATOR / _NUM_PROCESSES / _PROCESS_ID; before any computation
-from jaxrae import checkpoint as ckpt
+from jaxrae import io as jio
 saves = []
-_save = ckpt.save_checkpoint
-ckpt.save_checkpoint = lambda *a, **k: (saves.append(1), _save(*a, **k))
+_save = jio.save_checkpoint
+jio.save_checkpoint = lambda *a, **k: (saves.append(1), _save(*a, **k))
 runs = train(CONFIG, data, [0, 1, 2, 3], progress=False, checkpoint_path=sys.argv[1])
 print("RESULT " + json.dumps(dict(process=jax.process_index(), processes=jax.process_count(), devices=len(jax.devices()),
       losses=runs.losses.tolist(), layout=layouts[-1], saves=len(saves), primary=distributed.is_primary())))
@@ -83,7 +83,6 @@ T._vmapped_programs.cache_clear(); T._training_functions.cache_clear(); jax.clea
 events.clear()
 second = train(CONFIG, data, [0, 1, 2, 3], progress=False)
 print("RESULT " + json.dumps(dict(hits=events.count("/jax/compilation_cache/cache_hits"), devices=len(jax.devices()), losses=first.losses.tolist(),
-      first_compile=first.compile_time_s, second_compile=second.compile_time_s,
       same=bool(np.array_equal(first.losses, second.losses)))))
 """
 
@@ -187,7 +186,6 @@ def test_persistent_compilation_cache_serves_a_fresh_compile(children):
     res.pop("losses")
     assert res["hits"] >= 1, res
     assert res["same"]
-    assert res["second_compile"] < res["first_compile"], res
 
 
 def test_initialize_names_missing_settings(monkeypatch):

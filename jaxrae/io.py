@@ -1,23 +1,31 @@
-"""Atomic files and checkpoints: results a run writes are never half-written.
+"""Files a run writes: atomic writes, output directories, JSON round trips, checkpoints.
 
-Every write goes to a temporary file in the same directory, is flushed and fsynced, and then
-renamed over the target (``os.replace`` is atomic on POSIX), so a crash leaves either the old
-file or the new one. A checkpoint is one msgpack blob (``flax.serialization``) holding a pytree
-and a JSON header; reading a truncated or foreign file raises :class:`CheckpointError`.
+- Atomic writes: every write goes to a temporary file in the same directory, is flushed and
+  fsynced, and then renamed over the target (``os.replace`` is atomic on POSIX), so a crash
+  leaves either the old file or the new one, never half of one.
+- Output directories: :func:`prepare_out_dir` refuses to write into a directory that already
+  holds results unless the caller resumes or overwrites it.
+- JSON: :func:`json_roundtrip` gives a value as it reads back from JSON (what a saved header is
+  compared with), :func:`nonfinite_to_null` makes it strict JSON (nan/inf become null).
+- Checkpoints: one msgpack blob (``flax.serialization``) holding a pytree and a JSON header;
+  reading a truncated or foreign file raises :class:`CheckpointError`.
 """
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
+import shutil
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import numpy as np
 from flax import serialization
 
-from jaxrae.errors import CheckpointError
+from jaxrae.errors import CheckpointError, require
 
 FORMAT = "jaxrae-checkpoint-v1"
 
@@ -44,14 +52,40 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` (UTF-8) to ``path`` atomically (:func:`atomic_write_bytes`)."""
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
+    """Write ``obj`` as indented JSON to ``path`` atomically; NumPy scalars/arrays and paths are converted."""
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False, default=_json_default) + "\n")
 
 
+def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) -> None:
+    """Write ``arrays`` as a compressed ``.npz`` (``np.savez_compressed``) to ``path`` atomically."""
+    buffer = io.BytesIO()
+    np.savez_compressed(buffer, **arrays)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
+    """Create ``out``; refuse a directory that holds results unless ``resume`` or ``overwrite``.
+
+    ``overwrite`` deletes what ``out`` holds first; ``resume`` keeps it (the caller continues it).
+    The messages name the command-line flags (``--resume``, ``--overwrite``) that set these.
+    """
+    require(not (resume and overwrite), "--overwrite", overwrite, "excludes --resume; choose one")
+    if out.exists() and any(out.iterdir()):
+        if overwrite:
+            shutil.rmtree(out)
+        else:
+            require(resume, "--out", str(out), "the directory already holds results; pass --resume to continue it "
+                    "or --overwrite to replace it")
+    out.mkdir(parents=True, exist_ok=True)
+
+
 def _json_default(obj):
+    """What :func:`json.dumps` writes for the non-JSON types a result holds (NumPy values, paths)."""
     if isinstance(obj, np.generic):
         return obj.item()
     if isinstance(obj, np.ndarray):
@@ -59,6 +93,30 @@ def _json_default(obj):
     if isinstance(obj, Path):
         return str(obj)
     raise TypeError(f"not JSON-serialisable: {type(obj).__name__}")
+
+
+def json_roundtrip(obj: Any) -> Any:
+    """``obj`` as it reads back from JSON: tuples become lists, NumPy values Python numbers, paths strings.
+
+    A saved header is compared with ``json_roundtrip(header)`` of the current run, so that a
+    tuple in the config does not make an identical run look foreign.
+    """
+    return json.loads(json.dumps(obj, default=_json_default))
+
+
+def nonfinite_to_null(obj: Any) -> Any:
+    """``obj`` (nested dicts, lists, tuples) with every nan/inf float replaced by None (JSON null).
+
+    Results files stay strict JSON, which jq and other parsers accept (Python's ``json`` would
+    write the non-standard ``NaN``); :mod:`jaxrae.report` reads null back as nan.
+    """
+    if isinstance(obj, dict):
+        return {k: nonfinite_to_null(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [nonfinite_to_null(v) for v in obj]
+    if isinstance(obj, (float, np.floating)) and not math.isfinite(float(obj)):
+        return None
+    return obj
 
 
 def restore_into(target: Any, state_dict: Any, path: str | os.PathLike) -> Any:

@@ -1,0 +1,228 @@
+"""One row's evaluation: every metric for every seed of a trained :class:`~jaxrae.train.Runs`.
+
+For every seed, on the same draws (Ghosh et al. 2020, Table 1, carried to discrete codes):
+
+- test reconstruction error (sum of squares per image, :func:`jaxrae.metrics.reconstruction_error`);
+- the Frechet distance in the penultimate features of a classifier trained by jaxrae for the data
+  set (:func:`jaxrae.features.feature_network`; "FD (classifier features)", Heusel et al. 2017's
+  form, *not* an Inception FID) between the first ``n_eval`` test images and
+  (a) their reconstructions, (b) ``n_eval`` decoded prior samples (N(0, I), or uniform codes),
+  (c) ``n_eval`` decoded samples of the ex-post density (a 10-component GMM, or a mixture of
+  categoricals, fitted on the seed's training codes), (d) ``n_eval`` decoded midpoints of random
+  pairs of test codes;
+- improved precision and recall (Kynkaanniemi et al. 2019, k = 3) of the ex-post samples;
+- the mean test log-likelihood of codes under the ex-post density (nats per code);
+- for discrete codes, the mean per-variable perplexity and the number of distinct test codes.
+
+Midpoint of two discrete codes: each categorical variable is copied from one endpoint chosen by
+a fair coin (the same coins for every method and seed). Its expectation is the average of the two
+one-hot codes, the discrete counterpart of the continuous midpoint, and it stays a valid code.
+
+Evaluation randomness is keyed by the seed *value* (``fold_in(key, seed)``), never by its position
+in the seed list, so seed s gets identical numbers alone or among other seeds, and every method's
+seed s sees the same test pairs and coins: the paired comparison in :mod:`jaxrae.report` relies
+on this.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from typing import Callable, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from jaxrae import density
+from jaxrae import metrics as M
+
+PR_NEIGHBOURS = 3  # Kynkaanniemi et al. 2019: k = 3
+EVAL_SEED = 2020
+N_FIGURE_IMAGES = 10  # test images in reconstructions.png
+N_FIGURE_SAMPLES = 32  # per sample grid
+N_FIGURE_PAIRS, N_FIGURE_STEPS = 4, 8  # interpolation strips
+MAX_LOSS_POINTS = 500  # loss curves are block-averaged down to this many points
+
+
+def _seed_keys(key, seeds: Sequence[int]):
+    """One key per seed, derived from the seed's value (not its position)."""
+    return jnp.stack([jax.random.fold_in(key, int(s)) for s in seeds])
+
+
+def _eval_keys():
+    """The evaluation's keys by purpose, from :data:`EVAL_SEED`: the same for every method and seed."""
+    names = ("prior", "fit", "ex_post", "strip")
+    return dict(zip(names, jax.random.split(jax.random.PRNGKey(EVAL_SEED), len(names))))
+
+
+def interpolation_pairs(n_ref: int, n_pairs: int, seed: int = EVAL_SEED) -> tuple[np.ndarray, np.ndarray]:
+    """Index pairs (i, j), i != j, into the reference test images; the same for every method."""
+    rng = np.random.default_rng(seed)
+    i = rng.integers(0, n_ref, n_pairs)
+    j = (i + 1 + rng.integers(0, n_ref - 1, n_pairs)) % n_ref
+    return i, j
+
+
+def interpolate_codes(codes_a: np.ndarray, codes_b: np.ndarray, t: float, discrete: bool, order: np.ndarray | None = None,
+                      coins: np.ndarray | None = None) -> np.ndarray:
+    """Codes a fraction ``t`` of the way from ``codes_a`` to ``codes_b`` (..., n, n_vars or d).
+
+    Continuous: ``(1 - t) a + t b``. Discrete: either ``coins`` (boolean (n, n_vars): take b's class
+    where true; the midpoint with fair coins) or ``order`` (a permutation of the variables: the
+    first ``round(t * n_vars)`` of them take b's class, so a strip switches variables one by one).
+    """
+    if not discrete:
+        return ((1.0 - t) * codes_a + t * codes_b).astype(np.float32)
+    if coins is None:
+        n_vars = codes_a.shape[-1]
+        coins = np.zeros(n_vars, bool)
+        coins[order[: int(round(t * n_vars))]] = True
+    return np.where(coins, codes_b, codes_a)
+
+
+_COMPILED: dict = {}
+
+
+def _compiled(key, make: Callable) -> Callable:
+    """jax.jit(make()) cached under ``key``: one compilation per program, not one per primitive
+    (an un-jitted vmap dispatches, and compiles, every operation separately)."""
+    if key not in _COMPILED:
+        _COMPILED[key] = jax.jit(make())
+    return _COMPILED[key]
+
+
+def _safe(fn: Callable, *arrays) -> float:
+    """fn(*arrays), or nan when an input is not finite (a diverged run's output)."""
+    if not all(np.all(np.isfinite(a)) for a in arrays):
+        return math.nan
+    return float(fn(*arrays))
+
+
+def _fit_ex_post(runs, train_codes: np.ndarray, keys, n_components: int):
+    """One vmapped density fit over runs; runs whose codes are not finite get a stand-in.
+
+    A diverged run can leave non-finite codes, which the density fit rejects for the whole
+    stack. Such a run fits the first finite run's codes instead (so the others are unchanged)
+    and is returned in ``bad`` so that its ex-post numbers are reported as nan.
+    """
+    finite = np.array([np.all(np.isfinite(c)) for c in train_codes])
+    bad = ~finite
+    if bad.all():
+        return None, bad
+    if bad.any():
+        train_codes = train_codes.copy()
+        train_codes[bad] = train_codes[np.argmax(finite)]
+    if runs.codec.discrete:
+        fitted = density.fit_categorical_mixture(keys, train_codes, runs.codec.n_classes, n_components)
+    else:
+        fitted = density.fit_gmm(keys, train_codes, n_components)
+    return fitted, bad
+
+
+def evaluate(runs, data, fnet, *, n_eval: int, n_components: int) -> tuple[dict, dict, dict]:
+    """Every metric of every run of one row; returns (metrics, figure images, notes).
+
+    ``runs`` are the trained seeds (:class:`jaxrae.train.Runs`), ``data`` their
+    :class:`~jaxrae.data.Dataset`, ``fnet`` the FD feature network; ``n_eval`` test images and
+    samples per FD (capped at the test set size), ``n_components`` of the ex-post mixture.
+    ``metrics[key]`` is a list with one float per run (seed). See the module docstring for the
+    definitions; all draws are keyed by seed value and shared across methods.
+    """
+    keys = _eval_keys()
+    seeds = runs.seeds
+    n_runs = runs.n_runs
+    discrete = runs.codec.discrete
+    n_eval = min(n_eval, data.n_test)
+    test = data.test_images[:n_eval]
+    ref_feats = fnet.features(test)
+
+    test_codes = runs.encode(test)
+    recon = runs.decode(test_codes)
+    prior_codes = np.asarray(_compiled(("prior", runs.codec.sample_prior, n_eval),
+                                       lambda: jax.vmap(lambda k: runs.codec.sample_prior(k, n_eval)))(_seed_keys(keys["prior"], seeds)))
+    prior = runs.decode(prior_codes)
+
+    train_codes = runs.encode(data.train_images)
+    fitted, bad_fit = _fit_ex_post(runs, train_codes, _seed_keys(keys["fit"], seeds), n_components)
+    if fitted is not None:
+        sample = _compiled(("sample", type(fitted), n_eval), lambda: jax.vmap(lambda d, k: d.sample(k, n_eval)))
+        ex_codes = np.asarray(sample(fitted, _seed_keys(keys["ex_post"], seeds)))
+        ex_codes = ex_codes.astype(np.int32) if discrete else ex_codes.astype(np.float32)
+        ex_post = runs.decode(ex_codes)
+        log_prob = _compiled(("log_prob", type(fitted)), lambda: jax.vmap(lambda d, c: d.log_prob(c)))
+        code_ll = np.asarray(log_prob(fitted, test_codes), np.float64).mean(axis=1)
+    else:
+        ex_post = np.full_like(prior, np.nan)
+        code_ll = np.full(n_runs, np.nan)
+
+    i, j = interpolation_pairs(n_eval, n_eval)
+    coins = np.random.default_rng(EVAL_SEED + 2).random((n_eval, test_codes.shape[-1])) < 0.5 if discrete else None
+    midpoints = interpolate_codes(test_codes[:, i], test_codes[:, j], 0.5, discrete, coins=coins)
+    interp = runs.decode(midpoints)
+
+    out: dict[str, list[float]] = {k: [] for k in ("rec_error", "fd_rec", "fd_prior", "fd_ex_post", "fd_interp",
+                                                   "precision", "recall", "code_loglik")}
+    if discrete:
+        out["perplexity"], out["distinct_codes"] = [], []
+    for r in range(n_runs):
+        feats = {name: fnet.features(images[r]) if np.all(np.isfinite(images[r])) else None
+                 for name, images in (("rec", recon), ("prior", prior), ("ex_post", ex_post), ("interp", interp))}
+        fd = lambda name: math.nan if feats[name] is None else M.frechet_distance(ref_feats, feats[name])  # noqa: E731
+        out["rec_error"].append(_safe(M.reconstruction_error, test, recon[r]))
+        out["fd_rec"].append(fd("rec"))
+        out["fd_prior"].append(fd("prior"))
+        out["fd_interp"].append(fd("interp"))
+        if bad_fit[r] or feats["ex_post"] is None:
+            out["fd_ex_post"].append(math.nan)
+            out["precision"].append(math.nan)
+            out["recall"].append(math.nan)
+            out["code_loglik"].append(math.nan)
+        else:
+            out["fd_ex_post"].append(fd("ex_post"))
+            p, rc = M.precision_recall(ref_feats, feats["ex_post"], k=PR_NEIGHBOURS)
+            out["precision"].append(float(p))
+            out["recall"].append(float(rc))
+            out["code_loglik"].append(float(code_ll[r]))
+        if discrete:
+            usage = M.code_usage(test_codes[r].reshape(n_eval, -1), runs.codec.n_classes)
+            out["perplexity"].append(usage.mean_perplexity)
+            out["distinct_codes"].append(float(usage.n_distinct_codes))
+
+    # Figures show one representative run: the first that did not diverge.
+    rep = int(np.argmax(runs.ok)) if runs.ok.any() else 0
+    strip_i, strip_j = i[:N_FIGURE_PAIRS], j[:N_FIGURE_PAIRS]
+    order = np.random.default_rng(EVAL_SEED + 1).permutation(test_codes.shape[-1])
+    steps = np.linspace(0.0, 1.0, N_FIGURE_STEPS)
+    strip_codes = np.stack([interpolate_codes(test_codes[:, strip_i], test_codes[:, strip_j], t, discrete, order=order)
+                            for t in steps], axis=2)  # (runs, pairs, steps, ...)
+    strips = runs.decode(strip_codes.reshape(n_runs, N_FIGURE_PAIRS * N_FIGURE_STEPS, *strip_codes.shape[3:]))
+    images = {
+        "originals": test[:N_FIGURE_IMAGES],
+        "reconstructions": recon[rep, :N_FIGURE_IMAGES],
+        "prior": prior[rep, :N_FIGURE_SAMPLES],
+        "ex_post": ex_post[rep, :N_FIGURE_SAMPLES],
+        "interpolations": strips[rep].reshape(N_FIGURE_PAIRS, N_FIGURE_STEPS, *strips.shape[2:]),
+    }
+    notes = {"figure_seed": seeds[rep], "n_eval": n_eval, "ex_post_fit_failed": bad_fit.tolist()}
+    if fitted is not None:
+        notes["ex_post_converged"] = np.asarray(fitted.converged).tolist()
+        notes["ex_post_iterations"] = np.asarray(fitted.n_iter).tolist()
+    return out, images, notes
+
+
+def loss_curve(losses: np.ndarray, max_points: int = MAX_LOSS_POINTS) -> dict:
+    """Losses (runs, steps) block-averaged to at most ``max_points`` points (nan-aware)."""
+    losses = np.asarray(losses, np.float64)
+    n_steps = losses.shape[1]
+    block = max(1, -(-n_steps // max_points))
+    n_blocks = -(-n_steps // block)
+    padded = np.full((losses.shape[0], n_blocks * block), np.nan)
+    padded[:, :n_steps] = losses
+    blocks = padded.reshape(losses.shape[0], n_blocks, block)
+    with np.errstate(all="ignore"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)
+            mean = np.nanmean(blocks, axis=2)
+    steps = np.minimum(np.arange(n_blocks) * block + (block + 1) / 2, n_steps)
+    return {"steps": steps.tolist(), "loss": [[None if not np.isfinite(v) else float(v) for v in row] for row in mean]}
