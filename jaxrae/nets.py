@@ -159,6 +159,4 @@ class AutoEncoder(nn.Module):
 
 def count_params(tree) -> int:
     """Number of scalars in a parameter pytree."""
-    import jax
-
-    return int(sum(math.prod(leaf.shape) for leaf in jax.tree_util.tree_leaves(tree)))
+    return int(sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(tree)))

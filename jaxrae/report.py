@@ -23,9 +23,11 @@ from __future__ import annotations
 import csv
 import io
 import math
+import warnings
 from typing import Iterable, Mapping, Sequence
 
 import numpy as np
+from scipy import stats
 
 from jaxrae.io import atomic_write_bytes
 
@@ -59,8 +61,6 @@ def as_float(value) -> float:
 
 def t_quantile(q: float, dof: int) -> float:
     """Student t quantile ``t_{q, dof}`` (scipy.stats.t.ppf)."""
-    from scipy import stats
-
     return float(stats.t.ppf(q, dof))
 
 
@@ -502,7 +502,6 @@ def plot_losses(path, curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndar
         ok = np.asarray(ok, bool)
         used = losses[ok] if ok.any() else losses
         with np.errstate(all="ignore"):
-            import warnings
 
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)

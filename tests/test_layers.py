@@ -47,13 +47,11 @@ STANDALONE: dict[str, set[str]] = {
 #: Function-local imports are for optional heavy dependencies only (tensorflow-datasets and
 #: tensorflow for the tfds source, matplotlib for figures): everything else is imported at
 #: module level, so a module's first lines show what it depends on.
-OPTIONAL_DEPENDENCIES = {"tensorflow_datasets", "tensorflow", "matplotlib"}
+OPTIONAL_DEPENDENCIES = {"tensorflow_datasets", "tensorflow", "matplotlib", "IPython"}
 
 #: Function-local imports that modules still hold; each entry is to move to module level and
 #: then be deleted here (the test fails for any function-local import not listed).
 LOCAL_IMPORTS_TO_MOVE: dict[str, set[str]] = {
-    "jaxrae.nets": {"jax"},
-    "jaxrae.report": {"scipy", "warnings"},
     "jaxrae.train": {"tqdm.auto", "jaxrae.density"},
 }
 
