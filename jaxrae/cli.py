@@ -32,6 +32,7 @@ from jaxrae.experiment import (
     Experiment,
     load_experiment,
 )
+from jaxrae.evaluate import finite_or_nan
 from jaxrae.io import atomic_write_json, prepare_out_dir
 from jaxrae.metrics import code_usage, reconstruction_error
 from jaxrae.provenance import environment
@@ -109,7 +110,8 @@ def cmd_train(args) -> int:
     test = data.test_images
     codes = runs.encode(test)
     recs = runs.decode(codes)
-    rec_err = np.array([reconstruction_error(test, r) for r in recs])
+    # A diverged run's reconstructions may be non-finite: its error is nan, not an exception.
+    rec_err = np.array([finite_or_nan(reconstruction_error, test, r) for r in recs])
     usage = [code_usage(c, runs.codec.n_classes) for c in codes] if runs.codec.discrete else None
     history = {
         "runs": runs.runs,

@@ -92,7 +92,7 @@ def _compiled(key, make: Callable) -> Callable:
     return _COMPILED[key]
 
 
-def _safe(fn: Callable, *arrays) -> float:
+def finite_or_nan(fn: Callable, *arrays) -> float:
     """fn(*arrays), or nan when an input is not finite (a diverged run's output)."""
     if not all(np.all(np.isfinite(a)) for a in arrays):
         return math.nan
@@ -169,7 +169,7 @@ def evaluate(runs, data, fnet, *, n_eval: int, n_components: int) -> tuple[dict,
         feats = {name: fnet.features(images[r]) if np.all(np.isfinite(images[r])) else None
                  for name, images in (("rec", recon), ("prior", prior), ("ex_post", ex_post), ("interp", interp))}
         fd = lambda name: math.nan if feats[name] is None else M.frechet_distance(ref_feats, feats[name])  # noqa: E731
-        out["rec_error"].append(_safe(M.reconstruction_error, test, recon[r]))
+        out["rec_error"].append(finite_or_nan(M.reconstruction_error, test, recon[r]))
         out["fd_rec"].append(fd("rec"))
         out["fd_prior"].append(fd("prior"))
         out["fd_interp"].append(fd("interp"))
