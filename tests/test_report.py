@@ -1,4 +1,4 @@
-"""Statistics and tables of jaxrae.report, and the experiment-file rules of jaxrae.compare (no training)."""
+"""Statistics and tables of jaxrae.report, and the experiment-file rules of jaxrae.experiment (no training)."""
 
 from __future__ import annotations
 
