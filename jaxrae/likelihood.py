@@ -346,6 +346,7 @@ def iwae_bound(key: jax.Array, x: chex.Array, posterior: Proposal, log_px_given_
     et al. report IWAE-5000 as the test log-likelihood. (B,) values in nats; see
     :func:`importance_sampled_log_likelihood` for the arguments.
     """
+    _check_proposal_type(posterior)
     return importance_sampled_log_likelihood(key, x, posterior, _model_prior(posterior), log_px_given_z,
                                              k=k, chunk_size=chunk_size)
 
@@ -494,12 +495,16 @@ def _check_positive_int(field, value):
             "must be an integer >= 1")
 
 
+def _check_proposal_type(proposal):
+    require(isinstance(proposal, (GaussianProposal, CategoricalProposal)), "proposal", type(proposal).__name__,
+            "must be a GaussianProposal or a CategoricalProposal")
+
+
 def _check_estimator_args(x, proposal, *, k, chunk_size, k_field="k"):
     """k and chunk_size are integers >= 1; the proposal is one of ours with one row per image."""
     _check_positive_int(k_field, k)
     _check_positive_int("chunk_size", chunk_size)
-    require(isinstance(proposal, (GaussianProposal, CategoricalProposal)), "proposal", type(proposal).__name__,
-            "must be a GaussianProposal or a CategoricalProposal")
+    _check_proposal_type(proposal)
     require(x.ndim >= 1 and x.shape[0] >= 1, "x", tuple(x.shape), "must be a batch of images (B, ...) with B >= 1")
     if isinstance(proposal, GaussianProposal):
         mean = jnp.asarray(proposal.mean)
