@@ -54,7 +54,8 @@ is usable on its own: ``from jaxrae.likelihood import iwae_bound``.
 from __future__ import annotations
 
 import math
-from typing import Callable, NamedTuple, Union
+from collections.abc import Callable
+from typing import NamedTuple
 
 import chex
 import jax
@@ -68,23 +69,23 @@ from jaxrae.density import CategoricalMixture, GaussianMixture
 from jaxrae.errors import require
 
 __all__ = [
-    "GaussianProposal",
     "CategoricalProposal",
+    "GaussianProposal",
     "NllUnits",
     "bernoulli_log_likelihood",
-    "gaussian_log_likelihood",
-    "fit_observation_variance",
-    "standard_normal_log_prob",
-    "uniform_categorical_log_prob",
-    "gaussian_proposal",
     "categorical_proposal",
     "elbo",
-    "iwae_bound",
-    "importance_sampled_log_likelihood",
     "ex_post_log_likelihood",
+    "fit_observation_variance",
+    "gaussian_log_likelihood",
+    "gaussian_proposal",
+    "importance_sampled_log_likelihood",
+    "iwae_bound",
+    "nll_units",
     "proposal_grid_estimates",
     "select_proposal_scale",
-    "nll_units",
+    "standard_normal_log_prob",
+    "uniform_categorical_log_prob",
 ]
 
 #: log p(x | z) of one image under n codes: (x, z (n, ...)) -> (n,).
@@ -183,7 +184,7 @@ class CategoricalProposal(NamedTuple):
     log_probs: jax.Array
 
 
-Proposal = Union[GaussianProposal, CategoricalProposal]
+Proposal = GaussianProposal | CategoricalProposal
 
 
 def gaussian_proposal(codes: chex.Array, scale) -> GaussianProposal:

@@ -40,8 +40,8 @@ def linear_gaussian(n_images, seed=0, model_seed=0):
     post_var = 1.0 / (1.0 + SINGULAR_VALUES**2 / S2)
     post_mean = ((x - b) @ w) * post_var / S2
     log_px = stats.multivariate_normal(mean=b, cov=w @ w.T + S2 * np.eye(D)).logpdf(x)
-    return dict(w=w, b=b, x=x.reshape(n_images, D, 1, 1), post_mean=post_mean,
-                post_var=np.broadcast_to(post_var, post_mean.shape), log_px=np.atleast_1d(log_px))
+    return {"w": w, "b": b, "x": x.reshape(n_images, D, 1, 1), "post_mean": post_mean,
+            "post_var": np.broadcast_to(post_var, post_mean.shape), "log_px": np.atleast_1d(log_px)}
 
 
 def linear_decoder(w, b):
@@ -100,14 +100,14 @@ def test_linear_gaussian_elbo_below_iwae_k_below_log_px_and_iwae_converges():
         log_px = model["log_px"]
         means, ses = {}, {}
         for k in (1, 10, 100, 1000):
-            means[k], ses[k] = replicate(lambda key: likelihood.iwae_bound(key, model["x"], q, f, k=k, chunk_size=250), 20, k)
+            means[k], ses[k] = replicate(lambda key, k=k: likelihood.iwae_bound(key, model["x"], q, f, k=k, chunk_size=250), 20, k)
         # IWAE-1 is an unbiased one-sample ELBO estimate (this fails if the -log k or log q is wrong)
         assert np.all(np.abs(means[1] - elbo) < 4 * ses[1]), (means[1], elbo, ses[1])
         ks = sorted(means)
         for k in ks:
             assert np.all(elbo <= means[k] + 4 * ses[k])
             assert np.all(means[k] <= log_px + 4 * ses[k])
-        for small, large in zip(ks, ks[1:]):
+        for small, large in itertools.pairwise(ks):
             assert np.all(means[small] <= means[large] + 4 * np.hypot(ses[small], ses[large]))
         gap_elbo, gap_10, gap_1000 = log_px - elbo, log_px - means[10], log_px - means[1000]
         assert np.all(gap_elbo > 1.0)
@@ -132,7 +132,7 @@ def test_ex_post_estimator_with_the_prior_as_density_equals_iwae_and_approaches_
         train, test = linear_gaussian(64, seed=4), linear_gaussian(6, seed=5)
         f = linear_decoder(train["w"], train["b"])
         # a deterministic "encoder": the posterior mean, slightly off
-        codes = lambda model: jnp.asarray(model["post_mean"] * 0.9)  # noqa: E731
+        codes = lambda model: jnp.asarray(model["post_mean"] * 0.9)
         prior = standard_normal_mixture(jnp.float64)
         grid = [0.01, 0.03, 0.1, 0.3, 1.0]
         scale, grid_means = likelihood.select_proposal_scale(jax.random.key(0), train["x"], codes(train),
@@ -180,7 +180,7 @@ def categorical_model(seed=0, n_images=4):
     p = 1.0 / (1.0 + np.exp(-np.asarray(logits_of(jnp.asarray(ALL_CODES)), np.float64)))  # (9, 8, 1, 1)
     xs = x.astype(np.float64)[:, None]
     log_lik = np.sum(xs * np.log(p) + (1 - xs) * np.log1p(-p), axis=(2, 3, 4))  # (B, 9)
-    return dict(x=jnp.asarray(x), f=log_px_given_z, encoder_logits=jnp.asarray(encoder_logits), log_lik=log_lik)
+    return {"x": jnp.asarray(x), "f": log_px_given_z, "encoder_logits": jnp.asarray(encoder_logits), "log_lik": log_lik}
 
 
 def proposal_probs_of_all_codes(proposal):
@@ -309,7 +309,7 @@ def test_fit_observation_variance_maximizes_the_likelihood():
         x, x_hat = jnp.asarray(rng.uniform(size=(6, 4, 4, 1))), jnp.asarray(rng.uniform(size=(6, 4, 4, 1)))
         fitted = likelihood.fit_observation_variance(x, x_hat)
         assert float(fitted) == pytest.approx(float(np.mean((np.asarray(x) - np.asarray(x_hat)) ** 2)))
-        total = lambda v: jnp.sum(likelihood.gaussian_log_likelihood(x, x_hat, v))  # noqa: E731
+        total = lambda v: jnp.sum(likelihood.gaussian_log_likelihood(x, x_hat, v))
         assert abs(float(jax.grad(total)(fitted))) < 1e-8
         assert float(total(fitted)) > float(total(1.1 * fitted)) and float(total(fitted)) > float(total(0.9 * fitted))
 
@@ -352,7 +352,7 @@ def test_vmap_over_three_runs_equals_three_separate_calls():
     gmms = gmms.replace(means=gmms.means + jnp.arange(3.0)[:, None, None] * 0.1)  # a different density per run
 
     def one_run(w, b, mean, log_var, gmm, key):
-        f = lambda xi, z: likelihood.gaussian_log_likelihood(xi, (z @ w.T + b).reshape(-1, D, 1, 1), S2)  # noqa: E731
+        f = lambda xi, z: likelihood.gaussian_log_likelihood(xi, (z @ w.T + b).reshape(-1, D, 1, 1), S2)
         q = likelihood.GaussianProposal(mean, log_var)
         return (likelihood.iwae_bound(key, x, q, f, k=30, chunk_size=8),
                 likelihood.elbo(key, x, q, f, n_samples=3),
@@ -360,8 +360,11 @@ def test_vmap_over_three_runs_equals_three_separate_calls():
 
     batched = jax.jit(jax.vmap(one_run))(ws, bs, means, log_vars, gmms, keys)
     for r in range(3):
-        single = one_run(ws[r], bs[r], means[r], log_vars[r], jax.tree.map(lambda leaf: leaf[r], gmms), keys[r])
-        chex.assert_trees_all_close(jax.tree.map(lambda leaf: leaf[r], batched), single, rtol=1e-5, atol=1e-5)
+        def row(tree, r=r):
+            return jax.tree.map(lambda leaf: leaf[r], tree)
+
+        single = one_run(ws[r], bs[r], means[r], log_vars[r], row(gmms), keys[r])
+        chex.assert_trees_all_close(row(batched), single, rtol=1e-5, atol=1e-5)
 
 
 # --------------------------------------------------------------------------- bad input
