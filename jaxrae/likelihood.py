@@ -25,19 +25,20 @@ depend on ``chunk_size`` (results agree to float rounding across chunk sizes).
 Which bound for which model
 ---------------------------
 - Gaussian VAE and CV-VAE (fixed variance): :func:`elbo` with the analytic KL to N(0, I), and
-  :func:`iwae_bound` (Burda et al. 2016, "Importance Weighted Autoencoders", Eq. 8), whose
+  :func:`iwae_bound` (Burda et al. 2016, "Importance Weighted Autoencoders", Sec. 3), whose
   k = 5000 value is the test log-likelihood estimate of their Sec. 5.
 - Categorical VAE (dvae, dvae-st, drae-noise): the bounds of the DISCRETE model, with the exact
-  categorical posterior q(c | x) = prod_v softmax(logits_v) and the uniform prior p(c) = K^-N,
+  categorical posterior q(c | x) = prod_v softmax(logits_v), the uniform prior p(c) = K^-N and
   the decoder evaluated at exact one-hot samples c ~ q(c | x). Jang et al. (2017, "Categorical
-  Reparameterization with Gumbel-Softmax") train with relaxed samples but regularize with the
-  categorical KL(q || Uniform) and report the negative variational lower bound of the categorical
-  model; Paulus et al. (2021, "Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient
-  Estimator") train the discrete model (straight-through, the decoder sees one-hot codes) and
-  evaluate its bound. A relaxed-density bound (Maddison et al. 2017, the Concrete density of a
-  point on the simplex) would bound the likelihood of a different, continuous model whose decoder
-  sees non-one-hot inputs; it is not comparable across temperatures or with VQ/FSQ, so it is not
-  used here.
+  Reparameterization with Gumbel-Softmax", Table 2) report the negative variational lower bound
+  of their categorical VAE with the categorical KL(q(c | x) || Uniform); Paulus et al. (2021,
+  "Rao-Blackwellizing the Straight-Through Gumbel-Softmax Gradient Estimator") report it for
+  models trained with straight-through estimators, whose decoder sees one-hot codes. Evaluating
+  the decoder at one-hot samples makes every number here a bound on the discrete model's log
+  p(x), whatever estimator or temperature trained it. A relaxed-density bound (Maddison et al.
+  2017, the Concrete density of a point on the simplex) or a decoder fed relaxed samples would
+  bound the likelihood of a different, continuous model; it is not comparable across
+  temperatures or with VQ/FSQ, so it is not used.
 - Deterministic autoencoders with an ex-post density (ae and the rae family with a GMM; dae/drae
   with a mixture of categoricals; vqvae and fsq with a mixture over their codes):
   :func:`ex_post_log_likelihood`, importance sampling with the ex-post density as the prior
@@ -312,7 +313,7 @@ def importance_sampled_log_likelihood(key: jax.Array, x: chex.Array, proposal: P
     """log p_hat(x) = log (1/k) sum_{i=1}^k p(x | z_i) p(z_i) / q(z_i | x),  z_i ~ q(z | x).
 
     Importance sampling of p(x) = E_q[p(x | z) p(z) / q(z | x)] (e.g. Bishop PRML Sec. 11.1.4;
-    Burda et al. 2016, Eq. 8), computed with a log-sum-exp over the k log-weights, chunk_size
+    Burda et al. 2016, Sec. 3), computed with a log-sum-exp over the k log-weights, chunk_size
     samples at a time. p_hat(x) is unbiased for p(x) wherever q covers p(z) p(x | z); by Jensen,
     E[log p_hat(x)] <= log p(x), increasing in k and converging to log p(x) as k -> infinity
     (Burda et al. 2016, Theorem 1). With the posterior as q it is exact for every sample.
@@ -340,7 +341,7 @@ def iwae_bound(key: jax.Array, x: chex.Array, posterior: Proposal, log_px_given_
                k: int, chunk_size: int = 1000) -> chex.Array:
     """IWAE-k = log (1/k) sum_{i=1}^k p(x | z_i) p(z_i) / q(z_i | x),  z_i ~ q(z | x), for a VAE.
 
-    Burda et al. (2016, Eq. 8) with the model's own prior: N(0, I) for a GaussianProposal (VAE,
+    Burda et al. (2016, Sec. 3) with the model's own prior: N(0, I) for a GaussianProposal (VAE,
     CV-VAE), the uniform K^-N for a CategoricalProposal (the discrete VAE, evaluated as the
     discrete model: exact categorical samples and probabilities, see the module docstring).
     IWAE-1 is an unbiased one-sample ELBO estimate; E[IWAE-k] increases with k to log p(x); Burda
@@ -462,7 +463,7 @@ def nll_units(log_px: chex.Array, n_dims: int) -> NllUnits:
     """NLL = -log p(x) in nats, and bits per dimension = NLL / (D ln 2), D = pixels x channels.
 
     The per-image conversion (e.g. Theis et al. 2016, "A note on the evaluation of generative
-    models", Sec. 3.1); average over the images afterwards. For binary pixels both are negative
+    models"); average over the images afterwards. For binary pixels both are negative
     log-probabilities; for a Gaussian decoder they are a density on [0, 1]^D, comparable only
     between continuous models (add D log 256 after rescaling to compare with 8-bit data).
     """
