@@ -402,3 +402,20 @@ def test_bad_input_raises_config_error_naming_the_field(call, field):
     x, f, q = _gaussian_args()
     with pytest.raises(ConfigError, match="^" + field.replace(".", r"\.").replace("[", r"\[")):
         call(x, f, q)
+
+
+def test_compiled_memory_is_set_by_the_chunk_not_by_k():
+    cat = categorical_model(4)
+    q = likelihood.categorical_proposal(cat["encoder_logits"], uniform_weight=0.05)
+
+    def temp_bytes(k, chunk_size):
+        program = jax.jit(lambda key: likelihood.iwae_bound(key, cat["x"], q, cat["f"], k=k, chunk_size=chunk_size))
+        analysis = program.lower(jax.random.key(0)).compile().memory_analysis()
+        if analysis is None:
+            pytest.skip("this backend reports no memory analysis")
+        return analysis.temp_size_in_bytes
+
+    small_k, large_k, unchunked = temp_bytes(64, 16), temp_bytes(4096, 16), temp_bytes(4096, 4096)
+    # the same chunk: the same buffers whatever k is (here 8.8 kB for k = 64, 9.8 kB for k = 4096)
+    assert large_k <= 2 * small_k
+    assert unchunked > 20 * large_k  # one chunk of all 4096 samples needs them all at once (2 MB)
