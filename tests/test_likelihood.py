@@ -75,12 +75,17 @@ def standard_normal_mixture(dtype=jnp.float32):
                                    converged=jnp.asarray(True), covariance_type="full")
 
 
-def test_linear_gaussian_elbo_matches_its_closed_form():
+@pytest.mark.parametrize("fixed_variance", [None, 0.05], ids=["vae", "cv-vae"])
+def test_linear_gaussian_elbo_matches_its_closed_form(fixed_variance):
     with jax.enable_x64(True):
         model = linear_gaussian(6)
         mean = model["post_mean"] + 1.5 * np.sqrt(model["post_var"])
-        var = 2.5 * model["post_var"]
-        q = likelihood.GaussianProposal(jnp.asarray(mean), jnp.log(jnp.asarray(var)))
+        if fixed_variance is None:  # VAE: a variance per image and dimension
+            var = 2.5 * model["post_var"]
+            q = likelihood.GaussianProposal(jnp.asarray(mean), jnp.log(jnp.asarray(var)))
+        else:  # CV-VAE: one fixed variance, passed as a scalar log variance
+            var = np.full_like(mean, fixed_variance)
+            q = likelihood.GaussianProposal(jnp.asarray(mean), jnp.log(fixed_variance))
         f = linear_decoder(model["w"], model["b"])
         estimate, se = replicate(lambda key: likelihood.elbo(key, model["x"], q, f, n_samples=500, chunk_size=128), 10, 1)
         expected = closed_form_elbo(model, mean, var)
