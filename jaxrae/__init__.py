@@ -13,7 +13,7 @@ Public API (re-exported here; the modules are usable alone):
 # Eager on purpose: `jaxrae.train` must stay the function even after `import jaxrae.train`
 # (a lazy re-export would be shadowed by the submodule). relax, losses and density import
 # nothing from the layers above them, so they remain usable on their own.
-from jaxrae import density, features, losses, methods, metrics, relax
+from jaxrae import density, features, likelihood, losses, methods, metrics, relax
 from jaxrae.config import TrainConfig
 from jaxrae.data import Dataset, load_data
 from jaxrae.errors import CheckpointError, ConfigError, DataError, JaxraeError
@@ -35,6 +35,7 @@ __all__ = [
     "TrainState",
     "density",
     "features",
+    "likelihood",
     "load_data",
     "losses",
     "make_train",
