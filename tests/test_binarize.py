@@ -268,7 +268,7 @@ class BinarizeBatchTest(chex.TestCase):
         chex.assert_trees_all_equal(list(jax.vmap(binarize_batch)(keys, xs)),
                                     [binarize_batch(k, xi) for k, xi in zip(keys, xs)])
 
-    def test_per_step_keys_differ_and_the_stream_constant_is_its_own(self):
+    def test_per_step_keys_give_different_draws(self):
         x = jnp.asarray(load_data("digits", n_train=32, n_test=1).train_images_u8)
         run_key = jax.random.key(3)
         steps = [binarize_batch(jax.random.fold_in(jax.random.fold_in(run_key, t), DYNAMIC_BINARIZE_STREAM), x)

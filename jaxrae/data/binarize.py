@@ -2,11 +2,11 @@
 
 Each grey pixel ``v`` in 0..255 becomes a Bernoulli variable with ``p = v / 255``: 255 (on) with
 probability p, else 0. This is how the binarized MNIST of the likelihood literature is made
-from the grey digits: Salakhutdinov & Murray, "On the Quantitative Analysis of Deep Belief
-Networks" (ICML 2008) draw it once and keep it (*static*); Burda, Grosse & Salakhutdinov,
-"Importance Weighted Autoencoders" (ICLR 2016) and the categorical VAE of Jang, Gu & Poole,
-"Categorical Reparameterization with Gumbel-Softmax" (ICLR 2017) draw a new one for every
-training batch (*dynamic*) and evaluate on a fixed binarization of the test set.
+from the grey digits. Salakhutdinov & Murray, "On the Quantitative Analysis of Deep Belief
+Networks" (ICML 2008) drew it once, and Larochelle & Murray, "The Neural Autoregressive
+Distribution Estimator" (AISTATS 2011) published that fixed draw as a benchmark (*static*);
+Burda, Grosse & Salakhutdinov, "Importance Weighted Autoencoders" (ICLR 2016) draw a new one for
+every training batch (*dynamic*).
 
 Binarized images stay uint8 with values {0, 255}, not {0, 1}: every consumer of a
 :class:`~jaxrae.data.Dataset` reads uint8 images as ``x / 255`` (the train step, the feature
@@ -80,8 +80,8 @@ def binarize_static(images: np.ndarray, split: str, *, start: int = 0) -> np.nda
     probability ``ceil(x 2**53 / 255) / 2**53`` (``x / 255`` within 2**-53): never for 0, always
     for 255. ``start`` lets a caller binarize a split in pieces (images ``[start, start + N)``)
     and get the same bytes as in one piece. The mean of the binarized images over many pixels is
-    the mean of ``x / 255`` within binomial error (Salakhutdinov & Murray 2008's binarized MNIST
-    is such a draw, with another generator).
+    the mean of ``x / 255`` within binomial error (the binarized MNIST of Salakhutdinov & Murray
+    2008 is such a draw, with another generator).
 
     Raises:
       ConfigError: ``split`` is not ``"train"`` or ``"test"``, or ``start`` is not an integer >= 0.
@@ -112,8 +112,7 @@ def binarize_batch(key: chex.PRNGKey, images: chex.Array) -> jax.Array:
 
     Pure and jit-able: each pixel is on with probability ``x / 255`` (in float32: never for 0,
     always for 255), independently, with the bits of ``key`` (``jax.random.bernoulli``). The
-    dynamic binarization of Burda et al. (2016) and Jang et al. (2017): a new draw for every
-    training batch. Vmapped over a run axis (one key per run), run r's batch gets exactly the
+    dynamic binarization of Burda et al. (2016): a new draw for every training batch. Vmapped over a run axis (one key per run), run r's batch gets exactly the
     bits it gets alone, so a seed's training does not depend on the runs beside it. A trainer
     derives ``key`` from the step's key, ``jax.random.fold_in(step_key, DYNAMIC_BINARIZE_STREAM)``,
     and applies this to the batch after gathering it, before the conversion to floats.
