@@ -3,12 +3,15 @@
 One module per concern:
 
 - :mod:`jaxrae.data.spec`: the spec strings (``digits``, ``fashion_mnist``, ``mnist``,
-  ``idx:<dir>``, ``tfds:<name>``, each optionally ending in ``@crop=...,image_size=...``),
+  ``idx:<dir>``, ``tfds:<name>``, each optionally ending in ``@crop=...,image_size=...,binarize=...``),
   :func:`load_data`, the :class:`Dataset` it returns, :func:`make_dataset` for arrays you
   already hold, and the content :func:`fingerprint` that caches are keyed on.
 - :mod:`jaxrae.data.preprocess`: raw arrays into a Dataset's types (uint8 NHWC images, int32
   labels, 0/1 attributes), :func:`center_crop`, :func:`area_resize` (exact area averaging) and
   :func:`preprocess_images` (both, in chunks).
+- :mod:`jaxrae.data.binarize`: grey levels into {0, 255} Bernoulli draws with ``p = x / 255``:
+  :func:`binarize_static` (one fixed draw, numpy Philox with :data:`STATIC_BINARIZE_SEED`) and
+  :func:`binarize_batch` (a fresh draw per training batch from a JAX key).
 - :mod:`jaxrae.data.idx`: :func:`read_idx`, the strict IDX reader (gzipped or not), and the
   ``idx:<dir>`` loader.
 - :mod:`jaxrae.data.tfds`: the tensorflow-datasets adapter; tensorflow-datasets is imported
@@ -18,6 +21,13 @@ The embedded ``digits`` file is package data (``jaxrae/_data/digits.npz``), read
 ``importlib.resources``.
 """
 
+from jaxrae.data.binarize import (
+    BINARIZE_MODES,
+    DYNAMIC_BINARIZE_STREAM,
+    STATIC_BINARIZE_SEED,
+    binarize_batch,
+    binarize_static,
+)
 from jaxrae.data.idx import IDX_DTYPES, IDX_FILES, IDX_MAX_DIMS, read_idx
 from jaxrae.data.preprocess import (
     MAX_CLASSES,
@@ -37,16 +47,21 @@ from jaxrae.data.spec import (
 from jaxrae.data.tfds import TFDS_READ_CHUNK
 
 __all__ = [
+    "BINARIZE_MODES",
     "DEBIAN_FASHION_MNIST_DIR",
+    "DYNAMIC_BINARIZE_STREAM",
     "IDX_DTYPES",
     "IDX_FILES",
     "IDX_MAX_DIMS",
     "MAX_CLASSES",
     "SPEC_OPTIONS",
+    "STATIC_BINARIZE_SEED",
     "TFDS_READ_CHUNK",
     "VALID_SPECS",
     "Dataset",
     "area_resize",
+    "binarize_batch",
+    "binarize_static",
     "center_crop",
     "fingerprint",
     "load_data",

@@ -15,6 +15,14 @@ does (Tolstikhin et al. 2018): a 140x140 centre crop resized to 64x64, i.e.
 ``tfds:celeb_a@crop=140,image_size=64``. A suffix lets a TOML file or a ``--data`` flag carry
 the preprocessing, and the data set's name (its canonical spec) records it.
 
+The suffix may also hold ``binarize=static`` or ``binarize=dynamic`` (with or without the other
+keys, e.g. ``tfds:celeb_a@crop=140,image_size=64,binarize=static``), the same as
+``load_data(spec, binarize=...)``: each pixel becomes 255 with probability ``pixel / 255``, else 0
+(:mod:`jaxrae.data.binarize`), after any crop and resize. ``static``: one fixed draw of both
+splits, the same in every run, process and reload. ``dynamic``: the test split gets that fixed
+draw, the training split stays grey and a trainer draws each batch afresh from its run's key
+(:func:`~jaxrae.data.binarize.binarize_batch`). :attr:`Dataset.binarize` records the mode.
+
 Images stay uint8 (N, H, W, C) so that a data set lives on the accelerator once, at a quarter of
 the float32 size; the trainer converts each batch to float32 in [0, 1]. Labels are int32; a data
 set without a class label (celeb_a) gets label 0 everywhere. Binary attributes, where the source
@@ -54,6 +62,7 @@ from typing import NamedTuple
 
 import numpy as np
 
+from jaxrae.data.binarize import BINARIZE_MODES, binarize_splits, check_binarize_mode
 from jaxrae.data.idx import load_idx_dir
 from jaxrae.data.preprocess import (
     Preprocess,
@@ -75,6 +84,9 @@ class Dataset:
     keyed on it (feature networks, checkpoints, results) are invalidated whenever the content
     changes, including by a different crop or resize. ``train_attributes``/``test_attributes``
     are uint8 0/1 matrices (N, A) with column names ``attribute_names``, or None.
+    ``binarize`` is None (grey images), ``"static"`` (both splits hold a fixed binarization,
+    values {0, 255}) or ``"dynamic"`` (the test split does; the training split is grey and meant
+    to be binarized per batch with :func:`~jaxrae.data.binarize.binarize_batch`).
     """
 
     name: str
@@ -86,6 +98,7 @@ class Dataset:
     train_attributes: np.ndarray | None = None
     test_attributes: np.ndarray | None = None
     attribute_names: tuple[str, ...] = ()
+    binarize: str | None = None
 
     @property
     def train_images(self) -> np.ndarray:
@@ -136,7 +149,7 @@ VALID_SPECS = (
 )
 
 #: Keys of a spec's ``@key=value,...`` suffix: the preprocessing arguments of :func:`load_data`.
-SPEC_OPTIONS = ("crop", "image_size")
+SPEC_OPTIONS = ("crop", "image_size", "binarize")
 
 
 # --------------------------------------------------------------------------------------------
@@ -151,6 +164,7 @@ def load_data(
     n_test: int | None = None,
     crop: int | tuple[int, int] | None = None,
     image_size: int | tuple[int, int] | None = None,
+    binarize: str | None = None,
 ) -> Dataset:
     """Load a data set by spec: ``digits``, ``fashion_mnist``, ``mnist``, ``idx:<dir>``, ``tfds:<name>``.
 
@@ -166,6 +180,9 @@ def load_data(
         by exact area averaging (:func:`area_resize`). ``None``: keep the (cropped) size.
         Both are applied while loading, a chunk of images at a time, so a tfds split is never
         held at full size (CelebA train: 19 GB uint8 at 218x178, 2 GB at 64x64).
+      binarize: ``"static"`` or ``"dynamic"``, applied last (:mod:`jaxrae.data.binarize`): static
+        binarizes both splits with one fixed draw, dynamic only the test split (the trainer
+        draws training batches afresh). ``None``: grey images.
 
     Returns:
       A :class:`Dataset` with uint8 NHWC images, int32 labels, the source's binary attributes if
@@ -174,19 +191,20 @@ def load_data(
 
     Raises:
       ConfigError: unknown spec, a malformed suffix, an invalid ``n_train``/``n_test``/``crop``/
-        ``image_size``, or a preprocessing key given both in the suffix and as an argument.
+        ``image_size``/``binarize``, or a preprocessing key given both in the suffix and as an argument.
       DataError: a missing, corrupt or inconsistent source, or a crop larger than the images.
     """
     require(isinstance(spec, str), "data", spec, f"the data spec must be a string; valid forms: {', '.join(VALID_SPECS)}")
     _check_subset("n_train", n_train)
     _check_subset("n_test", n_test)
     base, options = _split_spec_options(spec)
-    for key, value in (("crop", crop), ("image_size", image_size)):
+    for key, value in (("crop", crop), ("image_size", image_size), ("binarize", binarize)):
         if value is not None:
             require(key not in options, key, value, f"{key} is given twice, in the spec {spec!r} and as an argument; keep one")
             options[key] = value
     prep = Preprocess(as_size("crop", options.get("crop")), as_size("image_size", options.get("image_size")))
-    name = base + prep.suffix()
+    binarize = check_binarize_mode(options.get("binarize"))
+    name = base + _with_binarize(prep.suffix(), binarize)
 
     if base == "digits":
         splits = _Splits(*_load_digits())
@@ -209,6 +227,7 @@ def load_data(
     return make_dataset(
         name, train[0], train[1], test[0], test[1],
         train_attributes=train[2], test_attributes=test[2], attribute_names=splits.attribute_names or None,
+        binarize=binarize,
     )
 
 
@@ -222,6 +241,7 @@ def make_dataset(
     train_attributes=None,
     test_attributes=None,
     attribute_names=None,
+    binarize: str | None = None,
 ) -> Dataset:
     """Validate and normalize arrays into a :class:`Dataset` (uint8 NHWC images, int32 labels).
 
@@ -229,9 +249,12 @@ def make_dataset(
     and rounded); labels 1-D integers in [0, ``MAX_CLASSES``). Attributes, optional but both or
     neither, are (N, A) 0/1 matrices (bool or integer), stored as uint8, with ``attribute_names``
     (default ``attribute_0 ...``). Anything else is a DataError naming ``name``.
+    ``binarize`` (None, ``"static"``, ``"dynamic"``; else a ConfigError) binarizes the images as
+    :func:`~jaxrae.data.binarize.binarize_splits` does, each array taken as its split from index 0.
     """
     train_x = as_images_u8(name, "train images", train_images)
     test_x = as_images_u8(name, "test images", test_images)
+    binarize = check_binarize_mode(binarize)
     train_y = as_labels(name, "train labels", train_labels)
     test_y = as_labels(name, "test labels", test_labels)
     for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
@@ -259,6 +282,7 @@ def make_dataset(
     elif attribute_names:
         raise invalid(f"{name} attribute_names", attribute_names,
                       "given without attributes; give train_attributes and test_attributes too", DataError)
+    train_x, test_x = binarize_splits(binarize, train_x, test_x)
     return Dataset(
         name=name,
         train_images_u8=train_x,
@@ -266,22 +290,27 @@ def make_dataset(
         test_images_u8=test_x,
         test_labels=test_y,
         fingerprint=fingerprint(train_x, train_y, test_x, test_y,
-                                train_attributes=train_attributes, test_attributes=test_attributes),
+                                train_attributes=train_attributes, test_attributes=test_attributes, binarize=binarize),
         train_attributes=train_attributes,
         test_attributes=test_attributes,
         attribute_names=names,
+        binarize=binarize,
     )
 
 
 def fingerprint(
-    train_images, train_labels, test_images, test_labels, *, train_attributes=None, test_attributes=None
+    train_images, train_labels, test_images, test_labels, *, train_attributes=None, test_attributes=None,
+    binarize: str | None = None,
 ) -> str:
     """SHA-256 hex digest over the shape, dtype and bytes of the arrays, in this order.
 
     Attributes enter only when given, so a data set without attributes is digested from its
     images and labels alone. Nothing else enters (no name, no path, no preprocessing
-    settings), so equal content gives an equal fingerprint whatever the source; a crop or resize
-    changes the image bytes and shape, hence the fingerprint.
+    settings) but a dynamic binarization, so equal content gives an equal fingerprint whatever
+    the source; a crop, a resize or a static binarization changes the image bytes (and shape),
+    hence the fingerprint. ``binarize="dynamic"`` enters the digest last, since the training
+    images a model then sees are fresh draws, not the grey bytes stored; None and ``"static"``
+    add nothing (ConfigError for any other value).
     """
     h = hashlib.sha256()
     arrays = [
@@ -298,6 +327,8 @@ def fingerprint(
         # their bytes do; the header also keeps (2, 6) and (3, 4) of equal bytes apart.
         h.update(f"{tag}|{a.dtype.str}|{a.shape}\n".encode())
         h.update(a.tobytes())
+    if check_binarize_mode(binarize) == "dynamic":
+        h.update(b"binarize|dynamic\n")
     return h.hexdigest()
 
 
@@ -318,11 +349,18 @@ def _split_spec_options(spec: str) -> tuple[str, dict[str, str]]:
     for item in tail.split(","):
         key, eq, value = (t.strip() for t in item.partition("="))
         require(eq and key in SPEC_OPTIONS and value, "data", spec,
-                f"cannot read {item!r} in its @ suffix; write <spec>@crop=<n>,image_size=<n> "
-                f"(keys: {', '.join(SPEC_OPTIONS)}; values n or HxW)")
+                f"cannot read {item!r} in its @ suffix; write <spec>@crop=<n>,image_size=<n>,binarize=<mode> "
+                f"(keys: {', '.join(SPEC_OPTIONS)}; values n or HxW, binarize {' or '.join(BINARIZE_MODES)})")
         require(key not in options, "data", spec, f"{key} is given twice in its @ suffix; keep one")
         options[key] = value
     return base, options
+
+
+def _with_binarize(suffix: str, binarize: str | None) -> str:
+    """The canonical suffix: ``prep``'s ``@crop=...,image_size=...`` then ``binarize=<mode>``."""
+    if binarize is None:
+        return suffix
+    return f"{suffix}{',' if suffix else '@'}binarize={binarize}"
 
 
 # --------------------------------------------------------------------------------------------
