@@ -87,7 +87,12 @@ class Trainer:
 
 
 def make_train(config: TrainConfig, data: Dataset | np.ndarray) -> Trainer:
-    """Build the pure training functions of ``config`` for ``data`` (a Dataset or uint8 NHWC array)."""
+    """Build the pure training functions of ``config`` for ``data`` (a Dataset or uint8 NHWC array).
+
+    ``make_train(config, data)(jax.random.key(0))`` trains one run and returns its final
+    :class:`TrainState` and per-step metrics; ``jax.vmap`` of it over
+    ``jax.random.split(jax.random.key(0), n)`` trains n runs in one program.
+    """
     images_u8 = data.train_images_u8 if isinstance(data, Dataset) else np.asarray(data)
     if images_u8.dtype != np.uint8 or images_u8.ndim != 4:
         raise ConfigError(f"training images must be uint8 of shape (N, H, W, C), got {images_u8.dtype} {images_u8.shape}")

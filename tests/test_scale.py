@@ -187,7 +187,6 @@ def test_persistent_compilation_cache_serves_a_fresh_compile(children):
     res.pop("losses")
     assert res["hits"] >= 1, res
     assert res["same"]
-    assert res["second_compile"] < res["first_compile"], res
 
 
 def test_initialize_names_missing_settings(monkeypatch):
