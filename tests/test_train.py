@@ -15,7 +15,7 @@ from jaxrae.errors import CheckpointError, ConfigError
 from jaxrae.optim import make_optimizer
 from jaxrae.train import default_hparams, make_train, train
 
-FAST = dict(batch_size=32, chunk_size=30)
+FAST = {"batch_size": 32, "chunk_size": 30}
 
 
 @pytest.mark.parametrize("name", methods.names())
