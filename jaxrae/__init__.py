@@ -4,7 +4,8 @@ Public API (re-exported here; the modules are usable alone):
 
 - data:     :func:`load_data` -> :class:`Dataset`
 - config:   :class:`TrainConfig`
-- methods:  the method grid (:class:`Method`, :func:`methods.names`)
+- methods:  the method grid's rows and presets (:class:`Method`, :func:`methods.names`);
+  grid: its registries of code paths and regularizers
 - train:    :func:`train` (many seeds in one program) -> :class:`Runs`; :func:`make_train`
 - losses, relax, density, metrics: pure functions (``from jaxrae.relax import gumbel_softmax``)
 - errors:   :class:`ConfigError`, :class:`DataError`, :class:`CheckpointError`
@@ -13,11 +14,12 @@ Public API (re-exported here; the modules are usable alone):
 # Eager on purpose: `jaxrae.train` must stay the function even after `import jaxrae.train`
 # (a lazy re-export would be shadowed by the submodule). relax, losses and density import
 # nothing from the layers above them, so they remain usable on their own.
-from jaxrae import density, features, likelihood, losses, methods, metrics, relax
+from jaxrae import density, features, grid, likelihood, losses, methods, metrics, relax
 from jaxrae.config import TrainConfig
 from jaxrae.data import Dataset, load_data
 from jaxrae.errors import CheckpointError, ConfigError, DataError, JaxraeError
-from jaxrae.methods import HParams, Method
+from jaxrae.grid import HParams
+from jaxrae.methods import Method
 from jaxrae.train import Runs, TrainState, make_train, train
 
 __version__ = "0.1.0"
@@ -35,6 +37,7 @@ __all__ = [
     "TrainState",
     "density",
     "features",
+    "grid",
     "likelihood",
     "load_data",
     "losses",

@@ -22,8 +22,9 @@ import dataclasses
 import functools
 import itertools
 import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, NamedTuple, Sequence
+from typing import Any, NamedTuple
 
 import chex
 import jax
@@ -37,8 +38,9 @@ from jaxrae import io as jio
 from jaxrae.config import TrainConfig
 from jaxrae.data import Dataset
 from jaxrae.errors import CheckpointError, ConfigError
-from jaxrae.methods import AutoEncoder, Codec, HParams, build_model, code_spec, make_codec, make_loss_fn
-from jaxrae.optim import adam_init, adam_step_or_freeze
+from jaxrae.grid import Codec, HParams, build_model, code_spec, make_codec, make_loss_fn
+from jaxrae.nets import AutoEncoder
+from jaxrae.optim import make_optimizer
 
 SWEEPABLE = HParams._fields  # lr, beta, lam, tau
 
@@ -84,7 +86,12 @@ class Trainer:
 
 
 def make_train(config: TrainConfig, data: Dataset | np.ndarray) -> Trainer:
-    """Build the pure training functions of ``config`` for ``data`` (a Dataset or uint8 NHWC array)."""
+    """Build the pure training functions of ``config`` for ``data`` (a Dataset or uint8 NHWC array).
+
+    ``make_train(config, data)(jax.random.key(0))`` trains one run and returns its final
+    :class:`TrainState` and per-step metrics; ``jax.vmap`` of it over
+    ``jax.random.split(jax.random.key(0), n)`` trains n runs in one program.
+    """
     images_u8 = data.train_images_u8 if isinstance(data, Dataset) else np.asarray(data)
     if images_u8.dtype != np.uint8 or images_u8.ndim != 4:
         raise ConfigError(f"training images must be uint8 of shape (N, H, W, C), got {images_u8.dtype} {images_u8.shape}")
@@ -97,11 +104,11 @@ def make_train(config: TrainConfig, data: Dataset | np.ndarray) -> Trainer:
 @functools.lru_cache(maxsize=64)
 def _training_functions(config: TrainConfig, image_shape: tuple):
     """(model, codec, init, step, run) of a config, cached so equal configs share compilations."""
-    method = config.method_spec
-    model = build_model(method, config, image_shape)
-    codec = make_codec(method, config, model)
-    loss_fn = make_loss_fn(method, config, model)
-    decoder_in = code_spec(method, config).decoder_in
+    model = build_model(config, image_shape)
+    codec = make_codec(config, model)
+    loss_fn = make_loss_fn(config, model)
+    decoder_in = code_spec(config).decoder_in
+    optimizer = make_optimizer(config.optimizer, config.max_grad_norm)
 
     def init(key, hparams: HParams) -> TrainState:
         init_key, run_key = jax.random.split(key)
@@ -109,7 +116,7 @@ def _training_functions(config: TrainConfig, image_shape: tuple):
         z = jnp.zeros((1, decoder_in), jnp.float32)
         variables = model.init(init_key, x, z, False)
         params = variables["params"]
-        opt_state = adam_init(params)  # the learning rate is per run, in hparams
+        opt_state = optimizer.init(params)  # the learning rate is per run, in hparams
         return TrainState(
             step=jnp.zeros((), jnp.int32),
             params=params,
@@ -132,10 +139,10 @@ def _training_functions(config: TrainConfig, image_shape: tuple):
         alive = finite & (state.diverged_at < 0)
         # The freeze is inside the update (scalar coefficients), not a where() between an old
         # and a new state, so XLA updates parameters and moments in place (see jaxrae/optim.py).
-        params, opt_state = adam_step_or_freeze(state.params, state.opt_state, grads,
-                                                state.hparams.lr, alive)
-        batch_stats = jax.tree_util.tree_map(lambda new, old: jnp.where(alive, new, old),
-                                             batch_stats, state.batch_stats)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, alive=alive,
+                                              learning_rate=state.hparams.lr)
+        params = optax.apply_updates(state.params, updates)
+        batch_stats = jax.tree.map(lambda new, old: jnp.where(alive, new, old), batch_stats, state.batch_stats)
         new_state = TrainState(
             step=state.step + 1,
             params=params,
@@ -359,7 +366,7 @@ def train(
 
     # Every process holds the whole run list on the host; distributed.put gives each process
     # only its own runs' shards (and every device one copy of the uint8 images).
-    keys = np.stack([np.asarray(jax.random.PRNGKey(r["seed"])) for r in padded])
+    keys = np.stack([np.asarray(jax.random.key_data(jax.random.key(r["seed"]))) for r in padded])
     hparams = HParams(*(np.asarray([r[n] for r in padded], np.float32) for n in SWEEPABLE))
     run_sharding = None if mesh is None else NamedSharding(mesh, PartitionSpec("runs"))
     keys, hparams = distributed.put((keys, hparams), run_sharding)
@@ -419,8 +426,8 @@ def train(
             bar.close()
     wall = time.perf_counter() - t0
 
-    trim = lambda a: a[:n_runs]  # noqa: E731  (drop the padding runs)
-    state = jax.tree_util.tree_map(trim, distributed.to_host(state))
+    trim = lambda a: a[:n_runs]  # drop the padding runs
+    state = jax.tree.map(trim, distributed.to_host(state))
     metrics = {k: trim(np.concatenate(v, axis=1)) for k, v in history.items()}
     return Runs(config, data.name, runs, state, metrics, trainer.model, trainer.codec, tuple(trainer.images_u8.shape[1:]), wall - compile_s, compile_s)
 

@@ -47,6 +47,10 @@ def test_defaults_are_the_paper_settings():
         ({"method": "rae", "estimator": "reinmax"}, "estimator"),
         ({"fsq_levels": (8, 1)}, "fsq_levels"),
         ({"batch_size": 2.5}, "batch_size"),
+        ({"optimizer": "lbfgs"}, "optimizer='lbfgs' is invalid: choose one of adam, sgd"),
+        ({"max_grad_norm": 0.0}, "max_grad_norm"),
+        ({"max_grad_norm": float("nan")}, "max_grad_norm"),
+        ({"max_grad_norm": float("inf")}, "max_grad_norm"),
     ],
 )
 def test_invalid_values_name_the_field(changes, field):
@@ -55,11 +59,11 @@ def test_invalid_values_name_the_field(changes, field):
 
 
 def test_config_is_frozen_and_round_trips():
-    cfg = TrainConfig(method="drae-gp", estimator="gumbel-rao", tau=0.7)
+    cfg = TrainConfig(method="drae-gp", estimator="gumbel-rao", tau=0.7, optimizer="sgd", max_grad_norm=2.0)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.steps = 3
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
-    with pytest.raises(ConfigError, match="unknown config key"):
+    with pytest.raises(ConfigError, match="learning_rate=1.0 is invalid: unknown config key"):
         TrainConfig.from_dict({**cfg.to_dict(), "learning_rate": 1.0})
 
 
