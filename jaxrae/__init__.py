@@ -7,7 +7,8 @@ Public API (re-exported here; the modules are usable alone):
 - methods:  the method grid's rows and presets (:class:`Method`, :func:`methods.names`);
   grid: its registries of code paths and regularizers
 - train:    :func:`train` (many seeds in one program) -> :class:`Runs`; :func:`make_train`
-- losses, relax, density, metrics: pure functions (``from jaxrae.relax import gumbel_softmax``)
+- losses, relax, density, likelihood, metrics: pure functions (``from jaxrae.relax import gumbel_softmax``)
+- features: the FD feature network (a small classifier per data set, cached)
 - errors:   :class:`ConfigError`, :class:`DataError`, :class:`CheckpointError`
 """
 

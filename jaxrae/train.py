@@ -32,8 +32,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
+from tqdm.auto import tqdm
 
-from jaxrae import distributed
+from jaxrae import density, distributed
 from jaxrae import io as jio
 from jaxrae.config import TrainConfig
 from jaxrae.data import Dataset
@@ -296,8 +297,6 @@ class Runs:
         :func:`jaxrae.density.fit_categorical_mixture`). One vmapped fit for all runs; the
         result's fields have a leading run axis. ``kwargs`` go to the fitting function.
         """
-        from jaxrae import density
-
         codes = self.encode(images)
         if self.codec.discrete:
             return density.fit_categorical_mixture(key, codes, self.codec.n_classes, n_components, **kwargs)
@@ -447,6 +446,4 @@ def _chunk_lengths(remaining: int, chunk: int) -> list[int]:
 def _progress(total: int, initial: int, enabled: bool, desc: str):
     if not enabled:
         return None
-    from tqdm.auto import tqdm
-
     return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True)

@@ -49,13 +49,6 @@ STANDALONE: dict[str, set[str]] = {
 #: module level, so a module's first lines show what it depends on.
 OPTIONAL_DEPENDENCIES = {"tensorflow_datasets", "tensorflow", "matplotlib", "IPython"}
 
-#: Function-local imports that modules still hold; each entry is to move to module level and
-#: then be deleted here (the test fails for any function-local import not listed).
-LOCAL_IMPORTS_TO_MOVE: dict[str, set[str]] = {
-    "jaxrae.train": {"tqdm.auto", "jaxrae.density"},
-}
-
-
 # --------------------------------------------------------------------------------------------
 # Reading the imports
 
@@ -232,10 +225,9 @@ def test_import_graph_has_no_cycle():
 
 @pytest.mark.parametrize("module", sorted(MODULES), ids=str)
 def test_function_local_imports_are_optional_dependencies_only(module):
-    allowed = LOCAL_IMPORTS_TO_MOVE.get(module, set())
     local = [(target, line) for target, line, inside in imports_of(module, MODULES[module], MODULES) if inside]
     unexpected = [f"line {line}: {target}" for target, line in local
-                  if target.split(".")[0] not in OPTIONAL_DEPENDENCIES and target not in allowed]
+                  if target.split(".")[0] not in OPTIONAL_DEPENDENCIES]
     assert unexpected == [], f"move these imports of {module} to module level"
 
 
