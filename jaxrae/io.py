@@ -188,7 +188,8 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Any, dict]:
         raise CheckpointError(f"{path} is not a {FORMAT} file; {redo}")
     digests = blob.get("sha256")
     header_text, tree = blob.get("header"), blob.get("tree")
-    if not isinstance(digests, dict) or not isinstance(header_text, str) or not isinstance(tree, dict):
+    if not (isinstance(digests, dict) and isinstance(digests.get("tree"), dict) and isinstance(header_text, str)
+            and isinstance(tree, dict)):
         raise CheckpointError(f"checkpoint {path} lacks its header, tree or checksums; {redo}")
     if digests.get("header") != _text_digest(header_text):
         raise CheckpointError(f"checkpoint {path} is corrupt: its header fails its SHA-256 check; {redo}")
@@ -197,7 +198,7 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Any, dict]:
         raise CheckpointError(f"checkpoint {path} is corrupt: {fault}; {redo}")
     try:
         header = json.loads(header_text)
-    except ValueError as e:  # a header that was written unparseable would have been refused on save
+    except ValueError as e:  # save writes json.dumps output: only a file whose digests were recomputed gets here
         raise CheckpointError(f"checkpoint {path} has no valid header ({type(e).__name__}); {redo}") from None
     return tree, header
 
@@ -239,7 +240,7 @@ def _first_digest_fault(tree, digests, prefix: str) -> str | None:
     where = prefix or "the tree"
     if isinstance(digests, dict) or isinstance(tree, dict):
         if not (isinstance(digests, dict) and isinstance(tree, dict)):
-            return f"{where} is {'an array' if isinstance(digests, str) else 'a subtree'} in its checksums but not in its tree"
+            return f"{where} is {_kind(digests)} in its checksums but {_kind(tree)} in its tree"
         for key in sorted(set(tree) | set(digests), key=str):
             if key not in digests:
                 return f"{_join(prefix, key)} has no checksum (a leaf that was not written with the file)"
@@ -254,6 +255,10 @@ def _first_digest_fault(tree, digests, prefix: str) -> str | None:
     return None
 
 
+def _kind(node) -> str:
+    return "a subtree" if isinstance(node, dict) else "an array"
+
+
 def _first_mismatch(expected, found, prefix: str) -> str | None:
     """The first difference between two state dicts (this run's, the file's) as a phrase naming the leaf; None if none.
 
@@ -265,8 +270,7 @@ def _first_mismatch(expected, found, prefix: str) -> str | None:
         return f"{where} is missing from the file"
     if isinstance(expected, dict) or isinstance(found, dict):
         if not (isinstance(expected, dict) and isinstance(found, dict)):
-            kind = lambda x: "a subtree" if isinstance(x, dict) else "an array"  # noqa: E731
-            return f"{where} is {kind(expected)} in this run but {kind(found)} in the file"
+            return f"{where} is {_kind(expected)} in this run but {_kind(found)} in the file"
         missing = [k for k in expected if k not in found]
         if missing:
             return f"{_join(prefix, missing[0])} is missing from the file"
