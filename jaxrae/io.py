@@ -216,7 +216,7 @@ def array_digest(array: np.ndarray) -> str:
     """
     array = np.asarray(array)
     h = hashlib.sha256(f"{array.dtype.str}|{array.shape}|".encode())
-    h.update(np.ascontiguousarray(array).tobytes())
+    h.update(np.ascontiguousarray(array).data)  # the buffer itself: no copy of a large array
     return h.hexdigest()
 
 
