@@ -75,20 +75,64 @@ def _differences(a, b, prefix="") -> list[str]:
     return [] if a == b else [prefix.rstrip(".")]
 
 
+#: The images a finished row keeps in ``methods/<label>.npz`` (written by :func:`run_method`, drawn by :func:`write_figures`).
+FIGURE_IMAGES = ("originals", "reconstructions", "prior", "ex_post", "interpolations")
+
+
+def _redo_hint(record_path: Path) -> str:
+    return f"delete {record_path} to redo {record_path.stem}, or rerun with --overwrite"
+
+
 def _load_finished(path: Path, header: dict) -> dict | None:
-    """A finished row's record if it exists and matches ``header``; error if it is foreign."""
+    """A finished row's record (``methods/<label>.json``) if it exists and matches ``header``, else None.
+
+    The record and the images beside it (``methods/<label>.npz``) are both read and checked
+    here, before any row trains or any output is rewritten: a record that is truncated, not
+    JSON, or lacks the fields the tables and figures read, an image file that is missing,
+    truncated or lacks an image, and a record of other settings each raise a one-line
+    CheckpointError that says which file to delete.
+    """
     if not path.exists():
         return None
     try:
-        record = json.loads(path.read_text())
-        saved = record["header"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}); delete it to redo that method, or rerun with --overwrite") from None
+        record = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise CheckpointError(f"{path} is unreadable or truncated ({type(e).__name__}); {_redo_hint(path)}") from None
+    try:
+        n_runs = len(record["seeds"])
+        complete = (isinstance(record["header"], dict) and isinstance(record["metrics"], dict) and isinstance(record["times"], dict)
+                    and len(record["ok"]) == n_runs and all(len(v) == n_runs for v in record["metrics"].values())
+                    and len(record["loss_curve"]["loss"]) == n_runs and isinstance(record["loss_curve"]["steps"], list))
+    except (KeyError, TypeError):  # not a dict, a field missing, a number where a list belongs
+        complete = False
+    if not complete:
+        raise CheckpointError(f"{path} lacks part of a finished row's record (header, per-seed metrics, ok flags, loss curve "
+                              f"or times); {_redo_hint(path)}")
+    saved = record["header"]
     if saved != json_roundtrip(header):
         diff = ", ".join(_differences(saved, json_roundtrip(header))[:6])
         raise CheckpointError(f"{path} was computed with other settings (differs in: {diff}); "
                               "rerun with --overwrite or choose another --out")
+    _load_images(path.with_suffix(".npz"), path)
     return record
+
+
+def _load_images(path: Path, record_path: Path) -> dict[str, np.ndarray]:
+    """The :data:`FIGURE_IMAGES` of one finished row from ``path`` (its ``.npz``), each read in full.
+
+    Reading every member checks the zip's CRC-32 of each, so a truncated or altered file is
+    refused here, as a CheckpointError naming the record to delete, not as a zipfile error.
+    """
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            images = {name: z[name] for name in FIGURE_IMAGES}
+    except KeyError as e:
+        raise CheckpointError(f"{path} lacks the image array {e}; {_redo_hint(record_path)}") from None
+    except Exception as e:  # zipfile, zlib and np.load raise many unrelated types on damaged input (BadZipFile,
+        # zlib.error, EOFError, NotImplementedError for a flipped compression field, ...)
+        raise CheckpointError(f"{path} is missing, truncated or not an .npz file ({type(e).__name__}); "
+                              f"{_redo_hint(record_path)}") from None
+    return images
 
 
 def _row_description(experiment: Experiment, label: str) -> dict:
@@ -158,6 +202,10 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
     feature_s = time.perf_counter() - t0
     n_eval = min(experiment.n_eval, data.n_test)
     labels = list(experiment.rows)
+    # Every finished row's files are read and checked before any row trains: a damaged one stops
+    # the run here, before new training is spent or an output is rewritten.
+    finished = {label: _load_finished(out / "methods" / f"{label}.json", _row_header(experiment, label, data, fnet, n_eval))
+                for label in labels}
 
     bar = None
     if progress:
@@ -166,8 +214,7 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
     records: dict[str, dict] = {}
     try:
         for index, label in enumerate(labels):
-            header = _row_header(experiment, label, data, fnet, n_eval)
-            record = _load_finished(out / "methods" / f"{label}.json", header)
+            record = finished[label]
             if record is not None:
                 say(f"{label}: finished earlier, loaded from {out / 'methods' / (label + '.json')}")
             else:
@@ -238,15 +285,7 @@ def write_outputs(results: dict, records: Mapping[str, dict], out: Path, figures
 
 def write_figures(results: Mapping, records: Mapping[str, dict], out: Path, rows: list[dict]) -> None:
     """The five PNGs, from the per-row image files and records (so a resume can redraw them)."""
-    images = {}
-    for name in records:
-        path = out / "methods" / f"{name}.npz"
-        try:
-            with np.load(path) as z:
-                images[name] = {k: z[k] for k in z.files}
-        except (OSError, ValueError) as e:
-            raise CheckpointError(f"{path} is missing or unreadable ({type(e).__name__}); delete "
-                                  f"{out / 'methods' / (name + '.json')} to redo {name}, or rerun with --overwrite") from None
+    images = {name: _load_images(out / "methods" / f"{name}.npz", out / "methods" / f"{name}.json") for name in records}
     names = list(records)
     originals = images[names[0]]["originals"]
     report.plot_reconstructions(out / "reconstructions.png", originals, {n: images[n]["reconstructions"] for n in names})

@@ -7,12 +7,15 @@
   holds results unless the caller resumes or overwrites it.
 - JSON: :func:`json_roundtrip` gives a value as it reads back from JSON (what a saved header is
   compared with), :func:`nonfinite_to_null` makes it strict JSON (nan/inf become null).
-- Checkpoints: one msgpack blob (``flax.serialization``) holding a pytree and a JSON header;
-  reading a truncated or foreign file raises :class:`CheckpointError`.
+- Checkpoints: one msgpack blob (``flax.serialization``) holding a pytree, a JSON header and
+  a SHA-256 of the header and of every array; reading a truncated, foreign or altered file, or
+  restoring one whose leaves differ in path, shape or dtype from the run's, raises
+  :class:`CheckpointError`.
 """
 
 from __future__ import annotations
 
+import hashlib
 import io
 import json
 import math
@@ -27,7 +30,7 @@ from flax import serialization
 
 from jaxrae.errors import CheckpointError, require
 
-FORMAT = "jaxrae-checkpoint-v1"
+FORMAT = "jaxrae-checkpoint-v2"
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -122,32 +125,53 @@ def nonfinite_to_null(obj: Any) -> Any:
 def restore_into(target: Any, state_dict: Any, path: str | os.PathLike) -> Any:
     """``state_dict`` (a part of what :func:`load_checkpoint` read) restored into ``target``'s structure.
 
-    Raises CheckpointError when the saved tree has another structure than ``target``.
+    ``target`` is the freshly initialised pytree of this run; every leaf of ``state_dict`` must
+    sit at the same path with the same shape and dtype (:func:`flax.serialization.from_state_dict`
+    checks only the keys, and a float64 or reshaped array would otherwise reach the compiled step).
+    Raises CheckpointError naming the first leaf that differs (which leaf, this run's vs the file's).
     """
+    fault = _first_mismatch(serialization.to_state_dict(target), state_dict, "")
+    if fault is not None:
+        raise CheckpointError(f"checkpoint {path} does not match this run: {fault}; delete it or rerun with --overwrite")
     try:
         return serialization.from_state_dict(target, state_dict)
-    except Exception as e:
-        raise CheckpointError(f"checkpoint {path} does not match this run's structure ({e}); rerun with --overwrite") from None
+    except Exception as e:  # a leaf type flax cannot restore; every key, shape and dtype matched above
+        raise CheckpointError(f"checkpoint {path} does not match this run ({e}); delete it or rerun with --overwrite") from None
 
 
 def save_checkpoint(path: str | os.PathLike, tree: Any, header: dict) -> None:
-    """Atomically write ``tree`` (a pytree of arrays) with a JSON-ready ``header``."""
-    state = serialization.to_state_dict(tree)
-    state = _to_numpy(state)
-    blob = serialization.msgpack_serialize({"format": FORMAT, "header": json.dumps(header, default=_json_default), "tree": state})
+    """Atomically write ``tree`` (a pytree of arrays) with a JSON-ready ``header``, each with its SHA-256.
+
+    The file is one msgpack map (:func:`flax.serialization.msgpack_serialize`)::
+
+        {"format": FORMAT, "header": <JSON text>, "tree": <nested dicts of arrays>,
+         "sha256": {"header": <hex>, "tree": <the same nesting, one hex digest per array>}}
+
+    where an array's digest is :func:`array_digest` (dtype, shape and bytes). :func:`load_checkpoint`
+    recomputes every digest, so any changed byte of an array, its shape, its dtype or the header is
+    refused, whether or not it still decodes to valid numbers (a flipped mantissa bit, a negated
+    Adam second moment).
+    """
+    state = _to_numpy(serialization.to_state_dict(tree))
+    header_text = json.dumps(header, default=_json_default)
+    digests = {"header": _text_digest(header_text), "tree": _digest_tree(state)}
+    blob = serialization.msgpack_serialize({"format": FORMAT, "header": header_text, "tree": state, "sha256": digests})
     atomic_write_bytes(path, blob)
 
 
 def load_checkpoint(path: str | os.PathLike) -> tuple[Any, dict]:
-    """Read a checkpoint; returns (tree as nested dicts of NumPy arrays, header).
+    """Read and verify a checkpoint; returns (tree as nested dicts of NumPy arrays, header).
 
     The caller restores the parts whose structure it knows with :func:`restore_into` (the
     training state) and reads the rest as is (a metric history).
 
-    Raises CheckpointError (naming the file and the fault) when the file is missing, truncated
-    or not a jaxrae checkpoint.
+    Raises CheckpointError (one line: the file, the fault, what to do) when the file is missing,
+    truncated, not a jaxrae checkpoint, of the older format without checksums
+    (``jaxrae-checkpoint-v1``: it cannot be verified, so it is refused rather than trusted), or
+    when the header or any array differs from the SHA-256 written with it.
     """
     path = Path(path)
+    redo = "delete it (its runs restart from step 0) or rerun with --overwrite"
     try:
         raw = path.read_bytes()
     except OSError as e:
@@ -155,13 +179,120 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Any, dict]:
     try:
         blob = serialization.msgpack_restore(raw)
     except Exception as e:  # msgpack raises several unrelated types on corrupt input
-        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); delete it or rerun with --overwrite") from None
-    if not isinstance(blob, dict) or blob.get("format") != FORMAT:
-        raise CheckpointError(f"{path} is not a {FORMAT} file; delete it or rerun with --overwrite")
+        raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); {redo}") from None
+    found = blob.get("format") if isinstance(blob, dict) else None
+    if found in _UNVERIFIABLE_FORMATS:
+        raise CheckpointError(f"checkpoint {path} has the older format {found}, which carries no checksums and cannot be "
+                              f"verified; {redo}")
+    if found != FORMAT:
+        raise CheckpointError(f"{path} is not a {FORMAT} file; {redo}")
+    digests = blob.get("sha256")
+    header_text, tree = blob.get("header"), blob.get("tree")
+    if not (isinstance(digests, dict) and isinstance(digests.get("tree"), dict) and isinstance(header_text, str)
+            and isinstance(tree, dict)):
+        raise CheckpointError(f"checkpoint {path} lacks its header, tree or checksums; {redo}")
+    if digests.get("header") != _text_digest(header_text):
+        raise CheckpointError(f"checkpoint {path} is corrupt: its header fails its SHA-256 check; {redo}")
+    fault = _first_digest_fault(tree, digests.get("tree"), "")
+    if fault is not None:
+        raise CheckpointError(f"checkpoint {path} is corrupt: {fault}; {redo}")
     try:
-        return blob["tree"], json.loads(blob["header"])
-    except (KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"checkpoint {path} has no valid header or tree ({type(e).__name__}); delete it or rerun with --overwrite") from None
+        header = json.loads(header_text)
+    except ValueError as e:  # save writes json.dumps output: only a file whose digests were recomputed gets here
+        raise CheckpointError(f"checkpoint {path} has no valid header ({type(e).__name__}); {redo}") from None
+    return tree, header
+
+
+#: Formats jaxrae wrote before checkpoints carried checksums: named in the refusal, never read.
+_UNVERIFIABLE_FORMATS = ("jaxrae-checkpoint-v1",)
+
+
+def array_digest(array: np.ndarray) -> str:
+    """SHA-256 (hex) of an array's dtype, shape and C-order bytes: ``sha256(dtype.str | shape | bytes)``.
+
+    The dtype string carries the byte order (``'<f4'``), so equal digests mean the same values
+    of the same type and shape; a float32 array and its float64 copy, or a (2, 3) array and its
+    (3, 2) reshape, differ.
+    """
+    array = np.asarray(array)
+    h = hashlib.sha256(f"{array.dtype.str}|{array.shape}|".encode())
+    h.update(np.ascontiguousarray(array).data)  # the buffer itself: no copy of a large array
+    return h.hexdigest()
+
+
+def _text_digest(text: str) -> str:
+    return hashlib.sha256(text.encode("utf-8")).hexdigest()
+
+
+def _digest_tree(tree):
+    """``tree`` (nested dicts of NumPy arrays) with every array replaced by its :func:`array_digest`."""
+    if isinstance(tree, dict):
+        return {k: _digest_tree(v) for k, v in tree.items()}
+    return array_digest(tree)
+
+
+def _join(prefix: str, key: str) -> str:
+    return f"{prefix}/{key}" if prefix else key
+
+
+def _first_digest_fault(tree, digests, prefix: str) -> str | None:
+    """The first leaf of ``tree`` whose SHA-256 differs from ``digests`` (same nesting), as a phrase; None if all agree."""
+    where = prefix or "the tree"
+    if isinstance(digests, dict) or isinstance(tree, dict):
+        if not (isinstance(digests, dict) and isinstance(tree, dict)):
+            return f"{where} is {_kind(digests)} in its checksums but {_kind(tree)} in its tree"
+        for key in sorted(set(tree) | set(digests), key=str):
+            if key not in digests:
+                return f"{_join(prefix, key)} has no checksum (a leaf that was not written with the file)"
+            if key not in tree:
+                return f"{_join(prefix, key)} has a checksum but is missing from the tree"
+            fault = _first_digest_fault(tree[key], digests[key], _join(prefix, key))
+            if fault is not None:
+                return fault
+        return None
+    if not isinstance(tree, (np.ndarray, np.generic)) or digests != array_digest(tree):
+        return f"{where} fails its SHA-256 check (its bytes changed after it was written)"
+    return None
+
+
+def _kind(node) -> str:
+    return "a subtree" if isinstance(node, dict) else "an array"
+
+
+def _first_mismatch(expected, found, prefix: str) -> str | None:
+    """The first difference between two state dicts (this run's, the file's) as a phrase naming the leaf; None if none.
+
+    Compared: the keys at every level (a leaf missing from the file, or one this run does not
+    have), and each array's shape and dtype.
+    """
+    where = prefix or "the state"
+    if found is None and expected is not None:
+        return f"{where} is missing from the file"
+    if isinstance(expected, dict) or isinstance(found, dict):
+        if not (isinstance(expected, dict) and isinstance(found, dict)):
+            return f"{where} is {_kind(expected)} in this run but {_kind(found)} in the file"
+        missing = [k for k in expected if k not in found]
+        if missing:
+            return f"{_join(prefix, missing[0])} is missing from the file"
+        extra = [k for k in found if k not in expected]
+        if extra:
+            return f"{_join(prefix, extra[0])} is in the file but not in this run"
+        for key in expected:
+            fault = _first_mismatch(expected[key], found[key], _join(prefix, key))
+            if fault is not None:
+                return fault
+        return None
+    if expected is None:
+        return None if found is None else f"{where} is empty in this run but an array in the file"
+    # jax.Array and np.ndarray leaves give shape and dtype without a copy; other scalars via NumPy
+    want_shape, want_dtype = tuple(np.shape(expected)), getattr(expected, "dtype", None)
+    want_dtype = np.asarray(expected).dtype if want_dtype is None else np.dtype(want_dtype)
+    got_shape, got_dtype = tuple(np.shape(found)), np.asarray(found).dtype
+    if want_shape != got_shape:
+        return f"{where} has shape {want_shape} in this run but {got_shape} in the file"
+    if want_dtype != got_dtype:
+        return f"{where} has dtype {want_dtype} in this run but {got_dtype} in the file"
+    return None
 
 
 def _to_numpy(tree):
