@@ -579,6 +579,38 @@ def test_preprocessing_errors(spec, kw, error, match):
         load_data(spec, n_train=5, n_test=5, **kw)
 
 
+def test_huge_image_size_is_refused_before_any_allocation(monkeypatch):
+    # @image_size=100000 used to build a 37 GiB float temporary resizing the first image.
+    from jaxrae.data.preprocess import MAX_IMAGE_SIDE, Preprocess
+
+    def no_resize(*args, **kwargs):
+        raise AssertionError("resized although the size is refused")
+
+    monkeypatch.setattr(Preprocess, "apply", no_resize)
+    bound = rf"at most {MAX_IMAGE_SIDE} pixels per side"
+    with pytest.raises(ConfigError, match=rf"^image_size='100000' is invalid: {bound}"):
+        load_data("digits@image_size=100000", n_train=5, n_test=5)
+    with pytest.raises(ConfigError, match=rf"^image_size=\(64, 100000\) is invalid: {bound}"):
+        load_data("digits", n_train=5, n_test=5, image_size=(64, 100000))
+    with pytest.raises(ConfigError, match=rf"^image_size=1025 is invalid: {bound}"):
+        area_resize(np.zeros((1, 8, 8, 1), np.uint8), MAX_IMAGE_SIDE + 1)
+    with pytest.raises(ConfigError, match=rf"^image_size='2000x8' is invalid: {bound}"):
+        load_data("tfds:mnist@image_size=2000x8")  # before tensorflow-datasets is even imported
+
+
+def test_upsampling_chunks_are_sized_by_the_output(monkeypatch):
+    from jaxrae.data.preprocess import Preprocess
+
+    chunks = []
+    apply = Preprocess.apply
+    monkeypatch.setattr(Preprocess, "apply", lambda self, images, source: chunks.append(len(images)) or apply(self, images, source))
+    monkeypatch.setattr("jaxrae.data.preprocess._PREPROCESS_CHUNK_BYTES", 8 * 16 * 16 * 4)  # 4 output images
+    x = np.random.default_rng(2).integers(0, 256, size=(10, 8, 8, 1), dtype=np.uint8)
+    out = preprocess_images(x, image_size=16)
+    np.testing.assert_array_equal(out, area_resize(x, 16))
+    assert chunks == [1, 4, 4, 2]  # the probe image, then chunks of 4 (16 by the input's size)
+
+
 def test_preprocessing_functions_check_their_input():
     with pytest.raises(DataError, match="expected uint8 images of shape"):
         area_resize(np.zeros((2, 4, 4, 1), np.float32), 2)
