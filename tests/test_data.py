@@ -718,15 +718,52 @@ def test_fashion_mnist_absent_everywhere_names_both_fixes(monkeypatch, tmp_path)
         load_data("fashion_mnist")
 
 
-def test_tfds_unknown_name_is_data_error():
+def test_tfds_unknown_name_is_one_line_naming_close_names_not_tensorflow():
     pytest.importorskip("tensorflow_datasets", reason="tfds:<name> is the optional extra jaxrae[tfds]")
-    with pytest.raises(DataError, match="tfds:no_such_dataset_xyz"):
-        load_data("tfds:no_such_dataset_xyz")
+    # tfds' own message lists every registered data set (~260 lines); jaxrae used to pass it on
+    # and blame the missing TensorFlow.
+    with pytest.raises(DataError) as caught:
+        load_data("tfds:minst")
+    message = str(caught.value)
+    assert "\n" not in message and "TensorFlow" not in message
+    assert message.startswith("data='tfds:minst' is invalid: tensorflow-datasets has no data set named 'minst' (did you mean mnist")
+    assert "tfds.list_builders()" in message
+
+
+def _tfds_raising(monkeypatch, error):
+    """tensorflow-datasets whose data_source raises ``error``, with TensorFlow absent."""
+    tfds = pytest.importorskip("tensorflow_datasets", reason="tfds:<name> is the optional extra jaxrae[tfds]")
+
+    def data_source(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(tfds, "data_source", data_source)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # makes the import fail
+
+
+@pytest.mark.parametrize("error, match", [
+    # a module tfds needs to prepare the data set: name it and the pip command, not TensorFlow
+    (ModuleNotFoundError("No module named 'importlib_resources'", name="importlib_resources"),
+     r"needs the Python module 'importlib_resources' to read it, which is not installed; run: pip install importlib_resources$"),
+    (ModuleNotFoundError("No module named 'PIL'", name="PIL"), r"module 'PIL' .* run: pip install pillow$"),
+    # TFRecord-prepared data: TensorFlow is what is missing
+    (NotImplementedError("Random access data source for file format FileFormat.TFRECORD is not supported.\n\t* more"),
+     r"prepared in TFRecord format, which only TensorFlow reads, and TensorFlow is not installed; run: pip install tensorflow$"),
+    # anything else (not prepared, no network): the first line of tfds' reason and how to prepare it
+    (ConnectionError("cannot reach the download server\nline 2\nline 3"),
+     r"cannot read it \(ConnectionError: cannot reach the download server\); prepare it first: "
+     r"tfds build mnist --file_format=array_record$"),
+])
+def test_tfds_failures_say_what_is_missing_and_the_command(monkeypatch, error, match):
+    _tfds_raising(monkeypatch, error)
+    with pytest.raises(DataError, match=r"^data='tfds:mnist' is invalid: .*" + match) as caught:
+        load_data("tfds:mnist")
+    assert "\n" not in str(caught.value)
 
 
 def test_tfds_missing_is_data_error_naming_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import fail
-    with pytest.raises(DataError, match=r"pip install jaxrae\[tfds\]"):
+    with pytest.raises(DataError, match=r"needs tensorflow-datasets, which is not installed; run: pip install 'jaxrae\[tfds\]'$"):
         load_data("tfds:mnist")
 
 
