@@ -730,6 +730,14 @@ def test_tfds_unknown_name_is_one_line_naming_close_names_not_tensorflow():
     assert "tfds.list_builders()" in message
 
 
+def test_tfds_unknown_name_through_the_cli_is_one_line_exit_2(tmp_path):
+    pytest.importorskip("tensorflow_datasets", reason="tfds:<name> is the optional extra jaxrae[tfds]")
+    done = subprocess.run([sys.executable, "-m", "jaxrae.cli", "compare", "--data", "tfds:minst", "--out", str(tmp_path / "out"),
+                           "--methods", "ae", "--seeds", "1"], capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "has no data set named 'minst' (did you mean mnist" in done.stderr
+
+
 def _tfds_raising(monkeypatch, error):
     """tensorflow-datasets whose data_source raises ``error``, with TensorFlow absent."""
     tfds = pytest.importorskip("tensorflow_datasets", reason="tfds:<name> is the optional extra jaxrae[tfds]")
