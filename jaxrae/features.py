@@ -44,6 +44,7 @@ __all__ = [
     "FD_METRIC_NAME",
     "FEATURE_NET_VERSION",
     "FEATURE_NET_VERSIONS",
+    "NEAR_MAJORITY_FRACTION",
     "FeatureClassifier",
     "FeatureNetwork",
     "default_cache_dir",
@@ -51,7 +52,6 @@ __all__ = [
     "feature_network",
     "feature_target",
     "majority_warning",
-    "NEAR_MAJORITY_FRACTION",
     "train_feature_network",
 ]
 
