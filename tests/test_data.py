@@ -714,7 +714,9 @@ def test_fashion_mnist_falls_back_to_tfds(monkeypatch, tmp_path):
 def test_fashion_mnist_absent_everywhere_names_both_fixes(monkeypatch, tmp_path):
     monkeypatch.setattr("jaxrae.data.spec.DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import fail
-    with pytest.raises(DataError, match=r"apt-get install dataset-fashion-mnist.*pip install jaxrae\[tfds\]"):
+    with pytest.raises(DataError, match=r"^data='fashion_mnist' is invalid: Fashion-MNIST is not installed .*run: apt-get "
+                       r"install dataset-fashion-mnist .*fallback failed too: needs tensorflow-datasets, which is not "
+                       r"installed; run: pip install 'jaxrae\[tfds\]'$"):
         load_data("fashion_mnist")
 
 
@@ -767,6 +769,14 @@ def test_tfds_failures_say_what_is_missing_and_the_command(monkeypatch, error, m
     with pytest.raises(DataError, match=r"^data='tfds:mnist' is invalid: .*" + match) as caught:
         load_data("tfds:mnist")
     assert "\n" not in str(caught.value)
+
+
+def test_fashion_mnist_fallback_names_the_missing_module_not_missing_data(monkeypatch, tmp_path):
+    monkeypatch.setattr("jaxrae.data.spec.DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
+    _tfds_raising(monkeypatch, ModuleNotFoundError("No module named 'importlib_resources'", name="importlib_resources"))
+    with pytest.raises(DataError, match=r"fallback failed too: tensorflow-datasets needs the Python module "
+                                        r"'importlib_resources' to read it, which is not installed; run: pip install importlib_resources$"):
+        load_data("fashion_mnist")
 
 
 def test_tfds_missing_is_data_error_naming_extra(monkeypatch):
