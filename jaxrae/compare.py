@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from jaxrae import report
 from jaxrae.data import load_data
+from jaxrae.density import check_mixture_size
 from jaxrae.errors import CheckpointError
 from jaxrae.evaluate import EVAL_SEED, PR_NEIGHBOURS, evaluate, loss_curve
 from jaxrae.experiment import Experiment
@@ -197,6 +198,7 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
     out = Path(out)
     prepare_out_dir(out, resume, overwrite)
     data = load_data(experiment.data, n_train=experiment.n_train, n_test=experiment.n_test)
+    check_mixture_size(data.n_train, experiment.n_components)  # before any row trains; n_train may be None
     t0 = time.perf_counter()
     fnet = feature_network(data, cache_dir=feature_cache_dir, steps=experiment.feature_steps)
     feature_s = time.perf_counter() - t0
@@ -276,6 +278,7 @@ def write_outputs(results: dict, records: Mapping[str, dict], out: Path, figures
     """results.json, table.md, table.csv and the five figures, each written atomically."""
     rows = report.summary_table(results)
     results["table"] = rows
+    results["warnings"] = report.result_warnings(results)
     atomic_write_json(out / "results.json", nonfinite_to_null(results))
     atomic_write_text(out / "table.md", report.render_markdown(results, rows) + "\n")
     atomic_write_text(out / "table.csv", report.render_csv(rows))

@@ -12,6 +12,8 @@ Public API
 fit_gmm(key, x, n_components, covariance, ...)              -> GaussianMixture
 fit_gaussian(x, reg_covar)                                   -> GaussianMixture (one component)
 fit_categorical_mixture(key, codes, n_classes, n_components) -> CategoricalMixture
+check_mixture_size(n_points, n_components)                  -> None, or ConfigError
+collapsed_directions(x, reg_covar)                           -> directions of x at the covariance floor
 
 Both results are pytrees (flax.struct dataclasses): they pass through jit and vmap, and a stacked
 fit over seeds is the same class with a leading seeds axis on every field. Their methods
@@ -55,6 +57,19 @@ from jaxrae.errors import DataError, invalid, require
 
 COVARIANCE_TYPES = ("full", "diag", "spherical")
 GMM_INITS = ("kmeans++", "random")
+
+#: The covariance floor fit_gmm adds to every Sigma_k's diagonal by default (scikit-learn's too).
+REG_COVAR = 1e-6
+
+#: The most mixture components a fit accepts. EM holds an (n, k, d) array at every iteration and
+#: k-means++ seeds the k components one after another, so the cost grows with n * k: at 1000
+#: components and 60,000 points a full-covariance fit already holds ~4 GB per seed for d = 16,
+#: while Ghosh et al. (2020) use 10.
+MAX_MIXTURE_COMPONENTS = 1000
+
+#: A direction of the codes whose variance is at most this multiple of reg_covar is "at the
+#: floor": the fitted covariance there is reg_covar itself, not a property of the codes.
+COVARIANCE_FLOOR_FACTOR = 10.0
 
 
 # ---------------------------------------------------------------------------------------------
@@ -483,7 +498,7 @@ def _fit_gmm_compiled(key, x, means_init, tol, reg_covar, *, n_components, covar
 
 
 def fit_gmm(key: jax.Array, x: jax.Array, n_components: int = 10, covariance: str = "full", *,
-            max_iter: int = 100, tol: float = 1e-3, reg_covar: float = 1e-6, n_init: int = 1,
+            max_iter: int = 100, tol: float = 1e-3, reg_covar: float = REG_COVAR, n_init: int = 1,
             init: str = "kmeans++", means_init: jax.Array | None = None,
             kmeans_iter: int = 100) -> GaussianMixture:
     """Fit a Gaussian mixture by expectation-maximization.
@@ -520,7 +535,8 @@ def fit_gmm(key: jax.Array, x: jax.Array, n_components: int = 10, covariance: st
 
     Raises:
       DataError: x is not (n, d) / (seeds, n, d), is empty, or holds NaN or inf.
-      ConfigError: an argument is out of range.
+      ConfigError: an argument is out of range, or n_components exceeds the number of points or
+        MAX_MIXTURE_COMPONENTS (:func:`check_mixture_size`).
     """
     for field, value, minimum in (("n_components", n_components, 1), ("max_iter", max_iter, 1),
                                   ("n_init", n_init, 1), ("kmeans_iter", kmeans_iter, 0)):
@@ -531,6 +547,7 @@ def fit_gmm(key: jax.Array, x: jax.Array, n_components: int = 10, covariance: st
         require(_is_finite_nonnegative(value), field, value, "must be a finite number >= 0")
     x = _as_float_array("x", x)
     batched = _check_data_rank("x", x, "(n, d)")
+    check_mixture_size(x.shape[-2], n_components)
     if means_init is not None:
         require(n_init == 1, "n_init", n_init, "a given means_init is deterministic, so use n_init=1")
         means_init = _as_float_array("means_init", means_init).astype(x.dtype)
@@ -549,7 +566,7 @@ def fit_gmm(key: jax.Array, x: jax.Array, n_components: int = 10, covariance: st
     return mixture
 
 
-def fit_gaussian(x: jax.Array, reg_covar: float = 1e-6) -> GaussianMixture:
+def fit_gaussian(x: jax.Array, reg_covar: float = REG_COVAR) -> GaussianMixture:
     """Fit one full-covariance Gaussian: mu = mean(x), Sigma = (1/n) sum (x - mu)(x - mu)^T + reg I.
 
     The simplest ex-post density of Ghosh et al. (2020) (their "N(0, I) fitted" baseline, sec. 4);
@@ -701,7 +718,8 @@ def fit_categorical_mixture(key: jax.Array, codes: jax.Array, n_classes: int,
 
     Raises:
       DataError: codes are not integers of the right rank, empty, or outside [0, n_classes).
-      ConfigError: an argument is out of range.
+      ConfigError: an argument is out of range, or n_components exceeds the number of codes or
+        MAX_MIXTURE_COMPONENTS (:func:`check_mixture_size`).
     """
     for field, value in (("n_classes", n_classes), ("n_components", n_components), ("max_iter", max_iter),
                          ("n_init", n_init)):
@@ -716,6 +734,7 @@ def fit_categorical_mixture(key: jax.Array, codes: jax.Array, n_classes: int,
         low, high = int(jnp.min(codes)), int(jnp.max(codes))
         require(low >= 0 and high < n_classes, "codes range", (low, high),
                 f"expected classes in [0, {n_classes - 1}] for n_classes={n_classes}", DataError)
+    check_mixture_size(codes.shape[-2], n_components)
     dtype = jnp.result_type(float)
     key = _keys_for(key, codes.shape[0] if batched else None)
     mixture = _fit_categorical_compiled(key, codes.astype(jnp.int32), jnp.asarray(alpha, dtype),
@@ -724,6 +743,56 @@ def fit_categorical_mixture(key: jax.Array, codes: jax.Array, n_classes: int,
                                         n_init=n_init, dtype=dtype, batched=batched)
     _check_fitted_finite(mixture, ("weights", "log_class_probs"), hint="report this as a bug")
     return mixture
+
+
+# ---------------------------------------------------------------------------------------------
+# What a fit can mean: mixture size against the data, codes at the covariance floor
+# ---------------------------------------------------------------------------------------------
+
+
+def check_mixture_size(n_points: int, n_components: int, field: str = "n_components") -> None:
+    """Raise ConfigError unless 1 <= n_components <= min(n_points, MAX_MIXTURE_COMPONENTS).
+
+    A mixture fitted by maximum likelihood to n points has no use for more than n components:
+    with more, EM leaves components empty or stacks several on one point, where the covariance
+    shrinks to reg_covar and the likelihood grows without bound as reg_covar -> 0 (Bishop PRML
+    sec. 9.2.1), so a "converged" fit reports a log-likelihood that measures reg_covar, not the
+    codes. scikit-learn's GaussianMixture refuses n_samples < n_components for the same reason.
+    Above MAX_MIXTURE_COMPONENTS a fit does not finish in useful time (see that constant).
+    ``field`` names the setting in the message: ``n_components`` for the fitting functions, the
+    experiment's field for a comparison, which calls this before any row trains.
+    """
+    require(_is_int(n_components) and n_components >= 1, field, n_components, "must be an integer >= 1")
+    require(n_components <= MAX_MIXTURE_COMPONENTS, field, n_components,
+            f"at most {MAX_MIXTURE_COMPONENTS} mixture components: EM holds an (n, k, d) array per iteration "
+            "and k-means++ seeds the components one at a time, so larger fits do not finish in useful time "
+            "(Ghosh et al. 2020 use 10)")
+    require(n_components <= n_points, field, n_components,
+            f"more mixture components than the {n_points} points the density is fitted on: use at most "
+            f"{n_points} components (or more training points); extra components sit empty or on single points, "
+            "and the fit's log-likelihood then measures reg_covar, not the data")
+
+
+def collapsed_directions(x, reg_covar: float = REG_COVAR) -> np.ndarray:
+    """Directions in which x has no spread beyond the covariance floor: a count per seed.
+
+    The number of eigenvalues lambda_i of the empirical covariance
+    S = (1/n) sum_n (x_n - mean)(x_n - mean)^T (float64) with lambda_i <= COVARIANCE_FLOOR_FACTOR *
+    reg_covar. A fitted Gaussian's variance in such a direction is reg_covar plus almost nothing,
+    so its density there is a spike of height ~ (2 pi reg_covar)^-1/2 that grows as reg_covar
+    shrinks, and every log-likelihood of codes under it is inflated by ~0.5 log(1 / reg_covar) per
+    collapsed direction (6.9 nats at the default reg_covar). d collapsed directions out of d mean
+    the codes are constant (a collapsed encoder, or constant images).
+
+    x: (n, d), or (seeds, n, d) for one count per seed. Returns an int (or an int array (seeds,)).
+    """
+    x = np.asarray(x, np.float64)
+    require(x.ndim in (2, 3) and x.shape[-2] > 0, "x.shape", x.shape, "expected (n, d) or (seeds, n, d)", DataError)
+    centred = x - x.mean(axis=-2, keepdims=True)
+    covariance = np.swapaxes(centred, -1, -2) @ centred / x.shape[-2]
+    eigenvalues = np.linalg.eigvalsh(covariance)
+    counts = np.sum(eigenvalues <= COVARIANCE_FLOOR_FACTOR * reg_covar, axis=-1)
+    return int(counts) if x.ndim == 2 else counts.astype(int)
 
 
 # ---------------------------------------------------------------------------------------------

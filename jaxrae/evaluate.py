@@ -120,8 +120,57 @@ def _fit_ex_post(runs, train_codes: np.ndarray, keys, n_components: int):
     return fitted, bad
 
 
+def _by_seed(values: dict) -> str:
+    """{seed: text} -> "seed 0: text; seed 3: text"."""
+    return "; ".join(f"seed {seed}: {text}" for seed, text in values.items())
+
+
+def ex_post_warnings(train_codes: np.ndarray, seeds: Sequence[int], n_components: int, discrete: bool,
+                     reg_covar: float = density.REG_COVAR) -> list[str]:
+    """Why a row's ex-post numbers may mean nothing: one sentence per finding, [] when none.
+
+    ``train_codes`` (runs, n, ...) are the codes the ex-post density is fitted on; runs whose
+    codes are not finite (diverged) are skipped. Two findings:
+
+    - continuous codes with directions at the covariance floor
+      (:func:`jaxrae.density.collapsed_directions`: eigenvalues of the codes' covariance
+      <= ``COVARIANCE_FLOOR_FACTOR * reg_covar``). The fitted Gaussian is a spike of variance
+      ~reg_covar there, so each such direction adds about ``0.5 log(1 / reg_covar)`` nats to the
+      code log-likelihood, a number set by reg_covar, not by the model; all d of them mean constant
+      codes (constant images, or a collapsed encoder);
+    - fewer distinct training codes than mixture components (m distinct points support at most m
+      components; the others sit on duplicates, with the covariance floor as their covariance).
+    """
+    seeds = [int(s) for s in seeds]
+    finite = [r for r in range(len(seeds)) if np.all(np.isfinite(train_codes[r]))]
+    if not finite:
+        return []
+    codes = np.asarray(train_codes)[finite].reshape(len(finite), train_codes.shape[1], -1)
+    warnings_found = []
+    if not discrete:
+        dim = codes.shape[-1]
+        counts = density.collapsed_directions(codes, reg_covar)
+        collapsed = {seeds[r]: f"{c} of {dim}" for r, c in zip(finite, counts) if c > 0}
+        if collapsed:
+            warnings_found.append(
+                f"codes at the covariance floor (variance <= {density.COVARIANCE_FLOOR_FACTOR * reg_covar:g}) in "
+                f"{_by_seed(collapsed)} directions: the ex-post density is a spike there, and code LL is inflated by "
+                f"about {0.5 * math.log(1.0 / reg_covar):.1f} nats per such direction (constant codes if all)")
+    distinct = {seeds[r]: len(np.unique(c, axis=0)) for r, c in zip(finite, codes)}
+    few = {seed: str(m) for seed, m in distinct.items() if m < n_components}
+    if few:
+        warnings_found.append(
+            f"fewer distinct training codes than the {n_components} mixture components ({_by_seed(few)} distinct): "
+            "the extra components sit on duplicate codes, so ex-post samples and code LL describe the fit's "
+            "regularization, not the codes")
+    return warnings_found
+
+
 def evaluate(runs, data, fnet, *, n_eval: int, n_components: int) -> tuple[dict, dict, dict]:
     """Every metric of every run of one row; returns (metrics, figure images, notes).
+
+    ``notes["warnings"]`` lists what makes the row's ex-post numbers doubtful
+    (:func:`ex_post_warnings`), one sentence each; tables print them under the numbers.
 
     ``runs`` are the trained seeds (:class:`jaxrae.train.Runs`), ``data`` their
     :class:`~jaxrae.data.Dataset`, ``fnet`` the FD feature network; ``n_eval`` test images and
@@ -144,6 +193,7 @@ def evaluate(runs, data, fnet, *, n_eval: int, n_components: int) -> tuple[dict,
     prior = runs.decode(prior_codes)
 
     train_codes = runs.encode(data.train_images)
+    row_warnings = ex_post_warnings(train_codes, seeds, n_components, discrete)
     fitted, bad_fit = _fit_ex_post(runs, train_codes, _seed_keys(keys["fit"], seeds), n_components)
     if fitted is not None:
         sample = _compiled(("sample", type(fitted), n_eval), lambda: jax.vmap(lambda d, k: d.sample(k, n_eval)))
@@ -204,7 +254,7 @@ def evaluate(runs, data, fnet, *, n_eval: int, n_components: int) -> tuple[dict,
         "ex_post": ex_post[rep, :N_FIGURE_SAMPLES],
         "interpolations": strips[rep].reshape(N_FIGURE_PAIRS, N_FIGURE_STEPS, *strips.shape[2:]),
     }
-    notes = {"figure_seed": seeds[rep], "n_eval": n_eval, "ex_post_fit_failed": bad_fit.tolist()}
+    notes = {"figure_seed": seeds[rep], "n_eval": n_eval, "ex_post_fit_failed": bad_fit.tolist(), "warnings": row_warnings}
     if fitted is not None:
         notes["ex_post_converged"] = np.asarray(fitted.converged).tolist()
         notes["ex_post_iterations"] = np.asarray(fitted.n_iter).tolist()

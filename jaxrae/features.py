@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 import os
 import pathlib
 import warnings
@@ -43,12 +44,14 @@ __all__ = [
     "FD_METRIC_NAME",
     "FEATURE_NET_VERSION",
     "FEATURE_NET_VERSIONS",
+    "NEAR_MAJORITY_FRACTION",
     "FeatureClassifier",
     "FeatureNetwork",
     "default_cache_dir",
     "default_feature_steps",
     "feature_network",
     "feature_target",
+    "majority_warning",
     "train_feature_network",
 ]
 
@@ -73,6 +76,10 @@ FEATURE_TRAIN_SEED = 0
 MIN_FEATURE_STEPS = 500
 MAX_FEATURE_STEPS = 2000
 _EVAL_BATCH_SIZE = 500
+#: A feature network that removes less than this fraction of the majority rule's test errors is
+#: "at or near the majority rule": its features barely separate the classes, and every FD,
+#: precision and recall measured in them says little about the images (constant images, say).
+NEAR_MAJORITY_FRACTION = 0.1
 
 
 # --------------------------------------------------------------------------------------------
@@ -240,6 +247,11 @@ class FeatureNetwork:
         return frechet_distance(self.features(images_a), self.features(images_b))
 
     @property
+    def warning(self) -> str | None:
+        """:func:`majority_warning` of this network's accuracies: a sentence, or None when it is fine."""
+        return majority_warning(self.test_accuracy, self.majority_accuracy, self.accuracy_name)
+
+    @property
     def accuracy_name(self) -> str:
         """What :attr:`test_accuracy` measures: "test accuracy" or "test mean attribute accuracy"."""
         return "test mean attribute accuracy" if self.target == "attributes" else "test accuracy"
@@ -257,6 +269,23 @@ class FeatureNetwork:
 
 # --------------------------------------------------------------------------------------------
 # Targets, accuracies, training
+
+
+def majority_warning(test_accuracy: float, majority_accuracy: float, accuracy_name: str = "test accuracy") -> str | None:
+    """A warning when the feature network is at or near the majority rule, else None.
+
+    With ``a`` the network's accuracy and ``m`` the majority rule's, the network removes the
+    fraction ``(a - m) / (1 - m)`` of the majority rule's errors (the "proportional reduction in
+    error" of Goodman & Kruskal's lambda, 1954); it is near the majority rule when
+    ``a - m <= NEAR_MAJORITY_FRACTION * (1 - m)``. A NaN accuracy (unknown) gives no warning.
+    """
+    if not (math.isfinite(test_accuracy) and math.isfinite(majority_accuracy)):
+        return None
+    if test_accuracy - majority_accuracy > NEAR_MAJORITY_FRACTION * (1.0 - majority_accuracy):
+        return None
+    return (f"the FD feature network is at or near the majority rule ({accuracy_name} {test_accuracy:.1%}, "
+            f"majority rule {majority_accuracy:.1%}): its features barely tell the classes apart, so FD, "
+            "precision and recall say little about the images (constant or degenerate images or labels?)")
 
 
 def feature_target(dataset: Dataset) -> str:

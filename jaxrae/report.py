@@ -29,6 +29,7 @@ from typing import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from jaxrae.features import majority_warning
 from jaxrae.io import atomic_write_bytes
 
 # Metric key -> (table header, long name, better direction). The order is the table's column order.
@@ -264,6 +265,26 @@ def _caption(results: Mapping) -> list[str]:
     return lines
 
 
+def result_warnings(results: Mapping) -> list[str]:
+    """Every warning about a results structure, one line each ([] when there is none).
+
+    First the feature network's (:func:`jaxrae.features.majority_warning` of its test and
+    majority-rule accuracies: its FDs mean little when it is no better than the majority rule),
+    then each row's ``notes["warnings"]`` (:func:`jaxrae.evaluate.ex_post_warnings`: codes at the
+    covariance floor, fewer distinct codes than mixture components), prefixed by the row label.
+    Computed from the per-seed record alone, so an older results.json gets them too.
+    """
+    fnet = results.get("feature_network") or {}
+    found = []
+    network = majority_warning(as_float(fnet.get("test_accuracy")), as_float(fnet.get("majority_accuracy")),
+                               fnet.get("accuracy_name") or "test accuracy")
+    if network:
+        found.append(network)
+    for label, m in results["methods"].items():
+        found += [f"{label}: {message}" for message in (m.get("notes") or {}).get("warnings") or []]
+    return found
+
+
 def row_settings(results: Mapping) -> list[list[str]]:
     """[label, preset, settings] for every row that is not a preset at [config] alone.
 
@@ -284,6 +305,9 @@ def render_summary(results: Mapping, rows: list[dict] | None = None) -> str:
     rows = summary_table(results) if rows is None else rows
     out = _caption(results) + [""]
     out.append(_plain(*_grid(results, rows, _mean_pm)))
+    warned = result_warnings(results)
+    if warned:
+        out += ["", "WARNINGS (these numbers may mean little):"] + [f"  ! {w}" for w in warned]
     baseline = results.get("baseline")
     if baseline and len(results["methods"]) > 1:
         out += ["", f"paired difference vs {baseline} over common seeds: mean, * = its 95% interval excludes 0 "
@@ -305,6 +329,9 @@ def render_markdown(results: Mapping, rows: list[dict] | None = None) -> str:
         parts += ["## Rows: preset and own settings (on top of the shared config)", "",
                   _markdown(["row", "preset", "settings"], settings, align_right_from=3), ""]
     parts += ["## Summary (mean ± 95% interval half-width)", "", _markdown(*_grid(results, rows, _mean_pm)), ""]
+    warned = result_warnings(results)
+    if warned:
+        parts += ["## Warnings (these numbers may mean little)", ""] + [f"- {w}" for w in warned] + [""]
     if baseline and len(results["methods"]) > 1:
         header, body = _grid(results, rows, _diff_cell, with_ok=False)
         parts += [f"## Paired difference vs baseline `{baseline}` (mean [95% interval], * excludes 0)", "",

@@ -579,6 +579,38 @@ def test_preprocessing_errors(spec, kw, error, match):
         load_data(spec, n_train=5, n_test=5, **kw)
 
 
+def test_huge_image_size_is_refused_before_any_allocation(monkeypatch):
+    # @image_size=100000 used to build a 37 GiB float temporary resizing the first image.
+    from jaxrae.data.preprocess import MAX_IMAGE_SIDE, Preprocess
+
+    def no_resize(*args, **kwargs):
+        raise AssertionError("resized although the size is refused")
+
+    monkeypatch.setattr(Preprocess, "apply", no_resize)
+    bound = rf"at most {MAX_IMAGE_SIDE} pixels per side"
+    with pytest.raises(ConfigError, match=rf"^image_size='100000' is invalid: {bound}"):
+        load_data("digits@image_size=100000", n_train=5, n_test=5)
+    with pytest.raises(ConfigError, match=rf"^image_size=\(64, 100000\) is invalid: {bound}"):
+        load_data("digits", n_train=5, n_test=5, image_size=(64, 100000))
+    with pytest.raises(ConfigError, match=rf"^image_size=1025 is invalid: {bound}"):
+        area_resize(np.zeros((1, 8, 8, 1), np.uint8), MAX_IMAGE_SIDE + 1)
+    with pytest.raises(ConfigError, match=rf"^image_size='2000x8' is invalid: {bound}"):
+        load_data("tfds:mnist@image_size=2000x8")  # before tensorflow-datasets is even imported
+
+
+def test_upsampling_chunks_are_sized_by_the_output(monkeypatch):
+    from jaxrae.data.preprocess import Preprocess
+
+    chunks = []
+    apply = Preprocess.apply
+    monkeypatch.setattr(Preprocess, "apply", lambda self, images, source: chunks.append(len(images)) or apply(self, images, source))
+    monkeypatch.setattr("jaxrae.data.preprocess._PREPROCESS_CHUNK_BYTES", 8 * 16 * 16 * 4)  # 4 output images
+    x = np.random.default_rng(2).integers(0, 256, size=(10, 8, 8, 1), dtype=np.uint8)
+    out = preprocess_images(x, image_size=16)
+    np.testing.assert_array_equal(out, area_resize(x, 16))
+    assert chunks == [1, 4, 4, 2]  # the probe image, then chunks of 4 (16 by the input's size)
+
+
 def test_preprocessing_functions_check_their_input():
     with pytest.raises(DataError, match="expected uint8 images of shape"):
         area_resize(np.zeros((2, 4, 4, 1), np.float32), 2)
@@ -682,19 +714,74 @@ def test_fashion_mnist_falls_back_to_tfds(monkeypatch, tmp_path):
 def test_fashion_mnist_absent_everywhere_names_both_fixes(monkeypatch, tmp_path):
     monkeypatch.setattr("jaxrae.data.spec.DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import fail
-    with pytest.raises(DataError, match=r"apt-get install dataset-fashion-mnist.*pip install jaxrae\[tfds\]"):
+    with pytest.raises(DataError, match=r"^data='fashion_mnist' is invalid: Fashion-MNIST is not installed .*run: apt-get "
+                       r"install dataset-fashion-mnist .*fallback failed too: needs tensorflow-datasets, which is not "
+                       r"installed; run: pip install 'jaxrae\[tfds\]'$"):
         load_data("fashion_mnist")
 
 
-def test_tfds_unknown_name_is_data_error():
+def test_tfds_unknown_name_is_one_line_naming_close_names_not_tensorflow():
     pytest.importorskip("tensorflow_datasets", reason="tfds:<name> is the optional extra jaxrae[tfds]")
-    with pytest.raises(DataError, match="tfds:no_such_dataset_xyz"):
-        load_data("tfds:no_such_dataset_xyz")
+    # tfds' own message lists every registered data set (~260 lines); jaxrae used to pass it on
+    # and blame the missing TensorFlow.
+    with pytest.raises(DataError) as caught:
+        load_data("tfds:minst")
+    message = str(caught.value)
+    assert "\n" not in message and "TensorFlow" not in message
+    assert message.startswith("data='tfds:minst' is invalid: tensorflow-datasets has no data set named 'minst' (did you mean mnist")
+    assert "tfds.list_builders()" in message
+
+
+def test_tfds_unknown_name_through_the_cli_is_one_line_exit_2(tmp_path):
+    pytest.importorskip("tensorflow_datasets", reason="tfds:<name> is the optional extra jaxrae[tfds]")
+    done = subprocess.run([sys.executable, "-m", "jaxrae.cli", "compare", "--data", "tfds:minst", "--out", str(tmp_path / "out"),
+                           "--methods", "ae", "--seeds", "1"], check=False, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.count("\n") == 1 and "has no data set named 'minst' (did you mean mnist" in done.stderr
+
+
+def _tfds_raising(monkeypatch, error):
+    """tensorflow-datasets whose data_source raises ``error``, with TensorFlow absent."""
+    tfds = pytest.importorskip("tensorflow_datasets", reason="tfds:<name> is the optional extra jaxrae[tfds]")
+
+    def data_source(*args, **kwargs):
+        raise error
+
+    monkeypatch.setattr(tfds, "data_source", data_source)
+    monkeypatch.setitem(sys.modules, "tensorflow", None)  # makes the import fail
+
+
+@pytest.mark.parametrize("error, match", [
+    # a module tfds needs to prepare the data set: name it and the pip command, not TensorFlow
+    (ModuleNotFoundError("No module named 'importlib_resources'", name="importlib_resources"),
+     r"needs the Python module 'importlib_resources' to read it, which is not installed; run: pip install importlib_resources$"),
+    (ModuleNotFoundError("No module named 'PIL'", name="PIL"), r"module 'PIL' .* run: pip install pillow$"),
+    # TFRecord-prepared data: TensorFlow is what is missing
+    (NotImplementedError("Random access data source for file format FileFormat.TFRECORD is not supported.\n\t* more"),
+     r"prepared in TFRecord format, which only TensorFlow reads, and TensorFlow is not installed; run: pip install tensorflow$"),
+    # anything else (not prepared, no network): the first line of tfds' reason and how to prepare it
+    (ConnectionError("cannot reach the download server\nline 2\nline 3"),
+     (r"cannot read it \(ConnectionError: cannot reach the download server\); prepare it first: "
+      r"tfds build mnist --file_format=array_record$")),
+])
+def test_tfds_failures_say_what_is_missing_and_the_command(monkeypatch, error, match):
+    _tfds_raising(monkeypatch, error)
+    with pytest.raises(DataError, match=r"^data='tfds:mnist' is invalid: .*" + match) as caught:
+        load_data("tfds:mnist")
+    assert "\n" not in str(caught.value)
+
+
+def test_fashion_mnist_fallback_names_the_missing_module_not_missing_data(monkeypatch, tmp_path):
+    monkeypatch.setattr("jaxrae.data.spec.DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
+    _tfds_raising(monkeypatch, ModuleNotFoundError("No module named 'importlib_resources'", name="importlib_resources"))
+    with pytest.raises(DataError, match=r"fallback failed too: tensorflow-datasets needs the Python module "
+                                        r"'importlib_resources' to read it, which is not installed; run: pip install importlib_resources$"):
+        load_data("fashion_mnist")
 
 
 def test_tfds_missing_is_data_error_naming_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import fail
-    with pytest.raises(DataError, match=r"pip install jaxrae\[tfds\]"):
+    with pytest.raises(DataError, match=r"needs tensorflow-datasets, which is not installed; run: pip install 'jaxrae\[tfds\]'$"):
         load_data("tfds:mnist")
 
 

@@ -12,8 +12,13 @@ from scipy.stats import multivariate_normal
 from sklearn.mixture import GaussianMixture as SklearnGaussianMixture
 
 from jaxrae.density import (
+    COVARIANCE_FLOOR_FACTOR,
+    MAX_MIXTURE_COMPONENTS,
+    REG_COVAR,
     CategoricalMixture,
     GaussianMixture,
+    check_mixture_size,
+    collapsed_directions,
     fit_categorical_mixture,
     fit_gaussian,
     fit_gmm,
@@ -248,8 +253,8 @@ def test_categorical_vmapped_seeds_equal_single_fits(planted_categorical):
 
 def test_categorical_degenerate_codes_give_finite_fits():
     identical = np.zeros((500, N_VARS), np.int32)  # the shape of the test above: no new compile
-    fewer_than_components = np.arange(2 * N_VARS, dtype=np.int32).reshape(2, N_VARS) % N_CLASSES
-    for codes in (identical, fewer_than_components):
+    two_distinct = np.arange(N_LATENT * N_VARS, dtype=np.int32).reshape(N_LATENT, N_VARS) % 2
+    for codes in (identical, two_distinct):
         mixture = fit_categorical_mixture(jax.random.key(0), codes, N_CLASSES, N_LATENT)
         assert np.all(np.isfinite(np.asarray(mixture.log_class_probs)))
         assert np.all(np.isfinite(np.asarray(mixture.log_prob(codes))))
@@ -269,7 +274,7 @@ def degenerate_inputs():
     return {
         "duplicate points": np.tile([[1.0, -2.0, 3.0]], (30, 1)),
         "constant column": with_constant_column,
-        "fewer points than components": rng.normal(size=(2, 3)),
+        "as many points as components": rng.normal(size=(N_COMPONENTS, 3)),
         "d=1": rng.normal(size=(30, 1)),
         "far from the origin": 1e4 + rng.normal(size=(30, 3)),
     }
@@ -328,3 +333,52 @@ def test_bad_means_init_and_codes_are_rejected():
         fit_categorical_mixture(jax.random.key(0), np.zeros((5, 2), int), 4, alpha=0.0)
     with pytest.raises(ConfigError, match="key"):
         fit_gmm(jax.random.split(jax.random.key(0), 3), np.zeros((2, 10, 2)), 2)
+
+
+# ---------------------------------------------------------------------------------------------
+# Mixture size against the data; codes at the covariance floor
+# ---------------------------------------------------------------------------------------------
+
+
+def test_more_components_than_points_is_a_config_error_naming_the_bound():
+    # 10 points, 50 components: EM used to report a "converged" fit with empty components.
+    x = np.random.default_rng(0).normal(size=(10, 2)).astype(np.float32)
+    with pytest.raises(ConfigError, match=r"^n_components=50 is invalid: more mixture components than the 10 points"):
+        fit_gmm(jax.random.key(0), x, 50)
+    with pytest.raises(ConfigError, match=r"^n_components=11 is invalid: .* use at most 10 components"):
+        fit_gmm(jax.random.key(0), np.stack([x, x]), 11)  # stacked seeds: points per seed count
+    with pytest.raises(ConfigError, match=r"^n_components=4 is invalid: more mixture components than the 3 points"):
+        fit_categorical_mixture(jax.random.key(0), np.zeros((3, N_VARS), np.int32), N_CLASSES, 4)
+
+
+def test_check_mixture_size_bounds():
+    check_mixture_size(10, 10)  # as many components as points is allowed
+    check_mixture_size(10**6, MAX_MIXTURE_COMPONENTS)
+    # compare --n-components 500 --n-train 200: refused, naming the experiment's field
+    with pytest.raises(ConfigError, match=r"^n_components=500 is invalid: .*the 200 points.*at most 200"):
+        check_mixture_size(200, 500)
+    # compare --n-components 100000 on a large training set: refused by the absolute bound
+    with pytest.raises(ConfigError, match=rf"^n_components=100000 is invalid: at most {MAX_MIXTURE_COMPONENTS} "):
+        check_mixture_size(10**6, 100000)
+    with pytest.raises(ConfigError, match=r"^n_components=0 is invalid: must be an integer >= 1"):
+        check_mixture_size(10, 0)
+    with pytest.raises(ConfigError, match=r"^\[eval\].n_components=20 is invalid"):
+        check_mixture_size(5, 20, field="[eval].n_components")
+
+
+def test_collapsed_directions_counts_eigenvalues_at_the_floor():
+    rng = np.random.default_rng(0)
+    # Rotated data with per-direction standard deviations 1, 0.1 and 0: exactly one direction
+    # (the last) has variance below the floor, whatever the rotation.
+    rotation, _ = np.linalg.qr(rng.normal(size=(3, 3)))
+    latent = rng.normal(size=(400, 3)) * np.array([1.0, 0.1, 0.0])
+    x = latent @ rotation.T + 5.0
+    assert collapsed_directions(x) == 1
+    assert collapsed_directions(np.zeros((50, 4))) == 4  # constant codes: every direction
+    assert collapsed_directions(rng.normal(size=(50, 4))) == 0
+    # the threshold is COVARIANCE_FLOOR_FACTOR * reg_covar on the variance (ddof 0)
+    just_below = np.array([[-1.0], [1.0]]) * np.sqrt(0.99 * COVARIANCE_FLOOR_FACTOR * REG_COVAR)
+    just_above = np.array([[-1.0], [1.0]]) * np.sqrt(1.01 * COVARIANCE_FLOOR_FACTOR * REG_COVAR)
+    assert collapsed_directions(just_below) == 1 and collapsed_directions(just_above) == 0
+    stacked = collapsed_directions(np.stack([x, np.zeros_like(x), rng.normal(size=x.shape)]))
+    np.testing.assert_array_equal(stacked, [1, 3, 0])

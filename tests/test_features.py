@@ -125,6 +125,31 @@ def test_feature_network_cache_hit_and_corrupt_file(dataset, trained_net, tmp_pa
     features.feature_network(dataset, cache_dir=tmp_path, steps=TRAIN_STEPS)  # the rewrite is valid
 
 
+def test_majority_warning_is_the_proportional_reduction_in_error():
+    m = 0.25
+    boundary = m + features.NEAR_MAJORITY_FRACTION * (1 - m)  # removes exactly that fraction of the errors
+    assert "majority rule 25.0%" in features.majority_warning(boundary, m)
+    assert features.majority_warning(m, m) is not None and features.majority_warning(m - 0.05, m) is not None
+    assert features.majority_warning(boundary + 1e-9, m) is None
+    assert features.majority_warning(float("nan"), m) is None and features.majority_warning(0.5, float("nan")) is None
+    # CelebA-like imbalance: 85% mean attribute accuracy is near a majority rule of 84%, 90% is not
+    assert features.majority_warning(0.85, 0.84, "test mean attribute accuracy").startswith(
+        "the FD feature network is at or near the majority rule (test mean attribute accuracy 85.0%")
+    assert features.majority_warning(0.90, 0.84) is None
+
+
+def test_constant_images_give_a_network_at_the_majority_rule(trained_net):
+    # All-zero images: no classifier can beat the majority rule, and the network says so.
+    rng = np.random.default_rng(3)
+    labels = rng.choice(4, size=480, p=[0.4, 0.2, 0.2, 0.2]).astype(np.int32)
+    zeros = np.zeros((480, 8, 8, 1), np.uint8)
+    constant = make_dataset("zeros", zeros[:320], labels[:320], zeros[320:], labels[320:])
+    net = features.train_feature_network(constant, steps=30)
+    assert net.test_accuracy <= net.majority_accuracy + 1e-12
+    assert net.warning is not None and "at or near the majority rule" in net.warning
+    assert trained_net.warning is None  # a network that learned its classes (>= 95%) is not flagged
+
+
 def test_feature_network_other_image_sizes():
     # 28x28 gray and 32x32 RGB go through the same architecture (odd maps are padded).
     # Shapes only (eval_shape): no compilation needed.

@@ -124,6 +124,26 @@ def test_caption_names_what_an_attribute_feature_network_was_scored_on():
     assert "test mean attribute accuracy 87.0%" in md and "test accuracy" not in md
 
 
+def test_warnings_section_lists_feature_network_and_row_warnings():
+    healthy = _fake_results()
+    healthy["feature_network"]["majority_accuracy"] = 0.1
+    assert report.result_warnings(healthy) == []
+    assert "Warnings" not in report.render_markdown(healthy) and "WARNINGS" not in report.render_summary(healthy)
+
+    results = _fake_results()
+    results["feature_network"] = {"test_accuracy": 0.11, "majority_accuracy": 0.1}  # removes 1% of the errors
+    results["methods"]["b"]["notes"] = {"warnings": ["codes at the covariance floor"]}
+    warned = report.result_warnings(results)
+    assert len(warned) == 2 and warned[0].startswith("the FD feature network is at or near the majority rule (test accuracy 11.0%")
+    assert warned[1] == "b: codes at the covariance floor"
+    md = report.render_markdown(results)
+    # under the summary table, before the paired differences and the per-metric detail
+    assert md.index("## Summary") < md.index("## Warnings") < md.index("## Paired difference")
+    assert all(f"- {w}\n" in md for w in warned)
+    text = report.render_summary(results)
+    assert all(f"  ! {w}" in text for w in warned)
+
+
 def test_fmt():
     assert report.fmt(None) == "-" and report.fmt(float("nan")) == "nan"
     assert report.fmt(3.14159) == "3.14" and report.fmt(12345.6) == "12346" and report.fmt(2e-5) == "2.00e-05"

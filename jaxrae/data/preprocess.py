@@ -24,6 +24,15 @@ MAX_CLASSES = 1000
 #: Input bytes (as float) per preprocessing chunk; bounds the temporaries of area_resize.
 _PREPROCESS_CHUNK_BYTES = 1 << 26
 
+#: The largest ``image_size`` side. jaxrae's networks see whole images: at 1024x1024x3 one image
+#: is 12 MiB as float32 and a batch of 64 is 800 MB before the first layer, and resizing one
+#: image builds (height, width) float temporaries; ``@image_size=100000`` would ask for 37 GiB.
+MAX_IMAGE_SIDE = 1024
+
+#: Size fields with an upper bound. A crop is bounded by the images themselves (a DataError
+#: when larger), an output size by what the networks can hold.
+_MAX_SIDE = {"image_size": MAX_IMAGE_SIDE}
+
 
 # --------------------------------------------------------------------------------------------
 # Preprocessing: centre crop, area resize
@@ -113,7 +122,8 @@ def preprocess_images(
     images = _check_nhwc(source, images)
     first = prep.apply(images[:1], source)  # validates the sizes before any work
     out = np.empty((images.shape[0], *first.shape[1:]), np.uint8)
-    chunk = max(1, _PREPROCESS_CHUNK_BYTES // (8 * int(np.prod(images.shape[1:]))))
+    # The temporaries scale with the larger of the input and output images (upsampling).
+    chunk = max(1, _PREPROCESS_CHUNK_BYTES // (8 * max(int(np.prod(images.shape[1:])), int(np.prod(first.shape[1:])))))
     for start in range(0, images.shape[0], chunk):
         out[start:start + chunk] = prep.apply(images[start:start + chunk], source)
     return out
@@ -156,7 +166,10 @@ def format_size(size: tuple[int, int]) -> str:
 
 
 def as_size(field: str, value) -> tuple[int, int] | None:
-    """None, a positive int, an (h, w) pair, or the suffix forms "64" / "64x48" -> (h, w)."""
+    """None, a positive int, an (h, w) pair, or the suffix forms "64" / "64x48" -> (h, w).
+
+    ``image_size`` sides are at most :data:`MAX_IMAGE_SIDE` (a ConfigError saying why).
+    """
     if value is None:
         return None
     given = value
@@ -170,7 +183,12 @@ def as_size(field: str, value) -> tuple[int, int] | None:
         and len(value) in (1, 2)
         and all(isinstance(v, (int, np.integer)) and not isinstance(v, bool) and v >= 1 for v in value)
     ):
-        return (int(value[0]), int(value[-1]))
+        size = (int(value[0]), int(value[-1]))
+        limit = _MAX_SIDE.get(field)
+        require(limit is None or max(size) <= limit, field, given,
+                f"at most {limit} pixels per side: jaxrae's networks hold whole images (a batch of 64 "
+                f"{limit}x{limit}x3 images is 800 MB as float32), and larger sizes exhaust memory while resizing")
+        return size
     raise invalid(field, given, f"must be a positive integer or (height, width), e.g. {field}=64, "
                                 f"{field}=(64, 48), or {field}=64x48 in a spec suffix")
 

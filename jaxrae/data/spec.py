@@ -395,10 +395,12 @@ def _load_fashion_mnist(cache_dir, limits, prep: Preprocess, display: str) -> _S
     try:
         return _Splits(*load_tfds("fashion_mnist", cache_dir, limits, prep, display), preprocessed=True)
     except DataError as e:
-        raise invalid("data", display, f"Fashion-MNIST not found: {DEBIAN_FASHION_MNIST_DIR} is absent and "
-                      "tensorflow-datasets could not provide it; `apt-get install dataset-fashion-mnist`, or "
-                      "`pip install jaxrae[tfds]` and prepare tfds:fashion_mnist, or pass idx:<dir> with the IDX "
-                      f"files ({e})", DataError) from None
+        # Say what is missing first (the Debian package), then why the tfds fallback failed,
+        # which may be a missing dependency rather than missing data.
+        reason = str(e).partition(" is invalid: ")[2] or str(e)
+        raise invalid("data", display, f"Fashion-MNIST is not installed ({DEBIAN_FASHION_MNIST_DIR} is absent); run: "
+                      "apt-get install dataset-fashion-mnist (or pass idx:<dir> with its IDX files). "
+                      f"The tfds:fashion_mnist fallback failed too: {reason}", DataError) from None
 
 
 # --------------------------------------------------------------------------------------------

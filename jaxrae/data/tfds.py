@@ -10,10 +10,17 @@ Examples are decoded, stacked and preprocessed (crop, resize) ``TFDS_READ_CHUNK`
 preallocated arrays, so a split is never held at full size. Features used: ``image``, ``label``
 (0 everywhere when absent, as for celeb_a) and ``attributes`` (a dict of booleans, as celeb_a's
 40 of Liu et al. 2015, kept in sorted name order, or an (n, A) matrix).
+
+Every failure is one DataError line that says what is missing and the one command that fixes
+it: tensorflow-datasets itself (``pip install 'jaxrae[tfds]'``), a module it needs for this data
+set (``pip install <package>``), TensorFlow for TFRecord-prepared data (``pip install
+tensorflow``), an unknown name (the closest names, and the command that lists them all), or data
+that is not prepared (``tfds build <name> --file_format=array_record``).
 """
 
 from __future__ import annotations
 
+import difflib
 import os
 
 import numpy as np
@@ -24,6 +31,14 @@ from jaxrae.errors import ConfigError, DataError, invalid, require
 #: tfds examples decoded, stacked and preprocessed at a time: memory for full-size images is one
 #: chunk (CelebA: 512 x 116 KB = 60 MB), never a whole split.
 TFDS_READ_CHUNK = 512
+
+TFDS_INSTALL = "pip install 'jaxrae[tfds]'"
+TENSORFLOW_INSTALL = "pip install tensorflow"
+TFDS_LIST_NAMES = "python -c 'import tensorflow_datasets as tfds; print(tfds.list_builders())'"
+
+#: pip's name for a module tensorflow-datasets may import, where the two differ.
+_PIP_PACKAGES = {"PIL": "pillow", "cv2": "opencv-python", "apache_beam": "apache-beam", "skimage": "scikit-image",
+                 "sklearn": "scikit-learn", "tensorflow_io": "tensorflow-io", "yaml": "pyyaml"}
 
 
 def load_tfds(name: str, cache_dir, limits=(None, None), prep: Preprocess | None = None, display: str | None = None):
@@ -39,12 +54,13 @@ def load_tfds(name: str, cache_dir, limits=(None, None), prep: Preprocess | None
     try:
         import tensorflow_datasets as tfds  # optional extra; imported only when asked for
     except ImportError:
-        raise invalid("data", f"tfds:{name}", "needs tensorflow-datasets: `pip install jaxrae[tfds]`", DataError) from None
+        raise invalid("data", f"tfds:{name}", f"needs tensorflow-datasets, which is not installed; run: {TFDS_INSTALL}",
+                      DataError) from None
     data_dir = None if cache_dir is None else os.fspath(cache_dir)
     split_names = ("train", "test")
     # tfds.data_source reads ArrayRecord files with numpy only (no TensorFlow); it is also what
     # tfds.testing.mock_data mocks without TensorFlow. Data sets prepared in the older TFRecord
-    # format need tfds.load, which needs TensorFlow: try that second.
+    # format need tfds.load, which needs TensorFlow: try that second, and only for such data.
     try:
         sources = tfds.data_source(name, split=list(split_names), data_dir=data_dir)
         splits = [
@@ -54,15 +70,19 @@ def load_tfds(name: str, cache_dir, limits=(None, None), prep: Preprocess | None
     except (DataError, ConfigError):
         raise
     except Exception as first:  # noqa: BLE001  (tfds raises many types: not found, not prepared, network ...)
+        if type(first).__name__ in ("DatasetNotFoundError", "DatasetCollectionNotFoundError"):
+            raise _unknown_name(tfds, name) from None
+        if isinstance(first, ImportError) and not _is_tensorflow(first):
+            raise _missing_module(name, first) from None
         try:
             import tensorflow  # noqa: F401  (only to know whether the fallback can run)
         except ImportError:
-            raise invalid(
-                "data", f"tfds:{name}",
-                f"cannot load it without TensorFlow ({type(first).__name__}: {first}); prepare it in ArrayRecord "
-                "format in tfds' data dir (cache_dir=...), or install tensorflow to read TFRecord-prepared data",
-                DataError,
-            ) from None
+            if "tfrecord" in str(first).lower() or _is_tensorflow(first):
+                raise invalid("data", f"tfds:{name}", "it is prepared in TFRecord format, which only TensorFlow reads, "
+                              f"and TensorFlow is not installed; run: {TENSORFLOW_INSTALL}", DataError) from None
+            raise invalid("data", f"tfds:{name}", f"tensorflow-datasets cannot read it ({_one_line(first)}); "
+                          f"prepare it first: tfds build {name} --file_format=array_record"
+                          + (f" --data_dir {data_dir}" if data_dir else ""), DataError) from None
         try:
             splits = []
             for split, limit in zip(split_names, limits):
@@ -72,11 +92,49 @@ def load_tfds(name: str, cache_dir, limits=(None, None), prep: Preprocess | None
                 splits.append(_assemble_split(display, split, len(ds), batches, prep))
         except (DataError, ConfigError):
             raise
+        except ImportError as e:
+            raise _missing_module(name, e) from None
         except Exception as e:  # noqa: BLE001  (as above: any tfds failure means the data set cannot be read)
-            raise invalid("data", f"tfds:{name}", f"cannot load it ({type(e).__name__}: {e})", DataError) from None
+            raise invalid("data", f"tfds:{name}", f"cannot load it ({_one_line(e)})", DataError) from None
     (train_x, train_y, train_a, names), (test_x, test_y, test_a, test_names) = splits
     require(names == test_names, "data", f"tfds:{name}", "its train and test splits have different attributes", DataError)
     return train_x, train_y, test_x, test_y, train_a, test_a, names
+
+
+def _one_line(error: BaseException, limit: int = 200) -> str:
+    """``Type: first line of the message``, cut at ``limit`` characters: tfds' messages run to
+    hundreds of lines (an unknown name lists every data set), and an error is one line."""
+    lines = str(error).strip().splitlines()
+    text = lines[0] if lines else ""
+    text = text if len(text) <= limit else text[: limit - 3] + "..."
+    return f"{type(error).__name__}: {text}" if text else type(error).__name__
+
+
+def _is_tensorflow(error: BaseException) -> bool:
+    return isinstance(error, ImportError) and (error.name or "").split(".")[0] == "tensorflow"
+
+
+def _unknown_name(tfds, name: str) -> DataError:
+    """No such builder: the closest registered names, and the command that lists them all."""
+    base = name.split(":")[0].split("/")[0]
+    try:
+        close = difflib.get_close_matches(base, tfds.list_builders(with_community_datasets=False), n=3)
+    except Exception:  # noqa: BLE001  (suggestions are a courtesy; the error stands without them)
+        close = []
+    hint = f" (did you mean {', '.join(close)}?)" if close else ""
+    return invalid("data", f"tfds:{name}", f"tensorflow-datasets has no data set named {base!r}{hint}; "
+                   f"list the names with: {TFDS_LIST_NAMES}", DataError)
+
+
+def _missing_module(name: str, error: ImportError) -> DataError:
+    """A module tensorflow-datasets needs for this data set is missing: name it and the pip command."""
+    module = (error.name or "").split(".")[0]
+    if not module:
+        return invalid("data", f"tfds:{name}", f"tensorflow-datasets cannot import what it needs ({_one_line(error)})",
+                       DataError)
+    package = _PIP_PACKAGES.get(module, module)
+    return invalid("data", f"tfds:{name}", f"tensorflow-datasets needs the Python module {module!r} to read it, "
+                   f"which is not installed; run: pip install {package}", DataError)
 
 
 def _read_tfds_source(name: str, display: str, split: str, source, limit, prep: Preprocess):
