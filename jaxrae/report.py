@@ -388,13 +388,11 @@ def _contrast_caption(results: Mapping, rows: list[dict]) -> list[str]:
     if not baseline or not any(r["diff_mean"] is not None for r in rows):
         return []
     primary = f"; the {counts['primary']} primary contrasts are a family of their own" if counts["primary"] else ""
-    lines = [
-        f"differences vs `{baseline}`: paired by seed, mean [95% t interval], p u/h = paired t-test "
-        "(scipy.stats.ttest_rel, seeds both rows have ok) uncorrected / Holm-adjusted; "
-        f"* = Holm-adjusted p <= {ALPHA:g}, Holm's step-down correction over the family of the "
-        f"{counts['table']} (row, metric) contrasts against the baseline in this table{primary} "
-        "(contrasts with fewer than 2 pairs or no spread have p n/a and are not counted).",
-    ]
+    lines = [(f"differences vs `{baseline}`: paired by seed, mean [95% t interval], p u/h = paired t-test "
+              "(scipy.stats.ttest_rel, seeds both rows have ok) uncorrected / Holm-adjusted; "
+              f"* = Holm-adjusted p <= {ALPHA:g}, Holm's step-down correction over the family of the "
+              f"{counts['table']} (row, metric) contrasts against the baseline in this table{primary} "
+              "(contrasts with fewer than 2 pairs or no spread have p n/a and are not counted).")]
     margins = (results.get("experiment") or {}).get("equivalence") or {}
     base = results["methods"].get(baseline, {})
     if margins:
@@ -450,8 +448,8 @@ def render_summary(results: Mapping, rows: list[dict] | None = None) -> str:
     out.append(_plain(*_grid(results, rows, _mean_pm)))
     baseline = results.get("baseline")
     if baseline and len(results["methods"]) > 1:
-        out += ["", f"paired difference vs {baseline} over common seeds: mean, * = survives Holm at {ALPHA:g} within "
-                    "the table's contrasts, ≈ = equivalent by TOST at the stated margin (intervals and p in table.md)"]
+        out += ["", (f"paired difference vs {baseline} over common seeds: mean, * = survives Holm at {ALPHA:g} within "
+                     "the table's contrasts, ≈ = equivalent by TOST at the stated margin (intervals and p in table.md)")]
         header, body = _grid(results, rows, lambda r: _diff_cell(r, interval=False), with_ok=False)
         body = [r for r in body if r[0] != baseline]
         out.append(_plain(header, body))
@@ -482,8 +480,9 @@ def _primary_section(results: Mapping, rows: list[dict]) -> list[str]:
         body.append([f"{name}:{key}", fmt(base["mean"]) if base else "-", _diff_interval(r), str(r["diff_n"]),
                      fmt_p(r["diff_p"]), fmt_p(r["p_holm"]), tost, verdict])
     n = sum(1 for r in rows if r["family"] == "primary" and r["p_holm"] is not None and not math.isnan(r["p_holm"]))
-    return [f"## Primary contrasts vs baseline `{results['baseline']}` (declared in the experiment file before the run; "
-            f"Holm over these {n})", "", _markdown(header, body), ""]
+    heading = (f"## Primary contrasts vs baseline `{results['baseline']}` (declared in the experiment file before the run; "
+               f"Holm over these {n})")
+    return [heading, "", _markdown(header, body), ""]
 
 
 def _diff_interval(row: Mapping) -> str:
