@@ -395,6 +395,28 @@ def test_report_command_rerenders_from_results_json(tmp_path, capsys):
     assert "no figures" in capsys.readouterr().out
     assert cli.main(["report", str(tmp_path / "missing")]) == 2
 
+    # with the per-row files (records and images) the figures are redrawn too
+    (tmp_path / "methods").mkdir()
+    imgs = np.random.default_rng(0).random((4, 8, 8, 1)).astype(np.float32)
+    for label, m in results["methods"].items():
+        record = {"ok": m["ok"], "loss_curve": {"steps": [1, 2], "loss": [[2.0, 1.0]] * len(m["ok"])}}
+        (tmp_path / "methods" / f"{label}.json").write_text(json.dumps(record))
+        np.savez(tmp_path / "methods" / f"{label}.npz", originals=imgs, reconstructions=imgs, prior=imgs, ex_post=imgs,
+                 interpolations=imgs.reshape(2, 2, 8, 8, 1))
+    assert cli.main(["report", str(tmp_path / "results.json")]) == 0
+    assert "and the figures" in capsys.readouterr().out
+    for name in ("reconstructions", "samples", "interpolations", "metrics", "losses"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_epochs_from_each_rows_config_and_p_formatting():
+    results = _contrast_results()
+    results["methods"]["far"]["config"] = {"steps": 600, "batch_size": 50}
+    assert report.epochs(results).startswith("15 to 30 (steps x batch / 1000 training images")
+    del results["n_train"]
+    assert report.epochs(results) == "not recorded"
+    assert [report.fmt_p(p) for p in (None, float("nan"), 0.0004, 0.0123, 1.0)] == ["-", "n/a", "<0.001", "0.012", "1"]
+
 
 def test_primary_and_equivalence_are_validated_when_the_experiment_is_built(tmp_path):
     exp = Experiment(methods=("ae", "vae"), primary=["vae:fd_ex_post"], equivalence={"rec_error": "5%", "fd_ex_post": 1.0})
