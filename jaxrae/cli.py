@@ -1,4 +1,4 @@
-"""The ``jaxrae`` command: ``methods``, ``train`` and ``compare``; every argparse line of jaxrae.
+"""The ``jaxrae`` command: ``methods``, ``train``, ``compare`` and ``report``; every argparse line of jaxrae.
 
 Errors a user can cause (a config value, a data file, a checkpoint, an output directory) are
 printed as one line, ``jaxrae: error: ...``, with exit status 2 and no traceback.
@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import json
 import os
 import re
 import shlex
@@ -33,7 +34,7 @@ from jaxrae.experiment import (
     load_experiment,
 )
 from jaxrae.evaluate import finite_or_nan
-from jaxrae.io import atomic_write_json, prepare_out_dir
+from jaxrae.io import atomic_write_json, atomic_write_text, prepare_out_dir
 from jaxrae.metrics import code_usage, reconstruction_error
 from jaxrae.provenance import environment
 from jaxrae.train import train
@@ -265,8 +266,39 @@ def cmd_compare(args) -> int:
     return 0
 
 
+def cmd_report(args) -> int:
+    """``jaxrae report``: table.md and table.csv again from results.json alone (figures too when the
+    per-row files methods/<label>.json and .npz are there), keeping table.md's title and notes."""
+    path = Path(args.path)
+    results_path = path / "results.json" if path.is_dir() else path
+    try:
+        results = json.loads(results_path.read_text())
+    except OSError as e:
+        raise invalid("path", str(path), f"a comparison's directory or its results.json; cannot read {results_path}: "
+                      f"{e.strerror or e}") from None
+    except ValueError as e:
+        raise invalid("path", str(path), f"{results_path} is not valid JSON ({e})") from None
+    require(isinstance(results, dict) and isinstance(results.get("methods"), dict), "path", str(path),
+            f"{results_path} is not the results.json of `jaxrae compare` (it has no methods)")
+    out = results_path.parent
+    existing = (out / "table.md").read_text() if (out / "table.md").exists() else None
+    markdown, table_csv = report.rerender(results, existing, rendered_by=args.command_line)
+    atomic_write_text(out / "table.md", markdown)
+    atomic_write_text(out / "table.csv", table_csv)
+    written = "table.md, table.csv"
+    files = [out / "methods" / f"{label}{ext}" for label in results["methods"] for ext in (".json", ".npz")]
+    if args.figures and all(f.exists() for f in files):
+        records = {label: json.loads((out / "methods" / f"{label}.json").read_text()) for label in results["methods"]}
+        compare.write_figures(results, records, out, report.summary_table(results))
+        written += " and the figures"
+    elif args.figures:
+        written += " (no figures: they need the per-row files methods/<label>.json and .npz)"
+    print(f"re-rendered {written} in {out}/ from {results_path}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
-    """The ``jaxrae`` parser with its subcommands ``methods``, ``train`` and ``compare``."""
+    """The ``jaxrae`` parser with its subcommands ``methods``, ``train``, ``compare`` and ``report``."""
     parser = argparse.ArgumentParser(prog="jaxrae", description="Regularized autoencoders in JAX, many seeds at once.")
     sub = parser.add_subparsers(dest="command", required=True)
 
@@ -287,6 +319,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("compare", help="methods x seeds with the full evaluation (the main job)")
     add_compare_arguments(p)
     p.set_defaults(func=cmd_compare)
+
+    p = sub.add_parser("report", help="re-render table.md/table.csv (and figures) of a comparison from its results.json")
+    p.add_argument("path", help="a comparison's output directory, or its results.json")
+    p.add_argument("--no-figures", dest="figures", action="store_false", help="tables only, even when the per-row files are there")
+    p.set_defaults(func=cmd_report)
     return parser
 
 

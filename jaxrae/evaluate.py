@@ -43,6 +43,10 @@ N_FIGURE_IMAGES = 10  # test images in reconstructions.png
 N_FIGURE_SAMPLES = 32  # per sample grid
 N_FIGURE_PAIRS, N_FIGURE_STEPS = 4, 8  # interpolation strips
 MAX_LOSS_POINTS = 500  # loss curves are block-averaged down to this many points
+#: Every per-seed metric :func:`evaluate` can return (perplexity and distinct_codes for discrete
+#: codes only): the names experiment files use in ``primary`` and ``[equivalence]``.
+METRIC_KEYS = ("rec_error", "fd_rec", "fd_prior", "fd_ex_post", "fd_interp", "precision", "recall", "code_loglik",
+               "perplexity", "distinct_codes")
 
 
 def _seed_keys(key, seeds: Sequence[int]):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 import tomllib
 from pathlib import Path
@@ -20,7 +21,7 @@ from typing import Any, Mapping
 from jaxrae import methods as presets
 from jaxrae.config import TrainConfig
 from jaxrae.errors import ConfigError, invalid, require
-from jaxrae.evaluate import PR_NEIGHBOURS
+from jaxrae.evaluate import METRIC_KEYS, PR_NEIGHBOURS
 
 #: The README's main job: a representative set of continuous and discrete methods on ``digits``.
 DEFAULT_DATA = "digits"
@@ -58,6 +59,13 @@ class Experiment:
     number of test images and of generated samples per FD (capped at the test set size).
     ``feature_steps`` trains the FD classifier (None: the default of
     :func:`jaxrae.features.feature_network`).
+
+    Declared before the run, recorded in results.json, read by :mod:`jaxrae.report`:
+    ``primary`` lists the primary contrasts against the baseline as ``"<row label>:<metric key>"``
+    (e.g. ``"rae-l2:fd_ex_post"``), reported first with a Holm family of their own;
+    ``equivalence`` maps a metric key to the TOST margin for "no difference" verdicts on it,
+    a positive number in the metric's units (``fd_ex_post = 1.0``) or a string percentage of the
+    baseline row's mean (``rec_error = "5%"``). A metric without a margin gets no equivalence verdict.
     """
 
     data: str = DEFAULT_DATA
@@ -72,6 +80,8 @@ class Experiment:
     n_test: int | None = None
     feature_steps: int | None = None
     n_components: int = DEFAULT_N_COMPONENTS
+    primary: tuple[str, ...] = ()
+    equivalence: Mapping[str, float | str] = dataclasses.field(default_factory=dict)
 
     def __post_init__(self):
         object.__setattr__(self, "overrides", _tables("overrides", self.overrides))
@@ -113,6 +123,7 @@ class Experiment:
                 continue  # the feature network's own default (jaxrae.metrics)
             require(not isinstance(value, bool) and isinstance(value, int) and value >= minimum, field, value,
                     f"must be an integer >= {minimum}")
+        self._check_contrasts()
         for label in self.rows:  # every config validates now, not after an hour of training
             try:
                 self.method_config(label)
@@ -120,6 +131,26 @@ class Experiment:
                 own = label in self.overrides or label in self.variants
                 where = f"[config] + {self.row_table(label)}" if own else "[config]"
                 raise ConfigError(f"{where}: {e}") from None
+
+    def _check_contrasts(self) -> None:
+        """``primary`` entries name a row other than the baseline and a metric; margins are positive."""
+        require(isinstance(self.primary, (list, tuple)) and all(isinstance(e, str) for e in self.primary), "primary",
+                self.primary, 'a list of "<row label>:<metric key>" strings, e.g. ["rae-l2:fd_ex_post"]')
+        object.__setattr__(self, "primary", tuple(self.primary))
+        others = [label for label in self.rows if label != self.baseline_label]
+        for entry in self.primary:
+            row, _, metric = entry.rpartition(":")
+            require(row in others, "primary", entry, f'"<row label>:<metric key>" with a row compared to the baseline '
+                    f"{self.baseline_label!r}: one of {others}")
+            require(metric in METRIC_KEYS, "primary", entry, f"the metric after ':' must be one of {list(METRIC_KEYS)}")
+        require(len(set(self.primary)) == len(self.primary), "primary", list(self.primary), "no entry may repeat")
+        require(isinstance(self.equivalence, Mapping), "equivalence", self.equivalence,
+                "a table [equivalence] of metric = margin (a number, or a percentage of the baseline mean such as \"5%\")")
+        object.__setattr__(self, "equivalence", dict(self.equivalence))
+        for metric, margin in self.equivalence.items():
+            require(metric in METRIC_KEYS, "equivalence", metric, f"a metric key, one of {list(METRIC_KEYS)}")
+            require(_positive_margin(margin), f"equivalence.{metric}", margin,
+                    'a positive number in the metric\'s units (1.0) or a positive percentage of the baseline mean ("5%")')
 
     @property
     def rows(self) -> dict[str, dict[str, Any]]:
@@ -152,6 +183,7 @@ class Experiment:
             "variants": {k: dict(v) for k, v in self.variants.items()},
             "baseline": self.baseline, "n_eval": self.n_eval, "n_train": self.n_train,
             "n_test": self.n_test, "feature_steps": self.feature_steps, "n_components": self.n_components,
+            "primary": list(self.primary), "equivalence": dict(self.equivalence),
         }
 
     @classmethod
@@ -185,6 +217,18 @@ def _tables(name: str, value) -> dict[str, dict[str, Any]]:
     return {key: dict(fields) for key, fields in value.items()}
 
 
+def _positive_margin(value) -> bool:
+    """A TOST margin: a positive finite number, or a string ``"<positive number>%"``."""
+    if isinstance(value, str):
+        text = value.strip()
+        try:
+            percent = float(text[:-1]) if text.endswith("%") else math.nan
+        except ValueError:
+            return False
+        return math.isfinite(percent) and percent > 0
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and value > 0
+
+
 def _toml_key(key: str) -> str:
     """``key`` as written in a TOML table header: bare if it can be, else quoted (``"reinmax-tau0.5"``)."""
     return key if re.fullmatch(r"[A-Za-z0-9_-]+", key) else json.dumps(key)
@@ -205,7 +249,8 @@ def load_experiment(path: str | Path) -> Experiment:
     """Read an experiment TOML (see ``experiments/``); any unknown key is a ConfigError.
 
     Top-level keys: ``data, methods, seeds, baseline, n_eval, n_train, n_test, feature_steps,
-    n_components``; tables ``[config]`` (TrainConfig fields for every row),
+    n_components, primary``; tables ``[equivalence]`` (TOST margins per metric key),
+    ``[config]`` (TrainConfig fields for every row),
     ``[overrides.<method>]`` (fields for one method of ``methods``) and ``[variants.<label>]``
     (a row of its own: ``method = "<preset>"`` plus TrainConfig fields; see :class:`Experiment`).
     TrainConfig keys are checked by :meth:`jaxrae.config.TrainConfig.from_dict`, which rejects

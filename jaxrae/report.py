@@ -13,6 +13,16 @@ Statistics across seeds (Student 1908; any textbook, e.g. Wasserman, *All of Sta
   the per-seed differences ``d_i = x_i(method) - x_i(baseline)``. Seed ``s`` of every method sees
   the same evaluation draws (test pairs, sampling keys), so pairing removes that shared noise.
 
+Tests on the paired differences (one family per table, see :func:`summary_table`):
+
+- p-value of the paired t-test (Student 1908; ``scipy.stats.ttest_rel``) of "no mean difference";
+- Holm's step-down correction (Holm 1979, "A simple sequentially rejective multiple test
+  procedure", Scand. J. Statist. 6:65-70) over the family of contrasts of a table: a star means
+  the Holm-adjusted p is at most 5 %, so the chance of any false star in the family is <= 5 %;
+- equivalence, "no difference beyond a margin delta", only from TOST, two one-sided paired t-tests
+  (Schuirmann 1987, J. Pharmacokinet. Biopharm. 15:657-680) with delta stated in the experiment
+  file; without a margin a contrast with no star is inconclusive, never "no difference".
+
 Diverged runs (``ok`` false: the loss became non-finite and the run was frozen) keep their numbers
 in ``results.json`` but never enter a mean: every summary carries ``n`` (values used) next to
 ``n_ok/n_total`` (runs that trained without diverging / runs started).
@@ -49,6 +59,8 @@ METRICS: dict[str, tuple[str, str, str]] = {
 }
 
 CONFIDENCE = 0.95
+#: Family-wise error rate of the Holm stars and of the equivalence verdicts.
+ALPHA = 0.05
 
 
 # --------------------------------------------------------------------------------------------
@@ -108,13 +120,15 @@ def paired_difference(
     """Mean difference ``method - baseline`` over common seeds, with its Student t interval.
 
     Pairs are the seeds present in both lists where both runs are ok and both values finite;
-    ``d_i = x_i - b_i`` and the interval is :func:`summarize` of the ``d_i``. A difference
-    interval that excludes 0 says the method differs from the baseline at that seed count
-    (no multiple-comparison correction is applied).
+    ``d_i = x_i - b_i`` and the interval is :func:`summarize` of the ``d_i``. ``p`` is the
+    two-sided paired t-test of mean difference 0 (``scipy.stats.ttest_rel`` on the pairs,
+    ``t = mean(d) / (std(d) / sqrt(n))`` with ``n - 1`` degrees of freedom), uncorrected: the
+    interval excludes 0 exactly when ``p < 1 - confidence``. ``p`` is nan with fewer than two
+    pairs or when every ``d_i`` is the same (no spread to test against).
 
     Returns:
-      dict with ``mean, std, ci_low, ci_high, half_width, n`` (number of pairs) and
-      ``seeds`` (the paired seeds).
+      dict with ``mean, std, ci_low, ci_high, half_width, n`` (number of pairs), ``p``,
+      ``seeds`` (the paired seeds) and ``diffs`` (the ``d_i``, in seed order of ``seeds``).
     """
     here = {int(s): (as_float(v), bool(o)) for s, v, o in zip(seeds, values, ok)}
     there = {int(s): (as_float(v), bool(o)) for s, v, o in zip(baseline_seeds, baseline_values, baseline_ok)}
@@ -122,7 +136,65 @@ def paired_difference(
               and math.isfinite(here[s][0]) and math.isfinite(there[s][0])]
     diffs = [here[s][0] - there[s][0] for s in paired]
     summary = summarize(diffs, confidence=confidence)
-    return {k: summary[k] for k in ("mean", "std", "ci_low", "ci_high", "half_width", "n")} | {"seeds": paired}
+    p = math.nan
+    if len(paired) >= 2 and np.ptp(diffs) > 0:
+        p = float(stats.ttest_rel([here[s][0] for s in paired], [there[s][0] for s in paired]).pvalue)
+    return ({k: summary[k] for k in ("mean", "std", "ci_low", "ci_high", "half_width", "n")}
+            | {"p": p, "seeds": paired, "diffs": diffs})
+
+
+def holm(p_values: Sequence[float]) -> np.ndarray:
+    """Holm-adjusted p-values (Holm 1979): the step-down correction for a family of m tests.
+
+    With the finite p-values sorted, ``p_(1) <= ... <= p_(m)``, the adjusted value is
+    ``p~_(i) = min(1, max_{j <= i} (m - j + 1) p_(j))``; rejecting every hypothesis with
+    ``p~ <= alpha`` is Holm's procedure (reject ``H_(1), H_(2), ...`` while
+    ``p_(j) <= alpha / (m - j + 1)``, stop at the first that is not), which keeps the
+    family-wise error rate at ``alpha`` under any dependence between the tests. nan entries
+    (tests that could not be run) are not counted in m and stay nan.
+    """
+    p = np.asarray(p_values, np.float64).reshape(-1)
+    out = np.full(p.shape, np.nan)
+    finite = np.flatnonzero(np.isfinite(p))
+    order = finite[np.argsort(p[finite], kind="stable")]
+    m = order.size
+    out[order] = np.minimum(1.0, np.maximum.accumulate((m - np.arange(m)) * p[order]))
+    return out
+
+
+def tost_paired(diffs: Sequence[float], margin: float) -> float:
+    """p-value of TOST (Schuirmann 1987) for ``|mean difference| < margin`` from paired differences.
+
+    Two one-sided t-tests on the ``n`` differences ``d_i`` with ``se = std(d) / sqrt(n)`` and
+    ``n - 1`` degrees of freedom: ``H0-: mu <= -margin`` (``p- = P(T >= (mean + margin) / se)``)
+    and ``H0+: mu >= margin`` (``p+ = P(T <= (mean - margin) / se)``). Equivalence is shown at
+    level alpha when both are rejected, i.e. when ``max(p-, p+) <= alpha``; equivalently the
+    ``1 - 2 alpha`` t interval of the mean lies inside ``(-margin, margin)``. nan with fewer than
+    two differences, no spread, or no positive finite margin.
+    """
+    d = np.asarray(diffs, np.float64)
+    if d.size < 2 or not np.ptp(d) > 0 or not (math.isfinite(margin) and margin > 0):
+        return math.nan
+    se = float(d.std(ddof=1)) / math.sqrt(d.size)
+    mean, dof = float(d.mean()), d.size - 1
+    return float(max(stats.t.sf((mean + margin) / se, dof), stats.t.cdf((mean - margin) / se, dof)))
+
+
+def parse_contrast(entry: str) -> tuple[str, str]:
+    """``"rae-l2:fd_ex_post"`` -> ``("rae-l2", "fd_ex_post")``: a row label and a metric key.
+
+    The spelling of a primary contrast in an experiment file; row labels never contain ``:``.
+    """
+    row, _, metric = str(entry).rpartition(":")
+    return row, metric
+
+
+def equivalence_margin(spec, baseline_mean: float) -> float:
+    """An equivalence margin as a number: ``1.0`` is absolute (metric units), ``"5%"`` is that
+    fraction of ``|baseline mean|`` (the baseline row's mean over its usable seeds)."""
+    if isinstance(spec, str) and spec.strip().endswith("%"):
+        return float(spec.strip()[:-1]) / 100.0 * abs(baseline_mean)
+    return float(spec)
 
 
 def method_metric_keys(method_results: Mapping) -> list[str]:
@@ -131,16 +203,29 @@ def method_metric_keys(method_results: Mapping) -> list[str]:
 
 
 def summary_table(results: Mapping) -> list[dict]:
-    """One row per (method, metric): the summary across seeds and the paired difference.
+    """One row per (method, metric): the summary across seeds, the paired difference and its tests.
 
     ``results`` is the ``results.json`` structure: ``results["methods"][name]`` holds ``seeds``,
     ``ok`` and ``metrics[key]`` (one value per seed); ``results["baseline"]`` names the baseline
     (or is None). Rows of the baseline itself carry no difference. ``name`` is the row label of
     :mod:`jaxrae.compare`: a preset's name, or a variant's label such as ``reinmax-tau0.5``.
+
+    Every (row, metric) difference against the baseline is a *contrast* with its paired t-test
+    ``p`` (:func:`paired_difference`). Contrasts fall in two Holm families (:func:`holm`): the
+    primary contrasts the experiment declared before the run (``results["experiment"]["primary"]``,
+    ``"row:metric"`` entries), and every other contrast of the table. ``p_holm`` is the adjusted p
+    within the row's ``family`` and ``star`` is ``p_holm <= ALPHA``. Where the experiment states an
+    equivalence margin for the metric (``results["experiment"]["equivalence"]``, see
+    :func:`equivalence_margin`), ``p_tost`` is :func:`tost_paired` at that margin, ``p_tost_holm``
+    its Holm adjustment over the family's TOST tests, and ``equivalent`` is ``p_tost_holm <= ALPHA``;
+    without a margin these are None (no equivalence verdict).
     """
     methods = results["methods"]
     baseline = results.get("baseline")
     base = methods.get(baseline) if baseline else None
+    declared = results.get("experiment") or {}
+    primary = {parse_contrast(e) for e in declared.get("primary") or ()}
+    margins = declared.get("equivalence") or {}
     rows = []
     for name, m in methods.items():
         for key in method_metric_keys(m):
@@ -153,9 +238,24 @@ def summary_table(results: Mapping) -> list[dict]:
             if base is not None and name != baseline and key in base["metrics"] and comparable:
                 diff = paired_difference(m["metrics"][key], m["seeds"], m["ok"],
                                          base["metrics"][key], base["seeds"], base["ok"])
-            for field in ("mean", "ci_low", "ci_high", "n"):
+            for field in ("mean", "ci_low", "ci_high", "n", "p"):
                 row[f"diff_{field}"] = None if diff is None else diff[field]
+            row.update(family=None, p_holm=None, star=False, eq_margin=None, p_tost=None, p_tost_holm=None, equivalent=None)
+            if diff is not None:
+                row["family"] = "primary" if (name, key) in primary else "table"
+                if key in margins:
+                    row["eq_margin"] = equivalence_margin(margins[key], summarize(base["metrics"][key], base["ok"])["mean"])
+                    row["p_tost"] = tost_paired(diff["diffs"], row["eq_margin"])
             rows.append(row)
+    for family in ("primary", "table"):
+        members = [r for r in rows if r["family"] == family]
+        for r, adjusted in zip(members, holm([r["diff_p"] for r in members])):
+            r["p_holm"] = float(adjusted)
+            r["star"] = bool(adjusted <= ALPHA)
+        tested = [r for r in members if r["p_tost"] is not None]
+        for r, adjusted in zip(tested, holm([r["p_tost"] for r in tested])):
+            r["p_tost_holm"] = float(adjusted)
+            r["equivalent"] = bool(adjusted <= ALPHA)
     return rows
 
 
@@ -187,17 +287,30 @@ def _mean_pm(row: Mapping | None) -> str:
     return f"{fmt(row['mean'])} ± {fmt(row['half_width'], 2)}"
 
 
+def fmt_p(p) -> str:
+    """A p-value with two significant digits, ``<0.001`` below that (table.csv has every digit);
+    ``-`` when there is no test, ``n/a`` when it could not run."""
+    if p is None:
+        return "-"
+    p = float(p)
+    return "n/a" if math.isnan(p) else "<0.001" if p < 0.001 else fmt(p, 2)
+
+
+def _marks(row: Mapping) -> str:
+    """``*``: survives Holm at ALPHA in its family; ``≈``: equivalent by TOST at the stated margin."""
+    return ("*" if row.get("star") else "") + ("≈" if row.get("equivalent") else "")
+
+
 def _diff_cell(row: Mapping | None, interval: bool = True) -> str:
     if row is None or row.get("diff_mean") is None:
         return "-"
     if math.isnan(row["diff_mean"]):
         return "nan"
-    lo, hi = row["diff_ci_low"], row["diff_ci_high"]
-    # '*' marks an interval that excludes 0, i.e. a difference the seeds resolve.
-    star = "*" if (not math.isnan(lo) and (lo > 0 or hi < 0)) else ""
     if not interval:
-        return f"{fmt(row['diff_mean'])}{star}"
-    return f"{fmt(row['diff_mean'])} [{fmt(lo, 2)}, {fmt(hi, 2)}]{star}"
+        return f"{fmt(row['diff_mean'])}{_marks(row)}"
+    lo, hi = row["diff_ci_low"], row["diff_ci_high"]
+    cell = f"{fmt(row['diff_mean'])} [{fmt(lo, 2)}, {fmt(hi, 2)}]{_marks(row)} p {fmt_p(row.get('diff_p'))}/{fmt_p(row.get('p_holm'))}"
+    return cell + (f" TOST {fmt_p(row['p_tost_holm'])}" if row.get("p_tost") is not None else "")
 
 
 def _grid(results: Mapping, rows: list[dict], cell, with_ok: bool = True) -> tuple[list[str], list[list[str]]]:
@@ -234,7 +347,7 @@ def _provenance(results: Mapping) -> list[str]:
     run_time = sum(sum((m.get("times") or {}).get(k, 0.0) for k in ("train_s", "compile_s", "eval_s"))
                    for m in results["methods"].values())
     lines = [f"command: `{results['command']}`" if results.get("command") else
-             "command: not recorded (results written through the Python API)"]
+             "command: not recorded in results.json (written through the Python API, or by a jaxrae that did not record it)"]
     if times:
         lines.append(f"time: {run_time / 60:.1f} min training + compiling + evaluating, summed over rows; "
                      f"this invocation {times.get('this_invocation_s', float('nan')) / 60:.1f} min wall")
@@ -250,11 +363,60 @@ def _provenance(results: Mapping) -> list[str]:
     return lines
 
 
+def epochs(results: Mapping) -> str:
+    """Passes over the training set, ``steps * batch_size / n_train``, from each row's config.
+
+    One number when every row trained as long (``69.5 (1000 steps x batch 100 / 1438 training
+    images)``), else the range over rows; ``not recorded`` when results.json lacks the sizes.
+    """
+    n_train = results.get("n_train")
+    sizes = {(m["config"]["steps"], m["config"]["batch_size"]) for m in results["methods"].values()
+             if "steps" in (m.get("config") or {}) and "batch_size" in (m.get("config") or {})}
+    if not n_train or not sizes:
+        return "not recorded"
+    values = sorted(steps * batch / n_train for steps, batch in sizes)
+    if len(sizes) == 1:
+        (steps, batch), = sizes
+        return f"{values[0]:.3g} ({steps} steps x batch {batch} / {n_train} training images)"
+    return f"{values[0]:.3g} to {values[-1]:.3g} (steps x batch / {n_train} training images, per row's config in results.json)"
+
+
+def _contrast_caption(results: Mapping, rows: list[dict]) -> list[str]:
+    """How to read the differences: pairing, p, the Holm families, the equivalence margins."""
+    baseline = results.get("baseline")
+    counts = {f: sum(1 for r in rows if r["family"] == f and r["p_holm"] is not None and not math.isnan(r["p_holm"]))
+              for f in ("primary", "table")}
+    if not baseline or not any(r["diff_mean"] is not None for r in rows):
+        return []
+    primary = f"; the {counts['primary']} primary contrasts are a family of their own" if counts["primary"] else ""
+    lines = [(f"differences vs `{baseline}`: paired by seed, mean [95% t interval], p u/h = paired t-test "
+              "(scipy.stats.ttest_rel, seeds both rows have ok) uncorrected / Holm-adjusted; "
+              f"* = Holm-adjusted p <= {ALPHA:g}, Holm's step-down correction over the family of the "
+              f"{counts['table']} (row, metric) contrasts against the baseline in this table{primary} "
+              "(contrasts with fewer than 2 pairs or no spread have p n/a and are not counted).")]
+    margins = (results.get("experiment") or {}).get("equivalence") or {}
+    base = results["methods"].get(baseline, {})
+    if margins:
+        stated = []
+        for key, spec in margins.items():
+            if key in base.get("metrics", {}):
+                value = equivalence_margin(spec, summarize(base["metrics"][key], base["ok"])["mean"])
+                stated.append(f"{key} ±{fmt(value)}" + (f" ({spec} of the baseline mean)" if isinstance(spec, str) else ""))
+        lines.append(f"≈ = equivalent: TOST (two one-sided paired t-tests, Schuirmann 1987) rejects a difference of at "
+                     f"least the margin, Holm-adjusted TOST p <= {ALPHA:g} in the same family (TOST = that p); margins "
+                     f"from the experiment file: {', '.join(stated) or 'none for these metrics'}. A contrast with "
+                     "neither * nor ≈ is inconclusive.")
+    else:
+        lines.append("no equivalence margins in the experiment file, so no contrast is declared equivalent: "
+                     "one without * is inconclusive, not evidence of no difference.")
+    return lines
+
+
 def _caption(results: Mapping) -> list[str]:
     fnet = results.get("feature_network", {})
     n_seeds = max((len(m["ok"]) for m in results["methods"].values()), default=0)
     lines = [
-        f"data: {results.get('data')}  |  seeds per method: {n_seeds}  |  "
+        f"data: {results.get('data')}  |  seeds per method: {n_seeds}  |  epochs: {epochs(results)}  |  "
         f"n_eval: {results.get('eval', {}).get('n_eval')}",
         f"FD = Frechet distance in classifier features (jaxrae's feature network for this data set, "
         f"{fnet.get('accuracy_name', 'test accuracy')} {fnet.get('test_accuracy', float('nan')):.1%}); "
@@ -310,20 +472,69 @@ def render_summary(results: Mapping, rows: list[dict] | None = None) -> str:
         out += ["", "WARNINGS (these numbers may mean little):"] + [f"  ! {w}" for w in warned]
     baseline = results.get("baseline")
     if baseline and len(results["methods"]) > 1:
-        out += ["", f"paired difference vs {baseline} over common seeds: mean, * = its 95% interval excludes 0 "
-                    "(intervals in table.md)"]
+        out += ["", (f"paired difference vs {baseline} over common seeds: mean, * = survives Holm at {ALPHA:g} within "
+                     "the table's contrasts, ≈ = equivalent by TOST at the stated margin (intervals and p in table.md)")]
         header, body = _grid(results, rows, lambda r: _diff_cell(r, interval=False), with_ok=False)
         body = [r for r in body if r[0] != baseline]
         out.append(_plain(header, body))
     return "\n".join(out)
 
 
-def render_markdown(results: Mapping, rows: list[dict] | None = None) -> str:
-    """table.md: the summary grid, the paired grid, then every number per metric."""
+#: The heading of table.md's hand-written notes, which :func:`table_notes` reads back on a re-render.
+NOTES_HEADING = "## Notes (written by hand; `jaxrae report` keeps them when it re-renders this file)"
+
+
+def _primary_section(results: Mapping, rows: list[dict]) -> list[str]:
+    """The declared primary contrasts, first and in their declared order, with their own Holm family."""
+    declared = [parse_contrast(e) for e in (results.get("experiment") or {}).get("primary") or ()]
+    if not declared:
+        return []
+    by = {(r["method"], r["metric"]): r for r in rows}
+    header = ["contrast", "baseline mean", "difference [95% interval]", "pairs", "p", "p Holm", "TOST p Holm (margin)", "verdict"]
+    body = []
+    for name, key in declared:
+        r = by.get((name, key))
+        if r is None or r["diff_mean"] is None:
+            body.append([f"{name}:{key}", "-", "not comparable or not measured", "-", "-", "-", "-", "-"])
+            continue
+        base = by.get((results["baseline"], key))
+        verdict = ("differs (*)" if r["star"] else f"equivalent within ±{fmt(r['eq_margin'])} (≈)" if r["equivalent"]
+                   else "inconclusive")
+        tost = "-" if r["p_tost"] is None else f"{fmt_p(r['p_tost_holm'])} (±{fmt(r['eq_margin'])})"
+        body.append([f"{name}:{key}", fmt(base["mean"]) if base else "-", _diff_interval(r), str(r["diff_n"]),
+                     fmt_p(r["diff_p"]), fmt_p(r["p_holm"]), tost, verdict])
+    n = sum(1 for r in rows if r["family"] == "primary" and r["p_holm"] is not None and not math.isnan(r["p_holm"]))
+    heading = (f"## Primary contrasts vs baseline `{results['baseline']}` (declared in the experiment file before the run; "
+               f"Holm over these {n})")
+    return [heading, "", _markdown(header, body), ""]
+
+
+def _diff_interval(row: Mapping) -> str:
+    if row.get("diff_mean") is None:
+        return "-"
+    if math.isnan(row["diff_mean"]):
+        return "nan"
+    return f"{fmt(row['diff_mean'])} [{fmt(row['diff_ci_low'], 2)}, {fmt(row['diff_ci_high'], 2)}]{_marks(row)}"
+
+
+def render_markdown(results: Mapping, rows: list[dict] | None = None, *, title: str = "jaxrae compare",
+                    notes: Sequence[str] = (), rendered_by: str | None = None) -> str:
+    """table.md: provenance, caption, notes, primary contrasts, the summary and paired grids, every number per metric.
+
+    ``title`` is the first heading; ``notes`` are hand-written lines kept verbatim under
+    :data:`NOTES_HEADING` (see :func:`table_notes`); ``rendered_by`` (the ``jaxrae report``
+    command line) adds a provenance line saying the file was re-rendered from results.json.
+    """
     rows = summary_table(results) if rows is None else rows
     baseline = results.get("baseline")
-    parts = ["# jaxrae compare", ""] + [f"- {line}" for line in _provenance(results)] + [""]
-    parts += [f"- {line}" for line in _caption(results)] + [""]
+    provenance = _provenance(results)
+    if rendered_by:
+        provenance.append(f"re-rendered from results.json alone by `{rendered_by}`")
+    parts = [f"# {title}", ""] + [f"- {line}" for line in provenance] + [""]
+    parts += [f"- {line}" for line in _caption(results) + _contrast_caption(results, rows)] + [""]
+    if notes:
+        parts += [NOTES_HEADING, "", *notes, ""]
+    parts += _primary_section(results, rows)
     settings = row_settings(results)
     if settings:  # what a label such as `reinmax-tau0.5` stands for (full configs: results.json)
         parts += ["## Rows: preset and own settings (on top of the shared config)", "",
@@ -334,7 +545,7 @@ def render_markdown(results: Mapping, rows: list[dict] | None = None) -> str:
         parts += ["## Warnings (these numbers may mean little)", ""] + [f"- {w}" for w in warned] + [""]
     if baseline and len(results["methods"]) > 1:
         header, body = _grid(results, rows, _diff_cell, with_ok=False)
-        parts += [f"## Paired difference vs baseline `{baseline}` (mean [95% interval], * excludes 0)", "",
+        parts += [f"## Paired difference vs baseline `{baseline}` (mean [95% interval], * Holm, ≈ TOST; p uncorrected/Holm)", "",
                   _markdown(header, [r for r in body if r[0] != baseline]), ""]
     parts += ["## Per metric", ""]
     for key, (short, long, better) in METRICS.items():
@@ -342,16 +553,61 @@ def render_markdown(results: Mapping, rows: list[dict] | None = None) -> str:
         if not metric_rows:
             continue
         parts += [f"### {long} ({better} is better)", ""]
-        header = ["method", "n/ok/total", "mean", "std", "95% interval", f"diff vs {baseline}" if baseline else "diff", "pairs"]
+        with_tost = any(r["p_tost"] is not None for r in metric_rows)
+        header = (["method", "n/ok/total", "mean", "std", "95% interval", f"diff vs {baseline}" if baseline else "diff", "pairs",
+                   "p", "p Holm"] + (["TOST p", "TOST p Holm"] if with_tost else []))
         body = [[r["method"], f"{r['n']}/{r['n_ok']}/{r['n_total']}", fmt(r["mean"]), fmt(r["std"]),
-                 f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]", _diff_cell(r) or "-",
-                 "-" if r["diff_n"] is None else str(r["diff_n"])] for r in metric_rows]
+                 f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]", _diff_interval(r),
+                 "-" if r["diff_n"] is None else str(r["diff_n"]), fmt_p(r["diff_p"]), fmt_p(r["p_holm"])]
+                + ([fmt_p(r["p_tost"]), fmt_p(r["p_tost_holm"])] if with_tost else []) for r in metric_rows]
         parts += [_markdown(header, body), ""]
     return "\n".join(parts)
 
 
+def table_notes(markdown: str, results: Mapping) -> tuple[str | None, list[str]]:
+    """The title and the hand-written notes of an existing table.md, for :func:`render_markdown`.
+
+    A file with a :data:`NOTES_HEADING` section gives that section's lines verbatim. An older
+    file without one gives the lines of its opening bullet list (from the title to the first
+    blank line) that the renderer would not write itself for ``results``: hand-written
+    provenance such as ``- note: ...`` or ``- wall time: ...``, so re-rendering loses nothing.
+    The title is the text of a first line ``# ...`` (None when there is none).
+    """
+    lines = markdown.splitlines()
+    title = lines[0][2:].strip() if lines and lines[0].startswith("# ") else None
+    if NOTES_HEADING in lines:
+        start = lines.index(NOTES_HEADING) + 1
+        end = next((i for i in range(start, len(lines)) if lines[i].startswith("## ")), len(lines))
+        body = lines[start:end]
+    else:
+        generated = {f"- {line}" for line in _provenance(results)}
+        start = 1 if title is not None else 0
+        while start < len(lines) and not lines[start].strip():
+            start += 1
+        end = next((i for i in range(start, len(lines)) if not lines[i].strip()), len(lines))
+        body = [line for line in lines[start:end] if line not in generated and not line.startswith("## ")]
+    while body and not body[0].strip():
+        body = body[1:]
+    while body and not body[-1].strip():
+        body = body[:-1]
+    return title, body
+
+
 CSV_FIELDS = ["method", "metric", "n", "n_ok", "n_total", "mean", "std", "ci_low", "ci_high",
-              "baseline", "diff_mean", "diff_ci_low", "diff_ci_high", "diff_n"]
+              "baseline", "diff_mean", "diff_ci_low", "diff_ci_high", "diff_n", "diff_p", "family", "p_holm", "star",
+              "eq_margin", "p_tost", "p_tost_holm", "equivalent"]
+
+
+def rerender(results: Mapping, existing_markdown: str | None = None, rendered_by: str | None = None) -> tuple[str, str]:
+    """(table.md, table.csv) from a results.json structure alone, keeping an existing table.md's
+    title and hand-written notes (:func:`table_notes`); the per-seed numbers decide everything else.
+
+    The summary rows are recomputed (:func:`summary_table`), never read from ``results["table"]``.
+    """
+    rows = summary_table(results)
+    title, notes = table_notes(existing_markdown, results) if existing_markdown else (None, [])
+    markdown = render_markdown(results, rows, title=title or "jaxrae compare", notes=notes, rendered_by=rendered_by)
+    return markdown + "\n", render_csv(rows)
 
 
 def render_csv(rows: Iterable[Mapping]) -> str:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 import math
 import subprocess
 import sys
@@ -264,3 +265,202 @@ def test_loss_curve_downsamples_with_nan_for_missing():
     assert len(curve["steps"]) == 5
     assert curve["loss"][0] == [0.5, 2.5, 4.5, 6.5, 8.5]
     assert curve["loss"][1][2:] == [None, None, None]
+
+
+# --------------------------------------------------------------------------------------------
+# p-values, Holm's correction, TOST, primary contrasts
+
+
+def test_holm_hand_computed_example():
+    # sorted: 0.005 (x4 -> 0.02), 0.01 (x3 -> 0.03), 0.03 (x2 -> 0.06), 0.04 (x1 -> 0.04, raised to 0.06 by the step-down max)
+    np.testing.assert_allclose(report.holm([0.01, 0.04, 0.03, 0.005]), [0.03, 0.06, 0.06, 0.02], rtol=1e-12)
+    np.testing.assert_allclose(report.holm([0.5, 0.6]), [1.0, 1.0])  # clipped to 1
+    out = report.holm([0.02, float("nan"), 0.01])  # nan is not a test: m = 2
+    np.testing.assert_allclose(out[[0, 2]], [0.02, 0.02])
+    assert math.isnan(out[1])
+
+
+def _holm_step_down_rejections(p, alpha):
+    """Holm (1979) as the paper states it: walk the sorted p, reject while p_(j) <= alpha / (m - j + 1)."""
+    order = sorted(range(len(p)), key=lambda i: p[i])
+    rejected = set()
+    for j, i in enumerate(order):
+        if p[i] > alpha / (len(p) - j):
+            break
+        rejected.add(i)
+    return rejected
+
+
+def test_holm_adjusted_p_reproduces_the_step_down_procedure_at_every_level():
+    rng = np.random.default_rng(0)
+    for m in range(1, 7):
+        for _ in range(40):
+            p = rng.choice([0.001, 0.004, 0.01, 0.0125, 0.02, 0.03, 0.05, 0.2], size=m) if rng.random() < 0.5 else rng.random(m) * 0.1
+            adjusted = report.holm(p)
+            for alpha in (0.001, 0.01, 0.025, 0.05, 0.1, 0.5):
+                assert {i for i in range(m) if adjusted[i] <= alpha} == _holm_step_down_rejections(list(p), alpha)
+
+
+def test_paired_p_matches_the_closed_form_t_distribution_with_two_degrees_of_freedom():
+    # Student t with 2 dof: P(|T| >= t) = 1 - t / sqrt(2 + t^2)
+    x, b = [1.0, 2.5, 2.0], [0.0, 1.0, 1.5]
+    d = np.subtract(x, b)
+    t = d.mean() / (d.std(ddof=1) / math.sqrt(3))
+    res = report.paired_difference(x, [0, 1, 2], [True] * 3, b, [0, 1, 2], [True] * 3)
+    assert res["p"] == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-10)
+    assert (res["p"] < 0.05) == (res["ci_low"] > 0 or res["ci_high"] < 0)
+    same = report.paired_difference([1.0, 2.0], [0, 1], [True] * 2, [0.0, 1.0], [0, 1], [True] * 2)  # no spread
+    assert math.isnan(same["p"])
+
+
+def test_tost_matches_the_closed_form_and_the_90_percent_interval_rule():
+    # 2 dof: F(t) = 1/2 + t / (2 sqrt(2 + t^2)); p = max(1 - F((m + delta) / se), F((m - delta) / se))
+    def F(t):
+        return 0.5 + t / (2 * math.sqrt(2 + t * t))
+
+    d = np.array([0.1, -0.2, 0.25])
+    se = d.std(ddof=1) / math.sqrt(3)
+    for delta in (0.3, 1.0, 3.0):
+        expected = max(1 - F((d.mean() + delta) / se), F((d.mean() - delta) / se))
+        assert report.tost_paired(d, delta) == pytest.approx(expected, rel=1e-10)
+    rng = np.random.default_rng(1)
+    for _ in range(200):
+        d = rng.normal(rng.normal(), rng.uniform(0.1, 2), size=rng.integers(2, 8))
+        delta = rng.uniform(0.1, 3)
+        s = report.summarize(d, confidence=0.90)
+        inside = -delta < s["ci_low"] and s["ci_high"] < delta
+        assert (report.tost_paired(d, delta) <= 0.05) == inside  # Schuirmann: TOST at 5% <=> 90% interval inside
+    assert math.isnan(report.tost_paired([0.1], 1.0)) and math.isnan(report.tost_paired([0.1, 0.2], 0.0))
+
+
+def _contrast_results(primary=(), equivalence=None):
+    rng = np.random.default_rng(3)
+    base = rng.normal(10.0, 1.0, 6)
+    methods = {"base": {"seeds": list(range(6)), "ok": [True] * 6, "config": {"steps": 300, "batch_size": 50},
+                        "metrics": {"rec_error": list(base), "fd_ex_post": list(base + 20)}}}
+    shifts = {"far": 3.0, "near": 0.0, "mid": 0.4}
+    for name, shift in shifts.items():
+        methods[name] = {"seeds": list(range(6)), "ok": [True] * 6, "config": {"steps": 300, "batch_size": 50},
+                         "metrics": {"rec_error": list(base + shift + rng.normal(0, 0.05, 6)),
+                                     "fd_ex_post": list(base + 20 + rng.normal(0, 0.5, 6))}}
+    return {"data": "digits", "baseline": "base", "n_train": 1000, "eval": {"n_eval": 100},
+            "feature_network": {"test_accuracy": 0.9},
+            "experiment": {"primary": list(primary), "equivalence": equivalence or {}}, "methods": methods}
+
+
+def test_stars_are_holm_within_the_table_family_and_primary_contrasts_have_their_own():
+    results = _contrast_results(primary=["mid:rec_error"])
+    rows = report.summary_table(results)
+    contrasts = [r for r in rows if r["diff_mean"] is not None]
+    table = [r for r in contrasts if r["family"] == "table"]
+    (prim,) = [r for r in contrasts if r["family"] == "primary"]
+    assert (prim["method"], prim["metric"]) == ("mid", "rec_error") and prim["p_holm"] == pytest.approx(prim["diff_p"])
+    p = np.array([r["diff_p"] for r in table])
+    ranks = np.argsort(np.argsort(p))
+    for r, rank in zip(table, ranks):  # Holm 1979 by its definition, m = 5 (six contrasts, one primary)
+        expected = min(1.0, max((len(p) - k) * np.sort(p)[k] for k in range(rank + 1)))
+        assert r["p_holm"] == pytest.approx(expected) and r["star"] == (expected <= 0.05)
+    by = {(r["method"], r["metric"]): r for r in rows}
+    assert by[("far", "rec_error")]["star"] and not by[("near", "fd_ex_post")]["star"]
+    md = report.render_markdown(results, rows)
+    assert md.index("## Primary contrasts") < md.index("## Summary")
+    assert "| mid:rec_error |" in md and "Holm over these 1" in md and "family of the 5 (row, metric) contrasts" in md
+    assert "epochs: 15 (300 steps x batch 50 / 1000 training images)" in md
+    assert "one without * is inconclusive" in md  # no margins, no equivalence verdict
+    assert all(r["equivalent"] is None for r in rows)
+    parsed = {(r["method"], r["metric"]): r for r in csv.DictReader(io.StringIO(report.render_csv(rows)))}
+    assert float(parsed[("far", "rec_error")]["diff_p"]) == by[("far", "rec_error")]["diff_p"]
+    assert parsed[("far", "rec_error")]["star"] == "True" and parsed[("mid", "rec_error")]["family"] == "primary"
+
+
+def test_equivalence_only_from_tost_at_the_stated_margin():
+    results = _contrast_results(equivalence={"rec_error": "5%", "fd_ex_post": 0.01})
+    rows = report.summary_table(results)
+    by = {(r["method"], r["metric"]): r for r in rows}
+    base_mean = np.mean(results["methods"]["base"]["metrics"]["rec_error"])
+    near = by[("near", "rec_error")]
+    assert near["eq_margin"] == pytest.approx(0.05 * base_mean)
+    d = np.subtract(results["methods"]["near"]["metrics"]["rec_error"], results["methods"]["base"]["metrics"]["rec_error"])
+    assert near["p_tost"] == pytest.approx(report.tost_paired(d, 0.05 * base_mean))
+    assert near["equivalent"] and not by[("far", "rec_error")]["equivalent"]
+    assert not by[("near", "fd_ex_post")]["equivalent"]  # a margin of 0.01 is far below the FD noise: inconclusive
+    md = report.render_markdown(results, rows)
+    assert f"rec_error ±{report.fmt(0.05 * base_mean)}" in md and "(5% of the baseline mean)" in md and "fd_ex_post ±0.01" in md
+    assert "TOST p Holm" in md
+    assert any(line.startswith("| near |") and "≈" in line for line in md.splitlines())
+
+
+def test_rerender_keeps_title_and_notes_and_is_idempotent():
+    results = _contrast_results()
+    legacy = ("# my table\n\n" + "\n".join(f"- {line}" for line in report._provenance(results))
+              + "\n- note: written by hand\n- wall time: 3 min\n\n## jaxrae compare output\n\n- data: old caption\n")
+    md, table_csv = report.rerender(results, legacy, rendered_by="jaxrae report x")
+    assert md.startswith("# my table\n") and "re-rendered from results.json alone by `jaxrae report x`" in md
+    title, notes = report.table_notes(md, results)
+    assert title == "my table" and notes == ["- note: written by hand", "- wall time: 3 min"]
+    assert report.rerender(results, md, rendered_by="jaxrae report x") == (md, table_csv)
+    assert "old caption" not in md and "## jaxrae compare output" not in md
+
+
+def test_report_command_rerenders_from_results_json(tmp_path, capsys):
+    from jaxrae import cli
+
+    results = _contrast_results(primary=["far:rec_error"])
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    (tmp_path / "table.md").write_text("# t\n\n- note: kept\n")
+    assert cli.main(["report", str(tmp_path)]) == 0
+    md = (tmp_path / "table.md").read_text()
+    assert "- note: kept" in md and f"`jaxrae report {tmp_path}`" in md and "## Primary contrasts" in md
+    assert (tmp_path / "table.csv").read_text() == report.render_csv(report.summary_table(results))
+    assert "no figures" in capsys.readouterr().out
+    assert cli.main(["report", str(tmp_path / "missing")]) == 2
+
+    # with the per-row files (records and images) the figures are redrawn too
+    (tmp_path / "methods").mkdir()
+    imgs = np.random.default_rng(0).random((4, 8, 8, 1)).astype(np.float32)
+    for label, m in results["methods"].items():
+        record = {"ok": m["ok"], "loss_curve": {"steps": [1, 2], "loss": [[2.0, 1.0]] * len(m["ok"])}}
+        (tmp_path / "methods" / f"{label}.json").write_text(json.dumps(record))
+        np.savez(tmp_path / "methods" / f"{label}.npz", originals=imgs, reconstructions=imgs, prior=imgs, ex_post=imgs,
+                 interpolations=imgs.reshape(2, 2, 8, 8, 1))
+    assert cli.main(["report", str(tmp_path / "results.json")]) == 0
+    assert "and the figures" in capsys.readouterr().out
+    for name in ("reconstructions", "samples", "interpolations", "metrics", "losses"):
+        assert (tmp_path / f"{name}.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_epochs_from_each_rows_config_and_p_formatting():
+    results = _contrast_results()
+    results["methods"]["far"]["config"] = {"steps": 600, "batch_size": 50}
+    assert report.epochs(results).startswith("15 to 30 (steps x batch / 1000 training images")
+    del results["n_train"]
+    assert report.epochs(results) == "not recorded"
+    assert [report.fmt_p(p) for p in (None, float("nan"), 0.0004, 0.0123, 1.0)] == ["-", "n/a", "<0.001", "0.012", "1"]
+
+
+def test_primary_and_equivalence_are_validated_when_the_experiment_is_built(tmp_path):
+    exp = Experiment(methods=("ae", "vae"), primary=["vae:fd_ex_post"], equivalence={"rec_error": "5%", "fd_ex_post": 1.0})
+    assert exp.to_dict()["primary"] == ["vae:fd_ex_post"] and exp.to_dict()["equivalence"]["rec_error"] == "5%"
+    for kwargs, needle in [
+        ({"primary": ["ae:fd_ex_post"]}, "ae:fd_ex_post"),  # the baseline against itself
+        ({"primary": ["vea:fd_ex_post"]}, "vea:fd_ex_post"),
+        ({"primary": ["vae:fd_expost"]}, "vae:fd_expost"),
+        ({"primary": ["vae:rec_error", "vae:rec_error"]}, "repeat"),
+        ({"equivalence": {"rec_err": 1.0}}, "rec_err"),
+        ({"equivalence": {"rec_error": "5"}}, "equivalence.rec_error"),
+        ({"equivalence": {"rec_error": -1.0}}, "equivalence.rec_error"),
+    ]:
+        with pytest.raises(ConfigError, match=needle):
+            Experiment(methods=("ae", "vae"), **kwargs)
+    path = tmp_path / "e.toml"
+    path.write_text('methods = ["ae", "vae"]\nprimary = ["vae:recall"]\n[equivalence]\nfd_ex_post = 1.0\n')
+    assert load_experiment(path).primary == ("vae:recall",)
+    path.write_text('methods = ["ae", "vae"]\nprimary = ["vae:recal"]\n')
+    with pytest.raises(ConfigError, match=f"{path}.*vae:recal"):
+        load_experiment(path)
+
+
+def test_metric_keys_of_experiment_files_are_the_report_columns():
+    from jaxrae.evaluate import METRIC_KEYS
+
+    assert list(METRIC_KEYS) == list(report.METRICS)
