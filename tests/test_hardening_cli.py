@@ -18,7 +18,13 @@ import pytest
 
 from jaxrae import cli, io
 from jaxrae.errors import ConfigError
-from jaxrae.experiment import MAX_SEEDS, SEED_LIMIT, Experiment, check_seeds, load_experiment
+from jaxrae.experiment import (
+    MAX_SEEDS,
+    SEED_LIMIT,
+    Experiment,
+    check_seeds,
+    load_experiment,
+)
 from jaxrae.io import MARKER, prepare_out_dir
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
