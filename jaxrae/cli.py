@@ -55,12 +55,10 @@ def parse_seeds(text: str) -> list[int]:
     ``[0, 2**32)``, none repeated, at most ``MAX_SEEDS``; a count is at most ``MAX_SEEDS``.
     """
     try:
-        if "," in text:
-            return list(check_seeds([int(s) for s in text.split(",") if s.strip()], "--seeds"))
-        n = int(text)
+        values = [int(s) for s in text.split(",") if s.strip()] if "," in text else int(text)
     except ValueError:
         raise invalid("--seeds", text, "give a count (4) or a comma-separated list (0,5,7)") from None
-    return list(seed_count(n, "--seeds"))
+    return list(check_seeds(values, "--seeds") if isinstance(values, list) else seed_count(values, "--seeds"))
 
 
 def parse_sweep(items: list[str] | None) -> dict[str, list[float]]:

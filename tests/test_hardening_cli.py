@@ -201,12 +201,15 @@ def test_check_seeds_accepts_the_key_range_and_nothing_else():
 
 
 @pytest.mark.parametrize("command", ["train", "compare"])
-@pytest.mark.parametrize("seeds", ["0,4294967296", "-1,0", "10000000000", "0,100000000000000000000", "1e20", "0,0"])
-def test_bad_seeds_are_refused_the_same_by_train_and_compare_before_training(tmp_path, command, seeds):
+@pytest.mark.parametrize("seeds, needle", [("0,4294967296", "[0, 4294967296)"), ("-1,0", "[0, 4294967296)"),
+                                           ("10000000000", f"between 1 and {MAX_SEEDS}"),
+                                           ("0,100000000000000000000", "[0, 4294967296)"), ("1e20", "a count"),
+                                           ("0,0", "no seed may repeat")])
+def test_bad_seeds_are_refused_the_same_by_train_and_compare_before_training(tmp_path, command, seeds, needle):
     base = TINY_TRAIN if command == "train" else TINY_COMPARE
     args = [a for a in base if a != "--seeds"]
     args.remove("1")  # the value of --seeds
-    assert_one_line_error(jaxrae(*args, f"--seeds={seeds}", "--out", tmp_path / "out"), "--seeds")
+    assert_one_line_error(jaxrae(*args, f"--seeds={seeds}", "--out", tmp_path / "out"), "--seeds", needle)
     assert not (tmp_path / "out").exists()
 
 
