@@ -17,6 +17,7 @@ import numpy as np
 import pytest
 
 from jaxrae import cli, io
+from jaxrae.compare import run_compare
 from jaxrae.errors import ConfigError
 from jaxrae.experiment import (
     MAX_SEEDS,
@@ -309,8 +310,6 @@ def test_a_swallowed_ctrl_c_still_ends_with_130(monkeypatch, capsys):
 
 
 def test_compare_stops_between_rows_when_asked(tmp_path):
-    from jaxrae.compare import run_compare
-
     experiment = Experiment(methods=("ae",), seeds=(0,), n_train=100, n_test=40, n_eval=20, feature_steps=2, n_components=2,
                             config={"steps": 2, "chunk_size": 2, "batch_size": 16, "latent_dim": 2})
     with pytest.raises(KeyboardInterrupt):
