@@ -7,12 +7,15 @@ printed as one line, ``jaxrae: error: ...``, with exit status 2 and no traceback
 from __future__ import annotations
 
 import argparse
+import contextlib
 import dataclasses
 import json
 import os
 import re
 import shlex
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Any, Mapping
@@ -23,6 +26,7 @@ from jaxrae import compare, distributed, methods, report
 from jaxrae.config import TrainConfig, field_names
 from jaxrae.data import load_data
 from jaxrae.errors import CheckpointError, ConfigError, JaxraeError, invalid, require
+from jaxrae.evaluate import finite_or_nan
 from jaxrae.experiment import (
     DEFAULT_DATA,
     DEFAULT_JOB_CONFIG,
@@ -31,25 +35,31 @@ from jaxrae.experiment import (
     DEFAULT_N_EVAL,
     DEFAULT_SEEDS,
     Experiment,
+    check_seeds,
     load_experiment,
+    seed_count,
 )
 from jaxrae.evaluate import finite_or_nan
-from jaxrae.io import atomic_write_json, atomic_write_text, prepare_out_dir
+from jaxrae.io import atomic_write_json, atomic_write_text, json_roundtrip, prepare_out_dir
 from jaxrae.metrics import code_usage, reconstruction_error
 from jaxrae.provenance import environment
-from jaxrae.train import train
+from jaxrae.train import make_train, run_grid, train
+
+#: The feature-network cache directory (read by :func:`jaxrae.features.default_cache_dir`).
+FEATURE_CACHE_ENV = "JAXRAE_CACHE"
 
 
 def parse_seeds(text: str) -> list[int]:
-    """``"4"`` -> [0, 1, 2, 3]; ``"0,5,7"`` -> [0, 5, 7]."""
+    """``"4"`` -> [0, 1, 2, 3]; ``"0,5,7"`` -> [0, 5, 7].
+
+    ``train`` and ``compare`` accept the same seeds (:func:`jaxrae.experiment.check_seeds`): each in
+    ``[0, 2**32)``, none repeated, at most ``MAX_SEEDS``; a count is at most ``MAX_SEEDS``.
+    """
     try:
-        if "," in text:
-            return [int(s) for s in text.split(",") if s.strip()]
-        n = int(text)
+        values = [int(s) for s in text.split(",") if s.strip()] if "," in text else int(text)
     except ValueError:
         raise invalid("--seeds", text, "give a count (4) or a comma-separated list (0,5,7)") from None
-    require(n >= 1, "--seeds", text, "at least one seed")
-    return list(range(n))
+    return list(check_seeds(values, "--seeds") if isinstance(values, list) else seed_count(values, "--seeds"))
 
 
 def parse_sweep(items: list[str] | None) -> dict[str, list[float]]:
@@ -98,16 +108,44 @@ def cmd_train(args) -> int:
     config = config_from_args(args)
     seeds = parse_seeds(args.seeds)
     sweep = parse_sweep(args.sweep)
+    run_grid(config, seeds, sweep)  # every sweep name and value, before --out is touched
     data = load_data(args.data)
+    make_train(config, data)  # the config against the data (batch size, image shape)
     out = Path(args.out)
     # With several processes (--distributed) one of them owns the output directory; the others
     # wait for it, train their share, and write nothing. --out must be on shared storage.
     primary = distributed.is_primary()
-    if primary:
-        prepare_out_dir(out, args.resume, args.overwrite)
-        atomic_write_json(out / "config.json", {"config": config.to_dict(), "data": args.data, "seeds": seeds, "sweep": sweep})
-    distributed.barrier("out-ready")
-    runs = train(config, data, seeds, sweep=sweep, checkpoint_path=out / "checkpoint.msgpack", progress=not args.quiet)
+    with contextlib.ExitStack() as claim:
+        if primary:
+            claim.enter_context(prepare_out_dir(out, args.resume, args.overwrite))
+            _write_train_config(out / "config.json", {"config": config.to_dict(), "data": args.data, "seeds": seeds, "sweep": sweep})
+        distributed.barrier("out-ready")
+        runs = train(config, data, seeds, sweep=sweep, checkpoint_path=out / "checkpoint.msgpack", progress=not args.quiet)
+        return _finish_train(args, config, data, runs, seeds, sweep, out, primary)
+
+
+def _write_train_config(path: Path, saved: dict) -> None:
+    """Write ``config.json``, unless it exists: then it must hold the same settings (a resume of
+    another configuration is refused before anything is written, so the directory stays consistent)."""
+    if not path.exists():
+        atomic_write_json(path, saved)
+        return
+    try:
+        before = json.loads(path.read_text())
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is unreadable ({type(e).__name__}); rerun with --overwrite") from None
+    now = json_roundtrip(saved)
+    if before != now:
+        old = before if isinstance(before, dict) else {}
+        fields = [k for k in sorted(set(old.get("config") or {}) | set(now["config"]))
+                  if (old.get("config") or {}).get(k) != now["config"].get(k)]
+        fields += [k for k in sorted(set(old) | set(now)) if k != "config" and old.get(k) != now.get(k)]
+        raise CheckpointError(f"{path} holds a run with other settings (differs in: {', '.join(fields) or 'its layout'}); "
+                              "rerun with the same flags to resume it, or with --overwrite to replace it")
+
+
+def _finish_train(args, config, data, runs, seeds, sweep, out: Path, primary: bool) -> int:
+    """Evaluate the trained runs on the test set, write history.json, print the table."""
     test = data.test_images
     codes = runs.encode(test)
     recs = runs.decode(codes)
@@ -253,7 +291,8 @@ def cmd_compare(args) -> int:
     t0 = time.perf_counter()
     try:
         results = compare.run_compare(experiment, out, resume=resume, overwrite=args.overwrite, progress=not args.quiet,
-                                      command=getattr(args, "command_line", None))
+                                      command=getattr(args, "command_line", None),
+                                      should_stop=getattr(args, "interrupt_requested", None))
     except compare.CompareInterrupted as e:  # only reachable from the Python API, kept for symmetry
         raise CheckpointError(f"{e}; rerun with --resume") from None
     print()
@@ -297,9 +336,19 @@ def cmd_report(args) -> int:
     return 0
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """An ArgumentParser whose errors (unknown flag, bad value) are the same one line as every other
+    jaxrae error, ``jaxrae: error: ...`` with exit status 2, instead of a usage block; subparsers
+    inherit the class."""
+
+    def error(self, message: str):
+        message = " ".join(str(message).split())
+        self.exit(2, f"jaxrae: error: {message} (see `{self.prog} --help`)\n")
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The ``jaxrae`` parser with its subcommands ``methods``, ``train``, ``compare`` and ``report``."""
-    parser = argparse.ArgumentParser(prog="jaxrae", description="Regularized autoencoders in JAX, many seeds at once.")
+    parser = OneLineParser(prog="jaxrae", description="Regularized autoencoders in JAX, many seeds at once.")
     sub = parser.add_subparsers(dest="command", required=True)
 
     sub.add_parser("methods", help="list the method presets (rows of the grid)").set_defaults(func=cmd_methods)
@@ -327,33 +376,99 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _InterruptRequest:
+    """The SIGINT handler of a command: raises KeyboardInterrupt, and remembers that it did.
+
+    Python delivers a signal as an exception wherever the main thread happens to be, which can be
+    a finalizer or a callback whose caller drops exceptions; the remembered request lets the
+    command stop at its next check (between rows of a comparison, and at its end) even then.
+    """
+
+    def __init__(self):
+        self.requested = False
+
+    def __call__(self, signum=None, frame=None):
+        self.requested = True
+        raise KeyboardInterrupt
+
+    def __bool__(self) -> bool:
+        return self.requested
+
+
+@contextlib.contextmanager
+def _sigint_handler(handler: _InterruptRequest):
+    """Install ``handler`` for SIGINT while the command runs (main thread only), then restore the old one."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
+def _interrupted(as_program: bool) -> int:
+    """Print the one-line message; as the program, end the process at once with status 130.
+
+    Exiting through ``os._exit`` (after flushing) skips interpreter finalization, where XLA's
+    threads could still be running and crash the process (SIGSEGV) after the message. Every file
+    the run wrote is already complete (atomic writes), and the lock on --out goes with the process.
+    """
+    print("jaxrae: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
+    if as_program:
+        for stream in (sys.stdout, sys.stderr):
+            with contextlib.suppress(Exception):
+                stream.flush()
+        os._exit(130)
+    return 130
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the ``jaxrae`` command (``argv``: the arguments, default ``sys.argv[1:]``); returns the exit status.
 
-    0 on success, 2 for an error a user can cause (printed as one line), 130 when interrupted.
+    0 on success, 2 for an error a user can cause (printed as one line, argument errors
+    included), 130 when interrupted (Ctrl-C). Called as the program (``argv=None``), an
+    interrupt ends the process at once with status 130 (:func:`_interrupted` says why).
     """
+    as_program = argv is None
+    interrupt = _InterruptRequest()
+    try:
+        with _sigint_handler(interrupt):
+            status = _main(argv, interrupt)
+        if interrupt:  # an interrupt that something swallowed: the run did not finish as asked
+            return _interrupted(as_program)
+        return status
+    except KeyboardInterrupt:
+        return _interrupted(as_program)
+
+
+def _main(argv: list[str] | None, interrupt: _InterruptRequest) -> int:
     parser = build_parser()
     parser.add_argument(
         "--distributed", action="store_true",
         help="join a multi-process JAX job before anything runs (JAXRAE_COORDINATOR=host:port, "
         "JAXRAE_NUM_PROCESSES, JAXRAE_PROCESS_ID, or SLURM / Open MPI); the runs are spread over every process's devices",
     )
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as e:  # --help (0) or an argument error, already printed as one line (2)
+        return e.code if isinstance(e.code, int) else 2
     # The invocation as a shell line, so that result files can say exactly what produced them.
     args.command_line = shlex.join(["jaxrae", *(sys.argv[1:] if argv is None else argv)])
+    args.interrupt_requested = lambda: bool(interrupt)
     try:
-        if os.environ.get(distributed.ENV_COMPILATION_CACHE):
+        distributed.check_cache_dir(FEATURE_CACHE_ENV)
+        compilation_cache = distributed.check_cache_dir(distributed.ENV_COMPILATION_CACHE)
+        if compilation_cache is not None:
             # Through jaxrae.distributed so the small CPU programs (< 1 s, JAX's default threshold) are cached too.
-            distributed.enable_compilation_cache(os.environ[distributed.ENV_COMPILATION_CACHE])
+            distributed.enable_compilation_cache(compilation_cache)
         if args.distributed:
             distributed.initialize()  # must precede any JAX computation
         return int(args.func(args) or 0)
     except JaxraeError as e:
-        print(f"jaxrae: error: {e}", file=sys.stderr)
+        print(f"jaxrae: error: {' '.join(str(e).splitlines())}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("jaxrae: interrupted; rerun the same command with --resume to continue", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -34,13 +34,13 @@ from tqdm.auto import tqdm
 from jaxrae import report
 from jaxrae.data import load_data
 from jaxrae.density import check_mixture_size
-from jaxrae.errors import CheckpointError
+from jaxrae.errors import CheckpointError, ConfigError, require
 from jaxrae.evaluate import EVAL_SEED, PR_NEIGHBOURS, evaluate, loss_curve
 from jaxrae.experiment import Experiment
 from jaxrae.io import atomic_write_json, atomic_write_npz, atomic_write_text, json_roundtrip, nonfinite_to_null, prepare_out_dir
 from jaxrae.features import FD_METRIC_NAME, feature_network
 from jaxrae.provenance import environment
-from jaxrae.train import train
+from jaxrae.train import make_train, train
 
 FORMAT = "jaxrae-compare-v1"
 
@@ -183,7 +183,7 @@ def run_method(label: str, experiment: Experiment, data, fnet, out: Path, *, pro
 def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False, overwrite: bool = False,
                 progress: bool = True, feature_cache_dir: str | Path | None = None,
                 stop_after_chunks: int | None = None, log: Callable = print, figures: bool = True,
-                command: str | None = None) -> dict:
+                command: str | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
     """Run (or resume) a comparison into ``out``; returns the ``results.json`` structure.
 
     Rows are ``experiment.rows`` (methods, then variants), each keyed by its label: finished
@@ -193,12 +193,46 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
     trains after that many chunks and raises :class:`CompareInterrupted` (for resume tests);
     ``figures=False`` writes the tables and results but no PNGs. ``command`` (the shell line
     that ran this, e.g. ``jaxrae compare --config ...``) heads table.md and is kept in results.json.
+    ``should_stop`` is asked before each row; when it answers True the comparison stops with
+    KeyboardInterrupt (the CLI passes whether Ctrl-C was pressed), leaving a resumable directory.
+
+    Everything is validated before ``out`` is touched (the experiment when it was built; here the
+    data and every row against it), then ``out`` is claimed for the whole run
+    (:func:`jaxrae.io.prepare_out_dir`: locked, and emptied only now when ``overwrite``).
     """
     t_start = time.perf_counter()
     out = Path(out)
-    prepare_out_dir(out, resume, overwrite)
     data = load_data(experiment.data, n_train=experiment.n_train, n_test=experiment.n_test)
-    check_mixture_size(data.n_train, experiment.n_components)  # before any row trains; n_train may be None
+    check_runnable(experiment, data)
+    with prepare_out_dir(out, resume, overwrite):
+        return _run_claimed(experiment, data, out, t_start, progress=progress, feature_cache_dir=feature_cache_dir,
+                            stop_after_chunks=stop_after_chunks, log=log, figures=figures, command=command,
+                            should_stop=should_stop)
+
+
+def check_runnable(experiment: Experiment, data) -> None:
+    """ConfigError unless every row of ``experiment`` can train and be evaluated on ``data``.
+
+    What the experiment alone cannot know: each row's batch size and network against the
+    images (:func:`jaxrae.train.make_train`), at least ``k + 2`` test images for
+    precision/recall, and at least as many training images as ex-post mixture components.
+    Run before the first row trains, so no such mistake surfaces after an hour of training.
+    """
+    for label in experiment.rows:
+        try:
+            make_train(experiment.method_config(label), data)
+        except ConfigError as e:
+            raise ConfigError(f"row {label}: {e}") from None
+    n_eval = min(experiment.n_eval, data.n_test)
+    require(n_eval >= PR_NEIGHBOURS + 2, "n_test", data.n_test,
+            f"the evaluation needs at least {PR_NEIGHBOURS + 2} test images (k={PR_NEIGHBOURS} nearest neighbours + 2); "
+            f"{experiment.data} has {data.n_test}")
+    check_mixture_size(data.n_train, experiment.n_components)
+
+
+def _run_claimed(experiment: Experiment, data, out: Path, t_start: float, *, progress, feature_cache_dir, stop_after_chunks,
+                 log, figures, command, should_stop) -> dict:
+    """:func:`run_compare` once ``out`` is claimed: feature network, rows, outputs."""
     t0 = time.perf_counter()
     fnet = feature_network(data, cache_dir=feature_cache_dir, steps=experiment.feature_steps)
     feature_s = time.perf_counter() - t0
@@ -216,6 +250,8 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
     records: dict[str, dict] = {}
     try:
         for index, label in enumerate(labels):
+            if should_stop is not None and should_stop():
+                raise KeyboardInterrupt
             record = finished[label]
             if record is not None:
                 say(f"{label}: finished earlier, loaded from {out / 'methods' / (label + '.json')}")
@@ -234,6 +270,8 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
     finally:
         if bar is not None:
             bar.close()
+    if should_stop is not None and should_stop():
+        raise KeyboardInterrupt
 
     results = assemble_results(experiment, data, fnet, records, n_eval)
     results["times"] = {"this_invocation_s": time.perf_counter() - t_start, "feature_network_s": feature_s}

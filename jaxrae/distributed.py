@@ -143,6 +143,25 @@ def to_host(tree: Any) -> Any:
     return jax.tree.map(gather, tree)
 
 
+def check_cache_dir(env_var: str) -> Path | None:
+    """The cache directory that environment variable ``env_var`` names, created if missing; None if unset.
+
+    ConfigError (naming the variable) when the path is a file, lies under a file, or cannot be
+    created or written, so a misdirected cache fails in one line before any work starts.
+    """
+    text = os.environ.get(env_var, "")
+    if not text.strip():
+        return None
+    path = Path(text).expanduser()
+    require(not path.exists() or path.is_dir(), env_var, text, "must name a directory (it is a file)")
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise invalid(env_var, text, f"cannot create the cache directory: {e.strerror or e}") from None
+    require(os.access(path, os.W_OK | os.X_OK), env_var, text, "the cache directory is not writable")
+    return path
+
+
 def enable_compilation_cache(cache_dir: str | os.PathLike, min_compile_time_s: float = 0.5) -> Path:
     """Use JAX's persistent compilation cache in ``cache_dir`` (created if missing).
 
@@ -155,7 +174,10 @@ def enable_compilation_cache(cache_dir: str | os.PathLike, min_compile_time_s: f
     the cache. Returns the directory.
     """
     path = Path(cache_dir).expanduser().resolve()
-    path.mkdir(parents=True, exist_ok=True)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise invalid("cache_dir", str(cache_dir), f"cannot create the compilation cache directory: {e.strerror or e}") from None
     if jax.config.jax_compilation_cache_dir not in (None, "", str(path)):
         compilation_cache.reset_cache()  # the cache object is built once per directory; rebuild it for the new one
     jax.config.update("jax_compilation_cache_dir", str(path))

@@ -10,9 +10,11 @@ row's TrainConfig included, so a typo fails at once rather than after an hour of
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import math
+import operator
 import re
 import tomllib
 from pathlib import Path
@@ -31,6 +33,14 @@ DEFAULT_SEEDS = 5
 DEFAULT_JOB_CONFIG: dict[str, Any] = {"steps": 500, "batch_size": 64}
 DEFAULT_N_EVAL = 1000
 DEFAULT_N_COMPONENTS = 10  # Ghosh et al. 2020, Sec. 4: a 10-component GMM
+
+#: Seeds become PRNG keys through ``jax.random.key(seed)``, which keeps only the low 32 bits of
+#: the seed (64-bit types off): 4294967296 and 0, or -1 and 4294967295, would train identical runs
+#: under different names. Every seed must lie in ``[0, SEED_LIMIT)``, where seed -> key is one to one.
+SEED_LIMIT = 2**32
+#: At most this many seeds in one comparison or ``train``: every seed is a model trained in the
+#: same vmapped program, so a count like 10000000000 is a typo, not a job.
+MAX_SEEDS = 10_000
 
 #: A row label names files (methods/<label>.json, checkpoints/<label>.msgpack): no separators.
 ROW_LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
@@ -88,8 +98,20 @@ class Experiment:
         object.__setattr__(self, "variants", _tables("variants", self.variants))
         methods = (() if self.variants else DEFAULT_METHODS) if self.methods is None else self.methods
         object.__setattr__(self, "methods", tuple(methods))
-        object.__setattr__(self, "seeds", tuple(int(s) for s in self.seeds))
+        object.__setattr__(self, "seeds", check_seeds(self.seeds))
         object.__setattr__(self, "config", dict(self.config))
+        require(isinstance(self.data, str) and self.data.strip() != "", "data", self.data,
+                "a data spec string such as digits, idx:<dir> or tfds:<name>")
+        require(all(isinstance(m, str) for m in self.methods), "methods", list(self.methods), "a list of preset names (strings)")
+        require(self.baseline is None or isinstance(self.baseline, str), "baseline", self.baseline, "a row label (a string)")
+        for field in ("n_train", "n_test"):
+            value = getattr(self, field)
+            require(value is None or (not isinstance(value, bool) and isinstance(value, int) and value >= 1), field, value,
+                    "must be an integer >= 1 (or absent for the whole split)")
+        # Precision/recall needs k + 2 test images and generated samples (evaluate runs after training).
+        require(self.n_test is None or self.n_test >= PR_NEIGHBOURS + 2, "n_test", self.n_test,
+                f"the evaluation needs at least {PR_NEIGHBOURS + 2} test images (k={PR_NEIGHBOURS} nearest neighbours + 2)")
+        _check_config_types("config", self.config)
         require(self.methods or self.variants, "methods", list(self.methods),
                 "nothing to compare: list presets in methods = [...] (see `jaxrae methods`) or add [variants.<label>] tables")
         for label in self.variants:  # before the preset check: `--methods a,<label>` is this mistake
@@ -107,6 +129,10 @@ class Experiment:
                     f"[overrides.{_toml_key(name)}] names a variant; put those fields in [variants.{_toml_key(name)}] instead")
             require(name in self.methods, "overrides", name, f"[overrides.{_toml_key(name)}] must name one of methods {list(self.methods)}")
             require("method" not in fields, f"overrides.{name}.method", fields.get("method"), "not allowed; the table's key names the method")
+        for label, fields in self.overrides.items():
+            _check_config_types(f"overrides.{label}", fields)
+        for label, fields in self.variants.items():
+            _check_config_types(f"variants.{label}", {k: v for k, v in fields.items() if k != "method"})
         for label, fields in self.variants.items():
             table = self.row_table(label)
             require(ROW_LABEL.fullmatch(label), "variants", label,
@@ -199,6 +225,8 @@ class Experiment:
             values = dict(data)
             if "seeds" in values:
                 values["seeds"] = _seed_list(values["seeds"])
+            require(not isinstance(values.get("methods"), (bool, int, float)), "methods", values.get("methods"),
+                    "a list of preset names, or one string a,b,c")
             if isinstance(values.get("methods"), str):
                 values["methods"] = tuple(s.strip() for s in values["methods"].split(",") if s.strip())
             if "config" in values:  # compare's defaults hold unless the file sets the field
@@ -238,11 +266,61 @@ def _seed_list(value) -> tuple[int, ...]:
     """TOML's ``seeds``: a count (``5`` -> 0..4) or a list of integers."""
     require(not isinstance(value, bool), "seeds", value, "a count or a list of integers")
     if isinstance(value, int):
-        require(value >= 1, "seeds", value, "at least one seed")
-        return tuple(range(value))
+        return seed_count(value)
     require(isinstance(value, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) for s in value),
             "seeds", value, "a count (5) or a list of integers ([0, 3, 7])")
-    return tuple(value)
+    return check_seeds(value)
+
+
+def seed_count(n: int, field: str = "seeds") -> tuple[int, ...]:
+    """A count of seeds, ``n`` -> ``(0, 1, ..., n - 1)``; ConfigError unless ``1 <= n <= MAX_SEEDS``."""
+    require(1 <= n <= MAX_SEEDS, field, n, f"a count of seeds must be between 1 and {MAX_SEEDS}")
+    return tuple(range(n))
+
+
+def check_seeds(seeds, field: str = "seeds") -> tuple[int, ...]:
+    """``seeds`` as a tuple of ints; ConfigError unless each is an integer in ``[0, SEED_LIMIT)``, none
+    repeats, and there are 1 to ``MAX_SEEDS`` of them.
+
+    The range is where ``jax.random.key(seed)`` is one to one (see :data:`SEED_LIMIT`), so two
+    different seeds always train different runs, and ``train`` and ``compare`` accept the same seeds.
+    """
+    try:
+        values = tuple(operator.index(s) for s in seeds)
+    except TypeError:
+        raise invalid(field, seeds, "seeds must be integers") from None
+    shown = list(values) if len(values) <= 8 else f"{len(values)} seeds"
+    require(1 <= len(values) <= MAX_SEEDS, field, shown, f"give between 1 and {MAX_SEEDS} seeds")
+    bad = [s for s in values if not 0 <= s < SEED_LIMIT]
+    require(not bad, field, bad[:3], f"a seed must be an integer in [0, {SEED_LIMIT}) (2**32): a PRNG key keeps "
+            "only the low 32 bits, so a seed outside would repeat another one's run")
+    repeated = sorted(s for s, n in collections.Counter(values).items() if n > 1)
+    require(not repeated, field, shown, f"no seed may repeat ({', '.join(map(str, repeated[:3]))} does)")
+    return values
+
+
+def _config_kind(annotation: str) -> str:
+    """The TOML kind of a TrainConfig field from its annotation: ``"float | None"`` -> ``"number"``."""
+    first = str(annotation).split(" |")[0].strip()
+    return {"int": "integer", "float": "number", "str": "string"}.get(first, "list" if first.startswith("tuple") else "any")
+
+
+def _check_config_types(table: str, fields: Mapping[str, Any]) -> None:
+    """ConfigError unless every TrainConfig field in ``fields`` has its TOML type: an integer, a
+    number, a string or a list of integers (``fsq_levels``). Ranges are :class:`TrainConfig`'s to check."""
+    kinds = {f.name: _config_kind(f.type) for f in dataclasses.fields(TrainConfig)}
+    for name, value in fields.items():
+        kind = kinds.get(name)  # an unknown name is TrainConfig.from_dict's error, which lists the fields
+        if kind is None or value is None:
+            continue
+        ok = {
+            "integer": not isinstance(value, bool) and isinstance(value, int),
+            "number": not isinstance(value, bool) and isinstance(value, (int, float)),
+            "string": isinstance(value, str),
+            "list": isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
+        }.get(kind, True)
+        wanted = {"integer": "an integer", "number": "a number", "string": "a string", "list": "a list of integers (e.g. [8, 5, 5, 5])"}
+        require(ok, f"{table}.{name}", value, f"must be {wanted.get(kind)}")
 
 
 def load_experiment(path: str | Path) -> Experiment:
@@ -264,4 +342,6 @@ def load_experiment(path: str | Path) -> Experiment:
         raise invalid("experiment_file", str(path), f"cannot read it: {e.strerror or e}") from None
     except tomllib.TOMLDecodeError as e:
         raise invalid("experiment_file", str(path), f"not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise invalid("experiment_file", str(path), f"not UTF-8 text, as TOML must be (byte {e.start}: {e.reason})") from None
     return Experiment.from_dict(raw, source=str(path))

@@ -3,8 +3,9 @@
 - Atomic writes: every write goes to a temporary file in the same directory, is flushed and
   fsynced, and then renamed over the target (``os.replace`` is atomic on POSIX), so a crash
   leaves either the old file or the new one, never half of one.
-- Output directories: :func:`prepare_out_dir` refuses to write into a directory that already
-  holds results unless the caller resumes or overwrites it.
+- Output directories: :func:`prepare_out_dir` claims one for a run: it refuses a directory that
+  already holds results unless the caller resumes or overwrites it, marks it as jaxrae's
+  (:data:`MARKER`) and locks it, so two processes never write into the same one.
 - JSON: :func:`json_roundtrip` gives a value as it reads back from JSON (what a saved header is
   compared with), :func:`nonfinite_to_null` makes it strict JSON (nan/inf become null).
 - Checkpoints: one msgpack blob (``flax.serialization``) holding a pytree, a JSON header and
@@ -15,6 +16,7 @@
 
 from __future__ import annotations
 
+import fcntl
 import hashlib
 import io
 import json
@@ -23,12 +25,12 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Self
 
 import numpy as np
 from flax import serialization
 
-from jaxrae.errors import CheckpointError, require
+from jaxrae.errors import CheckpointError, invalid, require
 
 FORMAT = "jaxrae-checkpoint-v2"
 
@@ -71,20 +73,124 @@ def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) 
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def prepare_out_dir(out: Path, resume: bool, overwrite: bool) -> None:
-    """Create ``out``; refuse a directory that holds results unless ``resume`` or ``overwrite``.
+#: The file jaxrae writes into every output directory it creates: it marks the directory as
+#: jaxrae's (``--overwrite`` deletes only such directories) and is the lock a run holds on it.
+MARKER = ".jaxrae-output"
+_MARKER_TEXT = ("This directory was written by jaxrae. While a run holds an exclusive flock on this file, "
+                "no other jaxrae process writes here; `--overwrite` deletes only directories that hold it.\n")
 
-    ``overwrite`` deletes what ``out`` holds first; ``resume`` keeps it (the caller continues it).
-    The messages name the command-line flags (``--resume``, ``--overwrite``) that set these.
+
+class OutDirClaim:
+    """An output directory claimed by this process: an exclusive ``flock`` on its :data:`MARKER`.
+
+    The lock lives as long as the open file: :meth:`release` (or leaving the ``with`` block, or
+    the process ending, even by SIGKILL) lets the next run claim the directory.
     """
+
+    def __init__(self, path: Path, fd: int):
+        self.path = path
+        self._fd: int | None = fd
+
+    def release(self) -> None:
+        """Unlock the directory (closing the marker's descriptor drops the flock)."""
+        if self._fd is not None:
+            os.close(self._fd)
+            self._fd = None
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.release()
+
+    def __del__(self):  # like a file object: a claim nobody holds any more unlocks its directory
+        self.release()
+
+
+def _open_marker(path: Path) -> int:
+    """The marker's descriptor, created if missing (a separate function so tests can fail it)."""
+    return os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+
+
+def _results_in(out: Path) -> list[Path]:
+    """What ``out`` holds apart from the marker (nothing when it does not exist)."""
+    try:
+        return sorted(p for p in out.iterdir() if p.name != MARKER)
+    except FileNotFoundError:
+        return []
+    except OSError as e:
+        raise invalid("--out", str(out), f"cannot list it: {e.strerror or e}") from None
+
+
+def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> list[Path]:
+    """Every refusal :func:`prepare_out_dir` can make, without writing anything; returns what ``out`` holds."""
     require(not (resume and overwrite), "--overwrite", overwrite, "excludes --resume; choose one")
-    if out.exists() and any(out.iterdir()):
+    require(not out.exists() or out.is_dir(), "--out", str(out), "it is a file, not a directory; choose a directory")
+    held = _results_in(out)
+    if not held:
+        return held
+    if overwrite:
+        here = Path.cwd().resolve()
+        target = out.resolve()
+        require(target != here and target not in here.parents, "--out", str(out),
+                "--overwrite would delete the working directory or a directory above it; choose a subdirectory")
+        require((out / MARKER).is_file(), "--out", str(out),
+                f"it holds files that jaxrae did not write (no {MARKER} marker), and --overwrite deletes only "
+                "jaxrae's output directories; empty it yourself or choose another --out")
+    else:
+        require(resume, "--out", str(out), "the directory already holds results; pass --resume to continue it "
+                "or --overwrite to replace it")
+    return held
+
+
+def prepare_out_dir(out: str | os.PathLike, resume: bool, overwrite: bool) -> OutDirClaim:
+    """Claim ``out`` for one run: create it, lock it, and (``overwrite``) empty it; returns the claim.
+
+    Refuses, with a ConfigError and before writing anything, a directory that holds results
+    unless ``resume`` (keep them; the caller continues them) or ``overwrite`` (delete them). The
+    claim is atomic: an exclusive, non-blocking ``flock`` on ``out/.jaxrae-output`` (:data:`MARKER`),
+    held until :meth:`OutDirClaim.release`, so a second process on the same directory gets a
+    ConfigError instead of writing into the first one's results. The checks are repeated under
+    the lock, since another process may have written between the first look and the lock.
+    ``overwrite`` deletes only a directory that holds the marker, never the working directory or
+    one above it, and deletes last: callers validate everything else first. The messages name
+    the command-line flags (``--out``, ``--resume``, ``--overwrite``).
+
+    Use it as ``with prepare_out_dir(out, resume, overwrite): ...``.
+    """
+    out = Path(out)
+    _check_out_dir(out, resume, overwrite)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        fd = _open_marker(out / MARKER)
+    except OSError as e:
+        raise invalid("--out", str(out), f"cannot write to it: {e.strerror or e}") from None
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise invalid("--out", str(out), "another jaxrae process is writing to it; wait until it "
+                          "finishes, or choose another --out") from None
+        except OSError as e:
+            raise invalid("--out", str(out), f"cannot lock {MARKER} in it: {e.strerror or e}") from None
+        held = _check_out_dir(out, resume, overwrite)
         if overwrite:
-            shutil.rmtree(out)
-        else:
-            require(resume, "--out", str(out), "the directory already holds results; pass --resume to continue it "
-                    "or --overwrite to replace it")
-    out.mkdir(parents=True, exist_ok=True)
+            for path in held:
+                try:
+                    if path.is_dir() and not path.is_symlink():
+                        shutil.rmtree(path)
+                    else:
+                        path.unlink()
+                except OSError as e:
+                    raise invalid("--out", str(out), f"cannot delete {path.name} in it: {e.strerror or e}") from None
+        if os.fstat(fd).st_size == 0:
+            os.write(fd, _MARKER_TEXT.encode())
+            os.fsync(fd)
+        require(os.access(out, os.W_OK | os.X_OK), "--out", str(out), "cannot write to it: permission denied")
+    except BaseException:
+        os.close(fd)
+        raise
+    return OutDirClaim(out, fd)
 
 
 def _json_default(obj):
