@@ -36,7 +36,7 @@ from jaxrae.evaluate import finite_or_nan
 from jaxrae.io import atomic_write_json, prepare_out_dir
 from jaxrae.metrics import code_usage, reconstruction_error
 from jaxrae.provenance import environment
-from jaxrae.train import train
+from jaxrae.train import TRAIN_MODEL_DIR, save_runs, train
 
 
 def parse_seeds(text: str) -> list[int]:
@@ -107,6 +107,8 @@ def cmd_train(args) -> int:
         atomic_write_json(out / "config.json", {"config": config.to_dict(), "data": args.data, "seeds": seeds, "sweep": sweep})
     distributed.barrier("out-ready")
     runs = train(config, data, seeds, sweep=sweep, checkpoint_path=out / "checkpoint.msgpack", progress=not args.quiet)
+    if primary:  # the final model, for jaxrae.load_runs(out)
+        save_runs(runs, out / TRAIN_MODEL_DIR)
     test = data.test_images
     codes = runs.encode(test)
     recs = runs.decode(codes)
@@ -141,7 +143,7 @@ def cmd_train(args) -> int:
     ok = runs.ok
     if ok.any():
         print(f"test reconstruction error (sum of squares per image): {rec_err[ok].mean():.4g} +- {rec_err[ok].std(ddof=1) if ok.sum() > 1 else 0.0:.2g} over {int(ok.sum())}/{len(ok)} runs")
-    print(f"written to {out}/ (config.json, history.json, checkpoint.msgpack)")
+    print(f"written to {out}/ (config.json, history.json, checkpoint.msgpack, {TRAIN_MODEL_DIR}/: jaxrae.load_runs)")
     return 0
 
 

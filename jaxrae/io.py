@@ -159,7 +159,7 @@ def save_checkpoint(path: str | os.PathLike, tree: Any, header: dict) -> None:
     atomic_write_bytes(path, blob)
 
 
-def load_checkpoint(path: str | os.PathLike) -> tuple[Any, dict]:
+def load_checkpoint(path: str | os.PathLike, redo: str | None = None) -> tuple[Any, dict]:
     """Read and verify a checkpoint; returns (tree as nested dicts of NumPy arrays, header).
 
     The caller restores the parts whose structure it knows with :func:`restore_into` (the
@@ -168,10 +168,11 @@ def load_checkpoint(path: str | os.PathLike) -> tuple[Any, dict]:
     Raises CheckpointError (one line: the file, the fault, what to do) when the file is missing,
     truncated, not a jaxrae checkpoint, of the older format without checksums
     (``jaxrae-checkpoint-v1``: it cannot be verified, so it is refused rather than trusted), or
-    when the header or any array differs from the SHA-256 written with it.
+    when the header or any array differs from the SHA-256 written with it. ``redo`` ends the
+    message with what to do (default: delete the file, its runs restart from step 0, or overwrite).
     """
     path = Path(path)
-    redo = "delete it (its runs restart from step 0) or rerun with --overwrite"
+    redo = redo or "delete it (its runs restart from step 0) or rerun with --overwrite"
     try:
         raw = path.read_bytes()
     except OSError as e:
