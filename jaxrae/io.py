@@ -122,21 +122,23 @@ def nonfinite_to_null(obj: Any) -> Any:
     return obj
 
 
-def restore_into(target: Any, state_dict: Any, path: str | os.PathLike) -> Any:
+def restore_into(target: Any, state_dict: Any, path: str | os.PathLike, redo: str | None = None) -> Any:
     """``state_dict`` (a part of what :func:`load_checkpoint` read) restored into ``target``'s structure.
 
     ``target`` is the freshly initialised pytree of this run; every leaf of ``state_dict`` must
     sit at the same path with the same shape and dtype (:func:`flax.serialization.from_state_dict`
     checks only the keys, and a float64 or reshaped array would otherwise reach the compiled step).
-    Raises CheckpointError naming the first leaf that differs (which leaf, this run's vs the file's).
+    Raises CheckpointError naming the first leaf that differs (which leaf, this run's vs the file's),
+    ending with ``redo``, what to do (default: delete the file or overwrite).
     """
+    redo = redo or "delete it or rerun with --overwrite"
     fault = _first_mismatch(serialization.to_state_dict(target), state_dict, "")
     if fault is not None:
-        raise CheckpointError(f"checkpoint {path} does not match this run: {fault}; delete it or rerun with --overwrite")
+        raise CheckpointError(f"checkpoint {path} does not match this run: {fault}; {redo}")
     try:
         return serialization.from_state_dict(target, state_dict)
     except Exception as e:  # a leaf type flax cannot restore; every key, shape and dtype matched above
-        raise CheckpointError(f"checkpoint {path} does not match this run ({e}); delete it or rerun with --overwrite") from None
+        raise CheckpointError(f"checkpoint {path} does not match this run ({e}); {redo}") from None
 
 
 def save_checkpoint(path: str | os.PathLike, tree: Any, header: dict) -> None:

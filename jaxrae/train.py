@@ -504,7 +504,8 @@ def load_runs(path: str | Path, row: str | None = None) -> Runs:
     """
     directory = _model_directory(Path(path), row)
     file = directory / MODEL_FILE
-    tree, header = jio.load_checkpoint(file)
+    redo = "retrain the run (or restore the file from a copy)"
+    tree, header = jio.load_checkpoint(file, redo=redo)
     found = header.get("model_format") if isinstance(header, dict) else None
     if found != MODEL_FORMAT:
         raise CheckpointError(f"{file} is not a {MODEL_FORMAT} model (its format is {found!r}: another jaxrae version, "
@@ -526,7 +527,8 @@ def load_runs(path: str | Path, row: str | None = None) -> Runs:
                             HParams(*(jax.ShapeDtypeStruct((len(seeds),), jnp.float32) for _ in SWEEPABLE)))
     target = {name: getattr(shapes, name) for name in _MODEL_FIELDS}
     target["hparams"] = dict(shapes.hparams._asdict())
-    state = jio.restore_into(target, tree.get("state"), file)
+    state = jio.restore_into(target, tree.get("state"), file,
+                             redo="its arrays do not fit the model its config builds; retrain the run with this version")
     metrics = tree.get("metrics")
     if not (isinstance(metrics, dict) and all(isinstance(v, np.ndarray) and v.ndim == 2 and v.shape[0] == len(runs)
                                               for v in metrics.values())):
