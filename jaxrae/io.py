@@ -20,9 +20,9 @@ ratios, not times): :class:`orbax.checkpoint.StandardCheckpointer` saves in 1.4x
 restores in 2x the time of :func:`load_checkpoint`, and ``import orbax.checkpoint`` adds about
 8 s to every CLI start. Orbax stores no checksum per array: one bit flipped in an array file of
 an Orbax checkpoint restored without an error, with two values changed. Its gains, per-process
-shards and async writes, pay off for states far larger than jaxrae's per-run autoencoders,
-where gathering the state to the primary process at each chunk (:func:`jaxrae.train.train`)
-costs little next to the chunk itself.
+shards and async writes, matter for states that strain one host's memory or network; jaxrae's
+states are autoencoders of megabytes per run, which :func:`jaxrae.train.train` gathers to every
+process at each chunk (that gather's cost across hosts has not been measured).
 """
 
 from __future__ import annotations
