@@ -176,7 +176,7 @@ def test_where_load_runs_looks(saved_model, tmp_path):
         load_runs(tmp_path / "compare")
     with pytest.raises(CheckpointError, match="row='vae' has no model in .*: the saved rows are rae"):
         load_runs(tmp_path / "compare", row="vae")
-    for where in (dict(path=tmp_path / "compare", row="rae"), dict(path=rows / "rae")):
+    for where in ({"path": tmp_path / "compare", "row": "rae"}, {"path": rows / "rae"}):
         chex.assert_trees_all_equal(load_runs(**where).variables, saved_model[1].variables)
     (tmp_path / "train" / TRAIN_MODEL_DIR).mkdir(parents=True)
     (tmp_path / "train" / TRAIN_MODEL_DIR / MODEL_FILE).write_bytes(saved_model[0].read_bytes())
