@@ -7,7 +7,7 @@ Public API (re-exported here; the modules are usable alone):
 - methods:  the method grid's rows and presets (:class:`Method`, :func:`methods.names`);
   grid: its registries of code paths and regularizers
 - train:    :func:`train` (many seeds in one program) -> :class:`Runs`; :func:`make_train`;
-  :func:`load_runs` (a saved run's models back as a :class:`Runs`)
+  :func:`save_runs` and :func:`load_runs` (a run's final models kept on disk, and back as a :class:`Runs`)
 - losses, relax, density, likelihood, metrics: pure functions (``from jaxrae.relax import gumbel_softmax``)
 - features: the FD feature network (a small classifier per data set, cached)
 - errors:   :class:`ConfigError`, :class:`DataError`, :class:`CheckpointError`
@@ -22,7 +22,7 @@ from jaxrae.data import Dataset, load_data
 from jaxrae.errors import CheckpointError, ConfigError, DataError, JaxraeError
 from jaxrae.grid import HParams
 from jaxrae.methods import Method
-from jaxrae.train import Runs, TrainState, load_runs, make_train, train
+from jaxrae.train import Runs, TrainState, load_runs, make_train, save_runs, train
 
 __version__ = "0.1.0"
 
@@ -48,5 +48,6 @@ __all__ = [
     "methods",
     "metrics",
     "relax",
+    "save_runs",
     "train",
 ]
