@@ -6,7 +6,8 @@ Public API (re-exported here; the modules are usable alone):
 - config:   :class:`TrainConfig`
 - methods:  the method grid's rows and presets (:class:`Method`, :func:`methods.names`);
   grid: its registries of code paths and regularizers
-- train:    :func:`train` (many seeds in one program) -> :class:`Runs`; :func:`make_train`
+- train:    :func:`train` (many seeds in one program) -> :class:`Runs`; :func:`make_train`;
+  :func:`save_runs` and :func:`load_runs` (a run's final models kept on disk, and back as a :class:`Runs`)
 - losses, relax, density, likelihood, metrics: pure functions (``from jaxrae.relax import gumbel_softmax``)
 - features: the FD feature network (a small classifier per data set, cached)
 - errors:   :class:`ConfigError`, :class:`DataError`, :class:`CheckpointError`
@@ -21,7 +22,7 @@ from jaxrae.data import Dataset, load_data
 from jaxrae.errors import CheckpointError, ConfigError, DataError, JaxraeError
 from jaxrae.grid import HParams
 from jaxrae.methods import Method
-from jaxrae.train import Runs, TrainState, make_train, train
+from jaxrae.train import Runs, TrainState, load_runs, make_train, save_runs, train
 
 __version__ = "0.1.0"
 
@@ -41,10 +42,12 @@ __all__ = [
     "grid",
     "likelihood",
     "load_data",
+    "load_runs",
     "losses",
     "make_train",
     "methods",
     "metrics",
     "relax",
+    "save_runs",
     "train",
 ]

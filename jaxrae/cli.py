@@ -43,7 +43,7 @@ from jaxrae.evaluate import finite_or_nan
 from jaxrae.io import atomic_write_json, atomic_write_text, json_roundtrip, prepare_out_dir
 from jaxrae.metrics import code_usage, reconstruction_error
 from jaxrae.provenance import environment
-from jaxrae.train import make_train, run_grid, train
+from jaxrae.train import TRAIN_MODEL_DIR, make_train, run_grid, save_runs, train
 
 #: The feature-network cache directory (read by :func:`jaxrae.features.default_cache_dir`).
 FEATURE_CACHE_ENV = "JAXRAE_CACHE"
@@ -121,6 +121,8 @@ def cmd_train(args) -> int:
             _write_train_config(out / "config.json", {"config": config.to_dict(), "data": args.data, "seeds": seeds, "sweep": sweep})
         distributed.barrier("out-ready")
         runs = train(config, data, seeds, sweep=sweep, checkpoint_path=out / "checkpoint.msgpack", progress=not args.quiet)
+        if primary:  # the final model, for jaxrae.load_runs(out)
+            save_runs(runs, out / TRAIN_MODEL_DIR)
         return _finish_train(args, config, data, runs, seeds, sweep, out, primary)
 
 
@@ -180,7 +182,7 @@ def _finish_train(args, config, data, runs, seeds, sweep, out: Path, primary: bo
     ok = runs.ok
     if ok.any():
         print(f"test reconstruction error (sum of squares per image): {rec_err[ok].mean():.4g} +- {rec_err[ok].std(ddof=1) if ok.sum() > 1 else 0.0:.2g} over {int(ok.sum())}/{len(ok)} runs")
-    print(f"written to {out}/ (config.json, history.json, checkpoint.msgpack)")
+    print(f"written to {out}/ (config.json, history.json, checkpoint.msgpack, {TRAIN_MODEL_DIR}/: jaxrae.load_runs)")
     return 0
 
 

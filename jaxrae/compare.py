@@ -17,6 +17,7 @@ Output directory (all files written atomically: temp file + rename):
   methods/<label>.json    a finished row's numbers (its presence means "done": resume skips it)
   methods/<label>.npz     the images its figures show
   checkpoints/<label>.msgpack  the training checkpoint (an interrupted row resumes from it)
+  models/<label>/model.msgpack  every seed's final model (jaxrae.load_runs(out, row=label))
 
 A row's label is the method's name for a plain method, the table key for a variant.
 """
@@ -38,9 +39,10 @@ from jaxrae.errors import CheckpointError, ConfigError, require
 from jaxrae.evaluate import EVAL_SEED, PR_NEIGHBOURS, evaluate, loss_curve
 from jaxrae.experiment import Experiment
 from jaxrae.io import atomic_write_json, atomic_write_npz, atomic_write_text, json_roundtrip, nonfinite_to_null, prepare_out_dir
+from jaxrae.io import load_checkpoint
 from jaxrae.features import FD_METRIC_NAME, feature_network
 from jaxrae.provenance import environment
-from jaxrae.train import make_train, train
+from jaxrae.train import MODEL_FILE, MODEL_FORMAT, ROW_MODELS_DIR, make_train, save_runs, train
 
 FORMAT = "jaxrae-compare-v1"
 
@@ -115,7 +117,21 @@ def _load_finished(path: Path, header: dict) -> dict | None:
         raise CheckpointError(f"{path} was computed with other settings (differs in: {diff}); "
                               "rerun with --overwrite or choose another --out")
     _load_images(path.with_suffix(".npz"), path)
+    _check_model(path.parent.parent / ROW_MODELS_DIR / path.stem / MODEL_FILE, path)
     return record
+
+
+def _check_model(path: Path, record_path: Path) -> None:
+    """A finished row's model (``models/<label>/model.msgpack``) exists, is a jaxrae model and passes its SHA-256 checks.
+
+    Otherwise a one-line CheckpointError naming the record to delete, so that a resumed
+    comparison never reports a row whose model :func:`jaxrae.load_runs` could not give back.
+    """
+    if not path.exists():
+        raise CheckpointError(f"{path} is missing: a finished row keeps its model there; {_redo_hint(record_path)}")
+    _, header = load_checkpoint(path, redo=_redo_hint(record_path))
+    if header.get("model_format") != MODEL_FORMAT:
+        raise CheckpointError(f"{path} is not a {MODEL_FORMAT} model; {_redo_hint(record_path)}")
 
 
 def _load_images(path: Path, record_path: Path) -> dict[str, np.ndarray]:
@@ -155,6 +171,7 @@ def run_method(label: str, experiment: Experiment, data, fnet, out: Path, *, pro
                  progress=progress, progress_desc=progress_desc or label, stop_after_chunks=stop_after_chunks)
     if int(np.asarray(runs.state.step).min()) < config.steps:
         raise CompareInterrupted(f"{label} stopped at step {int(np.asarray(runs.state.step).min())} of {config.steps}")
+    save_runs(runs, out / ROW_MODELS_DIR / label)  # before the evaluation: a crash there keeps the trained model
     t0 = time.perf_counter()
     values, images, notes = evaluate(runs, data, fnet, n_eval=experiment.n_eval, n_components=experiment.n_components)
     eval_s = time.perf_counter() - t0

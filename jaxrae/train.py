@@ -38,7 +38,7 @@ from jaxrae import density, distributed
 from jaxrae import io as jio
 from jaxrae.config import TrainConfig
 from jaxrae.data import Dataset
-from jaxrae.errors import CheckpointError, ConfigError
+from jaxrae.errors import CheckpointError, ConfigError, JaxraeError
 from jaxrae.grid import Codec, HParams, build_model, code_spec, make_codec, make_loss_fn
 from jaxrae.nets import AutoEncoder
 from jaxrae.optim import make_optimizer
@@ -233,6 +233,7 @@ class Runs:
     image_shape: tuple
     wall_time_s: float = 0.0
     compile_time_s: float = 0.0
+    data_fingerprint: str = ""  # the training data's content fingerprint (jaxrae.data.fingerprint)
 
     @property
     def seeds(self) -> list[int]:
@@ -428,7 +429,8 @@ def train(
     trim = lambda a: a[:n_runs]  # drop the padding runs
     state = jax.tree.map(trim, distributed.to_host(state))
     metrics = {k: trim(np.concatenate(v, axis=1)) for k, v in history.items()}
-    return Runs(config, data.name, runs, state, metrics, trainer.model, trainer.codec, tuple(trainer.images_u8.shape[1:]), wall - compile_s, compile_s)
+    return Runs(config, data.name, runs, state, metrics, trainer.model, trainer.codec, tuple(trainer.images_u8.shape[1:]), wall - compile_s, compile_s,
+                data.fingerprint)
 
 
 def _on_runs(state, sharding):
@@ -447,3 +449,111 @@ def _progress(total: int, initial: int, enabled: bool, desc: str):
     if not enabled:
         return None
     return tqdm(total=total, initial=initial, desc=desc, unit="step", leave=False, dynamic_ncols=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Final models: what `jaxrae train` (out/model/) and `jaxrae compare` (out/models/<label>/) keep,
+# reloaded as a Runs in another process.
+
+MODEL_FORMAT = "jaxrae-model-v1"  # the header's layout; a model of another layout is refused, never guessed at
+MODEL_FILE = "model.msgpack"
+TRAIN_MODEL_DIR = "model"  # <train out>/model/model.msgpack
+ROW_MODELS_DIR = "models"  # <compare out>/models/<label>/model.msgpack
+
+#: The TrainState fields a final model keeps: everything but the optimizer state (which only
+#: resuming needs, and which the resume checkpoint holds).
+_MODEL_FIELDS = ("step", "params", "batch_stats", "key", "hparams", "diverged_at")
+
+
+def save_runs(runs: Runs, directory: str | Path) -> Path:
+    """Keep the final model of every run of ``runs`` in ``directory`` (``directory/model.msgpack``); returns the file.
+
+    The file is a verified checkpoint (:func:`jaxrae.io.save_checkpoint`: one SHA-256 per array
+    and of the header, written atomically) holding, with a leading run axis, each run's step,
+    parameters, batch statistics, base key, hyperparameters and divergence step, and the
+    per-step metrics; its header holds :data:`MODEL_FORMAT`, the config, the data set's name and
+    fingerprint, the image shape, the run list and the timings: what :func:`load_runs` needs to
+    rebuild the model with :func:`jaxrae.grid.build_model` without the data.
+    """
+    state = {name: getattr(runs.state, name) for name in _MODEL_FIELDS}
+    tree = {"state": {**state, "hparams": dict(runs.state.hparams._asdict())},
+            "metrics": {k: np.asarray(v) for k, v in runs.metrics.items()}}
+    header = {"model_format": MODEL_FORMAT, "config": runs.config.to_dict(), "data": runs.data_name,
+              "fingerprint": runs.data_fingerprint, "image_shape": list(runs.image_shape), "runs": runs.runs,
+              "wall_time_s": runs.wall_time_s, "compile_time_s": runs.compile_time_s}
+    path = Path(directory) / MODEL_FILE
+    jio.save_checkpoint(path, tree, header)
+    return path
+
+
+def load_runs(path: str | Path, row: str | None = None) -> Runs:
+    """The :class:`Runs` of a finished ``jaxrae train`` or of one row of a ``jaxrae compare``, read from disk.
+
+    ``path`` is a train output directory (its ``model/``), a compare output directory with
+    ``row`` (its ``models/<row>/``), or a model directory itself. The model is rebuilt from the
+    saved config and image shape (:func:`jaxrae.grid.build_model`) and its variables restored
+    from the file written by :func:`save_runs`, so ``encode``, ``decode``, ``reconstruct``,
+    ``sample_prior``, ``fit_ex_post`` and ``sample_ex_post`` give bitwise the arrays of the Runs
+    that trained (for the same keys and images). ``state.opt_state`` is None: the optimizer's
+    moments stay in the resume checkpoint.
+
+    Raises CheckpointError (one line) when there is no model, the file is truncated or altered
+    (its SHA-256 digests), it was written in another format (:data:`MODEL_FORMAT`,
+    :data:`jaxrae.io.FORMAT`), its config is not valid here, or an array's path, shape or dtype
+    does not fit the model its config builds.
+    """
+    directory = _model_directory(Path(path), row)
+    file = directory / MODEL_FILE
+    redo = "retrain the run (or restore the file from a copy)"
+    tree, header = jio.load_checkpoint(file, redo=redo)
+    found = header.get("model_format") if isinstance(header, dict) else None
+    if found != MODEL_FORMAT:
+        raise CheckpointError(f"{file} is not a {MODEL_FORMAT} model (its format is {found!r}: another jaxrae version, "
+                              "or a resume checkpoint); retrain it with this version")
+    try:
+        config = TrainConfig.from_dict(header["config"])
+        image_shape = tuple(int(d) for d in header["image_shape"])
+        runs = [dict(r) for r in header["runs"]]
+        seeds = [int(r["seed"]) for r in runs]
+    except (JaxraeError, KeyError, TypeError, ValueError) as e:
+        raise CheckpointError(f"{file} has a header this jaxrae cannot rebuild a model from ({type(e).__name__}: {e}); "
+                              "retrain it with this version") from None
+    if len(image_shape) != 3 or not runs:
+        raise CheckpointError(f"{file} has image_shape={list(image_shape)} and {len(runs)} runs; a model needs (H, W, C) "
+                              "and at least one run")
+    model, codec, init, _, _ = _training_functions(config, image_shape)
+    key_shape = jax.random.key_data(jax.random.key(0)).shape
+    shapes = jax.eval_shape(jax.vmap(init), jax.ShapeDtypeStruct((len(seeds), *key_shape), jnp.uint32),
+                            HParams(*(jax.ShapeDtypeStruct((len(seeds),), jnp.float32) for _ in SWEEPABLE)))
+    target = {name: getattr(shapes, name) for name in _MODEL_FIELDS}
+    target["hparams"] = dict(shapes.hparams._asdict())
+    state = jio.restore_into(target, tree.get("state"), file,
+                             redo="its arrays do not fit the model its config builds; retrain the run with this version")
+    metrics = tree.get("metrics")
+    if not (isinstance(metrics, dict) and all(isinstance(v, np.ndarray) and v.ndim == 2 and v.shape[0] == len(runs)
+                                              for v in metrics.values())):
+        raise CheckpointError(f"{file} does not match its header: its metrics are not (n_runs={len(runs)}, steps) arrays")
+    state = TrainState(step=state["step"], params=state["params"], batch_stats=state["batch_stats"], opt_state=None,
+                       key=state["key"], hparams=HParams(**state["hparams"]), diverged_at=state["diverged_at"])
+    return Runs(config, str(header.get("data", "")), runs, state, metrics, model, codec, image_shape,
+                float(header.get("wall_time_s", 0.0)), float(header.get("compile_time_s", 0.0)), str(header.get("fingerprint", "")))
+
+
+def _model_directory(path: Path, row: str | None) -> Path:
+    """Where :func:`load_runs` reads: ``path/models/<row>``, ``path/model`` or ``path`` itself."""
+    if row is not None:
+        rows = path / ROW_MODELS_DIR
+        if not (rows / row / MODEL_FILE).exists():
+            saved = sorted(p.name for p in rows.iterdir() if (p / MODEL_FILE).exists()) if rows.is_dir() else []
+            raise CheckpointError(f"row={row!r} has no model in {rows}: " + (f"the saved rows are {', '.join(saved)}" if saved
+                                  else "no row has one"))
+        return rows / row
+    if (path / MODEL_FILE).exists():
+        return path
+    if (path / TRAIN_MODEL_DIR / MODEL_FILE).exists():
+        return path / TRAIN_MODEL_DIR
+    if (path / ROW_MODELS_DIR).is_dir():
+        saved = sorted(p.name for p in (path / ROW_MODELS_DIR).iterdir() if (p / MODEL_FILE).exists())
+        raise CheckpointError(f"{path} is a compare directory; choose a row with row=: {', '.join(saved) or 'none is saved'}")
+    raise CheckpointError(f"{path} holds no model (neither {MODEL_FILE}, {TRAIN_MODEL_DIR}/{MODEL_FILE} nor {ROW_MODELS_DIR}/<row>/); "
+                          "give a `jaxrae train --out` or `jaxrae compare` directory")

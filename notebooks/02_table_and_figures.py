@@ -20,6 +20,8 @@
 # 3. otherwise a fresh comparison run here through the compare entry point: in tiny mode
 #    (`JAXRAE_NOTEBOOK_TINY=1`) 2 methods x 2 seeds x 40 steps on `digits`, else the README's main
 #    job (`jaxrae compare`'s defaults).
+#
+# The last section reloads the trained models with `jaxrae.load_runs` and draws from them.
 
 # %%
 import json
@@ -27,6 +29,7 @@ import os
 import tempfile
 from pathlib import Path
 
+import jax
 import matplotlib.pyplot as plt
 import numpy as np
 from IPython.display import Image, Markdown, display
@@ -49,6 +52,12 @@ def find_repo_root():
     return None
 
 
+def tiny_experiment():
+    """2 methods x 2 seeds x 40 steps on `digits`: the comparison tiny mode runs."""
+    return Experiment(data="digits", methods=("vae", "rae-l2"), seeds=(0, 1), config={"steps": 40, "chunk_size": 40},
+                      n_eval=200, feature_steps=100, n_components=4)
+
+
 ROOT = find_repo_root()
 chosen = os.environ.get("JAXRAE_NOTEBOOK_RESULTS")
 committed = ROOT / "experiments" / "results" / "table1_digits" if ROOT else None
@@ -59,9 +68,7 @@ elif committed is not None and (committed / "results.json").exists():
 else:
     RESULTS_DIR = Path(tempfile.mkdtemp(prefix="jaxrae-compare-"))
     if TINY:
-        experiment = Experiment(data="digits", methods=("vae", "rae-l2"), seeds=(0, 1),
-                                        config={"steps": 40, "chunk_size": 40}, n_eval=200,
-                                        feature_steps=100, n_components=4)
+        experiment = tiny_experiment()
     else:
         experiment = Experiment()  # the README's main job
     compare.run_compare(experiment, RESULTS_DIR, progress=not TINY)
@@ -133,3 +140,49 @@ for name in ("samples.png", "interpolations.png", "reconstructions.png", "losses
         print(name)
         display(Image(filename=str(RESULTS_DIR / name)))
 
+
+
+# %% [markdown]
+# ## Back to the trained models: `jaxrae.load_runs`
+#
+# `jaxrae compare` keeps every row's final models in `models/<label>/`; `jaxrae.load_runs(dir, row=label)`
+# gives them back as a `Runs` (every seed), whose `reconstruct`, `fit_ex_post` and `sample_ex_post`
+# return bitwise what the trained runs returned. Committed results keep numbers and figures but no
+# models, so when the results directory has none, its experiment is trained again here (the tiny
+# one in tiny mode; at full size this takes as long as the original run: point
+# `JAXRAE_NOTEBOOK_RESULTS` at a compare directory with `models/` to skip it).
+
+# %%
+if (RESULTS_DIR / "models").is_dir():
+    MODELS_DIR = RESULTS_DIR
+else:
+    MODELS_DIR = Path(tempfile.mkdtemp(prefix="jaxrae-models-"))
+    again = tiny_experiment() if TINY else Experiment.from_dict(results["experiment"])
+    compare.run_compare(again, MODELS_DIR, progress=not TINY, figures=False)
+models_results = json.loads((MODELS_DIR / "results.json").read_text())
+spec = models_results["experiment"]
+data = jaxrae.load_data(spec["data"], n_train=spec["n_train"], n_test=spec["n_test"])
+rows_with_models = [label for label in models_results["methods"] if (MODELS_DIR / "models" / label).is_dir()]
+print("models from", MODELS_DIR, "| rows:", ", ".join(rows_with_models))
+
+
+def image_grid(ax, images, title):
+    """A row of images (n, H, W, C) in [0, 1] side by side on one axis."""
+    tiles = np.clip(np.concatenate(list(images), axis=1), 0.0, 1.0)
+    ax.imshow(tiles[..., 0] if tiles.shape[-1] == 1 else tiles, cmap="gray", vmin=0.0, vmax=1.0)
+    ax.set_title(title, fontsize=9, loc="left")
+    ax.axis("off")
+
+
+n_show = 8
+test = data.test_images[:n_show]
+fig, axes = plt.subplots(2 * len(rows_with_models) + 1, 1, figsize=(n_show * 0.9, 1.1 * (2 * len(rows_with_models) + 1)))
+image_grid(axes[0], test, "test images")
+for i, label in enumerate(rows_with_models):
+    runs = jaxrae.load_runs(MODELS_DIR, row=label)
+    ex_post = runs.fit_ex_post(jax.random.key(0), data.train_images, n_components=spec["n_components"])
+    samples = runs.sample_ex_post(jax.random.key(1), ex_post, n_show)
+    image_grid(axes[1 + 2 * i], runs.reconstruct(test)[0], f"{label}, seed {runs.seeds[0]}: reconstructions")
+    image_grid(axes[2 + 2 * i], samples[0], f"{label}, seed {runs.seeds[0]}: ex-post samples")
+fig.tight_layout()
+report.show_figure(fig)

@@ -38,7 +38,7 @@ from jaxrae.io import (
     restore_into,
     save_checkpoint,
 )
-from jaxrae.train import train
+from jaxrae.train import MODEL_FILE, MODEL_FORMAT, ROW_MODELS_DIR, train
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 CONFIG = TrainConfig(method="ae", steps=4, batch_size=16, chunk_size=2, latent_dim=4)
@@ -267,6 +267,7 @@ def _row_files(tmp_path) -> tuple[Path, dict]:
     path.parent.mkdir()
     path.write_text(json.dumps(record))
     atomic_write_npz(path.with_suffix(".npz"), {name: np.full((2, 8, 8), i, np.float32) for i, name in enumerate(FIGURE_IMAGES)})
+    save_checkpoint(tmp_path / ROW_MODELS_DIR / "ae" / MODEL_FILE, {"state": {"w": np.zeros(2, np.float32)}}, {"model_format": MODEL_FORMAT})
     return path, record
 
 
@@ -341,6 +342,24 @@ def test_damaged_images_are_refused(tmp_path, damage):
     assert _files(tmp_path) == before
 
 
+@pytest.mark.parametrize(
+    "damage, message",
+    [
+        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "is corrupt or truncated"),
+        (lambda p: p.unlink(), "is missing: a finished row keeps its model there"),
+        (lambda p: save_checkpoint(p, {"state": {"w": np.zeros(2, np.float32)}}, {"config": {}}), "is not a jaxrae-model-v1 model"),
+    ],
+    ids=["truncated", "missing", "resume-checkpoint"],
+)
+def test_finished_row_without_a_sound_model_is_refused(tmp_path, damage, message):
+    path, record = _row_files(tmp_path)
+    damage(tmp_path / ROW_MODELS_DIR / "ae" / MODEL_FILE)
+    before = _files(tmp_path)
+    with pytest.raises(CheckpointError, match=rf"{re.escape(message)}.*delete .*ae\.json to redo ae, or rerun with --overwrite"):
+        _load_finished(path, record["header"])
+    assert _files(tmp_path) == before
+
+
 # ---------------------------------------------------------------------------------------------
 # Through the command line: one line, exit 2, nothing rewritten
 
@@ -360,13 +379,14 @@ def finished_compare(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name, needle",
-    [("ae.npz", "ae.npz is missing, truncated or not an .npz file (BadZipFile)"),
-     ("ae.json", "ae.json is unreadable or truncated (JSONDecodeError)")],
+    [("methods/ae.npz", "ae.npz is missing, truncated or not an .npz file (BadZipFile)"),
+     ("methods/ae.json", "ae.json is unreadable or truncated (JSONDecodeError)"),
+     ("models/ae/model.msgpack", "model.msgpack is corrupt or truncated")],
 )
 def test_compare_resume_refuses_a_truncated_row_file(finished_compare, tmp_path, name, needle):
     out = tmp_path / "out"
     shutil.copytree(finished_compare, out)
-    target = out / "methods" / name
+    target = out / name
     target.write_bytes(target.read_bytes()[: target.stat().st_size // 2])
     before = _files(out)
     done = _jaxrae(*COMPARE, "--out", str(out), "--resume")
