@@ -104,10 +104,10 @@ def test_two_concurrent_compares_on_one_out_one_wins(tmp_path):
 def test_refused_resume_leaves_config_json_untouched(tmp_path):
     out = tmp_path / "run"
     assert jaxrae(*TINY_TRAIN, "--out", out).returncode == 0
-    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
     done = jaxrae(*TINY_TRAIN, "--out", out, "--resume", "--lr", "1e-3")
     assert_one_line_error(done, "config.json", "lr")
-    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
 @pytest.mark.parametrize("bad", [["--sweep", "foo=1"], ["--data", "idx:/nonexistent"], ["--seeds", "0,0"]])
