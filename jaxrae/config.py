@@ -18,6 +18,14 @@ from jaxrae.nets import ARCHS
 from jaxrae.optim import OPTIMIZERS
 
 
+#: Upper bounds of the integer fields, so an absurd value is refused before memory is: the loss
+#: history holds a float per step and run, and every other integer sizes a layer or a sample axis.
+MAX_STEPS = 100_000_000
+MAX_WIDTH = 1 << 20
+INT_LIMITS = {"steps": MAX_STEPS, "gumbel_rao_samples": 100_000}
+LIMIT_REASONS = {"steps": "the loss history keeps a float per step and run", "gumbel_rao_samples": "it sizes a sample axis of every step"}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     """Everything that determines a training run, apart from the data and the seed.
@@ -58,6 +66,9 @@ class TrainConfig:
             value = getattr(self, field)
             if isinstance(value, bool) or not isinstance(value, int) or value < 1:
                 raise invalid(field, value, "must be an integer >= 1")
+            limit = INT_LIMITS.get(field, MAX_WIDTH)
+            if value > limit:
+                raise invalid(field, value, f"must be at most {limit:,}: {LIMIT_REASONS.get(field, 'it sizes a layer or an axis of every run')}")
         if self.n_classes < 2:
             raise invalid("n_classes", self.n_classes, "a categorical variable needs K >= 2 classes")
         if self.arch not in ARCHS:

@@ -51,6 +51,10 @@ def test_defaults_are_the_paper_settings():
         ({"max_grad_norm": 0.0}, "max_grad_norm"),
         ({"max_grad_norm": float("nan")}, "max_grad_norm"),
         ({"max_grad_norm": float("inf")}, "max_grad_norm"),
+        ({"steps": 10**12}, "steps=1000000000000 is invalid: must be at most 100,000,000"),
+        ({"steps": 10**23}, "steps=.* is invalid: must be at most"),
+        ({"latent_dim": 10**8}, "latent_dim=100000000 is invalid: must be at most 1,048,576"),
+        ({"gumbel_rao_samples": 10**6}, "gumbel_rao_samples"),
     ],
 )
 def test_invalid_values_name_the_field(changes, field):
