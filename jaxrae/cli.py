@@ -35,15 +35,13 @@ from jaxrae.experiment import (
     DEFAULT_N_EVAL,
     DEFAULT_SEEDS,
     Experiment,
-    check_seeds,
     load_experiment,
     seed_count,
 )
-from jaxrae.evaluate import finite_or_nan
 from jaxrae.io import atomic_write_json, atomic_write_text, json_roundtrip, prepare_out_dir
 from jaxrae.metrics import code_usage, reconstruction_error
 from jaxrae.provenance import environment
-from jaxrae.train import TRAIN_MODEL_DIR, make_train, run_grid, save_runs, train
+from jaxrae.train import TRAIN_MODEL_DIR, check_seeds, make_train, run_grid, save_runs, train
 
 #: The feature-network cache directory (read by :func:`jaxrae.features.default_cache_dir`).
 FEATURE_CACHE_ENV = "JAXRAE_CACHE"
@@ -52,7 +50,7 @@ FEATURE_CACHE_ENV = "JAXRAE_CACHE"
 def parse_seeds(text: str) -> list[int]:
     """``"4"`` -> [0, 1, 2, 3]; ``"0,5,7"`` -> [0, 5, 7].
 
-    ``train`` and ``compare`` accept the same seeds (:func:`jaxrae.experiment.check_seeds`): each in
+    ``train`` and ``compare`` accept the same seeds (:func:`jaxrae.train.check_seeds`): each in
     ``[0, 2**32)``, none repeated, at most ``MAX_SEEDS``; a count is at most ``MAX_SEEDS``.
     """
     try:

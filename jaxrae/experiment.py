@@ -10,11 +10,9 @@ row's TrainConfig included, so a typo fails at once rather than after an hour of
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import json
 import math
-import operator
 import re
 import tomllib
 from pathlib import Path
@@ -24,6 +22,7 @@ from jaxrae import methods as presets
 from jaxrae.config import TrainConfig
 from jaxrae.errors import ConfigError, invalid, require
 from jaxrae.evaluate import METRIC_KEYS, PR_NEIGHBOURS
+from jaxrae.train import MAX_SEEDS, check_seeds
 
 #: The README's main job: a representative set of continuous and discrete methods on ``digits``.
 DEFAULT_DATA = "digits"
@@ -33,14 +32,6 @@ DEFAULT_SEEDS = 5
 DEFAULT_JOB_CONFIG: dict[str, Any] = {"steps": 500, "batch_size": 64}
 DEFAULT_N_EVAL = 1000
 DEFAULT_N_COMPONENTS = 10  # Ghosh et al. 2020, Sec. 4: a 10-component GMM
-
-#: Seeds become PRNG keys through ``jax.random.key(seed)``, which keeps only the low 32 bits of
-#: the seed (64-bit types off): 4294967296 and 0, or -1 and 4294967295, would train identical runs
-#: under different names. Every seed must lie in ``[0, SEED_LIMIT)``, where seed -> key is one to one.
-SEED_LIMIT = 2**32
-#: At most this many seeds in one comparison or ``train``: every seed is a model trained in the
-#: same vmapped program, so a count like 10000000000 is a typo, not a job.
-MAX_SEEDS = 10_000
 
 #: A row label names files (methods/<label>.json, checkpoints/<label>.msgpack): no separators.
 ROW_LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
@@ -276,27 +267,6 @@ def seed_count(n: int, field: str = "seeds") -> tuple[int, ...]:
     """A count of seeds, ``n`` -> ``(0, 1, ..., n - 1)``; ConfigError unless ``1 <= n <= MAX_SEEDS``."""
     require(1 <= n <= MAX_SEEDS, field, n, f"a count of seeds must be between 1 and {MAX_SEEDS}")
     return tuple(range(n))
-
-
-def check_seeds(seeds, field: str = "seeds") -> tuple[int, ...]:
-    """``seeds`` as a tuple of ints; ConfigError unless each is an integer in ``[0, SEED_LIMIT)``, none
-    repeats, and there are 1 to ``MAX_SEEDS`` of them.
-
-    The range is where ``jax.random.key(seed)`` is one to one (see :data:`SEED_LIMIT`), so two
-    different seeds always train different runs, and ``train`` and ``compare`` accept the same seeds.
-    """
-    try:
-        values = tuple(operator.index(s) for s in seeds)
-    except TypeError:
-        raise invalid(field, seeds, "seeds must be integers") from None
-    shown = list(values) if len(values) <= 8 else f"{len(values)} seeds"
-    require(1 <= len(values) <= MAX_SEEDS, field, shown, f"give between 1 and {MAX_SEEDS} seeds")
-    bad = [s for s in values if not 0 <= s < SEED_LIMIT]
-    require(not bad, field, bad[:3], f"a seed must be an integer in [0, {SEED_LIMIT}) (2**32): a PRNG key keeps "
-            "only the low 32 bits, so a seed outside would repeat another one's run")
-    repeated = sorted(s for s, n in collections.Counter(values).items() if n > 1)
-    require(not repeated, field, shown, f"no seed may repeat ({', '.join(map(str, repeated[:3]))} does)")
-    return values
 
 
 def _config_kind(annotation: str) -> str:

@@ -18,9 +18,11 @@ its last finite state and ``diverged_at`` records the step, while the other runs
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import functools
 import itertools
+import operator
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -38,7 +40,7 @@ from jaxrae import density, distributed
 from jaxrae import io as jio
 from jaxrae.config import TrainConfig
 from jaxrae.data import Dataset
-from jaxrae.errors import CheckpointError, ConfigError, JaxraeError
+from jaxrae.errors import CheckpointError, ConfigError, JaxraeError, invalid, require
 from jaxrae.grid import Codec, HParams, build_model, code_spec, make_codec, make_loss_fn
 from jaxrae.nets import AutoEncoder
 from jaxrae.optim import make_optimizer
@@ -182,6 +184,36 @@ def _vmapped_programs(config: TrainConfig, image_shape: tuple):
 # Many runs: seeds x swept hyperparameters, vmapped, sharded, chunked, checkpointed.
 
 
+#: Seeds become PRNG keys through ``jax.random.key(seed)``, which keeps only the low 32 bits of
+#: the seed (64-bit types off): 4294967296 and 0, or -1 and 4294967295, would train identical runs
+#: under different names. Every seed must lie in ``[0, SEED_LIMIT)``, where seed -> key is one to one.
+SEED_LIMIT = 2**32
+#: At most this many seeds in one comparison or ``train``: every seed is a model trained in the
+#: same vmapped program, so a count like 10000000000 is a typo, not a job.
+MAX_SEEDS = 10_000
+
+
+def check_seeds(seeds, field: str = "seeds") -> tuple[int, ...]:
+    """``seeds`` as a tuple of ints; ConfigError unless each is an integer in ``[0, SEED_LIMIT)``, none
+    repeats, and there are 1 to ``MAX_SEEDS`` of them.
+
+    The range is where ``jax.random.key(seed)`` is one to one (see :data:`SEED_LIMIT`), so two
+    different seeds always train different runs, and ``train`` and ``compare`` accept the same seeds.
+    """
+    try:
+        values = tuple(operator.index(s) for s in seeds)
+    except TypeError:
+        raise invalid(field, seeds, "seeds must be integers") from None
+    shown = list(values) if len(values) <= 8 else f"{len(values)} seeds"
+    require(1 <= len(values) <= MAX_SEEDS, field, shown, f"give between 1 and {MAX_SEEDS} seeds")
+    bad = [s for s in values if not 0 <= s < SEED_LIMIT]
+    require(not bad, field, bad[:3], f"a seed must be an integer in [0, {SEED_LIMIT}) (2**32): a PRNG key keeps "
+            "only the low 32 bits, so a seed outside would repeat another one's run")
+    repeated = sorted(s for s, n in collections.Counter(values).items() if n > 1)
+    require(not repeated, field, shown, f"no seed may repeat ({', '.join(map(str, repeated[:3]))} does)")
+    return values
+
+
 def run_grid(config: TrainConfig, seeds: Sequence[int], sweep: dict[str, Sequence[float]] | None = None) -> list[dict]:
     """One dict per run: its seed and hyperparameters. Sweep values vary slowest, seeds fastest."""
     sweep = dict(sweep or {})
@@ -192,11 +224,7 @@ def run_grid(config: TrainConfig, seeds: Sequence[int], sweep: dict[str, Sequenc
             raise ConfigError(f"sweep {name!r} has no values")
         for v in values:  # validate each value through the config itself
             config.replace(**{name: v})
-    seeds = [int(s) for s in seeds]
-    if not seeds:
-        raise ConfigError("seeds is empty; give at least one seed")
-    if len(set(seeds)) != len(seeds):
-        raise ConfigError(f"seeds {seeds} repeat a value; each run needs its own seed")
+    seeds = list(check_seeds(seeds))
     runs = []
     names = list(sweep)
     for values in itertools.product(*(sweep[n] for n in names)):

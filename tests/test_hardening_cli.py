@@ -18,15 +18,11 @@ import pytest
 
 from jaxrae import cli, io
 from jaxrae.compare import run_compare
+from jaxrae.config import TrainConfig
 from jaxrae.errors import ConfigError
-from jaxrae.experiment import (
-    MAX_SEEDS,
-    SEED_LIMIT,
-    Experiment,
-    check_seeds,
-    load_experiment,
-)
+from jaxrae.experiment import Experiment, load_experiment
 from jaxrae.io import MARKER, prepare_out_dir
+from jaxrae.train import MAX_SEEDS, SEED_LIMIT, check_seeds, run_grid
 
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
@@ -195,6 +191,10 @@ def test_seed_limit_is_where_jax_keys_start_to_repeat():
 
 
 def test_check_seeds_accepts_the_key_range_and_nothing_else():
+    # The Python API refuses the same seeds as the command line (run_grid is what train() calls).
+    for bad in ([-1], [SEED_LIMIT], [0, 0]):
+        with pytest.raises(ConfigError, match="seeds"):
+            run_grid(TrainConfig(), bad)
     assert check_seeds([0, SEED_LIMIT - 1, np.int64(7)]) == (0, SEED_LIMIT - 1, 7)
     for bad in ([-1], [SEED_LIMIT], [0, SEED_LIMIT], [10**20], [1.0], [0, 0], [], list(range(MAX_SEEDS + 1))):
         with pytest.raises(ConfigError, match="seeds=.* is invalid"):
