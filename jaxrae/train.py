@@ -41,7 +41,7 @@ from jaxrae.data import Dataset
 from jaxrae.errors import CheckpointError, ConfigError
 from jaxrae.grid import Codec, HParams, build_model, code_spec, make_codec, make_loss_fn
 from jaxrae.nets import AutoEncoder
-from jaxrae.optim import make_optimizer
+from jaxrae.optim import make_optimizer, scheduled_learning_rate
 
 SWEEPABLE = HParams._fields  # lr, beta, lam, tau
 
@@ -138,10 +138,13 @@ def _training_functions(config: TrainConfig, image_shape: tuple):
         # global norm non-finite (as does a norm beyond float range, which is divergence too).
         finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
         alive = finite & (state.diverged_at < 0)
+        # The schedule scales this run's (possibly swept) peak rate by a function of the step alone.
+        learning_rate = scheduled_learning_rate(state.hparams.lr, state.step, schedule=config.lr_schedule, steps=config.steps,
+                                                warmup_steps=config.warmup_steps, final_lr_fraction=config.final_lr_fraction)
         # The freeze is inside the update (scalar coefficients), not a where() between an old
         # and a new state, so XLA updates parameters and moments in place (see jaxrae/optim.py).
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, alive=alive,
-                                              learning_rate=state.hparams.lr)
+                                              learning_rate=learning_rate)
         params = optax.apply_updates(state.params, updates)
         batch_stats = jax.tree.map(lambda new, old: jnp.where(alive, new, old), batch_stats, state.batch_stats)
         new_state = TrainState(
@@ -153,7 +156,7 @@ def _training_functions(config: TrainConfig, image_shape: tuple):
             hparams=state.hparams,
             diverged_at=jnp.where((state.diverged_at < 0) & ~finite, state.step, state.diverged_at),
         )
-        return new_state, metrics
+        return new_state, dict(metrics, lr=learning_rate)
 
     def run(state: TrainState, images: chex.Array, n_steps: int):
         def body(state, _):
