@@ -34,7 +34,7 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from jaxrae import density, distributed
+from jaxrae import density, distributed, runlog
 from jaxrae import io as jio
 from jaxrae.config import TrainConfig
 from jaxrae.data import Dataset
@@ -349,6 +349,7 @@ def train(
     progress: bool = True,
     progress_desc: str | None = None,
     stop_after_chunks: int | None = None,
+    logger: runlog.RunLogger | str | Path | None = None,
 ) -> Runs:
     """Train every (seed, swept value) run of ``config`` on ``data`` in one vmapped program.
 
@@ -357,6 +358,12 @@ def train(
     state and history are written atomically after every chunk, and an existing checkpoint of the
     same config, data and runs is resumed (same result as an uninterrupted run; a checkpoint of
     anything else is a CheckpointError). ``stop_after_chunks`` ends early (tests of resumption).
+
+    ``logger`` (a directory, or a :class:`jaxrae.runlog.RunLogger` the caller keeps open to add
+    evaluation metrics) receives after every chunk, per run, each step metric averaged over the
+    chunk's steps (``train/loss``, ``train/rec``, ..., ``train/lr``, ``train/tau`` for Gumbel
+    codes) and ``train/diverged`` (1 once the run froze), at the chunk's last step count; a
+    directory gets one TensorBoard event directory per run (:func:`jaxrae.runlog.run_names`).
     """
     runs = run_grid(config, seeds, sweep)
     trainer = make_train(config, data)
@@ -395,6 +402,13 @@ def train(
     done = int(distributed.to_host(state.step)[0])
     chunks = _chunk_lengths(config.steps - done, config.chunk_size)
     bar = _progress(config.steps, done, progress and distributed.is_primary(), progress_desc or config.method_name)
+    own_logger = logger is not None and not isinstance(logger, runlog.RunLogger)
+    if own_logger:
+        logger = runlog.RunLogger(logger, group=config.method_name, config=config.to_dict())
+    if logger is not None and not distributed.is_primary():
+        logger = None  # one writer, as for the checkpoint
+    if logger is not None:
+        logger.open(runlog.run_names(runs, list(sweep or {})))
     compile_s, t0, n_chunks = 0.0, time.perf_counter(), 0
     try:
         for length in chunks:
@@ -420,12 +434,17 @@ def train(
                 loss = history["loss"][-1][:n_runs, -1]
                 bar.set_postfix(loss=f"{np.nanmedian(loss):.4g}", diverged=int(np.sum(diverged >= 0)))
                 bar.update(length)
+            if logger is not None:
+                means = {f"train/{k}": runlog.chunk_means(v[-1][:n_runs]) for k, v in history.items()}
+                logger.log(done + sum(chunks[: n_chunks + 1]), {**means, "train/diverged": (diverged >= 0).astype(np.float32)})
             n_chunks += 1
             if stop_after_chunks is not None and n_chunks >= stop_after_chunks:
                 break
     finally:
         if bar is not None:
             bar.close()
+        if own_logger and logger is not None:
+            logger.close()
     wall = time.perf_counter() - t0
 
     trim = lambda a: a[:n_runs]  # drop the padding runs
