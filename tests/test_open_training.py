@@ -99,7 +99,7 @@ def test_readme_bring_your_own_encoder():
     from jaxrae.nets import Arch
 
     class ConvEncoder(nn.Module):
-        """Images (B, H, W, C) in [0, 1] -> features (B, F); jaxrae adds the layer to the code."""
+        """Images (B, H, W, C) in [0, 1] -> features (B, F); jaxrae adds a linear layer to the code."""
 
         features: tuple[int, ...] = (16, 32)  # tuples, not lists: modules must be hashable
 
@@ -125,7 +125,7 @@ def test_readme_bring_your_own_encoder():
                                digits.test_images, digits.test_labels)
 
     config = jaxrae.TrainConfig(method="rae", arch=Arch(ConvEncoder(), ConvDecoder(), name="my-conv"),
-                                steps=60, batch_size=32, chunk_size=30)
+                                steps=60, batch_size=32, chunk_size=30, lr_schedule="cosine")  # lr decays to 0
     runs = jaxrae.train(config, data, seeds=[0, 1, 2])  # three seeds, one vmapped program
     codes = runs.encode(data.test_images[:10])  # (3 seeds, 10, latent_dim 16)
     images = runs.decode(codes)  # (3, 10, 8, 8, 1), in [0, 1]
@@ -145,7 +145,7 @@ def test_readme_bring_your_own_encoder():
     chex.assert_trees_all_close(state.params, params, rtol=1e-5, atol=1e-6)
     # equal modules make equal configs, which share the compiled programs
     again = jaxrae.TrainConfig(method="rae", arch=Arch(ConvEncoder(), ConvDecoder(), name="my-conv"),
-                               steps=60, batch_size=32, chunk_size=30)
+                               steps=60, batch_size=32, chunk_size=30, lr_schedule="cosine")
     assert again == config and hash(again) == hash(config)
 
 
