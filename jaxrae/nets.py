@@ -29,7 +29,7 @@ from collections.abc import Sequence
 import flax.linen as nn
 import jax
 
-from jaxrae.errors import ConfigError, require
+from jaxrae.errors import ConfigError, invalid, require
 
 ARCHS = ("mlp", "conv-small", "conv-paper")
 
@@ -150,8 +150,8 @@ class Arch:
             try:
                 hash(module)
             except TypeError:
-                raise ConfigError(f"arch.{field}={type(module).__name__} is invalid: its fields must be hashable "
-                                  "(tuples, not lists or arrays), so configs can key compiled programs") from None
+                raise invalid(f"arch.{field}", type(module).__name__, "its fields must be hashable (tuples, not lists or arrays), "
+                              "so configs can key compiled programs") from None
 
     def to_dict(self) -> dict:
         """What JSON can hold of it: the name and each module's repr (its class and fields)."""
