@@ -2,7 +2,7 @@
 
 Public API (re-exported here; the modules are usable alone):
 
-- data:     :func:`load_data` -> :class:`Dataset`
+- data:     :func:`load_data` -> :class:`Dataset`; :func:`make_dataset` from your own arrays
 - config:   :class:`TrainConfig`
 - methods:  the method grid's rows and presets (:class:`Method`, :func:`methods.names`);
   grid: its registries of code paths and regularizers
@@ -18,7 +18,7 @@ Public API (re-exported here; the modules are usable alone):
 # nothing from the layers above them, so they remain usable on their own.
 from jaxrae import density, features, grid, likelihood, losses, methods, metrics, relax
 from jaxrae.config import TrainConfig
-from jaxrae.data import Dataset, load_data
+from jaxrae.data import Dataset, load_data, make_dataset
 from jaxrae.errors import CheckpointError, ConfigError, DataError, JaxraeError
 from jaxrae.grid import HParams
 from jaxrae.methods import Method
@@ -44,6 +44,7 @@ __all__ = [
     "load_data",
     "load_runs",
     "losses",
+    "make_dataset",
     "make_train",
     "methods",
     "metrics",

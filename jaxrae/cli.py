@@ -41,6 +41,7 @@ from jaxrae.experiment import (
 from jaxrae.io import atomic_write_json, atomic_write_text, json_roundtrip, prepare_out_dir
 from jaxrae.metrics import code_usage, reconstruction_error
 from jaxrae.provenance import environment
+from jaxrae.runlog import RunLogger
 from jaxrae.train import TRAIN_MODEL_DIR, check_seeds, make_train, run_grid, save_runs, train
 
 #: The feature-network cache directory (read by :func:`jaxrae.features.default_cache_dir`).
@@ -85,6 +86,14 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
         parser.add_argument(flag, type=kind, default=None, help=f"TrainConfig.{field.name}")
 
 
+def add_log_flags(parser: argparse.ArgumentParser) -> None:
+    """``--no-tensorboard`` and ``--wandb``: where the per-run live logs go (jaxrae.runlog)."""
+    parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
+                        help="write no TensorBoard event files (default: <out>/tensorboard/<row>/<run>/)")
+    parser.add_argument("--wandb", action="store_true", help="also log every run to Weights & Biases (needs `pip install wandb`; "
+                        "project from WANDB_PROJECT, default jaxrae)")
+
+
 def config_from_args(args, **overrides):
     """A TrainConfig from the flags that were given (others keep their defaults)."""
     values = {name: getattr(args, name) for name in field_names() if getattr(args, name, None) is not None}
@@ -110,6 +119,9 @@ def cmd_train(args) -> int:
     data = load_data(args.data)
     make_train(config, data)  # the config against the data (batch size, image shape)
     out = Path(args.out)
+    logger = RunLogger(out / "tensorboard" / config.method_name if getattr(args, "tensorboard", True) else None,
+                       wandb=getattr(args, "wandb", False),
+                       group=config.method_name, config=config.to_dict())
     # With several processes (--distributed) one of them owns the output directory; the others
     # wait for it, train their share, and write nothing. --out must be on shared storage.
     primary = distributed.is_primary()
@@ -118,10 +130,12 @@ def cmd_train(args) -> int:
             claim.enter_context(prepare_out_dir(out, args.resume, args.overwrite))
             _write_train_config(out / "config.json", {"config": config.to_dict(), "data": args.data, "seeds": seeds, "sweep": sweep})
         distributed.barrier("out-ready")
-        runs = train(config, data, seeds, sweep=sweep, checkpoint_path=out / "checkpoint.msgpack", progress=not args.quiet)
-        if primary:  # the final model, for jaxrae.load_runs(out)
-            save_runs(runs, out / TRAIN_MODEL_DIR)
-        return _finish_train(args, config, data, runs, seeds, sweep, out, primary)
+        with logger:
+            runs = train(config, data, seeds, sweep=sweep, checkpoint_path=out / "checkpoint.msgpack", progress=not args.quiet,
+                         logger=logger)
+            if primary:  # the final model, for jaxrae.load_runs(out)
+                save_runs(runs, out / TRAIN_MODEL_DIR)
+            return _finish_train(args, config, data, runs, seeds, sweep, out, primary, logger)
 
 
 def _write_train_config(path: Path, saved: dict) -> None:
@@ -144,13 +158,15 @@ def _write_train_config(path: Path, saved: dict) -> None:
                               "rerun with the same flags to resume it, or with --overwrite to replace it")
 
 
-def _finish_train(args, config, data, runs, seeds, sweep, out: Path, primary: bool) -> int:
+def _finish_train(args, config, data, runs, seeds, sweep, out: Path, primary: bool, logger: RunLogger) -> int:
     """Evaluate the trained runs on the test set, write history.json, print the table."""
     test = data.test_images
     codes = runs.encode(test)
     recs = runs.decode(codes)
     # A diverged run's reconstructions may be non-finite: its error is nan, not an exception.
     rec_err = np.array([finite_or_nan(reconstruction_error, test, r) for r in recs])
+    if logger.names is not None:  # the process that logs (the primary)
+        logger.log(config.steps, {"eval/test_reconstruction_error": rec_err})
     usage = [code_usage(c, runs.codec.n_classes) for c in codes] if runs.codec.discrete else None
     history = {
         "runs": runs.runs,
@@ -180,7 +196,8 @@ def _finish_train(args, config, data, runs, seeds, sweep, out: Path, primary: bo
     ok = runs.ok
     if ok.any():
         print(f"test reconstruction error (sum of squares per image): {rec_err[ok].mean():.4g} +- {rec_err[ok].std(ddof=1) if ok.sum() > 1 else 0.0:.2g} over {int(ok.sum())}/{len(ok)} runs")
-    print(f"written to {out}/ (config.json, history.json, checkpoint.msgpack, {TRAIN_MODEL_DIR}/: jaxrae.load_runs)")
+    logs = f", tensorboard/{config.method_name}/" if getattr(args, "tensorboard", True) else ""
+    print(f"written to {out}/ (config.json, history.json, checkpoint.msgpack{logs}, {TRAIN_MODEL_DIR}/: jaxrae.load_runs)")
     return 0
 
 
@@ -292,7 +309,8 @@ def cmd_compare(args) -> int:
     try:
         results = compare.run_compare(experiment, out, resume=resume, overwrite=args.overwrite, progress=not args.quiet,
                                       command=getattr(args, "command_line", None),
-                                      should_stop=getattr(args, "interrupt_requested", None))
+                                      should_stop=getattr(args, "interrupt_requested", None),
+                                      tensorboard=getattr(args, "tensorboard", True), wandb=getattr(args, "wandb", False))
     except compare.CompareInterrupted as e:  # only reachable from the Python API, kept for symmetry
         raise CheckpointError(f"{e}; rerun with --resume") from None
     print()
@@ -363,10 +381,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--overwrite", action="store_true", help="replace what --out holds")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     add_config_flags(p)
+    add_log_flags(p)
     p.set_defaults(func=cmd_train)
 
     p = sub.add_parser("compare", help="methods x seeds with the full evaluation (the main job)")
     add_compare_arguments(p)
+    add_log_flags(p)
     p.set_defaults(func=cmd_compare)
 
     p = sub.add_parser("report", help="re-render table.md/table.csv (and figures) of a comparison from its results.json")

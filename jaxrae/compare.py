@@ -18,6 +18,7 @@ Output directory (all files written atomically: temp file + rename):
   methods/<label>.npz     the images its figures show
   checkpoints/<label>.msgpack  the training checkpoint (an interrupted row resumes from it)
   models/<label>/model.msgpack  every seed's final model (jaxrae.load_runs(out, row=label))
+  tensorboard/<label>/seed<s>/ live logs: training curves per chunk, evaluation metrics (jaxrae.runlog)
 
 A row's label is the method's name for a plain method, the table key for a variant.
 """
@@ -42,6 +43,7 @@ from jaxrae.io import atomic_write_json, atomic_write_npz, atomic_write_text, js
 from jaxrae.io import load_checkpoint
 from jaxrae.features import FD_METRIC_NAME, feature_network
 from jaxrae.provenance import environment
+from jaxrae.runlog import RunLogger, require_wandb
 from jaxrae.train import MODEL_FILE, MODEL_FORMAT, ROW_MODELS_DIR, make_train, save_runs, train
 
 FORMAT = "jaxrae-compare-v1"
@@ -160,21 +162,27 @@ def _row_description(experiment: Experiment, label: str) -> dict:
 
 
 def run_method(label: str, experiment: Experiment, data, fnet, out: Path, *, progress: bool = True,
-               progress_desc: str | None = None, stop_after_chunks: int | None = None) -> dict:
+               progress_desc: str | None = None, stop_after_chunks: int | None = None,
+               tensorboard: bool = True, wandb: bool = False) -> dict:
     """Train all seeds of one row (a method or a variant; resuming its checkpoint), evaluate them,
-    save the record ``out/methods/<label>.json``."""
+    save the record ``out/methods/<label>.json``. Live logs (:mod:`jaxrae.runlog`): the training
+    curves per chunk and every evaluation metric (``eval/<name>``, at the last step) per seed, as
+    TensorBoard files in ``out/tensorboard/<label>/seed<s>/`` and, with ``wandb``, W&B runs."""
     config = experiment.method_config(label)
     n_eval = min(experiment.n_eval, data.n_test)
     header = _row_header(experiment, label, data, fnet, n_eval)
     record_path = out / "methods" / f"{label}.json"
-    runs = train(config, data, experiment.seeds, checkpoint_path=out / "checkpoints" / f"{label}.msgpack",
-                 progress=progress, progress_desc=progress_desc or label, stop_after_chunks=stop_after_chunks)
-    if int(np.asarray(runs.state.step).min()) < config.steps:
-        raise CompareInterrupted(f"{label} stopped at step {int(np.asarray(runs.state.step).min())} of {config.steps}")
-    save_runs(runs, out / ROW_MODELS_DIR / label)  # before the evaluation: a crash there keeps the trained model
-    t0 = time.perf_counter()
-    values, images, notes = evaluate(runs, data, fnet, n_eval=experiment.n_eval, n_components=experiment.n_components)
-    eval_s = time.perf_counter() - t0
+    with RunLogger(out / "tensorboard" / label if tensorboard else None, wandb=wandb, group=label, config=config.to_dict()) as logger:
+        runs = train(config, data, experiment.seeds, checkpoint_path=out / "checkpoints" / f"{label}.msgpack",
+                     progress=progress, progress_desc=progress_desc or label, stop_after_chunks=stop_after_chunks, logger=logger)
+        if int(np.asarray(runs.state.step).min()) < config.steps:
+            raise CompareInterrupted(f"{label} stopped at step {int(np.asarray(runs.state.step).min())} of {config.steps}")
+        save_runs(runs, out / ROW_MODELS_DIR / label)  # before the evaluation: a crash there keeps the trained model
+        t0 = time.perf_counter()
+        values, images, notes = evaluate(runs, data, fnet, n_eval=experiment.n_eval, n_components=experiment.n_components)
+        eval_s = time.perf_counter() - t0
+        if logger.names is not None:  # the process that logs (the primary)
+            logger.log(config.steps, {f"eval/{name}": per_seed for name, per_seed in values.items()})
     record = {
         "header": header,
         "method": label,
@@ -200,7 +208,8 @@ def run_method(label: str, experiment: Experiment, data, fnet, out: Path, *, pro
 def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False, overwrite: bool = False,
                 progress: bool = True, feature_cache_dir: str | Path | None = None,
                 stop_after_chunks: int | None = None, log: Callable = print, figures: bool = True,
-                command: str | None = None, should_stop: Callable[[], bool] | None = None) -> dict:
+                command: str | None = None, should_stop: Callable[[], bool] | None = None, tensorboard: bool = True,
+                wandb: bool = False) -> dict:
     """Run (or resume) a comparison into ``out``; returns the ``results.json`` structure.
 
     Rows are ``experiment.rows`` (methods, then variants), each keyed by its label: finished
@@ -216,7 +225,10 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
     Everything is validated before ``out`` is touched (the experiment when it was built; here the
     data and every row against it), then ``out`` is claimed for the whole run
     (:func:`jaxrae.io.prepare_out_dir`: locked, and emptied only now when ``overwrite``).
+    ``tensorboard`` and ``wandb`` choose the live logs of :func:`run_method`.
     """
+    if wandb:
+        require_wandb()  # before anything is written or trained
     t_start = time.perf_counter()
     out = Path(out)
     data = load_data(experiment.data, n_train=experiment.n_train, n_test=experiment.n_test)
@@ -224,7 +236,7 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
     with prepare_out_dir(out, resume, overwrite):
         return _run_claimed(experiment, data, out, t_start, progress=progress, feature_cache_dir=feature_cache_dir,
                             stop_after_chunks=stop_after_chunks, log=log, figures=figures, command=command,
-                            should_stop=should_stop)
+                            should_stop=should_stop, tensorboard=tensorboard, wandb=wandb)
 
 
 def check_runnable(experiment: Experiment, data) -> None:
@@ -248,7 +260,7 @@ def check_runnable(experiment: Experiment, data) -> None:
 
 
 def _run_claimed(experiment: Experiment, data, out: Path, t_start: float, *, progress, feature_cache_dir, stop_after_chunks,
-                 log, figures, command, should_stop) -> dict:
+                 log, figures, command, should_stop, tensorboard, wandb) -> dict:
     """:func:`run_compare` once ``out`` is claimed: feature network, rows, outputs."""
     t0 = time.perf_counter()
     fnet = feature_network(data, cache_dir=feature_cache_dir, steps=experiment.feature_steps)
@@ -277,7 +289,7 @@ def _run_claimed(experiment: Experiment, data, out: Path, t_start: float, *, pro
                     bar.set_postfix_str(f"{label}: training + evaluation")
                 record = run_method(label, experiment, data, fnet, out, progress=progress,
                                     progress_desc=f"{label} [{index + 1}/{len(labels)}]",
-                                    stop_after_chunks=stop_after_chunks)
+                                    stop_after_chunks=stop_after_chunks, tensorboard=tensorboard, wandb=wandb)
                 t = record["times"]
                 say(f"{label}: {sum(record['ok'])}/{len(record['ok'])} ok, train {t['train_s']:.1f}s "
                     f"+ compile {t['compile_s']:.1f}s + eval {t['eval_s']:.1f}s")

@@ -14,8 +14,8 @@ import math
 
 from jaxrae import methods, relax
 from jaxrae.errors import invalid
-from jaxrae.nets import ARCHS
-from jaxrae.optim import OPTIMIZERS
+from jaxrae.nets import ARCHS, Arch
+from jaxrae.optim import OPTIMIZERS, SCHEDULES
 
 
 #: Upper bounds of the integer fields, so an absurd value is refused before memory is: the loss
@@ -35,7 +35,12 @@ class TrainConfig:
     batch 100 is about 3 epochs of MNIST, 140 of ``digits``). ``optimizer`` names an entry of
     :data:`jaxrae.optim.OPTIMIZERS`; ``max_grad_norm``, when set, clips the gradient's global
     norm before it. Discrete methods read ``latent_dim`` as the number of categorical variables
-    (VQ vectors, FSQ groups) and ``n_classes`` as K (the codebook size for VQ).
+    (VQ vectors, FSQ groups) and ``n_classes`` as K (the codebook size for VQ). ``arch`` names a
+    built-in network or is a :class:`jaxrae.nets.Arch` of your own Flax modules. ``lr`` is the
+    peak of ``lr_schedule`` (constant, cosine, warmup-cosine, exponential; formulas in
+    :func:`jaxrae.optim.scheduled_learning_rate`), which reads ``warmup_steps`` (warmup-cosine
+    only) and ``final_lr_fraction`` (the rate after the last step over the peak; 0 for a cosine
+    unless given, required for exponential).
     """
 
     method: str = "rae"
@@ -45,7 +50,7 @@ class TrainConfig:
     lr: float = 5e-4
     optimizer: str = "adam"
     max_grad_norm: float | None = None
-    arch: str = "mlp"
+    arch: str | Arch = "mlp"
     beta: float | None = None
     lam: float | None = None
     chunk_size: int = 250
@@ -58,6 +63,10 @@ class TrainConfig:
     gumbel_rao_samples: int = 10
     code_dim: int = 8
     fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
+    # learning-rate schedule (jaxrae.optim.scheduled_learning_rate); lr is its peak
+    lr_schedule: str = "constant"
+    warmup_steps: int = 0
+    final_lr_fraction: float | None = None
 
     def __post_init__(self):
         method = self.method if isinstance(self.method, methods.Method) else methods.get(self.method)
@@ -71,8 +80,8 @@ class TrainConfig:
                 raise invalid(field, value, f"must be at most {limit:,}: {LIMIT_REASONS.get(field, 'it sizes a layer or an axis of every run')}")
         if self.n_classes < 2:
             raise invalid("n_classes", self.n_classes, "a categorical variable needs K >= 2 classes")
-        if self.arch not in ARCHS:
-            raise invalid("arch", self.arch, f"choose one of {', '.join(ARCHS)}")
+        if not isinstance(self.arch, Arch) and self.arch not in ARCHS:
+            raise invalid("arch", self.arch, f"choose one of {', '.join(ARCHS)}, or a jaxrae.nets.Arch of your own modules")
         if self.optimizer not in OPTIMIZERS:
             raise invalid("optimizer", self.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
         if self.max_grad_norm is not None and (not _is_number(self.max_grad_norm) or not self.max_grad_norm > 0
@@ -99,6 +108,7 @@ class TrainConfig:
         if not levels or any(isinstance(v, bool) or not isinstance(v, int) or v < 2 for v in levels):
             raise invalid("fsq_levels", self.fsq_levels, "a non-empty list of integers >= 2")
         object.__setattr__(self, "fsq_levels", levels)
+        self._check_schedule()
         # Fill the method's defaults so the config records what was run.
         if self.beta is None:
             object.__setattr__(self, "beta", float(method.beta))
@@ -108,6 +118,33 @@ class TrainConfig:
             object.__setattr__(self, "tau", float(method.tau))
         if self.estimator is None:
             object.__setattr__(self, "estimator", method.estimator)
+
+    def _check_schedule(self) -> None:
+        """Validate lr_schedule, warmup_steps and final_lr_fraction; a cosine's fraction defaults to 0."""
+        if self.lr_schedule not in SCHEDULES:
+            raise invalid("lr_schedule", self.lr_schedule, f"choose one of {', '.join(SCHEDULES)}")
+        warmup = self.warmup_steps
+        if isinstance(warmup, bool) or not isinstance(warmup, int) or warmup < 0:
+            raise invalid("warmup_steps", warmup, "must be an integer >= 0")
+        if self.lr_schedule == "warmup-cosine" and not 1 <= warmup < self.steps:
+            raise invalid("warmup_steps", warmup, f"warmup-cosine needs 1 <= warmup_steps < steps={self.steps}")
+        if self.lr_schedule != "warmup-cosine" and warmup != 0:
+            raise invalid("warmup_steps", warmup, f"only lr_schedule=warmup-cosine warms up; {self.lr_schedule} takes 0")
+        fraction = self.final_lr_fraction
+        if self.lr_schedule == "constant":
+            if fraction is not None:
+                raise invalid("final_lr_fraction", fraction, "a constant learning rate has no final fraction; leave it unset")
+            return
+        if fraction is None and self.lr_schedule == "exponential":
+            raise invalid("final_lr_fraction", fraction, "exponential decay needs the fraction of lr left after the last step, in (0, 1], e.g. 0.01")
+        fraction = 0.0 if fraction is None else fraction
+        if self.lr_schedule == "exponential":  # f ** (t / T) needs f > 0
+            ok, allowed = _is_number(fraction) and 0 < fraction <= 1, "(0, 1]"
+        else:
+            ok, allowed = _is_number(fraction) and 0 <= fraction <= 1, "[0, 1]"
+        if not ok:
+            raise invalid("final_lr_fraction", fraction, f"{self.lr_schedule} needs a fraction of the peak lr in {allowed}")
+        object.__setattr__(self, "final_lr_fraction", float(fraction))
 
     @property
     def method_spec(self) -> methods.Method:
@@ -127,7 +164,9 @@ class TrainConfig:
 
     def to_dict(self) -> dict:
         """JSON-ready dict (a custom Method is stored as its fields)."""
-        out = dataclasses.asdict(self)
+        out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+        if isinstance(self.arch, Arch):
+            out["arch"] = self.arch.to_dict()
         if isinstance(self.method, methods.Method):
             out["method"] = dataclasses.asdict(self.method)
         out["fsq_levels"] = list(self.fsq_levels)
@@ -141,6 +180,10 @@ class TrainConfig:
         if unknown:
             raise invalid(unknown[0], data[unknown[0]], f"unknown config key; allowed: {', '.join(sorted(known))}")
         data = dict(data)
+        if isinstance(data.get("arch"), dict):
+            raise invalid("arch", data["arch"]["name"] if "name" in data["arch"] else data["arch"],
+                          "a config with your own encoder and decoder modules cannot be rebuilt from JSON; "
+                          "pass TrainConfig(arch=jaxrae.nets.Arch(...)) from Python")
         if isinstance(data.get("method"), dict):
             data["method"] = methods.Method(**data["method"])
         if "fsq_levels" in data:

@@ -13,6 +13,8 @@ Three architectures, chosen by name (``arch``):
   8*2^k (28x28 MNIST) are decoded at the next such size (32x32) and centre-cropped, as the paper
   pads MNIST to 32x32.
 
+Your own modules: ``Arch(encoder=..., decoder=...)`` in place of a name (see :class:`Arch`).
+
 The decoder ends in a sigmoid: images are in [0, 1]. Batch-norm statistics and spectral-norm
 power-iteration vectors live in the ``batch_stats`` collection, so a model's whole state is the
 pytree ``{"params": ..., "batch_stats": ...}`` and training stays a pure function of it.
@@ -20,13 +22,14 @@ pytree ``{"params": ..., "batch_stats": ...}`` and training stays a pure functio
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 
 import flax.linen as nn
 import jax
 
-from jaxrae.errors import require
+from jaxrae.errors import ConfigError, invalid, require
 
 ARCHS = ("mlp", "conv-small", "conv-paper")
 
@@ -115,6 +118,75 @@ class Decoder(nn.Module):
         return nn.sigmoid(out[:, top : top + height, left : left + width, :])
 
 
+@dataclasses.dataclass(frozen=True)
+class Arch:
+    """Your own Flax (linen) modules as encoder and decoder: ``TrainConfig(arch=Arch(encoder, decoder))``.
+
+    Contracts (both modules are called with the ``train`` flag, True in training steps, so batch
+    norm or dropout can tell training from evaluation):
+
+    - ``encoder(x, train)``: images x of shape (B, H, W, C), float in [0, 1] -> features of shape
+      (B, F), any width F. jaxrae appends a linear layer (``head``) from F to the width the
+      method's code path needs (d, 2d for a Gaussian, N*K logits), so the same encoder serves
+      every method.
+    - ``decoder(z, train)``: codes z of shape (B, D) (D set by the code path: d, or N*K one-hot)
+      -> outputs of shape (B, H, W, C), unbounded; jaxrae applies the sigmoid that maps them to
+      images in [0, 1] (so the decoder ends in a linear layer, as the built-in ones do).
+
+    Modules are frozen dataclasses compared and hashed by their fields, so two equal ``Arch``
+    give equal configs and share compiled programs. A decoder regularizer that rewrites layers
+    (spectral norm) cannot reach inside your decoder and is a ConfigError. ``name`` labels the
+    architecture in results and logs.
+    """
+
+    encoder: nn.Module
+    decoder: nn.Module
+    name: str = "custom"
+
+    def __post_init__(self):
+        for field in ("encoder", "decoder"):
+            module = getattr(self, field)
+            require(isinstance(module, nn.Module), f"arch.{field}", type(module).__name__, "must be a flax.linen.Module instance")
+            try:
+                hash(module)
+            except TypeError:
+                raise invalid(f"arch.{field}", type(module).__name__, "its fields must be hashable (tuples, not lists or arrays), "
+                              "so configs can key compiled programs") from None
+
+    def to_dict(self) -> dict:
+        """What JSON can hold of it: the name and each module's repr (its class and fields)."""
+        return {"name": self.name, "encoder": repr(self.encoder), "decoder": repr(self.decoder)}
+
+
+class _UserEncoder(nn.Module):
+    """A user encoder followed by a linear head to the code path's width."""
+
+    body: nn.Module
+    out_dim: int
+
+    @nn.compact
+    def __call__(self, x, train: bool):
+        h = self.body(x, train)
+        require(h.ndim == 2 and h.shape[0] == x.shape[0], "arch.encoder output shape", tuple(h.shape),
+                f"the encoder must map images {tuple(x.shape)} to features (B={x.shape[0]}, F)", ConfigError)
+        return nn.Dense(self.out_dim, name="head")(h)
+
+
+class _UserDecoder(nn.Module):
+    """A user decoder whose (B, H, W, C) output goes through a sigmoid."""
+
+    body: nn.Module
+    image_shape: Sequence[int]
+
+    @nn.compact
+    def __call__(self, z, train: bool):
+        out = self.body(z, train)
+        expected = (z.shape[0], *self.image_shape)
+        require(tuple(out.shape) == expected, "arch.decoder output shape", tuple(out.shape),
+                f"the decoder must map codes {tuple(z.shape)} to {expected}", ConfigError)
+        return nn.sigmoid(out)
+
+
 class AutoEncoder(nn.Module):
     """Encoder and decoder under one variable tree: ``params/encoder``, ``params/decoder``.
 
@@ -123,15 +195,22 @@ class AutoEncoder(nn.Module):
     declared by the method layer through ``codebook_shape``.
     """
 
-    arch: str
+    arch: str | Arch
     image_shape: Sequence[int]
     encoder_out: int
     spectral_norm: bool = False
     codebook_shape: tuple[int, int] | None = None
 
     def setup(self):
-        self.encoder = Encoder(self.arch, self.encoder_out)
-        self.decoder = Decoder(self.arch, tuple(self.image_shape), self.spectral_norm)
+        if isinstance(self.arch, Arch):
+            require(not self.spectral_norm, "decoder_reg", "spectral norm",
+                    "spectral norm rewrites the built-in decoders' layers and cannot reach into arch.decoder; "
+                    "choose another decoder regularizer", ConfigError)
+            self.encoder = _UserEncoder(self.arch.encoder, self.encoder_out)
+            self.decoder = _UserDecoder(self.arch.decoder, tuple(self.image_shape))
+        else:
+            self.encoder = Encoder(self.arch, self.encoder_out)
+            self.decoder = Decoder(self.arch, tuple(self.image_shape), self.spectral_norm)
         if self.codebook_shape is not None:
             # Uniform(-1/K, 1/K) as in van den Oord et al.'s implementation: entries start close
             # together, near the encoder's initial outputs, so small moves of z_e switch entries

@@ -105,3 +105,40 @@ def make_optimizer(name: str, max_grad_norm: float | None = None) -> optax.Gradi
     if max_grad_norm is None:
         return optimizer
     return optax.chain(optax.clip_by_global_norm(max_grad_norm), optimizer)
+
+
+#: learning-rate schedules a TrainConfig may name as ``lr_schedule`` (see :func:`scheduled_learning_rate`).
+SCHEDULES = ("constant", "cosine", "warmup-cosine", "exponential")
+
+
+def scheduled_learning_rate(peak: jax.Array, step: jax.Array, *, schedule: str, steps: int, warmup_steps: int = 0,
+                            final_lr_fraction: float | None = None) -> jax.Array:
+    """The learning rate of update ``step`` (0-based) for a run whose peak rate is ``peak``.
+
+    With t = step, T = ``steps``, W = ``warmup_steps`` and f = ``final_lr_fraction``:
+
+        constant:       lr_t = peak                     (``peak`` itself, bit for bit)
+        cosine:         lr_t = peak * (f + (1 - f) * (1 + cos(pi * min(t, T) / T)) / 2)
+        warmup-cosine:  lr_t = peak * t / W             for t < W, then the cosine from peak to
+                        f * peak over the remaining T - W steps
+        exponential:    lr_t = peak * f ** (t / T)      (f * peak after the last step)
+
+    The cosine is SGDR's annealing (Loshchilov & Hutter 2017, Eq. 5) without restarts; all are
+    optax's schedules (``cosine_decay_schedule``, ``warmup_cosine_decay_schedule`` from 0,
+    ``exponential_decay``) evaluated at peak 1 and multiplied by ``peak``, so ``peak`` may be a
+    traced per-run value and a sweep over the learning rate stays one vmapped program. The
+    schedule reads only the step counter, so it composes with the divergence freeze: a frozen
+    run's updates are 0 whatever the rate.
+    """
+    if schedule == "constant":
+        return peak
+    if schedule == "cosine":
+        factor = optax.schedules.cosine_decay_schedule(1.0, decay_steps=steps, alpha=final_lr_fraction)
+    elif schedule == "warmup-cosine":
+        factor = optax.schedules.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=warmup_steps, decay_steps=steps,
+                                                              end_value=final_lr_fraction)
+    elif schedule == "exponential":
+        factor = optax.schedules.exponential_decay(1.0, transition_steps=steps, decay_rate=final_lr_fraction)
+    else:
+        raise ValueError(f"unknown schedule {schedule!r}; TrainConfig validates lr_schedule against SCHEDULES")
+    return peak * jnp.asarray(factor(step), jnp.result_type(peak))

@@ -36,14 +36,14 @@ import optax
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
-from jaxrae import density, distributed
+from jaxrae import density, distributed, runlog
 from jaxrae import io as jio
 from jaxrae.config import TrainConfig
 from jaxrae.data import Dataset
 from jaxrae.errors import CheckpointError, ConfigError, JaxraeError, invalid, require
 from jaxrae.grid import Codec, HParams, build_model, code_spec, make_codec, make_loss_fn
 from jaxrae.nets import AutoEncoder
-from jaxrae.optim import make_optimizer
+from jaxrae.optim import make_optimizer, scheduled_learning_rate
 
 SWEEPABLE = HParams._fields  # lr, beta, lam, tau
 
@@ -140,10 +140,13 @@ def _training_functions(config: TrainConfig, image_shape: tuple):
         # global norm non-finite (as does a norm beyond float range, which is divergence too).
         finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
         alive = finite & (state.diverged_at < 0)
+        # The schedule scales this run's (possibly swept) peak rate by a function of the step alone.
+        learning_rate = scheduled_learning_rate(state.hparams.lr, state.step, schedule=config.lr_schedule, steps=config.steps,
+                                                warmup_steps=config.warmup_steps, final_lr_fraction=config.final_lr_fraction)
         # The freeze is inside the update (scalar coefficients), not a where() between an old
         # and a new state, so XLA updates parameters and moments in place (see jaxrae/optim.py).
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params, alive=alive,
-                                              learning_rate=state.hparams.lr)
+                                              learning_rate=learning_rate)
         params = optax.apply_updates(state.params, updates)
         batch_stats = jax.tree.map(lambda new, old: jnp.where(alive, new, old), batch_stats, state.batch_stats)
         new_state = TrainState(
@@ -155,7 +158,7 @@ def _training_functions(config: TrainConfig, image_shape: tuple):
             hparams=state.hparams,
             diverged_at=jnp.where((state.diverged_at < 0) & ~finite, state.step, state.diverged_at),
         )
-        return new_state, metrics
+        return new_state, dict(metrics, lr=learning_rate)
 
     def run(state: TrainState, images: chex.Array, n_steps: int):
         def body(state, _):
@@ -375,6 +378,7 @@ def train(
     progress: bool = True,
     progress_desc: str | None = None,
     stop_after_chunks: int | None = None,
+    logger: runlog.RunLogger | str | Path | None = None,
 ) -> Runs:
     """Train every (seed, swept value) run of ``config`` on ``data`` in one vmapped program.
 
@@ -383,6 +387,12 @@ def train(
     state and history are written atomically after every chunk, and an existing checkpoint of the
     same config, data and runs is resumed (same result as an uninterrupted run; a checkpoint of
     anything else is a CheckpointError). ``stop_after_chunks`` ends early (tests of resumption).
+
+    ``logger`` (a directory, or a :class:`jaxrae.runlog.RunLogger` the caller keeps open to add
+    evaluation metrics) receives after every chunk, per run, each step metric averaged over the
+    chunk's steps (``train/loss``, ``train/rec``, ..., ``train/lr``, ``train/tau`` for Gumbel
+    codes) and ``train/diverged`` (1 once the run froze), at the chunk's last step count; a
+    directory gets one TensorBoard event directory per run (:func:`jaxrae.runlog.run_names`).
     """
     runs = run_grid(config, seeds, sweep)
     trainer = make_train(config, data)
@@ -421,6 +431,13 @@ def train(
     done = int(distributed.to_host(state.step)[0])
     chunks = _chunk_lengths(config.steps - done, config.chunk_size)
     bar = _progress(config.steps, done, progress and distributed.is_primary(), progress_desc or config.method_name)
+    own_logger = logger is not None and not isinstance(logger, runlog.RunLogger)
+    if own_logger:
+        logger = runlog.RunLogger(logger, group=config.method_name, config=config.to_dict())
+    if logger is not None and not distributed.is_primary():
+        logger = None  # one writer, as for the checkpoint
+    if logger is not None:
+        logger.open(runlog.run_names(runs, list(sweep or {})))
     compile_s, t0, n_chunks = 0.0, time.perf_counter(), 0
     try:
         for length in chunks:
@@ -446,12 +463,17 @@ def train(
                 loss = history["loss"][-1][:n_runs, -1]
                 bar.set_postfix(loss=f"{np.nanmedian(loss):.4g}", diverged=int(np.sum(diverged >= 0)))
                 bar.update(length)
+            if logger is not None:
+                means = {f"train/{k}": runlog.chunk_means(v[-1][:n_runs]) for k, v in history.items()}
+                logger.log(done + sum(chunks[: n_chunks + 1]), {**means, "train/diverged": (diverged >= 0).astype(np.float32)})
             n_chunks += 1
             if stop_after_chunks is not None and n_chunks >= stop_after_chunks:
                 break
     finally:
         if bar is not None:
             bar.close()
+        if own_logger and logger is not None:
+            logger.close()
     wall = time.perf_counter() - t0
 
     trim = lambda a: a[:n_runs]  # drop the padding runs

@@ -23,7 +23,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 
 #: Lowest first. A module is named by its first component below ``jaxrae`` (``jaxrae.data.idx`` -> ``data``).
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation: errors, files, provenance, devices", {"errors", "io", "provenance", "distributed"}),
+    ("foundation: errors, files, provenance, devices, live logs", {"errors", "io", "provenance", "distributed", "runlog"}),
     ("data sources", {"data"}),
     ("pure functions", {"nets", "relax", "losses", "density", "optim"}),
     ("the method grid", {"grid", "methods", "config"}),
@@ -45,9 +45,9 @@ STANDALONE: dict[str, set[str]] = {
 }
 
 #: Function-local imports are for optional heavy dependencies only (tensorflow-datasets and
-#: tensorflow for the tfds source, matplotlib for figures): everything else is imported at
+#: tensorflow for the tfds source, matplotlib for figures, wandb for live logs): everything else is imported at
 #: module level, so a module's first lines show what it depends on.
-OPTIONAL_DEPENDENCIES = {"tensorflow_datasets", "tensorflow", "matplotlib", "IPython"}
+OPTIONAL_DEPENDENCIES = {"tensorflow_datasets", "tensorflow", "matplotlib", "IPython", "wandb"}
 
 # --------------------------------------------------------------------------------------------
 # Reading the imports
