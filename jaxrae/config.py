@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from jaxrae import methods, relax
+from jaxrae import grid, methods, relax
 from jaxrae.errors import invalid
 from jaxrae.nets import ARCHS
 from jaxrae.optim import OPTIMIZERS
@@ -27,7 +27,10 @@ class TrainConfig:
     batch 100 is about 3 epochs of MNIST, 140 of ``digits``). ``optimizer`` names an entry of
     :data:`jaxrae.optim.OPTIMIZERS`; ``max_grad_norm``, when set, clips the gradient's global
     norm before it. Discrete methods read ``latent_dim`` as the number of categorical variables
-    (VQ vectors, FSQ groups) and ``n_classes`` as K (the codebook size for VQ).
+    (VQ vectors, FSQ groups) and ``n_classes`` as K (the codebook size for VQ). ``likelihood``
+    names the decoder's observation model, an entry of :data:`jaxrae.grid.LIKELIHOODS`:
+    ``gaussian`` (sigmoid outputs, summed squared error) or ``bernoulli`` (logits, summed binary
+    cross-entropy).
     """
 
     method: str = "rae"
@@ -50,6 +53,7 @@ class TrainConfig:
     gumbel_rao_samples: int = 10
     code_dim: int = 8
     fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
+    likelihood: str = "gaussian"
 
     def __post_init__(self):
         method = self.method if isinstance(self.method, methods.Method) else methods.get(self.method)
@@ -62,6 +66,8 @@ class TrainConfig:
             raise invalid("n_classes", self.n_classes, "a categorical variable needs K >= 2 classes")
         if self.arch not in ARCHS:
             raise invalid("arch", self.arch, f"choose one of {', '.join(ARCHS)}")
+        if self.likelihood not in grid.LIKELIHOODS:
+            raise invalid("likelihood", self.likelihood, f"choose one of {', '.join(grid.LIKELIHOODS)}")
         if self.optimizer not in OPTIMIZERS:
             raise invalid("optimizer", self.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
         if self.max_grad_norm is not None and (not _is_number(self.max_grad_norm) or not self.max_grad_norm > 0
