@@ -123,8 +123,8 @@ def test_equal_configs_share_one_traced_program(digits, monkeypatch):
     T = importlib.import_module("jaxrae.train")  # the module (the package re-exports train, the function)
     cached, wrapped = T._training_functions, {}
 
-    def counting(config, image_shape):
-        model, codec, init, step, run = cached(config, image_shape)
+    def counting(config, image_shape, dynamic=False):
+        model, codec, init, step, run = cached(config, image_shape, dynamic)
         if run not in wrapped:  # a new function object per cache miss, one trace counter for all
             wrapped[run] = (chex.assert_max_traces(run, n=1), codec._replace(encode=chex.assert_max_traces(codec.encode, n=1)))
         return model, wrapped[run][1], init, step, wrapped[run][0]
@@ -138,7 +138,7 @@ def test_equal_configs_share_one_traced_program(digits, monkeypatch):
             runs = train(make(), digits, seeds=seeds, progress=False)
             for _ in range(2):
                 runs.encode(digits.test_images[:10])
-        assert len(T._vmapped_programs(make(), digits.train_images_u8.shape[1:])[2]) == 1  # one compiled chunk
+        assert len(T._vmapped_programs(make(), digits.train_images_u8.shape[1:], False)[2]) == 1  # one compiled chunk
     finally:
         T._vmapped_programs.cache_clear()
 
