@@ -20,7 +20,7 @@ from typing import Any, Mapping
 from jaxrae import methods as presets
 from jaxrae.config import TrainConfig
 from jaxrae.errors import ConfigError, invalid, require
-from jaxrae.evaluate import PR_NEIGHBOURS
+from jaxrae.evaluate import LIKELIHOOD_K, PR_NEIGHBOURS, likelihood_kind
 
 #: The README's main job: a representative set of continuous and discrete methods on ``digits``.
 DEFAULT_DATA = "digits"
@@ -57,7 +57,9 @@ class Experiment:
     ``n_train``/``n_test`` keep the first images of each split (quick runs); ``n_eval`` is the
     number of test images and of generated samples per FD (capped at the test set size).
     ``feature_steps`` trains the FD classifier (None: the default of
-    :func:`jaxrae.features.feature_network`).
+    :func:`jaxrae.features.feature_network`). ``likelihood_k`` is the number of importance
+    samples per test image of the test likelihoods (-ELBO and IWAE-k for VAEs, the ex-post
+    importance-sampled NLL otherwise; :func:`jaxrae.evaluate.evaluate_likelihoods`), None for none.
     """
 
     data: str = DEFAULT_DATA
@@ -72,6 +74,7 @@ class Experiment:
     n_test: int | None = None
     feature_steps: int | None = None
     n_components: int = DEFAULT_N_COMPONENTS
+    likelihood_k: int | None = LIKELIHOOD_K
 
     def __post_init__(self):
         object.__setattr__(self, "overrides", _tables("overrides", self.overrides))
@@ -113,9 +116,14 @@ class Experiment:
                 continue  # the feature network's own default (jaxrae.metrics)
             require(not isinstance(value, bool) and isinstance(value, int) and value >= minimum, field, value,
                     f"must be an integer >= {minimum}")
+        require(self.likelihood_k is None or (not isinstance(self.likelihood_k, bool) and isinstance(self.likelihood_k, int)
+                                              and self.likelihood_k >= 1),
+                "likelihood_k", self.likelihood_k, "must be an integer >= 1 (importance samples per test image), or absent for none")
         for label in self.rows:  # every config validates now, not after an hour of training
             try:
-                self.method_config(label)
+                config = self.method_config(label)
+                if self.likelihood_k is not None:
+                    likelihood_kind(config)  # the row can be given a test likelihood
             except ConfigError as e:
                 own = label in self.overrides or label in self.variants
                 where = f"[config] + {self.row_table(label)}" if own else "[config]"
@@ -152,6 +160,7 @@ class Experiment:
             "variants": {k: dict(v) for k, v in self.variants.items()},
             "baseline": self.baseline, "n_eval": self.n_eval, "n_train": self.n_train,
             "n_test": self.n_test, "feature_steps": self.feature_steps, "n_components": self.n_components,
+            "likelihood_k": self.likelihood_k,
         }
 
     @classmethod
@@ -205,7 +214,7 @@ def load_experiment(path: str | Path) -> Experiment:
     """Read an experiment TOML (see ``experiments/``); any unknown key is a ConfigError.
 
     Top-level keys: ``data, methods, seeds, baseline, n_eval, n_train, n_test, feature_steps,
-    n_components``; tables ``[config]`` (TrainConfig fields for every row),
+    n_components, likelihood_k``; tables ``[config]`` (TrainConfig fields for every row),
     ``[overrides.<method>]`` (fields for one method of ``methods``) and ``[variants.<label>]``
     (a row of its own: ``method = "<preset>"`` plus TrainConfig fields; see :class:`Experiment`).
     TrainConfig keys are checked by :meth:`jaxrae.config.TrainConfig.from_dict`, which rejects
