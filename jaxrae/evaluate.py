@@ -368,19 +368,21 @@ def evaluate_likelihoods(runs, test: np.ndarray, train_images: np.ndarray, fitte
     seed_keys = _seed_keys(key, runs.seeds)
     density_arg = fitted if kind == "ex_post" else jnp.zeros(runs.n_runs)
     if kind == "ex_post":
-        width = choose(runs.variables, jax.vmap(lambda s: jax.random.fold_in(s, 0))(seed_keys),
+        width = choose(runs.variables, jax.vmap(jax.random.fold_in, in_axes=(0, None))(seed_keys, 0),
                        jnp.asarray(train_images[:PROPOSAL_IMAGES]), variance_arg, fitted)
     else:
         width = jnp.full(runs.n_runs, jnp.nan)
     first, second = [], []
     for b, i in enumerate(range(0, len(test), LIKELIHOOD_IMAGE_BATCH)):
-        batch_keys = jax.vmap(lambda s: jax.random.fold_in(s, 1 + b))(seed_keys)
+        batch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(seed_keys, 1 + b)
         a, c = estimate(runs.variables, batch_keys, jnp.asarray(test[i : i + LIKELIHOOD_IMAGE_BATCH]), variance_arg,
                         density_arg, width)
         first.append(np.asarray(a, np.float64))
         second.append(np.asarray(c, np.float64))
     first, second = np.concatenate(first, axis=1), np.concatenate(second, axis=1)
-    bpd = lambda log_px: np.asarray(likelihood.nll_units(log_px, n_dims).bits_per_dim).mean(axis=1)  # noqa: E731
+    def bpd(log_px):
+        return np.asarray(likelihood.nll_units(log_px, n_dims).bits_per_dim).mean(axis=1)
+
     if kind == "variational":
         values = {"neg_elbo": (-first).mean(axis=1), "neg_elbo_bpd": bpd(first),
                   "nll_iwae": (-second).mean(axis=1), "nll_iwae_bpd": bpd(second)}

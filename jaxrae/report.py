@@ -276,9 +276,9 @@ def _likelihood_caption(settings: Mapping | None) -> list[str]:
     if not settings:
         return []
     k = settings["k"]
-    lines = [f"test likelihoods (lower is better): -ELBO ({settings.get('elbo_samples')} samples) and NLL IWAE-{k} for VAEs, "
-             f"NLL ex-post IS-{k} (importance sampling through the ex-post density) for deterministic rows; "
-             "nats per image and bits per dimension."]
+    lines = [(f"test likelihoods (lower is better): -ELBO ({settings.get('elbo_samples')} samples) and NLL IWAE-{k} for VAEs, "
+              f"NLL ex-post IS-{k} (importance sampling through the ex-post density) for deterministic rows; "
+              "nats per image and bits per dimension.")]
     variances = {label: row["observation_variance"] for label, row in settings.get("rows", {}).items()
                  if row.get("likelihood") == "gaussian" and row.get("observation_variance")}
     if variances:

@@ -380,22 +380,24 @@ def test_evaluation_equals_jaxrae_likelihood_called_directly(binary_digits, name
     values, notes = E.evaluate_likelihoods(runs, test, train_images, fitted, bad, k=k, key=key)
     model = runs.model
     for r, seed in enumerate(runs.seeds):
-        variables = jax.tree.map(lambda a: a[r], runs.variables)
+        variables = jax.tree.map(lambda a, r=r: a[r], runs.variables)
         h = model.apply(variables, test, False, method=AutoEncoder.encode)
 
-        def decoded(z):
+        def decoded(z, variables=variables):
             if z.dtype == np.int32:  # discrete codes: one-hot (categorical) or FSQ grid codes
                 z = jax.nn.one_hot(z, config.n_classes) if name == "dvae" else relax.fsq_codes_from_index(z, (3, 4))
             return model.apply(variables, z.reshape((z.shape[0], -1)), False, method=AutoEncoder.decode)
 
         if lik == "bernoulli":
-            f = lambda image, z: L.bernoulli_log_likelihood(image, decoded(z))  # noqa: E731
+            def f(image, z, decoded=decoded):
+                return L.bernoulli_log_likelihood(image, decoded(z))
         else:
             recon = model.apply(variables, model.apply(variables, train_images, False, method=AutoEncoder.encode), False,
                                 method=AutoEncoder.decode)
             variance = np.mean((np.asarray(recon, np.float64) - train_images) ** 2)
             np.testing.assert_allclose(notes["observation_variance"][r], variance, rtol=1e-4)
-            f = lambda image, z: L.gaussian_log_likelihood(image, decoded(z), notes["observation_variance"][r])  # noqa: E731
+            def f(image, z, decoded=decoded, variance=notes["observation_variance"][r]):
+                return L.gaussian_log_likelihood(image, decoded(z), variance)
         batch_key = jax.random.fold_in(jax.random.fold_in(key, seed), 1)
         if name in ("vae", "dvae"):
             if name == "vae":
@@ -410,7 +412,7 @@ def test_evaluation_equals_jaxrae_likelihood_called_directly(binary_digits, name
             np.testing.assert_allclose(values["nll_iwae"][r], -float(np.mean(iwae)), rtol=1e-4)
             np.testing.assert_allclose(values["nll_iwae_bpd"][r], -float(np.mean(iwae)) / (64 * math.log(2)), rtol=1e-4)
         else:
-            density = jax.tree.map(lambda a: a[r], fitted)
+            density = jax.tree.map(lambda a, r=r: a[r], fitted)
             width = notes["proposal_width"][r]
             if name == "ae":
                 q = L.gaussian_proposal(h, width)
