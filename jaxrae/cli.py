@@ -235,6 +235,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument("--n-test", type=int, default=None, help="use only the first N test images")
     g.add_argument("--n-components", type=int, default=None, help=f"components of the ex-post mixture (default {DEFAULT_N_COMPONENTS}, as Ghosh et al.)")
     g.add_argument("--feature-steps", type=int, default=None, help="training steps of the FD feature classifier (cached per data set)")
+    g.add_argument("--likelihood-k", type=int, default=None, help="importance samples per test image of the test likelihoods "
+                   "(-ELBO, IWAE-k, ex-post IS-k; default 1000)")
     g.add_argument("--out", default=None,
                    help="output directory (default runs/compare-<data>). An explicit --out that holds results needs "
                         "--resume or --overwrite; the default directory is resumed automatically, so rerunning a plain "
@@ -269,7 +271,7 @@ def experiment_from_args(args) -> Experiment:
         values["methods"] = args.methods  # "a,b,c": Experiment.from_dict splits it
     if args.seeds is not None:
         values["seeds"] = parse_seeds(args.seeds)
-    for flag in ("baseline", "n_eval", "n_train", "n_test", "feature_steps", "n_components"):
+    for flag in ("baseline", "n_eval", "n_train", "n_test", "feature_steps", "n_components", "likelihood_k"):
         if getattr(args, flag) is not None:
             values[flag] = getattr(args, flag)
     given = {name: getattr(args, name) for name in field_names() if name != "method" and getattr(args, name, None) is not None}

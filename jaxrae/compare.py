@@ -37,7 +37,7 @@ from jaxrae import report
 from jaxrae.data import load_data
 from jaxrae.density import check_mixture_size
 from jaxrae.errors import CheckpointError, ConfigError, require
-from jaxrae.evaluate import EVAL_SEED, PR_NEIGHBOURS, evaluate, loss_curve
+from jaxrae.evaluate import ELBO_SAMPLES, EVAL_SEED, LIKELIHOOD_CHUNK, PR_NEIGHBOURS, evaluate, loss_curve
 from jaxrae.experiment import Experiment
 from jaxrae.io import atomic_write_json, atomic_write_npz, atomic_write_text, json_roundtrip, nonfinite_to_null, prepare_out_dir
 from jaxrae.io import load_checkpoint
@@ -67,7 +67,8 @@ def _row_header(experiment: Experiment, label: str, data, fnet, n_eval: int) -> 
         "config": experiment.method_config(label).to_dict(),
         "seeds": list(experiment.seeds),
         "eval": {"n_eval": n_eval, "n_components": experiment.n_components, "k": PR_NEIGHBOURS,
-                 "eval_seed": EVAL_SEED, "feature_steps": fnet.steps, "feature_version": fnet.version},
+                 "eval_seed": EVAL_SEED, "feature_steps": fnet.steps, "feature_version": fnet.version,
+                 "likelihood_k": experiment.likelihood_k},
     }
 
 
@@ -179,7 +180,8 @@ def run_method(label: str, experiment: Experiment, data, fnet, out: Path, *, pro
             raise CompareInterrupted(f"{label} stopped at step {int(np.asarray(runs.state.step).min())} of {config.steps}")
         save_runs(runs, out / ROW_MODELS_DIR / label)  # before the evaluation: a crash there keeps the trained model
         t0 = time.perf_counter()
-        values, images, notes = evaluate(runs, data, fnet, n_eval=experiment.n_eval, n_components=experiment.n_components)
+        values, images, notes = evaluate(runs, data, fnet, n_eval=experiment.n_eval, n_components=experiment.n_components,
+                                         likelihood_k=experiment.likelihood_k)
         eval_s = time.perf_counter() - t0
         if logger.names is not None:  # the process that logs (the primary)
             logger.log(config.steps, {f"eval/{name}": per_seed for name, per_seed in values.items()})
@@ -334,11 +336,28 @@ def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, d
         "feature_network": {"metric": FD_METRIC_NAME, "label": fnet.metric_label, "test_accuracy": fnet.test_accuracy,
                             "target": fnet.target, "accuracy_name": fnet.accuracy_name,
                             "majority_accuracy": fnet.majority_accuracy, "steps": fnet.steps, "version": fnet.version, "fingerprint": fnet.fingerprint},
-        "eval": {"n_eval": n_eval, "n_components": experiment.n_components, "k": PR_NEIGHBOURS, "eval_seed": EVAL_SEED},
+        "eval": {"n_eval": n_eval, "n_components": experiment.n_components, "k": PR_NEIGHBOURS, "eval_seed": EVAL_SEED,
+                 "likelihood": likelihood_settings(experiment, records)},
         "metric_names": {k: v[1] for k, v in report.METRICS.items()},
         "methods": methods,
         "environment": environment(),
     }
+
+
+def likelihood_settings(experiment: Experiment, records: Mapping[str, dict]) -> dict | None:
+    """How the test likelihoods were computed: k, the samples of the ELBO, and per row its decoder
+    likelihood, and for a Gaussian decoder the observation variance fitted per seed on training
+    reconstructions (by maximum likelihood). None when the experiment computes none."""
+    if experiment.likelihood_k is None:
+        return None
+    rows = {}
+    for label, r in records.items():
+        notes = (r.get("notes") or {}).get("likelihood") or {}
+        rows[label] = {"likelihood": r["config"].get("likelihood", "gaussian"), "kind": notes.get("kind"),
+                       "observation_variance": notes.get("observation_variance"),
+                       "proposal": notes.get("proposal"), "proposal_width": notes.get("proposal_width")}
+    return {"k": experiment.likelihood_k, "elbo_samples": min(ELBO_SAMPLES, experiment.likelihood_k),
+            "chunk_size": min(LIKELIHOOD_CHUNK, experiment.likelihood_k), "rows": rows}
 
 
 def write_outputs(results: dict, records: Mapping[str, dict], out: Path, figures: bool = True) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import math
 
-from jaxrae import methods, relax
+from jaxrae import grid, methods, relax
 from jaxrae.errors import invalid
 from jaxrae.nets import ARCHS, Arch
 from jaxrae.optim import OPTIMIZERS, SCHEDULES
@@ -41,6 +41,9 @@ class TrainConfig:
     :func:`jaxrae.optim.scheduled_learning_rate`), which reads ``warmup_steps`` (warmup-cosine
     only) and ``final_lr_fraction`` (the rate after the last step over the peak; 0 for a cosine
     unless given, required for exponential).
+    ``likelihood`` names the decoder's observation model, an entry of
+    :data:`jaxrae.grid.LIKELIHOODS`: ``gaussian`` (sigmoid outputs, summed squared error) or
+    ``bernoulli`` (logits, summed binary cross-entropy).
     """
 
     method: str = "rae"
@@ -67,6 +70,7 @@ class TrainConfig:
     lr_schedule: str = "constant"
     warmup_steps: int = 0
     final_lr_fraction: float | None = None
+    likelihood: str = "gaussian"
 
     def __post_init__(self):
         method = self.method if isinstance(self.method, methods.Method) else methods.get(self.method)
@@ -82,6 +86,8 @@ class TrainConfig:
             raise invalid("n_classes", self.n_classes, "a categorical variable needs K >= 2 classes")
         if not isinstance(self.arch, Arch) and self.arch not in ARCHS:
             raise invalid("arch", self.arch, f"choose one of {', '.join(ARCHS)}, or a jaxrae.nets.Arch of your own modules")
+        if self.likelihood not in grid.LIKELIHOODS:
+            raise invalid("likelihood", self.likelihood, f"choose one of {', '.join(grid.LIKELIHOODS)}")
         if self.optimizer not in OPTIMIZERS:
             raise invalid("optimizer", self.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
         if self.max_grad_norm is not None and (not _is_number(self.max_grad_norm) or not self.max_grad_norm > 0

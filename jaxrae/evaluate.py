@@ -12,7 +12,24 @@ For every seed, on the same draws (Ghosh et al. 2020, Table 1, carried to discre
   pairs of test codes;
 - improved precision and recall (Kynkaanniemi et al. 2019, k = 3) of the ex-post samples;
 - the mean test log-likelihood of codes under the ex-post density (nats per code);
-- for discrete codes, the mean per-variable perplexity and the number of distinct test codes.
+- for discrete codes, the mean per-variable perplexity and the number of distinct test codes;
+- test likelihoods of the first ``n_eval`` test images under the decoder's likelihood
+  (:data:`jaxrae.grid.LIKELIHOODS`), in nats per image and bits per dimension
+  (:mod:`jaxrae.likelihood`): for a VAE (a row whose code noise is the decoder regularizer and
+  whose latent term is the KL to the prior: vae, cv-vae with a Gaussian posterior; dvae, dvae-st,
+  drae-noise with the categorical posterior and the uniform prior) "test -ELBO" and "test NLL
+  (IWAE-k)" (Burda et al. 2016); for every other row "test NLL (ex-post IS-k)", importance
+  sampling with the seed's ex-post density as the prior and a proposal around the encoder's code
+  (continuous: N(E(x), s^2 I); discrete: :func:`jaxrae.likelihood.categorical_proposal` of the
+  code path's ``proposal_logits`` at temperature T with uniform mass), s or T chosen per seed by
+  the mean estimate on training images (:func:`jaxrae.likelihood.select_proposal_scale`). A
+  Gaussian decoder is evaluated at the observation variance fitted by maximum likelihood on the
+  seed's training reconstructions (:func:`jaxrae.likelihood.fit_observation_variance`), not at
+  the sigma^2 = 1/2 its squared error corresponds to.
+
+Under dynamic binarization (``data.binarize == "dynamic"``) the training images that the ex-post
+density, the observation variance and the proposal choice read are the static binarization of the
+training split (:func:`jaxrae.data.binarize_static`), binary like every batch the model saw.
 
 Midpoint of two discrete codes: each categorical variable is copied from one endpoint chosen by
 a fair coin (the same coins for every method and seed). Its expectation is the average of the two
@@ -34,8 +51,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from jaxrae import density
+from jaxrae import density, grid, likelihood
 from jaxrae import metrics as M
+from jaxrae.data import binarize_static
+from jaxrae.errors import invalid, require
+from jaxrae.nets import AutoEncoder
 
 PR_NEIGHBOURS = 3  # Kynkaanniemi et al. 2019: k = 3
 EVAL_SEED = 2020
@@ -46,7 +66,18 @@ MAX_LOSS_POINTS = 500  # loss curves are block-averaged down to this many points
 #: Every per-seed metric :func:`evaluate` can return (perplexity and distinct_codes for discrete
 #: codes only): the names experiment files use in ``primary`` and ``[equivalence]``.
 METRIC_KEYS = ("rec_error", "fd_rec", "fd_prior", "fd_ex_post", "fd_interp", "precision", "recall", "code_loglik",
-               "perplexity", "distinct_codes")
+               "perplexity", "distinct_codes", "neg_elbo", "nll_iwae", "nll_ex_post", "neg_elbo_bpd", "nll_iwae_bpd",
+               "nll_ex_post_bpd")
+
+LIKELIHOOD_K = 1000  # importance samples per test image (Burda et al. 2016 use 5000)
+LIKELIHOOD_CHUNK = 250  # samples per image decoded at once: memory is set by this, not by k
+LIKELIHOOD_IMAGE_BATCH = 100  # test images per call of the compiled likelihood program
+ELBO_SAMPLES = 100  # draws of the ELBO's reconstruction term per image (at most k)
+PROPOSAL_IMAGES = 200  # training images on which a proposal's scale or temperature is chosen
+PROPOSAL_K = 100  # samples per image while choosing it
+PROPOSAL_SCALES = (0.01, 0.03, 0.1, 0.3, 1.0)  # std of N(E(x), s^2 I) around continuous codes
+PROPOSAL_TEMPERATURES = (0.1, 0.3, 1.0, 3.0)  # T of the discrete proposal's softmax(scores / T)
+PROPOSAL_UNIFORM_WEIGHT = 0.01  # uniform mass of the discrete proposal (covers the mixture's support)
 
 
 def _seed_keys(key, seeds: Sequence[int]):
@@ -57,7 +88,17 @@ def _seed_keys(key, seeds: Sequence[int]):
 def _eval_keys():
     """The evaluation's keys by purpose, from :data:`EVAL_SEED`: the same for every method and seed."""
     names = ("prior", "fit", "ex_post", "strip")
-    return dict(zip(names, jax.random.split(jax.random.PRNGKey(EVAL_SEED), len(names))))
+    keys = dict(zip(names, jax.random.split(jax.random.PRNGKey(EVAL_SEED), len(names))))
+    keys["likelihood"] = jax.random.fold_in(jax.random.PRNGKey(EVAL_SEED), 12)  # apart, so the others stay as they were
+    return keys
+
+
+def training_images(data) -> np.ndarray:
+    """The training images the model saw, float32 in [0, 1]: ``data.train_images``, or under
+    dynamic binarization their static binarization (binary, like every training batch)."""
+    if data.binarize == "dynamic":
+        return binarize_static(data.train_images_u8, "train").astype(np.float32) / 255.0
+    return data.train_images
 
 
 def interpolation_pairs(n_ref: int, n_pairs: int, seed: int = EVAL_SEED) -> tuple[np.ndarray, np.ndarray]:
@@ -170,7 +211,8 @@ def ex_post_warnings(train_codes: np.ndarray, seeds: Sequence[int], n_components
     return warnings_found
 
 
-def evaluate(runs, data, fnet, *, n_eval: int, n_components: int) -> tuple[dict, dict, dict]:
+def evaluate(runs, data, fnet, *, n_eval: int, n_components: int, likelihood_k: int | None = None) -> tuple[dict, dict, dict]:
+
     """Every metric of every run of one row; returns (metrics, figure images, notes).
 
     ``notes["warnings"]`` lists what makes the row's ex-post numbers doubtful
@@ -178,7 +220,8 @@ def evaluate(runs, data, fnet, *, n_eval: int, n_components: int) -> tuple[dict,
 
     ``runs`` are the trained seeds (:class:`jaxrae.train.Runs`), ``data`` their
     :class:`~jaxrae.data.Dataset`, ``fnet`` the FD feature network; ``n_eval`` test images and
-    samples per FD (capped at the test set size), ``n_components`` of the ex-post mixture.
+    samples per FD (capped at the test set size), ``n_components`` of the ex-post mixture,
+    ``likelihood_k`` importance samples per test image for the test likelihoods (None: none).
     ``metrics[key]`` is a list with one float per run (seed). See the module docstring for the
     definitions; all draws are keyed by seed value and shared across methods.
     """
@@ -196,7 +239,8 @@ def evaluate(runs, data, fnet, *, n_eval: int, n_components: int) -> tuple[dict,
                                        lambda: jax.vmap(lambda k: runs.codec.sample_prior(k, n_eval)))(_seed_keys(keys["prior"], seeds)))
     prior = runs.decode(prior_codes)
 
-    train_codes = runs.encode(data.train_images)
+    train_images = training_images(data)
+    train_codes = runs.encode(train_images)
     row_warnings = ex_post_warnings(train_codes, seeds, n_components, discrete)
     fitted, bad_fit = _fit_ex_post(runs, train_codes, _seed_keys(keys["fit"], seeds), n_components)
     if fitted is not None:
@@ -243,6 +287,14 @@ def evaluate(runs, data, fnet, *, n_eval: int, n_components: int) -> tuple[dict,
             out["perplexity"].append(usage.mean_perplexity)
             out["distinct_codes"].append(float(usage.n_distinct_codes))
 
+    if likelihood_k is not None:
+        values, lik_notes = evaluate_likelihoods(runs, test, train_images, fitted, bad_fit, k=likelihood_k,
+                                             key=keys["likelihood"])
+        out.update(values)
+        notes_likelihood = lik_notes
+    else:
+        notes_likelihood = None
+
     # Figures show one representative run: the first that did not diverge.
     rep = int(np.argmax(runs.ok)) if runs.ok.any() else 0
     strip_i, strip_j = i[:N_FIGURE_PAIRS], j[:N_FIGURE_PAIRS]
@@ -259,10 +311,151 @@ def evaluate(runs, data, fnet, *, n_eval: int, n_components: int) -> tuple[dict,
         "interpolations": strips[rep].reshape(N_FIGURE_PAIRS, N_FIGURE_STEPS, *strips.shape[2:]),
     }
     notes = {"figure_seed": seeds[rep], "n_eval": n_eval, "ex_post_fit_failed": bad_fit.tolist(), "warnings": row_warnings}
+    if notes_likelihood is not None:
+        notes["likelihood"] = notes_likelihood
     if fitted is not None:
         notes["ex_post_converged"] = np.asarray(fitted.converged).tolist()
         notes["ex_post_iterations"] = np.asarray(fitted.n_iter).tolist()
     return out, images, notes
+
+
+def likelihood_kind(config) -> str:
+    """``"variational"`` for a row with an encoder posterior (:func:`jaxrae.grid.has_posterior`),
+    ``"ex_post"`` for a deterministic row generated through its ex-post density; ConfigError
+    (field ``likelihood_k``) for a row whose code path gives neither (a registered code path
+    without ``posterior``, or a discrete one without ``proposal_logits``)."""
+    path = grid.CODE_PATHS[config.method_spec.encoder]
+    if grid.has_posterior(config):
+        return "variational"
+    if path.discrete and path.proposal_logits is None:
+        raise invalid("likelihood_k", "set", f"row {config.method_name!r} has no posterior and its code path "
+                      f"{config.method_spec.encoder!r} gives no proposal_logits for the ex-post importance sampler; "
+                      "drop likelihood_k (or register proposal_logits)")
+    return "ex_post"
+
+
+def fit_observation_variances(runs, train_images: np.ndarray, batch: int = 1000) -> np.ndarray:
+    """Per run, sigma^2 = mean over training images and pixels of (x - D(E(x)))^2
+    (:func:`jaxrae.likelihood.fit_observation_variance`, accumulated in batches): (n_runs,)."""
+    total = np.zeros(runs.n_runs)
+    for i in range(0, len(train_images), batch):
+        x = train_images[i : i + batch]
+        total += np.sum(np.square(runs.reconstruct(x, batch).astype(np.float64) - x[None]), axis=(1, 2, 3, 4))
+    return total / train_images.size
+
+
+def _likelihood_programs(runs, k: int, kind: str):
+    """(choose, estimate): the compiled, run-vmapped programs of one row (cached per row config).
+
+    ``choose(variables, key, x_train, variance, density)`` -> the proposal width of each run
+    (ex-post rows); ``estimate(variables, key, x, variance, density, width)`` -> per-image
+    (-ELBO, IWAE-k log p) for VAEs or (log p ex-post, log p ex-post) otherwise, each (n_runs, B).
+    """
+    config, model, codec = runs.config, runs.model, runs.codec
+    path = grid.CODE_PATHS[config.method_spec.encoder]
+    observation = grid.LIKELIHOODS[config.likelihood]
+    chunk = min(LIKELIHOOD_CHUNK, k)
+
+    def encoder_output(variables, x):
+        return model.apply(variables, x, False, method=AutoEncoder.encode)
+
+    def log_px_given_z(variables, variance):
+        return lambda image, z: observation.log_prob(image, codec.decode_output(variables, z), variance)
+
+    def proposals(variables, h, widths):
+        """The proposal at each width of ``widths`` (G,), stacked on a leading axis."""
+        params = variables["params"]
+        if path.discrete:
+            scores = path.proposal_logits(config, params, h)
+            return jax.vmap(lambda t: likelihood.categorical_proposal(scores, t, PROPOSAL_UNIFORM_WEIGHT))(widths)
+        codes = path.encode(config, params, h)
+        return jax.vmap(lambda s: likelihood.gaussian_proposal(codes, s))(widths)
+
+    def choose(variables, key, x, variance, fitted):
+        grid_widths = jnp.asarray(PROPOSAL_TEMPERATURES if path.discrete else PROPOSAL_SCALES, jnp.float32)
+        q = proposals(variables, encoder_output(variables, x), grid_widths)
+        means = likelihood.proposal_grid_estimates(key, x, q, fitted.log_prob, log_px_given_z(variables, variance),
+                                                   k=min(PROPOSAL_K, k), chunk_size=min(chunk, PROPOSAL_K))
+        return grid_widths[jnp.argmax(means)]
+
+    def estimate(variables, key, x, variance, fitted, width):
+        h = encoder_output(variables, x)
+        f = log_px_given_z(variables, variance)
+        if kind == "variational":
+            q = path.posterior(config, variables["params"], h)
+            key_elbo, key_iwae = jax.random.split(key)
+            n_elbo = min(ELBO_SAMPLES, k)
+            elbo = likelihood.elbo(key_elbo, x, q, f, n_samples=n_elbo, chunk_size=min(chunk, n_elbo))
+            return elbo, likelihood.iwae_bound(key_iwae, x, q, f, k=k, chunk_size=chunk)
+        q = jax.tree.map(lambda a: a[0], proposals(variables, h, width[None]))
+        log_px = likelihood.ex_post_log_likelihood(key, x, q, fitted, f, k=k, chunk_size=chunk)
+        return log_px, log_px
+
+    cache_key = ("likelihood", config, runs.image_shape, k, kind)
+    choose_jit = _compiled(cache_key + ("choose",), lambda: jax.vmap(choose, in_axes=(0, 0, None, 0, 0)))
+    estimate_jit = _compiled(cache_key + ("estimate",), lambda: jax.vmap(estimate, in_axes=(0, 0, None, 0, 0, 0)))
+    return choose_jit, estimate_jit
+
+
+def evaluate_likelihoods(runs, test: np.ndarray, train_images: np.ndarray, fitted, bad_fit: np.ndarray, *, k: int,
+                     key) -> tuple[dict, dict]:
+    """Per-run test likelihoods of one row (module docstring); returns (metrics, notes).
+
+    ``metrics``: for VAEs ``neg_elbo``/``neg_elbo_bpd`` and ``nll_iwae``/``nll_iwae_bpd``, for
+    the other rows ``nll_ex_post``/``nll_ex_post_bpd`` (the mean over ``test`` of -log p(x) in
+    nats per image, and in bits per dimension); nan for a run whose ex-post fit failed.
+    ``notes``: k, the decoder likelihood, the observation variance of each run (Gaussian), the
+    proposal width of each run (ex-post rows). Keys are folded from the seed values, so seed s
+    gets the same numbers alone or among other seeds.
+    """
+    require(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1, "likelihood_k", k, "must be an integer >= 1")
+    config = runs.config
+    kind = likelihood_kind(config)
+    observation = grid.LIKELIHOODS[config.likelihood]
+    n_dims = int(np.prod(test.shape[1:]))
+    if kind == "ex_post" and fitted is None:  # no run has finite codes to fit a density on
+        return ({name: [math.nan] * runs.n_runs for name in ("nll_ex_post", "nll_ex_post_bpd")},
+                {"k": k, "likelihood": config.likelihood, "kind": kind})
+    if observation.fits_variance:
+        variance = fit_observation_variances(runs, train_images)
+    else:
+        variance = np.full(runs.n_runs, np.nan)
+    variance_arg = jnp.asarray(variance, jnp.float32)
+    choose, estimate = _likelihood_programs(runs, k, kind)
+    seed_keys = _seed_keys(key, runs.seeds)
+    density_arg = fitted if kind == "ex_post" else jnp.zeros(runs.n_runs)
+    if kind == "ex_post":
+        width = choose(runs.variables, jax.vmap(jax.random.fold_in, in_axes=(0, None))(seed_keys, 0),
+                       jnp.asarray(train_images[:PROPOSAL_IMAGES]), variance_arg, fitted)
+    else:
+        width = jnp.full(runs.n_runs, jnp.nan)
+    first, second = [], []
+    for b, i in enumerate(range(0, len(test), LIKELIHOOD_IMAGE_BATCH)):
+        batch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(seed_keys, 1 + b)
+        a, c = estimate(runs.variables, batch_keys, jnp.asarray(test[i : i + LIKELIHOOD_IMAGE_BATCH]), variance_arg,
+                        density_arg, width)
+        first.append(np.asarray(a, np.float64))
+        second.append(np.asarray(c, np.float64))
+    first, second = np.concatenate(first, axis=1), np.concatenate(second, axis=1)
+    def bpd(log_px):
+        return np.asarray(likelihood.nll_units(log_px, n_dims).bits_per_dim).mean(axis=1)
+
+    if kind == "variational":
+        values = {"neg_elbo": (-first).mean(axis=1), "neg_elbo_bpd": bpd(first),
+                  "nll_iwae": (-second).mean(axis=1), "nll_iwae_bpd": bpd(second)}
+    else:
+        values = {"nll_ex_post": (-first).mean(axis=1), "nll_ex_post_bpd": bpd(first)}
+        for name in values:
+            values[name] = np.where(bad_fit, np.nan, values[name])
+    notes = {"k": k, "likelihood": config.likelihood, "kind": kind, "n_images": len(test),
+             "chunk_size": min(LIKELIHOOD_CHUNK, k),
+             "observation_variance": None if not observation.fits_variance else variance.tolist()}
+    if kind == "variational":
+        notes["elbo_samples"] = min(ELBO_SAMPLES, k)
+    else:
+        notes["proposal"] = "temperature" if runs.codec.discrete else "scale"
+        notes["proposal_width"] = np.asarray(width, np.float64).tolist()
+    return {name: [float(v) for v in vals] for name, vals in values.items()}, notes
 
 
 def loss_curve(losses: np.ndarray, max_points: int = MAX_LOSS_POINTS) -> dict:

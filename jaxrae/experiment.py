@@ -21,7 +21,7 @@ from typing import Any, Mapping
 from jaxrae import methods as presets
 from jaxrae.config import TrainConfig
 from jaxrae.errors import ConfigError, invalid, require
-from jaxrae.evaluate import METRIC_KEYS, PR_NEIGHBOURS
+from jaxrae.evaluate import LIKELIHOOD_K, METRIC_KEYS, PR_NEIGHBOURS, likelihood_kind
 from jaxrae.train import MAX_SEEDS, check_seeds
 
 #: The README's main job: a representative set of continuous and discrete methods on ``digits``.
@@ -59,7 +59,9 @@ class Experiment:
     ``n_train``/``n_test`` keep the first images of each split (quick runs); ``n_eval`` is the
     number of test images and of generated samples per FD (capped at the test set size).
     ``feature_steps`` trains the FD classifier (None: the default of
-    :func:`jaxrae.features.feature_network`).
+    :func:`jaxrae.features.feature_network`). ``likelihood_k`` is the number of importance
+    samples per test image of the test likelihoods (-ELBO and IWAE-k for VAEs, the ex-post
+    importance-sampled NLL otherwise; :func:`jaxrae.evaluate.evaluate_likelihoods`), None for none.
 
     Declared before the run, recorded in results.json, read by :mod:`jaxrae.report`:
     ``primary`` lists the primary contrasts against the baseline as ``"<row label>:<metric key>"``
@@ -83,6 +85,7 @@ class Experiment:
     n_components: int = DEFAULT_N_COMPONENTS
     primary: tuple[str, ...] = ()
     equivalence: Mapping[str, float | str] = dataclasses.field(default_factory=dict)
+    likelihood_k: int | None = LIKELIHOOD_K
 
     def __post_init__(self):
         object.__setattr__(self, "overrides", _tables("overrides", self.overrides))
@@ -141,9 +144,14 @@ class Experiment:
             require(not isinstance(value, bool) and isinstance(value, int) and value >= minimum, field, value,
                     f"must be an integer >= {minimum}")
         self._check_contrasts()
+        require(self.likelihood_k is None or (not isinstance(self.likelihood_k, bool) and isinstance(self.likelihood_k, int)
+                                              and self.likelihood_k >= 1),
+                "likelihood_k", self.likelihood_k, "must be an integer >= 1 (importance samples per test image), or absent for none")
         for label in self.rows:  # every config validates now, not after an hour of training
             try:
-                self.method_config(label)
+                config = self.method_config(label)
+                if self.likelihood_k is not None:
+                    likelihood_kind(config)  # the row can be given a test likelihood
             except ConfigError as e:
                 own = label in self.overrides or label in self.variants
                 where = f"[config] + {self.row_table(label)}" if own else "[config]"
@@ -201,6 +209,7 @@ class Experiment:
             "baseline": self.baseline, "n_eval": self.n_eval, "n_train": self.n_train,
             "n_test": self.n_test, "feature_steps": self.feature_steps, "n_components": self.n_components,
             "primary": list(self.primary), "equivalence": dict(self.equivalence),
+            "likelihood_k": self.likelihood_k,
         }
 
     @classmethod
@@ -297,7 +306,7 @@ def load_experiment(path: str | Path) -> Experiment:
     """Read an experiment TOML (see ``experiments/``); any unknown key is a ConfigError.
 
     Top-level keys: ``data, methods, seeds, baseline, n_eval, n_train, n_test, feature_steps,
-    n_components, primary``; tables ``[equivalence]`` (TOST margins per metric key),
+    n_components, likelihood_k, primary``; tables ``[equivalence]`` (TOST margins per metric key),
     ``[config]`` (TrainConfig fields for every row),
     ``[overrides.<method>]`` (fields for one method of ``methods``) and ``[variants.<label>]``
     (a row of its own: ``method = "<preset>"`` plus TrainConfig fields; see :class:`Experiment`).

@@ -27,6 +27,10 @@ N(0, I)), ``mmd`` (WAE), ``kl-uniform`` (log K - H(q)), ``logit-l2`` (0.5 ||logi
 path is the regularizer), ``l2`` (on decoder weights), ``gp`` (gradient penalty), ``sn``
 (spectral norm, in the network).
 
+``LIKELIHOODS`` (one :class:`Likelihood` each, the decoder's observation model p(x | z) that
+L_rec is the negative log of): ``gaussian`` (sigmoid outputs, summed squared error) and
+``bernoulli`` (logits, summed binary cross-entropy). Every method and architecture takes either.
+
 Which entries fit together is read from the entries themselves: a code path lists the names of
 what it hands to the latent regularizers (``provides``), a latent regularizer the names it
 ``reads``, and a decoder regularizer says whether it needs a stochastic code. A new encoder kind
@@ -46,7 +50,7 @@ import chex
 import jax
 import jax.numpy as jnp
 
-from jaxrae import losses, relax
+from jaxrae import likelihood, losses, relax
 from jaxrae.nets import AutoEncoder
 
 if TYPE_CHECKING:  # the config module imports the presets, which import this module
@@ -104,6 +108,12 @@ class CodePath:
     stochastic: Callable[[str, str], bool]  # (code, estimator) -> whether the code draws noise
     needs_latent_reg: bool = False  # a latent regularizer other than "none" is part of the model
     codebook_shape: Callable[[TrainConfig], tuple[int, int] | None] = lambda config: None
+    # (config, params, h) -> the encoder's distribution q(z | x) over the codes the decoder reads
+    # in training (a likelihood.GaussianProposal or CategoricalProposal); None: no such distribution
+    posterior: Callable[[TrainConfig, Any, chex.Array], Any] | None = None
+    # (config, params, h) -> (B, N, K) scores of every class of every discrete variable, largest at
+    # the encoder's code: the logits of an importance-sampling proposal (discrete paths only)
+    proposal_logits: Callable[[TrainConfig, Any, chex.Array], chex.Array] | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -116,6 +126,7 @@ class LatentReg:
 
     reads: frozenset[str]
     penalty: Callable[[TrainCode, chex.Array], chex.Array]
+    kl_to_prior: bool = False  # L_z is KL(q(z | x) || p(z)) to the code path's prior: with decoder noise, a VAE
 
 
 @dataclasses.dataclass(frozen=True)
@@ -240,6 +251,44 @@ def _fsq_encode(config: TrainConfig, params, h) -> chex.Array:
     return relax.finite_scalar_quantize(z, config.fsq_levels)[2].astype(jnp.int32)
 
 
+def _fixed_noise_posterior(config: TrainConfig, params, h) -> likelihood.GaussianProposal:
+    """q(z | x) = N(h, sigma0^2 I), sigma0 = noise_std: the CV-VAE's posterior (Ghosh et al. 2020)."""
+    return likelihood.GaussianProposal(h, jnp.full((), 2.0 * math.log(config.method_spec.noise_std), h.dtype))
+
+
+def _gaussian_posterior(config: TrainConfig, params, h) -> likelihood.GaussianProposal:
+    """q(z | x) = N(mu, diag exp(log sigma^2)) with (mu, log sigma^2) = h (Kingma & Welling 2014)."""
+    mean, log_var = jnp.split(h, 2, axis=-1)
+    return likelihood.GaussianProposal(mean, log_var)
+
+
+def _categorical_logits(config: TrainConfig, params, h) -> chex.Array:
+    spec = _categorical_spec(config)
+    return h.reshape((h.shape[0], spec.n_vars, spec.n_classes))
+
+
+def _categorical_posterior(config: TrainConfig, params, h) -> likelihood.CategoricalProposal:
+    """q(c | x) = prod_v softmax(logits_v): the categorical distribution whose Gumbel-softmax
+    relaxation trains the discrete VAE (Jang et al. 2017), evaluated as the discrete model."""
+    return likelihood.categorical_proposal(_categorical_logits(config, params, h))
+
+
+def _vq_proposal_logits(config: TrainConfig, params, h) -> chex.Array:
+    """-||z_e - e_j||^2 for every codebook entry j of every one of the N vectors: (B, N, K)."""
+    z_e = h.reshape((h.shape[0], config.latent_dim, config.code_dim))
+    return -jnp.sum(jnp.square(z_e[:, :, None, :] - params["codebook"]), axis=-1)
+
+
+def _fsq_proposal_logits(config: TrainConfig, params, h) -> chex.Array:
+    """-||q(z_g) - c_j||^2 for every grid code c_j (j < prod(levels)) of every group g: (B, N, K),
+    q(z_g) the group's quantized code in [-1, 1] (Mentzer et al. 2023), so the scores fall off
+    with the distance on the grid from the encoder's code."""
+    z = h.reshape((h.shape[0], config.latent_dim, len(config.fsq_levels)))
+    codes = relax.finite_scalar_quantize(z, config.fsq_levels).codes
+    grid_codes = relax.fsq_codes_from_index(jnp.arange(math.prod(config.fsq_levels)), config.fsq_levels, codes.dtype)
+    return -jnp.sum(jnp.square(codes[:, :, None, :] - grid_codes), axis=-1)
+
+
 CODE_PATHS: dict[str, CodePath] = {
     "deterministic": CodePath(
         codes=("identity", "fixed-noise"),
@@ -251,6 +300,7 @@ CODE_PATHS: dict[str, CodePath] = {
         decoder_input=lambda config, params, z: z,
         sample_prior=_sample_normal,
         stochastic=_codes_in("fixed-noise"),
+        posterior=_fixed_noise_posterior,
     ),
     "gaussian": CodePath(
         codes=("reparameterize",),
@@ -263,6 +313,7 @@ CODE_PATHS: dict[str, CodePath] = {
         sample_prior=_sample_normal,
         stochastic=_codes_in("reparameterize"),
         needs_latent_reg=True,  # the KL term is what makes the encoder a posterior
+        posterior=_gaussian_posterior,
     ),
     "categorical": CodePath(
         codes=("argmax", "relaxed"),
@@ -275,6 +326,8 @@ CODE_PATHS: dict[str, CodePath] = {
         sample_prior=_sample_uniform,
         # argmax draws noise unless its estimator is plain straight-through
         stochastic=lambda code, estimator: code == "relaxed" or estimator != "st",
+        posterior=_categorical_posterior,
+        proposal_logits=_categorical_logits,
     ),
     "vq": CodePath(
         codes=("nearest",),
@@ -288,6 +341,7 @@ CODE_PATHS: dict[str, CodePath] = {
         stochastic=_codes_in(),
         needs_latent_reg=True,  # the codebook learns only through the codebook loss
         codebook_shape=lambda config: (config.n_classes, config.code_dim),
+        proposal_logits=_vq_proposal_logits,
     ),
     "fsq": CodePath(
         codes=("round",),
@@ -299,6 +353,7 @@ CODE_PATHS: dict[str, CodePath] = {
         decoder_input=lambda config, params, codes: relax.fsq_codes_from_index(codes, config.fsq_levels),
         sample_prior=_sample_uniform,
         stochastic=_codes_in(),
+        proposal_logits=_fsq_proposal_logits,
     ),
 }
 
@@ -330,10 +385,12 @@ def _vq_losses(code: TrainCode, key) -> chex.Array:
 LATENT_REGS: dict[str, LatentReg] = {
     "none": LatentReg(frozenset(), _no_latent_penalty),
     "l2": LatentReg(frozenset({"z"}), lambda code, key: losses.rae_latent_penalty(code.latent["z"])),
-    "kl": LatentReg(frozenset({"mean", "log_var"}), lambda code, key: losses.gaussian_kl(code.latent["mean"], code.latent["log_var"])),
+    "kl": LatentReg(frozenset({"mean", "log_var"}), lambda code, key: losses.gaussian_kl(code.latent["mean"], code.latent["log_var"]),
+                    kl_to_prior=True),
     "mmd": LatentReg(frozenset({"z"}), _mmd_to_normal),
     "kl-uniform": LatentReg(
-        frozenset({"logits"}), lambda code, key: jnp.mean(jnp.sum(relax.categorical_kl_uniform(code.latent["logits"]), axis=-1))
+        frozenset({"logits"}), lambda code, key: jnp.mean(jnp.sum(relax.categorical_kl_uniform(code.latent["logits"]), axis=-1)),
+        kl_to_prior=True,
     ),
     "logit-l2": LatentReg(frozenset({"flat_logits"}), _logit_l2),
     "vq": LatentReg(frozenset({"codebook_loss", "commitment_loss"}), _vq_losses),
@@ -356,6 +413,44 @@ DECODER_REGS: dict[str, DecoderReg] = {
 }
 
 
+# ---------------------------------------------------------------------------------- likelihoods
+
+
+@dataclasses.dataclass(frozen=True)
+class Likelihood:
+    """The decoder's observation model p(x | z), from the decoder's output ``out`` (B, H, W, C).
+
+    ``sigmoid_output``: the decoder ends in a sigmoid (its output is an image in [0, 1]) or returns
+    logits. ``reconstruction_loss(x, out)``: L_rec = mean_b -log p(x_b | z_b) up to a constant;
+    ``to_images(out)``: the decoder's mean image in [0, 1] (what figures and metrics read);
+    ``log_prob(x, out, variance)``: log p(x | z) summed over an image's pixels (``x`` and ``out``
+    broadcast, so one image under n decoded codes gives (n,)); ``variance`` is the observation
+    variance of a Gaussian (ignored by models without one); ``fits_variance``: evaluation fits
+    that variance on the training set.
+    """
+
+    sigmoid_output: bool
+    reconstruction_loss: Callable[[chex.Array, chex.Array], chex.Array]
+    to_images: Callable[[chex.Array], chex.Array]
+    log_prob: Callable[[chex.Array, chex.Array, Any], chex.Array]
+    fits_variance: bool = False
+
+
+#: Observation variance sigma^2 at which the summed squared error is -log N(x; x_hat, sigma^2 I)
+#: up to the constant (D/2) log(pi): ||x - x_hat||^2 = (1 / (2 sigma^2)) ||x - x_hat||^2 at 1/2.
+GAUSSIAN_TRAINING_VARIANCE = 0.5
+
+LIKELIHOODS: dict[str, Likelihood] = {
+    # Gaussian: L_rec = ||x - x_hat||^2 = -log N(x; x_hat, I/2) - (D/2) log pi (Ghosh et al. 2020's
+    # official VAE loss); reported likelihoods use a variance fitted on training residuals.
+    "gaussian": Likelihood(True, losses.reconstruction_loss, lambda out: out,
+                           lambda x, out, variance: likelihood.gaussian_log_likelihood(x, out, variance), fits_variance=True),
+    # Bernoulli: L_rec = summed binary cross-entropy with logits (Kingma & Welling 2014, App. C.1).
+    "bernoulli": Likelihood(False, losses.bernoulli_reconstruction_loss, jax.nn.sigmoid,
+                            lambda x, out, variance: likelihood.bernoulli_log_likelihood(x, out)),
+}
+
+
 # ---------------------------------------------------------------- the grid's shared arithmetic
 
 
@@ -364,6 +459,17 @@ def fitting_latent_regs(encoder: str) -> list[str]:
     ``provides``, without ``none`` where the code path ``needs_latent_reg``."""
     path = CODE_PATHS[encoder]
     return [name for name, reg in LATENT_REGS.items() if reg.reads <= path.provides and (reg.reads or not path.needs_latent_reg)]
+
+
+def has_posterior(config: TrainConfig) -> bool:
+    """Whether ``config``'s method is a VAE: its code path's noise is the decoder regularizer and
+    its latent regularizer is the KL of that noise's distribution q(z | x) to the prior (vae,
+    cv-vae, dvae, dvae-st, drae-noise), so the ELBO and IWAE-k bound its likelihood. Other rows
+    are deterministic autoencoders, generated through an ex-post density."""
+    method = config.method_spec
+    path = CODE_PATHS[method.encoder]
+    return (DECODER_REGS[method.decoder_reg].needs_stochastic_code and LATENT_REGS[method.latent_reg].kl_to_prior
+            and path.posterior is not None)
 
 
 def code_spec(config: TrainConfig) -> CodeSpec:
@@ -381,6 +487,7 @@ def build_model(config: TrainConfig, image_shape) -> AutoEncoder:
         encoder_out=path.spec(config).encoder_out,
         spectral_norm=DECODER_REGS[method.decoder_reg].spectral_norm,
         codebook_shape=path.codebook_shape(config),
+        sigmoid_output=LIKELIHOODS[config.likelihood].sigmoid_output,
     )
 
 
@@ -398,7 +505,9 @@ def make_loss_fn(config: TrainConfig, model: AutoEncoder) -> Callable:
         loss = L_rec(x, D(c)) + beta * L_z + lambda * L_dec
 
     with the code c and what L_z reads from the method's code path, L_z and L_dec from its
-    regularizer entries, and L_rec the squared error summed over pixels. Returns
+    regularizer entries, and L_rec the config's likelihood entry's ``reconstruction_loss`` of the
+    decoder output (squared error or binary cross-entropy with logits, summed over pixels). A
+    decoder gradient penalty is taken on the decoder's mean image (``to_images``). Returns
     ``loss_fn(params, batch_stats, key, x, hp, step) -> (loss, (batch_stats, metrics))``; the
     key is split into one key for the code's noise and one for the latent regularizer.
     """
@@ -406,6 +515,7 @@ def make_loss_fn(config: TrainConfig, model: AutoEncoder) -> Callable:
     path = CODE_PATHS[method.encoder]
     latent_reg = LATENT_REGS[method.latent_reg]
     decoder_reg = DECODER_REGS[method.decoder_reg]
+    observation = LIKELIHOODS[config.likelihood]
 
     def loss_fn(params, batch_stats, key, x, hp: HParams, step):
         variables = {"params": params, "batch_stats": batch_stats}
@@ -417,13 +527,13 @@ def make_loss_fn(config: TrainConfig, model: AutoEncoder) -> Callable:
 
         x_hat, updates = model.apply(variables, code.decoder_in, True, method=AutoEncoder.decode, mutable=["batch_stats"])
         new_batch_stats = updates.get("batch_stats", batch_stats)
-        rec = losses.reconstruction_loss(x, x_hat)
+        rec = observation.reconstruction_loss(x, x_hat)
 
         def decode(c):
             # Batch statistics from this extra pass are discarded: the penalty must not
             # move the running averages twice per step.
             out, _ = model.apply(variables, c, True, method=AutoEncoder.decode, mutable=["batch_stats"])
-            return out
+            return observation.to_images(out)
 
         dec = decoder_reg.penalty(params, decode, code.penalty_point)
         total = rec + hp.beta * latent + hp.lam * dec
@@ -446,23 +556,30 @@ class Codec(NamedTuple):
     discrete: bool
     n_vars: int
     n_classes: int
+    decode_output: Callable | None = None  # (variables, codes) -> the decoder's raw output (images or logits)
 
 
 def make_codec(config: TrainConfig, model: AutoEncoder) -> Codec:
     """Deterministic encode/decode of ``config``'s method and its prior (Ghosh et al. 2020, Sec. 4):
     encode(x) = the code path's evaluation code of E(x), decode(c) = D(the code path's decoder
-    input of c), sample_prior from N(0, I) (continuous) or uniform over the classes (discrete)."""
+    input of c) mapped to images by the config's likelihood (``to_images``), ``decode_output`` the
+    same without that map, sample_prior from N(0, I) (continuous) or uniform over the classes
+    (discrete)."""
     path = CODE_PATHS[config.method_spec.encoder]
     spec = path.spec(config)
+    to_images = LIKELIHOODS[config.likelihood].to_images
 
     def encode(variables, x):
         return path.encode(config, variables["params"], model.apply(variables, x, False, method=AutoEncoder.encode))
 
-    def decode(variables, codes):
+    def decode_output(variables, codes):
         decoder_in = path.decoder_input(config, variables["params"], codes)
         return model.apply(variables, decoder_in.reshape((decoder_in.shape[0], -1)), False, method=AutoEncoder.decode)
+
+    def decode(variables, codes):
+        return to_images(decode_output(variables, codes))
 
     def sample_prior(key, n):
         return path.sample_prior(spec, key, n)
 
-    return Codec(encode, decode, sample_prior, path.discrete, spec.n_vars, spec.n_classes)
+    return Codec(encode, decode, sample_prior, path.discrete, spec.n_vars, spec.n_classes, decode_output)

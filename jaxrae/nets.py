@@ -15,7 +15,8 @@ Three architectures, chosen by name (``arch``):
 
 Your own modules: ``Arch(encoder=..., decoder=...)`` in place of a name (see :class:`Arch`).
 
-The decoder ends in a sigmoid: images are in [0, 1]. Batch-norm statistics and spectral-norm
+The decoder ends in a sigmoid (images in [0, 1], the mean of a Gaussian decoder) or, with
+``sigmoid_output=False``, returns the raw logits of a Bernoulli decoder. Batch-norm statistics and spectral-norm
 power-iteration vectors live in the ``batch_stats`` collection, so a model's whole state is the
 pytree ``{"params": ..., "batch_stats": ...}`` and training stays a pure function of it.
 """
@@ -83,29 +84,31 @@ def _paper_upsampling_steps(side: int) -> int:
 
 
 class Decoder(nn.Module):
-    """code (B, D) -> image (B, H, W, C) in [0, 1]."""
+    """code (B, D) -> image (B, H, W, C) in [0, 1], or its logits when ``sigmoid_output`` is False."""
 
     arch: str
     image_shape: Sequence[int]
     spectral_norm: bool = False
+    sigmoid_output: bool = True
 
     @nn.compact
     def __call__(self, z, train: bool):
         _check_arch(self.arch)
         height, width, channels = self.image_shape
         sn = lambda layer: _maybe_spectral(layer, self.spectral_norm, train)
+        out_fn = nn.sigmoid if self.sigmoid_output else (lambda logits: logits)
         if self.arch == "mlp":
             h = z
             for w in (256, 512):
                 h = nn.relu(sn(nn.Dense(w))(h))
             out = sn(nn.Dense(height * width * channels))(h)
-            return nn.sigmoid(out.reshape((z.shape[0], height, width, channels)))
+            return out_fn(out.reshape((z.shape[0], height, width, channels)))
         if self.arch == "conv-small":
             h0, w0 = math.ceil(height / 4), math.ceil(width / 4)
             h = nn.relu(sn(nn.Dense(h0 * w0 * 64))(z)).reshape((z.shape[0], h0, w0, 64))
             h = nn.relu(sn(nn.ConvTranspose(32, (4, 4), strides=(2, 2), padding="SAME"))(h))
             out = sn(nn.ConvTranspose(channels, (4, 4), strides=(2, 2), padding="SAME"))(h)
-            return nn.sigmoid(out[:, :height, :width, :])
+            return out_fn(out[:, :height, :width, :])
         steps = _paper_upsampling_steps(max(height, width))  # conv-paper
         h = sn(nn.Dense(8 * 8 * 1024))(z).reshape((z.shape[0], 8, 8, 1024))
         h = nn.relu(nn.BatchNorm(use_running_average=not train)(h))
@@ -115,7 +118,7 @@ class Decoder(nn.Module):
         out = sn(nn.ConvTranspose(channels, (4, 4), strides=(1, 1), padding="SAME"))(h)
         side = 8 << steps
         top, left = (side - height) // 2, (side - width) // 2
-        return nn.sigmoid(out[:, top : top + height, left : left + width, :])
+        return out_fn(out[:, top : top + height, left : left + width, :])
 
 
 @dataclasses.dataclass(frozen=True)
@@ -173,10 +176,12 @@ class _UserEncoder(nn.Module):
 
 
 class _UserDecoder(nn.Module):
-    """A user decoder whose (B, H, W, C) output goes through a sigmoid."""
+    """A user decoder whose (B, H, W, C) output goes through a sigmoid, or is returned as the
+    logits of a Bernoulli decoder (``sigmoid_output=False``), as the built-in decoders do."""
 
     body: nn.Module
     image_shape: Sequence[int]
+    sigmoid_output: bool = True
 
     @nn.compact
     def __call__(self, z, train: bool):
@@ -184,7 +189,7 @@ class _UserDecoder(nn.Module):
         expected = (z.shape[0], *self.image_shape)
         require(tuple(out.shape) == expected, "arch.decoder output shape", tuple(out.shape),
                 f"the decoder must map codes {tuple(z.shape)} to {expected}", ConfigError)
-        return nn.sigmoid(out)
+        return nn.sigmoid(out) if self.sigmoid_output else out
 
 
 class AutoEncoder(nn.Module):
@@ -192,7 +197,8 @@ class AutoEncoder(nn.Module):
 
     ``encoder_out`` is the width of the encoder's output (d for a deterministic code, 2d for a
     Gaussian, N*K logits for categorical codes). Extra code-path parameters (a VQ codebook) are
-    declared by the method layer through ``codebook_shape``.
+    declared by the method layer through ``codebook_shape``; ``sigmoid_output`` is the decoder's
+    (False: logits of a Bernoulli decoder).
     """
 
     arch: str | Arch
@@ -200,6 +206,7 @@ class AutoEncoder(nn.Module):
     encoder_out: int
     spectral_norm: bool = False
     codebook_shape: tuple[int, int] | None = None
+    sigmoid_output: bool = True
 
     def setup(self):
         if isinstance(self.arch, Arch):
@@ -207,10 +214,10 @@ class AutoEncoder(nn.Module):
                     "spectral norm rewrites the built-in decoders' layers and cannot reach into arch.decoder; "
                     "choose another decoder regularizer", ConfigError)
             self.encoder = _UserEncoder(self.arch.encoder, self.encoder_out)
-            self.decoder = _UserDecoder(self.arch.decoder, tuple(self.image_shape))
+            self.decoder = _UserDecoder(self.arch.decoder, tuple(self.image_shape), self.sigmoid_output)
         else:
             self.encoder = Encoder(self.arch, self.encoder_out)
-            self.decoder = Decoder(self.arch, tuple(self.image_shape), self.spectral_norm)
+            self.decoder = Decoder(self.arch, tuple(self.image_shape), self.spectral_norm, self.sigmoid_output)
         if self.codebook_shape is not None:
             # Uniform(-1/K, 1/K) as in van den Oord et al.'s implementation: entries start close
             # together, near the encoder's initial outputs, so small moves of z_e switch entries

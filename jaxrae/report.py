@@ -56,6 +56,12 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "code_loglik": ("code LL", "test log-likelihood of codes under the ex-post density, per code (nats)", "higher"),
     "perplexity": ("perplexity", "mean per-variable perplexity of test codes (discrete)", "higher"),
     "distinct_codes": ("codes", "distinct test codes (discrete)", "higher"),
+    "neg_elbo": ("-ELBO", "test -ELBO (VAEs), nats per image", "lower"),
+    "nll_iwae": ("NLL IWAE", "test NLL (IWAE-k), nats per image", "lower"),
+    "nll_ex_post": ("NLL ex-post", "test NLL (ex-post IS-k): importance sampling through the ex-post density, nats per image", "lower"),
+    "neg_elbo_bpd": ("-ELBO bpd", "test -ELBO (VAEs), bits per dimension", "lower"),
+    "nll_iwae_bpd": ("NLL IWAE bpd", "test NLL (IWAE-k), bits per dimension", "lower"),
+    "nll_ex_post_bpd": ("NLL ex-post bpd", "test NLL (ex-post IS-k), bits per dimension", "lower"),
 }
 
 CONFIDENCE = 0.95
@@ -424,6 +430,27 @@ def _caption(results: Mapping) -> list[str]:
         "cells: mean ± half-width of the 95% Student t interval across seeds; ok = n_ok/n_total "
         "(diverged runs are recorded but excluded from every mean).",
     ]
+    lines += _likelihood_caption(results.get("eval", {}).get("likelihood"))
+    return lines
+
+
+def _likelihood_caption(settings: Mapping | None) -> list[str]:
+    """How the test likelihoods were computed (k, and the observation variance of Gaussian decoders)."""
+    if not settings:
+        return []
+    k = settings["k"]
+    lines = [(f"test likelihoods (lower is better): -ELBO ({settings.get('elbo_samples')} samples) and NLL IWAE-{k} for VAEs, "
+              f"NLL ex-post IS-{k} (importance sampling through the ex-post density) for deterministic rows; "
+              "nats per image and bits per dimension.")]
+    variances = {label: row["observation_variance"] for label, row in settings.get("rows", {}).items()
+                 if row.get("likelihood") == "gaussian" and row.get("observation_variance")}
+    if variances:
+        spelled = "; ".join(f"{label} " + ", ".join(fmt(v) for v in values) for label, values in variances.items())
+        lines.append("Gaussian decoders: likelihoods at the observation variance sigma^2 fitted by maximum likelihood on "
+                     f"each seed's training reconstructions (training used sigma^2 = 1/2), per seed: {spelled}.")
+    bernoulli = [label for label, row in settings.get("rows", {}).items() if row.get("likelihood") == "bernoulli"]
+    if bernoulli:
+        lines.append(f"Bernoulli decoders (logits; probabilities of binary pixels): {', '.join(bernoulli)}.")
     return lines
 
 

@@ -10,7 +10,10 @@ that axis is laid on a 1-D mesh named ``"runs"`` with :class:`jax.sharding.Named
 Randomness: the key of step t is ``fold_in(run_key, t)``, so a run's result does not depend on
 how the steps are chunked, on resuming from a checkpoint, or on which other runs share the
 program. Each run draws its own batch indices (with replacement) from that key; the images live
-on the device once, as uint8, shared by all runs.
+on the device once, as uint8, shared by all runs. On a data set with ``binarize="dynamic"`` each
+batch is binarized afresh (Burda et al. 2016) from the step's key,
+``binarize_batch(fold_in(step_key, DYNAMIC_BINARIZE_STREAM), batch)``, so the draw too is a
+function of the run key and the step alone.
 
 Divergence: a step whose loss or gradients are not finite is not applied; the run is frozen at
 its last finite state and ``diverged_at`` records the step, while the other runs go on unchanged.
@@ -39,7 +42,7 @@ from tqdm.auto import tqdm
 from jaxrae import density, distributed, runlog
 from jaxrae import io as jio
 from jaxrae.config import TrainConfig
-from jaxrae.data import Dataset
+from jaxrae.data import DYNAMIC_BINARIZE_STREAM, Dataset, binarize_batch
 from jaxrae.errors import CheckpointError, ConfigError, JaxraeError, invalid, require
 from jaxrae.grid import Codec, HParams, build_model, code_spec, make_codec, make_loss_fn
 from jaxrae.nets import AutoEncoder
@@ -101,12 +104,19 @@ def make_train(config: TrainConfig, data: Dataset | np.ndarray) -> Trainer:
     n_train = images_u8.shape[0]
     if config.batch_size > n_train:
         raise ConfigError(f"batch_size={config.batch_size} is larger than the {n_train} training images; use at most {n_train}")
-    return Trainer(config, *_training_functions(config, tuple(images_u8.shape[1:])), images_u8)
+    return Trainer(config, *_training_functions(config, tuple(images_u8.shape[1:]), dynamic_binarization(data)), images_u8)
+
+
+def dynamic_binarization(data: Dataset | np.ndarray) -> bool:
+    """Whether training binarizes every batch afresh: a Dataset with ``binarize == "dynamic"``."""
+    return isinstance(data, Dataset) and data.binarize == "dynamic"
 
 
 @functools.lru_cache(maxsize=64)
-def _training_functions(config: TrainConfig, image_shape: tuple):
-    """(model, codec, init, step, run) of a config, cached so equal configs share compilations."""
+def _training_functions(config: TrainConfig, image_shape: tuple, dynamic: bool = False):
+    """(model, codec, init, step, run) of a config, cached so equal configs share compilations.
+
+    ``dynamic``: binarize every gathered batch with a key folded from the step's key."""
     model = build_model(config, image_shape)
     codec = make_codec(config, model)
     loss_fn = make_loss_fn(config, model)
@@ -164,7 +174,10 @@ def _training_functions(config: TrainConfig, image_shape: tuple):
         def body(state, _):
             batch_key, step_key = jax.random.split(jax.random.fold_in(state.key, state.step))
             idx = jax.random.randint(batch_key, (config.batch_size,), 0, images.shape[0])
-            return step(state, step_key, images[idx])
+            batch = images[idx]
+            if dynamic:
+                batch = binarize_batch(jax.random.fold_in(step_key, DYNAMIC_BINARIZE_STREAM), batch)
+            return step(state, step_key, batch)
 
         return jax.lax.scan(body, state, None, length=n_steps)
 
@@ -172,9 +185,9 @@ def _training_functions(config: TrainConfig, image_shape: tuple):
 
 
 @functools.lru_cache(maxsize=64)
-def _vmapped_programs(config: TrainConfig, image_shape: tuple):
+def _vmapped_programs(config: TrainConfig, image_shape: tuple, dynamic: bool = False):
     """jit(vmap(init)) and jit(vmap(run)) over the run axis, shared by every train() call."""
-    _, _, init, _, run = _training_functions(config, image_shape)
+    _, _, init, _, run = _training_functions(config, image_shape, dynamic)
     # Donating the state lets XLA update the stacked parameters and Adam moments in place
     # instead of holding an input and an output copy of every run's state.
     run_jit = jax.jit(jax.vmap(run, in_axes=(0, None, None)), static_argnums=2, donate_argnums=0)
@@ -410,7 +423,7 @@ def train(
     keys, hparams = distributed.put((keys, hparams), run_sharding)
     images = distributed.put(trainer.images_u8, None if mesh is None else NamedSharding(mesh, PartitionSpec()))
 
-    init, run_chunk, executables = _vmapped_programs(config, tuple(trainer.images_u8.shape[1:]))
+    init, run_chunk, executables = _vmapped_programs(config, tuple(trainer.images_u8.shape[1:]), dynamic_binarization(data))
     # init leaves key-independent leaves (zero biases, Adam moments) replicated; lay every leaf
     # on the run axis so each chunk is compiled for, and returns, one layout.
     state = _on_runs(init(keys, hparams), run_sharding)

@@ -28,7 +28,7 @@ from jaxrae.experiment import Experiment, load_experiment
 OUTPUT_FILES = ["results.json", "table.md", "table.csv", "experiment.json", "reconstructions.png", "samples.png",
                 "interpolations.png", "metrics.png", "losses.png"]
 
-TINY = dict(data="digits", seeds=(0, 1), n_train=300, n_test=120, n_eval=40, feature_steps=30, n_components=3,
+TINY = dict(data="digits", seeds=(0, 1), n_train=300, n_test=120, n_eval=40, feature_steps=30, n_components=3, likelihood_k=20,
             config={"steps": 20, "chunk_size": 10, "batch_size": 32, "latent_dim": 4, "n_classes": 4})
 
 
@@ -126,7 +126,7 @@ def test_cli_default_out_resumes_and_explicit_out_refuses(tmp_path, monkeypatch,
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("JAXRAE_CACHE", str(cache_dir))
     flags = ["compare", "--methods", "ae", "--seeds", "2", "--n-train", "300", "--n-test", "120", "--n-eval", "40",
-             "--feature-steps", "30", "--n-components", "3", "--steps", "20", "--chunk-size", "10", "--batch-size", "32", "--latent-dim", "4",
+             "--feature-steps", "30", "--n-components", "3", "--likelihood-k", "20", "--steps", "20", "--chunk-size", "10", "--batch-size", "32", "--latent-dim", "4",
              "--n-classes", "4", "--quiet"]
     assert cli.main(flags) == 0
     out = tmp_path / "runs" / "compare-digits"
@@ -325,3 +325,142 @@ def test_variants_are_keyed_by_label_in_results_tables_and_resume(tmp_path, unin
     assert diff["baseline"] == "drae-st" and float(diff["diff_mean"]) == pytest.approx(paired.mean(), rel=1e-9)
     md = (out / "table.md").read_text()
     assert "| reinmax-tau2 | drae | estimator=reinmax, tau=2.0 |" in md and "vs baseline `drae-st`" in md
+
+
+# --------------------------------------------------------------------------------------------
+# Test likelihoods
+
+
+def test_results_json_records_the_test_likelihoods(uninterrupted):
+    """Per seed NLL (ex-post IS-k) in nats and bits per dimension for the deterministic rows, k and
+    each seed's fitted observation variance in results.json, the columns in the table and its caption."""
+    out, _ = uninterrupted
+    results = json.loads((out / "results.json").read_text())
+    settings = results["eval"]["likelihood"]
+    assert settings["k"] == 20 and results["experiment"]["likelihood_k"] == 20
+    for name in ("ae", "drae"):
+        m = results["methods"][name]
+        nats, bpd = np.array(m["metrics"]["nll_ex_post"]), np.array(m["metrics"]["nll_ex_post_bpd"])
+        assert nats.shape == (2,) and np.all(np.isfinite(nats))
+        np.testing.assert_allclose(bpd, nats / (64 * math.log(2.0)), rtol=1e-6)  # 8x8x1 pixels
+        assert "nll_iwae" not in m["metrics"] and "neg_elbo" not in m["metrics"]  # no posterior
+        notes = m["notes"]["likelihood"]
+        assert notes["k"] == 20 and notes["kind"] == "ex_post" and len(notes["proposal_width"]) == 2
+        variance = settings["rows"][name]["observation_variance"]
+        assert settings["rows"][name]["likelihood"] == "gaussian" and len(variance) == 2 and all(0 < v < 0.25 for v in variance)
+    assert {r["metric"] for r in csv.DictReader((out / "table.csv").open())} >= {"nll_ex_post", "nll_ex_post_bpd"}
+    md = (out / "table.md").read_text()
+    assert "NLL ex-post IS-20" in md and "observation variance sigma^2 fitted by maximum likelihood" in md
+
+
+@pytest.fixture(scope="module")
+def binary_digits():
+    from jaxrae.data import load_data
+
+    return load_data("digits@binarize=static", n_train=300, n_test=30)
+
+
+@pytest.mark.parametrize("name,lik", [("vae", "bernoulli"), ("dvae", "bernoulli"), ("ae", "gaussian"), ("fsq", "bernoulli")])
+def test_evaluation_equals_jaxrae_likelihood_called_directly(binary_digits, name, lik):
+    """evaluate_likelihoods against jaxrae.likelihood called by hand on each seed's model: the
+    posterior (or proposal) from the encoder, log p(x | z) from the decoder, the same keys."""
+    from jaxrae import evaluate as E
+    from jaxrae import likelihood as L
+    from jaxrae import relax
+    from jaxrae.config import TrainConfig
+    from jaxrae.nets import AutoEncoder
+    from jaxrae.train import train
+
+    config = TrainConfig(method=name, likelihood=lik, steps=10, chunk_size=10, batch_size=32, latent_dim=3, n_classes=3,
+                         fsq_levels=(3, 4))
+    runs = train(config, binary_digits, seeds=(0, 3), progress=False)
+    test, train_images = binary_digits.test_images, E.training_images(binary_digits)
+    fitted, bad = E._fit_ex_post(runs, runs.encode(train_images), E._seed_keys(jax.random.key(5), runs.seeds), 2)
+    key, k = jax.random.key(7), 12
+    values, notes = E.evaluate_likelihoods(runs, test, train_images, fitted, bad, k=k, key=key)
+    model = runs.model
+    for r, seed in enumerate(runs.seeds):
+        variables = jax.tree.map(lambda a, r=r: a[r], runs.variables)
+        h = model.apply(variables, test, False, method=AutoEncoder.encode)
+
+        def decoded(z, variables=variables):
+            if z.dtype == np.int32:  # discrete codes: one-hot (categorical) or FSQ grid codes
+                z = jax.nn.one_hot(z, config.n_classes) if name == "dvae" else relax.fsq_codes_from_index(z, (3, 4))
+            return model.apply(variables, z.reshape((z.shape[0], -1)), False, method=AutoEncoder.decode)
+
+        if lik == "bernoulli":
+            def f(image, z, decoded=decoded):
+                return L.bernoulli_log_likelihood(image, decoded(z))
+        else:
+            recon = model.apply(variables, model.apply(variables, train_images, False, method=AutoEncoder.encode), False,
+                                method=AutoEncoder.decode)
+            variance = np.mean((np.asarray(recon, np.float64) - train_images) ** 2)
+            np.testing.assert_allclose(notes["observation_variance"][r], variance, rtol=1e-4)
+            def f(image, z, decoded=decoded, variance=notes["observation_variance"][r]):
+                return L.gaussian_log_likelihood(image, decoded(z), variance)
+        batch_key = jax.random.fold_in(jax.random.fold_in(key, seed), 1)
+        if name in ("vae", "dvae"):
+            if name == "vae":
+                mean, log_var = np.split(np.asarray(h), 2, axis=-1)
+                q = L.GaussianProposal(mean, log_var)
+            else:
+                q = L.CategoricalProposal(jax.nn.log_softmax(h.reshape((len(test), 3, 3)), axis=-1))
+            key_elbo, key_iwae = jax.random.split(batch_key)
+            elbo = L.elbo(key_elbo, test, q, f, n_samples=k, chunk_size=k)
+            iwae = L.iwae_bound(key_iwae, test, q, f, k=k, chunk_size=k)
+            np.testing.assert_allclose(values["neg_elbo"][r], -float(np.mean(elbo)), rtol=1e-4)
+            np.testing.assert_allclose(values["nll_iwae"][r], -float(np.mean(iwae)), rtol=1e-4)
+            np.testing.assert_allclose(values["nll_iwae_bpd"][r], -float(np.mean(iwae)) / (64 * math.log(2)), rtol=1e-4)
+        else:
+            density = jax.tree.map(lambda a, r=r: a[r], fitted)
+            width = notes["proposal_width"][r]
+            if name == "ae":
+                q = L.gaussian_proposal(h, width)
+            else:  # FSQ: squared grid distances of the quantized group codes, widened by the temperature
+                grid_codes = np.asarray(relax.fsq_codes_from_index(np.arange(12), (3, 4)))
+                q_codes = np.asarray(relax.finite_scalar_quantize(h.reshape((len(test), 3, 2)), (3, 4)).codes)
+                scores = -np.sum((q_codes[:, :, None, :] - grid_codes) ** 2, axis=-1)
+                q = L.categorical_proposal(scores, width, E.PROPOSAL_UNIFORM_WEIGHT)
+            log_px = L.ex_post_log_likelihood(batch_key, test, q, density, f, k=k, chunk_size=k)
+            np.testing.assert_allclose(values["nll_ex_post"][r], -float(np.mean(log_px)), rtol=1e-4)
+
+
+def test_likelihood_settings_that_cannot_work_are_config_errors(monkeypatch, capsys):
+    import dataclasses
+
+    from jaxrae import grid
+
+    with pytest.raises(ConfigError, match="likelihood_k=0 is invalid: must be an integer >= 1"):
+        tiny(likelihood_k=0)
+    with pytest.raises(ConfigError, match="likelihood='logistic' is invalid: choose one of gaussian, bernoulli"):
+        tiny(config={**TINY["config"], "likelihood": "logistic"})
+    # a row whose code path gives no ex-post proposal cannot be asked for a likelihood
+    monkeypatch.setitem(grid.CODE_PATHS, "fsq", dataclasses.replace(grid.CODE_PATHS["fsq"], proposal_logits=None))
+    with pytest.raises(ConfigError, match="likelihood_k=.* row 'fsq' has no posterior"):
+        tiny(methods=("ae", "fsq"))
+    assert tiny(methods=("ae", "fsq"), likelihood_k=None).likelihood_k is None  # none asked: fine
+    for flags in (["compare", "--likelihood-k", "0", "--quiet"], ["compare", "--likelihood", "logistic", "--quiet"]):
+        assert cli.main(flags) == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and err[0].startswith("jaxrae: error: ") and "likelihood" in err[0]
+
+
+def test_jang2017_toml_is_their_categorical_vae_setting():
+    """Jang et al. (2017): MLP 784-512-256 encoder, 20 x 10 categorical codes, Bernoulli decoder,
+    ELBO weight 1, tau = max(0.5, exp(-1e-4 t)), statically binarized data, >= 30 epochs of 60k."""
+    exp = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "jang2017_fashion_mnist.toml")
+    assert exp.data == "fashion_mnist@binarize=static" and len(exp.seeds) == 5 and exp.likelihood_k == 1000
+    configs = {label: exp.method_config(label) for label in exp.rows}
+    assert set(configs) == {"dvae", "dvae-st", "vae", "drae", "rae"}
+    for c in configs.values():
+        assert (c.arch, c.likelihood, c.batch_size) == ("mlp", "bernoulli", 100) and c.steps * c.batch_size >= 30 * 60000
+    for label in ("dvae", "dvae-st"):
+        c = configs[label]
+        assert (c.latent_dim, c.n_classes, c.beta, c.tau, c.tau_min, c.anneal_rate) == (20, 10, 1.0, 1.0, 0.5, 1e-4)
+        assert c.method_spec.anneal
+    assert configs["dvae"].method_spec.code == "relaxed" and configs["dvae-st"].estimator == "st-gumbel"
+    assert configs["vae"].beta == 1.0
+    from jaxrae.nets import Encoder
+
+    params = Encoder("mlp", 200).init(jax.random.key(0), np.zeros((1, 28, 28, 1)), False)["params"]
+    assert [params[f"Dense_{i}"]["kernel"].shape for i in range(3)] == [(784, 512), (512, 256), (256, 200)]

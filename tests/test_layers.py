@@ -25,10 +25,10 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 LAYERS: list[tuple[str, set[str]]] = [
     ("foundation: errors, files, provenance, devices, live logs", {"errors", "io", "provenance", "distributed", "runlog"}),
     ("data sources", {"data"}),
-    ("pure functions", {"nets", "relax", "losses", "density", "optim"}),
+    ("pure functions", {"nets", "relax", "losses", "density", "likelihood", "optim"}),
     ("the method grid", {"grid", "methods", "config"}),
     ("training", {"train"}),
-    ("evaluation pieces", {"likelihood", "features", "metrics"}),
+    ("evaluation pieces", {"features", "metrics"}),
     ("one row's evaluation", {"evaluate"}),
     ("the experiment schema", {"experiment"}),
     ("tables, statistics, figures", {"report"}),

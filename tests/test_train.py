@@ -1,6 +1,7 @@
 """The trainer: every preset trains, seeds are independent of their batch, chunks and resumes
 do not change results, and a diverging run is frozen without touching the others."""
 
+import dataclasses
 import importlib
 
 import chex
@@ -123,8 +124,8 @@ def test_equal_configs_share_one_traced_program(digits, monkeypatch):
     T = importlib.import_module("jaxrae.train")  # the module (the package re-exports train, the function)
     cached, wrapped = T._training_functions, {}
 
-    def counting(config, image_shape):
-        model, codec, init, step, run = cached(config, image_shape)
+    def counting(config, image_shape, dynamic=False):
+        model, codec, init, step, run = cached(config, image_shape, dynamic)
         if run not in wrapped:  # a new function object per cache miss, one trace counter for all
             wrapped[run] = (chex.assert_max_traces(run, n=1), codec._replace(encode=chex.assert_max_traces(codec.encode, n=1)))
         return model, wrapped[run][1], init, step, wrapped[run][0]
@@ -138,7 +139,7 @@ def test_equal_configs_share_one_traced_program(digits, monkeypatch):
             runs = train(make(), digits, seeds=seeds, progress=False)
             for _ in range(2):
                 runs.encode(digits.test_images[:10])
-        assert len(T._vmapped_programs(make(), digits.train_images_u8.shape[1:])[2]) == 1  # one compiled chunk
+        assert len(T._vmapped_programs(make(), digits.train_images_u8.shape[1:], False)[2]) == 1  # one compiled chunk
     finally:
         T._vmapped_programs.cache_clear()
 
@@ -290,3 +291,67 @@ def test_config_chooses_the_optimizer(digits):
     # lr 1e30 times a gradient of norm 1e-3 still moves the parameters by 1e27: frozen, finite
     assert clipped.diverged_at[0] == -1 and clipped.diverged_at[1] >= 0
     chex.assert_tree_all_finite(clipped.state.params)
+
+
+@pytest.mark.parametrize("name,arch", [("rae", "mlp"), ("dvae", "mlp"), ("vqvae", "mlp"), ("rae", "conv-small")])
+def test_bernoulli_rows_train_on_binarized_digits(name, arch):
+    """A continuous, a discrete, a VQ and a convolutional row with a Bernoulli decoder: the loss
+    falls and evaluation decodes the logits to probabilities in [0, 1]."""
+    from jaxrae.data import load_data
+
+    data = load_data("digits@binarize=static", n_train=400, n_test=20)
+    runs = train(TrainConfig(method=name, arch=arch, likelihood="bernoulli", steps=30, **FAST), data, seeds=[0], progress=False)
+    assert np.all(np.isfinite(runs.losses)) and np.all(runs.ok)
+    assert runs.metrics["rec"][:, -5:].mean() < runs.metrics["rec"][:, :5].mean()
+    images = runs.reconstruct(data.test_images)
+    assert images.min() >= 0 and images.max() <= 1 and not np.all(np.isin(images, (0.0, 1.0)))
+
+
+@pytest.fixture(scope="module")
+def dynamic_digits():
+    from jaxrae.data import load_data
+
+    return load_data("digits@binarize=dynamic", n_train=500, n_test=20)
+
+
+def test_dynamic_binarization_draws_each_batch_from_the_step_key(dynamic_digits):
+    """The batch of step t is binarize_batch(fold_in(step_key_t, DYNAMIC_BINARIZE_STREAM), images[idx_t]),
+    rebuilt here from the run key alone: the step's loss on it equals the trainer's, and the draw
+    is {0, 255}, differs between steps and between run keys, and differs from the grey batch."""
+    from jaxrae.data import DYNAMIC_BINARIZE_STREAM, binarize_batch
+
+    config = TrainConfig(method="ae", steps=2, batch_size=32, chunk_size=2)
+    trainer = make_train(config, dynamic_digits)
+    images = jax.numpy.asarray(dynamic_digits.train_images_u8)
+
+    def batches(run_key, t):
+        state = trainer.init(run_key, default_hparams(config))
+        batch_key, step_key = jax.random.split(jax.random.fold_in(state.key, t))
+        grey = images[jax.random.randint(batch_key, (config.batch_size,), 0, images.shape[0])]
+        return state, step_key, grey, binarize_batch(jax.random.fold_in(step_key, DYNAMIC_BINARIZE_STREAM), grey)
+
+    state, step_key, grey, binary = batches(jax.random.key(0), 0)
+    _, metrics = jax.jit(trainer.run, static_argnums=2)(state, images, 1)
+    _, by_hand = jax.jit(trainer.step)(state, step_key, binary)
+    _, on_grey = jax.jit(trainer.step)(state, step_key, grey)
+    np.testing.assert_allclose(metrics["loss"][0], by_hand["loss"], rtol=1e-6)
+    assert not np.isclose(metrics["loss"][0], on_grey["loss"], rtol=1e-3)
+    assert set(np.unique(np.asarray(binary)).tolist()) == {0, 255} and len(np.unique(np.asarray(grey))) > 2
+    # the same images drawn at another step, or under another run key, are binarized differently
+    _, step_key_1, _, _ = batches(jax.random.key(0), 1)
+    _, step_key_other, _, _ = batches(jax.random.key(1), 0)
+    for other in (step_key_1, step_key_other):
+        assert not np.array_equal(binary, binarize_batch(jax.random.fold_in(other, DYNAMIC_BINARIZE_STREAM), grey))
+
+
+def test_dynamic_binarization_keeps_seeds_independent_of_their_batch(dynamic_digits):
+    """Seed s trains to the same losses alone or among other seeds under dynamic binarization, and
+    to other losses than on the grey images (same train bytes: only the draw differs)."""
+    config = TrainConfig(method="rae", steps=6, batch_size=32, chunk_size=3)
+    both = train(config, dynamic_digits, seeds=[0, 1], progress=False)
+    alone = train(config, dynamic_digits, seeds=[1], progress=False)
+    chex.assert_trees_all_close(alone.metrics["loss"][0], both.metrics["loss"][1], rtol=1e-5)
+    chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], alone.state.params), jax.tree.map(lambda a: a[1], both.state.params),
+                                rtol=1e-5, atol=1e-6)
+    grey = train(config, dataclasses.replace(dynamic_digits, binarize=None), seeds=[0, 1], progress=False)
+    assert not np.any(np.isclose(grey.losses, both.losses, rtol=1e-3))
