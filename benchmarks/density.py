@@ -36,7 +36,7 @@ import numpy as np
 from scipy.special import logsumexp
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
+import _common
 
 LOG_LIK_TOLERANCE = 0.01  # nats per sample: "equal mean log-likelihood"
 DTYPES = ("float64", "float32")
@@ -64,7 +64,7 @@ def sklearn_child(data_path: str, dtype: str, threading: str, settings: dict, co
     x = np.load(data_path).astype(dtype)
     with _common.peer_threading(threading):
         pools = _common.thread_pools()
-        fit = lambda: GaussianMixture(components, covariance_type="full", random_state=0, **settings).fit(x)  # noqa: E731
+        fit = lambda: GaussianMixture(components, covariance_type="full", random_state=0, **settings).fit(x)
         model = fit()
         walls, cpus = [], []
         for _ in range(repeats):
@@ -109,7 +109,7 @@ def main(argv=None) -> int:
     from jaxrae.density import fit_gmm
 
     lines = [_common.machine_header(["benchmarks/density.py", *(argv if argv is not None else sys.argv[1:])])]
-    emit = lambda s="": (print(s, flush=True), lines.append(s))  # noqa: E731
+    emit = lambda s="": (print(s, flush=True), lines.append(s))
     print(lines[0], flush=True)
     if args.quick:
         emit("# --quick: small sizes and one repeat, to check the script runs; the times mean nothing")
@@ -147,7 +147,7 @@ def main(argv=None) -> int:
                          "--reg-covar", str(args.reg_covar), "--repeats", str(args.repeats)]
                 try:
                     peer = _common.run_in_own_process(child, args.peer_timeout_s)
-                except Exception as e:  # noqa: BLE001 - one configuration failing leaves the others
+                except Exception as e:
                     emit(f"# scikit-learn {dtype}, {threading}: failed ({type(e).__name__}: {str(e).splitlines()[-1][:200]})")
                     continue
                 peer["mean_loglik"] = mean_log_likelihood(codes, peer["weights"], peer["means"], peer["precisions_cholesky"])

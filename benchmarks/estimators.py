@@ -40,7 +40,7 @@ def make_problem(seed: int):
     quadratic = rng.normal(size=(size, size)) / np.sqrt(size)
     linear = rng.normal(size=size)
     logits = rng.normal(size=(NUM_VARIABLES, NUM_CLASSES))
-    as_jax = lambda a: jnp.asarray(a, jnp.float32)  # noqa: E731
+    as_jax = lambda a: jnp.asarray(a, jnp.float32)
     return as_jax(quadratic), as_jax(linear), as_jax(logits)
 
 

@@ -47,7 +47,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
+import _common
 
 GMM_TARGET = 1.5  # 8 seeds / one fit
 MLP_TARGET = 2.0  # 32 seeds / one seed
@@ -140,7 +140,7 @@ def part_gmm(args, rec: Records) -> None:
         x = codes if seeds == 1 else np.broadcast_to(codes, (seeds, *codes.shape))
         try:
             first, wall, _, mixture = _common.time_calls(lambda x=x: fit_gmm(key, x, 10, "full", **settings), args.repeats)
-        except Exception as e:  # noqa: BLE001 - report and go on with the other sizes
+        except Exception as e:
             traceback.print_exc()
             rec.row(name, "failed", details=failure(e))
             continue
@@ -188,7 +188,7 @@ def part_mlp(args, rec: Records) -> None:
             continue
         try:
             compile_s, wall, runs = _time_train(config, data, seeds, args.repeats)
-        except Exception as e:  # noqa: BLE001
+        except Exception as e:
             traceback.print_exc()
             rec.row(f"MLP rae, {seeds} seeds", "failed", details=failure(e))
             continue
@@ -213,7 +213,7 @@ def matmul_rates(n: int) -> dict:
         try:
             with jax.default_matmul_precision(precision) if precision else _nullcontext():
                 rates[name] = _common.matmul_flops_per_s(n, dtype, repeats=10)
-        except Exception as e:  # noqa: BLE001 - a dtype a backend lacks is not fatal
+        except Exception as e:
             print(f"matmul {name} failed: {e}", file=sys.stderr)
             rates[name] = float("nan")
     return rates
@@ -244,7 +244,7 @@ def step_flops(config, data) -> float:
             cost = cost[0] if isinstance(cost, (list, tuple)) else cost
             if cost and cost.get("flops", 0) > 0:
                 return float(cost["flops"])
-        except Exception:  # noqa: BLE001 - an analysis a backend lacks is not fatal
+        except Exception:
             continue
     return float("nan")
 
@@ -270,7 +270,7 @@ def part_conv(args, rec: Records) -> None:
             continue
         try:
             compile_s, wall, runs = _time_train(config, data, seeds, 1)
-        except Exception as e:  # noqa: BLE001 - report; a size that does not fit stops the growth
+        except Exception as e:
             traceback.print_exc()
             rec.row(name, "failed", details=failure(e))
             if is_oom(e):

@@ -37,10 +37,10 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
+import _common
 
-import jaxrae  # noqa: E402
-from jaxrae.train import default_hparams, make_train, train  # noqa: E402
+import jaxrae
+from jaxrae.train import default_hparams, make_train, train
 
 SIZES = (1, 2, 4, 8, 16, 32)
 
@@ -113,7 +113,7 @@ def main(argv=None) -> int:
 
     lines = [_common.machine_header(["benchmarks/scaling.py", *(argv if argv is not None else sys.argv[1:])])]
     print(lines[0], flush=True)
-    emit = lambda s="": (print(s, flush=True), lines.append(s))  # noqa: E731
+    emit = lambda s="": (print(s, flush=True), lines.append(s))
     data = jaxrae.load_data(args.data)
     config = jaxrae.TrainConfig(method=args.method, arch="mlp", batch_size=100, steps=args.steps, chunk_size=args.steps)
     img = config.steps * config.batch_size
@@ -163,7 +163,7 @@ def main(argv=None) -> int:
     emit()
     emit(f"- slowest program / sequential ratio over S >= 2: {worst:.2f} (target >= 1.0: {'met' if worst >= 1.0 else 'MISSED'})"
          + (f"; S=1 (same program both sides, the noise floor): {rows[1]['ratio']:.2f}" if 1 in rows else ""))
-    verdict = lambda limit: "within" if inc_max <= limit else "OVER"  # noqa: E731
+    verdict = lambda limit: "within" if inc_max <= limit else "OVER"
     emit(f"- largest per-run memory increment (XLA): {inc_max / 2**20:.2f} MiB; budget params + Adam + activations "
          f"{budget['total'] / 2**20:.2f} MiB ({verdict(budget['total'])}), with the parameters' gradient "
          f"{budget['total_with_grads'] / 2**20:.2f} MiB ({verdict(budget['total_with_grads'])})")

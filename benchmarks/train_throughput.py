@@ -33,10 +33,10 @@ import jax
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-import _common  # noqa: E402
+import _common
 
-import jaxrae  # noqa: E402
-from jaxrae.train import default_hparams, make_train, train  # noqa: E402
+import jaxrae
+from jaxrae.train import default_hparams, make_train, train
 
 
 def step_cost_flops(config, data, n_seeds: int) -> float:
@@ -80,7 +80,7 @@ def main(argv=None) -> int:
 
     lines = [_common.machine_header(["benchmarks/train_throughput.py", *(argv if argv is not None else sys.argv[1:])])]
     print(lines[0], flush=True)
-    emit = lambda s="": (print(s, flush=True), lines.append(s))  # noqa: E731
+    emit = lambda s="": (print(s, flush=True), lines.append(s))
     S = args.seeds
     emit(f"# {args.method}, arch=mlp, batch 100, {args.steps} steps per run (one chunk), {args.rounds} rounds, medians\n")
     emit(f"| data | image | 1 seed img/s | {S} seeds vmapped img/s | {S} sequential img/s | vmapped / sequential | compile s (1 / {S}) |")

@@ -27,8 +27,8 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable, Mapping
 from pathlib import Path
-from typing import Callable, Mapping
 
 import numpy as np
 from tqdm.auto import tqdm
@@ -39,9 +39,16 @@ from jaxrae.density import check_mixture_size
 from jaxrae.errors import CheckpointError, ConfigError, require
 from jaxrae.evaluate import ELBO_SAMPLES, EVAL_SEED, LIKELIHOOD_CHUNK, PR_NEIGHBOURS, evaluate, loss_curve
 from jaxrae.experiment import Experiment
-from jaxrae.io import atomic_write_json, atomic_write_npz, atomic_write_text, json_roundtrip, nonfinite_to_null, prepare_out_dir
-from jaxrae.io import load_checkpoint
 from jaxrae.features import FD_METRIC_NAME, feature_network
+from jaxrae.io import (
+    atomic_write_json,
+    atomic_write_npz,
+    atomic_write_text,
+    json_roundtrip,
+    load_checkpoint,
+    nonfinite_to_null,
+    prepare_out_dir,
+)
 from jaxrae.provenance import environment
 from jaxrae.runlog import RunLogger, require_wandb
 from jaxrae.train import MODEL_FILE, MODEL_FORMAT, ROW_MODELS_DIR, make_train, save_runs, train
@@ -277,7 +284,7 @@ def _run_claimed(experiment: Experiment, data, out: Path, t_start: float, *, pro
     bar = None
     if progress:
         bar = tqdm(total=len(labels), desc="compare", unit="row", position=0, dynamic_ncols=True)
-    say = (lambda msg: bar.write(msg)) if bar is not None else log  # noqa: E731
+    say = (lambda msg: bar.write(msg)) if bar is not None else log
     records: dict[str, dict] = {}
     try:
         for index, label in enumerate(labels):

@@ -17,7 +17,6 @@ from jaxrae.errors import invalid
 from jaxrae.nets import ARCHS, Arch
 from jaxrae.optim import OPTIMIZERS, SCHEDULES
 
-
 #: Upper bounds of the integer fields, so an absurd value is refused before memory is: the loss
 #: history holds a float per step and run, and every other integer sizes a layer or a sample axis.
 MAX_STEPS = 100_000_000

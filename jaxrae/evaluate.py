@@ -45,7 +45,7 @@ from __future__ import annotations
 
 import math
 import warnings
-from typing import Callable, Sequence
+from collections.abc import Callable, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -266,7 +266,7 @@ def evaluate(runs, data, fnet, *, n_eval: int, n_components: int, likelihood_k: 
     for r in range(n_runs):
         feats = {name: fnet.features(images[r]) if np.all(np.isfinite(images[r])) else None
                  for name, images in (("rec", recon), ("prior", prior), ("ex_post", ex_post), ("interp", interp))}
-        fd = lambda name: math.nan if feats[name] is None else M.frechet_distance(ref_feats, feats[name])  # noqa: E731
+        fd = lambda name, feats=feats: math.nan if feats[name] is None else M.frechet_distance(ref_feats, feats[name])
         out["rec_error"].append(finite_or_nan(M.reconstruction_error, test, recon[r]))
         out["fd_rec"].append(fd("rec"))
         out["fd_prior"].append(fd("prior"))

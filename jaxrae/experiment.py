@@ -15,8 +15,9 @@ import json
 import math
 import re
 import tomllib
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from jaxrae import methods as presets
 from jaxrae.config import TrainConfig
@@ -213,7 +214,7 @@ class Experiment:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping, source: str = "experiment") -> "Experiment":
+    def from_dict(cls, data: Mapping, source: str = "experiment") -> Experiment:
         """Inverse of :meth:`to_dict`; also reads TOML's spellings (``seeds = 5``, ``methods = "a,b"``).
 
         Every ConfigError, unknown keys included, starts with ``source`` (the file's path).

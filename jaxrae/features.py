@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from jaxrae.io import atomic_write_bytes
 from jaxrae.data import Dataset
 from jaxrae.errors import ConfigError, DataError, invalid, require
+from jaxrae.io import atomic_write_bytes
 from jaxrae.metrics import frechet_distance
 
 __all__ = [
@@ -473,7 +473,7 @@ def feature_network(
     if path.exists():
         try:
             return _load_feature_network(path, dataset, steps)
-        except Exception as err:  # noqa: BLE001  (any fault in a cache file means: retrain, never crash)
+        except Exception as err:
             warnings.warn(
                 f"ignoring unreadable feature-network cache {path} ({type(err).__name__}: {err}); retraining",
                 RuntimeWarning,

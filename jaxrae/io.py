@@ -36,8 +36,9 @@ import math
 import os
 import shutil
 import tempfile
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping, Self
+from typing import Any, Self
 
 import numpy as np
 from flax import serialization

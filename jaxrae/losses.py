@@ -14,7 +14,7 @@ VAE loss of Ghosh et al.); :mod:`jaxrae.methods` converts the paper's beta and l
 
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 import chex
 import jax

@@ -34,7 +34,7 @@ import csv
 import io
 import math
 import warnings
-from typing import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 from scipy import stats
@@ -340,7 +340,7 @@ def _markdown(header: list[str], body: list[list[str]], align_right_from: int = 
 
 def _plain(header: list[str], body: list[list[str]]) -> str:
     widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
-    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))  # noqa: E731
+    line = lambda r: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
     return "\n".join([line(header), "  ".join("-" * w for w in widths)] + [line(r) for r in body])
 
 
@@ -575,7 +575,7 @@ def render_markdown(results: Mapping, rows: list[dict] | None = None, *, title: 
         parts += [f"## Paired difference vs baseline `{baseline}` (mean [95% interval], * Holm, ≈ TOST; p uncorrected/Holm)", "",
                   _markdown(header, [r for r in body if r[0] != baseline]), ""]
     parts += ["## Per metric", ""]
-    for key, (short, long, better) in METRICS.items():
+    for key, (_short, long, better) in METRICS.items():
         metric_rows = [r for r in rows if r["metric"] == key]
         if not metric_rows:
             continue

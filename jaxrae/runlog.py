@@ -107,7 +107,7 @@ class EventFileWriter:
         # A resumed run writes a second file next to the first; TensorBoard reads both in name order.
         name = f"events.out.tfevents.{int(time.time()):010d}.{socket.gethostname()}.{os.getpid()}.{next(_FILE_COUNTER)}"
         self.path = self.log_dir / name
-        self._file = open(self.path, "wb")  # noqa: SIM115 (closed by close())
+        self._file = open(self.path, "wb")
         self._file.write(tfrecord(event_bytes(time.time(), 0, file_version="brain.Event:2")))
         self._file.flush()
 

@@ -277,12 +277,12 @@ def test_bce_with_logits_stays_finite_with_finite_gradients_when_saturated():
     target = jnp.array([0.0, 1.0, 1.0, 0.0], jnp.float32)
     values = losses.binary_cross_entropy_with_logits(target, logits)
     np.testing.assert_allclose(values, [100.0, 100.0, 0.0, 0.0], atol=1e-6)
-    grads = jax.grad(lambda l: jnp.sum(losses.binary_cross_entropy_with_logits(target, l)))(logits)
+    grads = jax.grad(lambda lg: jnp.sum(losses.binary_cross_entropy_with_logits(target, lg)))(logits)
     np.testing.assert_allclose(grads, [1.0, -1.0, 0.0, 0.0], atol=1e-6)  # sigmoid(l) - x
     image_logits = logits.reshape(1, 2, 2, 1)
     image = target.reshape(1, 2, 2, 1)
     assert float(losses.bernoulli_reconstruction_loss(image, image_logits)) == pytest.approx(200.0)
-    grad = jax.grad(lambda l: losses.bernoulli_reconstruction_loss(image, l))(image_logits)
+    grad = jax.grad(lambda lg: losses.bernoulli_reconstruction_loss(image, lg))(image_logits)
     assert bool(jnp.all(jnp.isfinite(grad)))
 
 

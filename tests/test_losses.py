@@ -61,7 +61,7 @@ def test_gradient_penalty_of_a_linear_decoder():
     # D(z) = W z  =>  d/dz sum_p D_p^2 = 2 W^T W z, penalty = mean over (b, j) of its square
     w = jnp.array([[1.0, 2.0], [0.5, -1.0], [0.0, 3.0]])
     z = jnp.array([[0.2, -0.4], [1.0, 0.5]])
-    decode = lambda c: c @ w.T  # noqa: E731
+    decode = lambda c: c @ w.T
     grads = 2.0 * z @ (w.T @ w)
     assert float(losses.decoder_gradient_penalty(decode, z)) == pytest.approx(float(np.mean(np.square(grads))), rel=1e-6)
 
@@ -71,7 +71,7 @@ def _mmd_by_loops(z, p, scales):
     total = 0.0
     for s in scales:
         c = s * 2.0 * d
-        k = lambda a, b: c / (c + np.sum((a - b) ** 2))  # noqa: E731
+        k = lambda a, b, c=c: c / (c + np.sum((a - b) ** 2))
         zz = sum(k(z[i], z[j]) for i, j in itertools.permutations(range(n), 2)) / (n * (n - 1))
         pp = sum(k(p[i], p[j]) for i, j in itertools.permutations(range(n), 2)) / (n * (n - 1))
         zp = sum(k(z[i], p[j]) for i in range(n) for j in range(n)) / (n * n)

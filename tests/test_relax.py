@@ -134,10 +134,10 @@ def test_relaxed_bernoulli_matches_binary_concrete_cdf():
 def test_straight_through_gradient_is_softmax_jacobian():
     logits = jnp.array([0.2, -1.0, 1.3, 0.1])
     code, jacobian, sample_jacobian = jax.jit(
-        lambda l: (
-            straight_through(l),
-            jax.jacobian(straight_through)(l),
-            jax.jacobian(lambda m: straight_through_sample(rng(3), m))(l),
+        lambda lg: (
+            straight_through(lg),
+            jax.jacobian(straight_through)(lg),
+            jax.jacobian(lambda m: straight_through_sample(rng(3), m))(lg),
         )
     )(logits)
     expected = softmax_jacobian(jax.nn.softmax(logits))
@@ -150,10 +150,10 @@ def test_hard_gumbel_softmax_gradient_is_relaxed_gradient():
     # The default (threefry) key impl, once.
     logits, key, tau = jnp.array([0.2, -1.0, 1.3, 0.1]), jax.random.key(4), 0.7
     hard, soft, relaxed = jax.jit(
-        lambda l: (
-            jax.jacobian(lambda m: gumbel_softmax(key, m, tau, hard=True))(l),
-            jax.jacobian(lambda m: gumbel_softmax(key, m, tau))(l),
-            gumbel_softmax(key, l, tau),
+        lambda lg: (
+            jax.jacobian(lambda m: gumbel_softmax(key, m, tau, hard=True))(lg),
+            jax.jacobian(lambda m: gumbel_softmax(key, m, tau))(lg),
+            gumbel_softmax(key, lg, tau),
         )
     )(logits)
     np.testing.assert_allclose(hard, soft, atol=1e-6)
@@ -180,11 +180,11 @@ def test_gumbel_rao_matches_direct_computation():
         for n_samples in (1, 3):
             noise = _direct_conditional_gumbel_noise(key_noise, logits, index, n_samples)
 
-            def surrogate(l, noise=noise):
-                return jnp.mean(jax.nn.softmax((l + noise) / tau, axis=-1), axis=0)
+            def surrogate(lg, noise=noise):
+                return jnp.mean(jax.nn.softmax((lg + noise) / tau, axis=-1), axis=0)
 
-            def estimator(l, n_samples=n_samples):
-                return gumbel_rao(key, l, tau, n_samples)
+            def estimator(lg, n_samples=n_samples):
+                return gumbel_rao(key, lg, tau, n_samples)
 
             jacobians = jax.jacobian(estimator)(logits), jax.jacobian(surrogate)(logits)
             out.append((noise, estimator(logits), *jacobians))
@@ -225,7 +225,7 @@ def test_gumbel_rao_mean_gradient_equals_st_gumbel_mean_gradient():
     def per_key_grads(estimator):
         def grad_one(key):
             return jax.grad(
-                lambda l: jnp.dot(weights, discrete_code(key, l, estimator, tau, n_samples=1))
+                lambda lg: jnp.dot(weights, discrete_code(key, lg, estimator, tau, n_samples=1))
             )(logits)
 
         return jax.vmap(grad_one)(keys)
@@ -242,7 +242,7 @@ def test_reinmax_gradient_matches_algorithm():
     @jax.jit
     def library_and_algorithm(logits, cotangent, tau):
         num_classes = logits.shape[-1]
-        code, vjp = jax.vjp(lambda l: reinmax(key, l, tau), logits)
+        code, vjp = jax.vjp(lambda lg: reinmax(key, lg, tau), logits)
         # Liu et al. 2023, Algorithm 2, differentiated by hand: 2 J(pi1) g - J(pi0) g / 2.
         pi0 = jax.nn.softmax(logits)
         sample = jax.nn.one_hot(jax.random.categorical(key, logits), num_classes)
@@ -348,15 +348,15 @@ def test_no_nan_at_small_temperature_with_many_classes():
     key = rng(13)
     weights = normal(14, logits.shape)
 
-    def objectives(l):
-        relaxed = gumbel_softmax(key, l, tau)
-        terms = [jnp.sum(weights * relaxed), jnp.sum(relaxed_one_hot_log_prob(relaxed, l, tau))]
-        terms += [jnp.sum(weights * discrete_code(key, l, e, tau, n_samples=4)) for e in ESTIMATORS]
-        terms.append(jnp.sum(categorical_kl_uniform(l)))
+    def objectives(lg):
+        relaxed = gumbel_softmax(key, lg, tau)
+        terms = [jnp.sum(weights * relaxed), jnp.sum(relaxed_one_hot_log_prob(relaxed, lg, tau))]
+        terms += [jnp.sum(weights * discrete_code(key, lg, e, tau, n_samples=4)) for e in ESTIMATORS]
+        terms.append(jnp.sum(categorical_kl_uniform(lg)))
         return jnp.stack(terms)
 
     # A NaN or inf in any term's gradient survives the sum, so one gradient checks them all.
-    values, grad = jax.jit(lambda l: (objectives(l), jax.grad(lambda m: objectives(m).sum())(l)))(
+    values, grad = jax.jit(lambda lg: (objectives(lg), jax.grad(lambda m: objectives(m).sum())(lg)))(
         logits
     )
     assert np.all(np.isfinite(values)) and np.all(np.isfinite(grad))
@@ -372,10 +372,10 @@ def test_masked_class_gets_no_sample_and_no_gradient(estimator):
 
     def grad_with(mask_value):
         masked = logits.at[:, 1].set(mask_value)
-        def code(l):
-            return discrete_code(key, l, estimator, 0.7, n_samples=4)
+        def code(lg):
+            return discrete_code(key, lg, estimator, 0.7, n_samples=4)
 
-        return code(masked), jax.grad(lambda l: jnp.sum(weights * code(l)))(masked)
+        return code(masked), jax.grad(lambda lg: jnp.sum(weights * code(lg)))(masked)
 
     code_inf, grad_inf = jax.jit(grad_with, static_argnums=0)(-jnp.inf)
     code_big, grad_big = jax.jit(grad_with, static_argnums=0)(-1e4)

@@ -18,7 +18,6 @@ from jaxrae.errors import ConfigError
 from jaxrae.evaluate import interpolate_codes, interpolation_pairs, loss_curve
 from jaxrae.experiment import DEFAULT_JOB_CONFIG, Experiment, load_experiment
 
-
 # --------------------------------------------------------------------------------------------
 # mean, std, Student t interval
 

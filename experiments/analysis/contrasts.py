@@ -2,7 +2,9 @@
 Paired by seed (jaxrae.report.paired_difference, scipy.stats.ttest_rel), Holm within each section's family.
 Run from the repository root: python experiments/analysis/contrasts.py"""
 import json
-from jaxrae.report import paired_difference, holm
+
+from jaxrae.report import holm, paired_difference
+
 R = "experiments/results/{}/results.json"
 def load(t): return json.load(open(R.format(t)))["methods"]
 def c(a, ma, b, mb=None): return (a, ma, b, mb or ma)

@@ -61,7 +61,7 @@ def read_idx(path: str | os.PathLike) -> np.ndarray:
     """
     path = pathlib.Path(path)
     try:
-        raw = open(path, "rb")  # noqa: SIM115  (closed by the `with raw` below; open's own errors are told apart here)
+        raw = open(path, "rb")
     except FileNotFoundError:
         raise invalid("IDX file", str(path), "file not found", DataError) from None
     except IsADirectoryError:

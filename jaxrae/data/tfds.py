@@ -69,7 +69,7 @@ def load_tfds(name: str, cache_dir, limits=(None, None), prep: Preprocess | None
         ]
     except (DataError, ConfigError):
         raise
-    except Exception as first:  # noqa: BLE001  (tfds raises many types: not found, not prepared, network ...)
+    except Exception as first:
         if type(first).__name__ in ("DatasetNotFoundError", "DatasetCollectionNotFoundError"):
             raise _unknown_name(tfds, name) from None
         if isinstance(first, ImportError) and not _is_tensorflow(first):
@@ -94,7 +94,7 @@ def load_tfds(name: str, cache_dir, limits=(None, None), prep: Preprocess | None
             raise
         except ImportError as e:
             raise _missing_module(name, e) from None
-        except Exception as e:  # noqa: BLE001  (as above: any tfds failure means the data set cannot be read)
+        except Exception as e:
             raise invalid("data", f"tfds:{name}", f"cannot load it ({_one_line(e)})", DataError) from None
     (train_x, train_y, train_a, names), (test_x, test_y, test_a, test_names) = splits
     require(names == test_names, "data", f"tfds:{name}", "its train and test splits have different attributes", DataError)
@@ -119,7 +119,7 @@ def _unknown_name(tfds, name: str) -> DataError:
     base = name.split(":")[0].split("/")[0]
     try:
         close = difflib.get_close_matches(base, tfds.list_builders(with_community_datasets=False), n=3)
-    except Exception:  # noqa: BLE001  (suggestions are a courtesy; the error stands without them)
+    except Exception:
         close = []
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
     return invalid("data", f"tfds:{name}", f"tensorflow-datasets has no data set named {base!r}{hint}; "
