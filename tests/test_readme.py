@@ -182,7 +182,7 @@ def _marked_snippet(test: str) -> str:
     source = (REPO / path).read_text(encoding="utf-8")
     function = _test_functions(REPO / path)[name]
     body = "\n".join(source.splitlines()[function.lineno - 1:function.end_lineno])
-    m = re.search(r"\n[ \t]*# --- README snippet: [^\n]*---\n(.*?)\n[ \t]*# --- end of README snippet ---", body, re.S)
+    m = re.search(r"\n[ \t]*# --- README snippet: [^\n]*---\n(.*?)\n[ \t]*# --- end of README snippet ---", body, re.DOTALL)
     assert m, f"{test} has no '# --- README snippet' markers"
     return textwrap.dedent(m[1])
 
