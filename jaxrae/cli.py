@@ -315,6 +315,8 @@ def cmd_compare(args) -> int:
                                       tensorboard=getattr(args, "tensorboard", True), wandb=getattr(args, "wandb", False))
     except compare.CompareInterrupted as e:  # only reachable from the Python API, kept for symmetry
         raise CheckpointError(f"{e}; rerun with --resume") from None
+    if not distributed.is_primary():  # the primary writes and prints the tables
+        return 0
     print()
     print(report.render_summary(results, results["table"]))
     print()

@@ -25,6 +25,7 @@ A row's label is the method's name for a plain method, the table key for a varia
 
 from __future__ import annotations
 
+import contextlib
 import json
 import time
 from collections.abc import Callable, Mapping
@@ -33,7 +34,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from jaxrae import report
+from jaxrae import distributed, report
 from jaxrae.data import load_data
 from jaxrae.density import check_mixture_size
 from jaxrae.errors import CheckpointError, ConfigError, require
@@ -185,7 +186,8 @@ def run_method(label: str, experiment: Experiment, data, fnet, out: Path, *, pro
                      progress=progress, progress_desc=progress_desc or label, stop_after_chunks=stop_after_chunks, logger=logger)
         if int(np.asarray(runs.state.step).min()) < config.steps:
             raise CompareInterrupted(f"{label} stopped at step {int(np.asarray(runs.state.step).min())} of {config.steps}")
-        save_runs(runs, out / ROW_MODELS_DIR / label)  # before the evaluation: a crash there keeps the trained model
+        if distributed.is_primary():  # before the evaluation: a crash there keeps the trained model
+            save_runs(runs, out / ROW_MODELS_DIR / label)
         t0 = time.perf_counter()
         values, images, notes = evaluate(runs, data, fnet, n_eval=experiment.n_eval, n_components=experiment.n_components,
                                          likelihood_k=experiment.likelihood_k)
@@ -208,9 +210,10 @@ def run_method(label: str, experiment: Experiment, data, fnet, out: Path, *, pro
         "notes": notes,
         "loss_curve": loss_curve(runs.losses),
     }
-    atomic_write_npz(out / "methods" / f"{label}.npz", {k: np.asarray(v, np.float32) for k, v in images.items()})
     record = nonfinite_to_null(record)  # the same values a later resume reads back
-    atomic_write_json(record_path, record)  # last: its presence marks the row as done
+    if distributed.is_primary():
+        atomic_write_npz(out / "methods" / f"{label}.npz", {k: np.asarray(v, np.float32) for k, v in images.items()})
+        atomic_write_json(record_path, record)  # last: its presence marks the row as done
     return record
 
 
@@ -242,7 +245,11 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
     out = Path(out)
     data = load_data(experiment.data, n_train=experiment.n_train, n_test=experiment.n_test)
     check_runnable(experiment, data)
-    with prepare_out_dir(out, resume, overwrite):
+    # With several processes (jaxrae --distributed) the primary claims --out (shared storage) and
+    # writes every file; the others train and evaluate their share of the runs and write nothing.
+    primary = distributed.is_primary()
+    with prepare_out_dir(out, resume, overwrite) if primary else contextlib.nullcontext():
+        distributed.barrier("compare-out-ready")
         return _run_claimed(experiment, data, out, t_start, progress=progress, feature_cache_dir=feature_cache_dir,
                             stop_after_chunks=stop_after_chunks, log=log, figures=figures, command=command,
                             should_stop=should_stop, tensorboard=tensorboard, wandb=wandb)
@@ -314,8 +321,9 @@ def _run_claimed(experiment: Experiment, data, out: Path, t_start: float, *, pro
     results = assemble_results(experiment, data, fnet, records, n_eval)
     results["times"] = {"this_invocation_s": time.perf_counter() - t_start, "feature_network_s": feature_s}
     results["command"] = command
-    write_outputs(results, records, out, figures=figures)
-    atomic_write_json(out / "experiment.json", experiment.to_dict())
+    if distributed.is_primary():
+        write_outputs(results, records, out, figures=figures)
+        atomic_write_json(out / "experiment.json", experiment.to_dict())
     return results
 
 
