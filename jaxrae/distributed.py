@@ -202,10 +202,12 @@ def enable_compilation_cache(cache_dir: str | os.PathLike, min_compile_time_s: f
     is installed), and ``jax._src.compiler._cache_read`` turns any error while reading, decompressing
     or deserializing an entry into a Python warning and compiles the program afresh: a torn entry
     costs one compilation, never a wrong program. Two writers of one key each write the whole
-    entry from offset 0, so the file ends as one complete entry (a decompressor ignores a longer
-    predecessor's leftover tail). ``tests/test_compile_cache.py`` runs two ``jaxrae train``
-    processes into one empty cache at once, then a third that reads what they wrote, and checks
-    that all three give the same losses.
+    entry from offset 0, so the file ends as one complete entry (zlib ignores a longer
+    predecessor's leftover tail; a decompressor that refuses it makes it a torn entry). ``tests/test_compile_cache.py`` runs two ``jaxrae train``
+    processes into one empty cache at once, then a third that reads what they wrote, and a fourth
+    after every entry was cut in half (compiled afresh, no hit), and checks they all give the same
+    losses. A torn entry stays on disk (JAX never overwrites an existing key) and is recompiled,
+    with a warning, by every later run until the directory is deleted.
 
     ConfigError when ``cache_dir`` is a file, lies under a file, or cannot be created or written.
     """

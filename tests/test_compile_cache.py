@@ -62,8 +62,14 @@ def test_a_second_train_process_is_served_from_the_cache_with_the_same_losses(tm
     # compile in about the threshold's time (0.1 s) may be written by one run and not another.
     assert counts_c["hits"] >= 1, counts_c
     assert counts_d == {"status": 0, "hits": 0, "writes": 0}
+    # A torn entry (what a reader meets while a writer is still at work, or what a killed writer
+    # leaves) is detected when read and compiled afresh, never run.
+    for entry in cache.iterdir():
+        entry.write_bytes(entry.read_bytes()[: entry.stat().st_size // 2])
+    counts_e, history_e = _finish(_start(tmp_path, "e"), tmp_path, "e")
+    assert counts_e["hits"] == 0, counts_e
     # json round-trips floats exactly (repr), so equal lists mean bitwise-equal losses.
-    assert history_a == history_b == history_c == history_d
+    assert history_a == history_b == history_c == history_d == history_e
 
 
 def test_default_cache_dir_follows_xdg(monkeypatch, tmp_path):
