@@ -397,7 +397,40 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("path", help="a comparison's output directory, or its results.json")
     p.add_argument("--no-figures", dest="figures", action="store_false", help="tables only, even when the per-row files are there")
     p.set_defaults(func=cmd_report)
+    add_compile_cache_flag(parser, sub.choices.values())
     return parser
+
+
+def add_compile_cache_flag(parser: argparse.ArgumentParser, subcommands) -> None:
+    """``--no-compile-cache`` on ``parser`` and on each parser of ``subcommands``, so it may stand before or
+    after the subcommand. The subcommands' copies default to SUPPRESS: absent there, they leave
+    the top-level value alone instead of resetting it."""
+    help_text = ("do not use the persistent compilation cache (default: compiled programs are kept in "
+                 f"{distributed.ENV_COMPILATION_CACHE} if set, else $XDG_CACHE_HOME/jaxrae/xla or ~/.cache/jaxrae/xla)")
+    parser.add_argument("--no-compile-cache", dest="compile_cache", action="store_false", help=help_text)
+    for subparser in subcommands:
+        subparser.add_argument("--no-compile-cache", dest="compile_cache", action="store_false", default=argparse.SUPPRESS,
+                               help=help_text)
+
+
+def _use_compilation_cache() -> None:
+    """Turn on JAX's persistent compilation cache for this command.
+
+    In ``$JAXRAE_COMPILATION_CACHE`` when set: the user chose that place, so a file or unwritable
+    path there is a ConfigError. Otherwise in :func:`distributed.default_compilation_cache_dir`,
+    where a file or unwritable path is only a one-line warning: the cache saves compile time and
+    changes no result, so the command runs on without it.
+    """
+    chosen = distributed.check_cache_dir(distributed.ENV_COMPILATION_CACHE)
+    if chosen is not None:
+        distributed.enable_compilation_cache(chosen)
+        return
+    default = distributed.default_compilation_cache_dir()
+    try:
+        distributed.enable_compilation_cache(default)
+    except ConfigError as e:
+        print(f"jaxrae: warning: {' '.join(str(e).splitlines())}; running without the compilation cache "
+              f"(set {distributed.ENV_COMPILATION_CACHE} to another directory, or pass --no-compile-cache)", file=sys.stderr)
 
 
 class _InterruptRequest:
@@ -483,10 +516,8 @@ def _main(argv: list[str] | None, interrupt: _InterruptRequest) -> int:
     args.interrupt_requested = lambda: bool(interrupt)
     try:
         distributed.check_cache_dir(FEATURE_CACHE_ENV)
-        compilation_cache = distributed.check_cache_dir(distributed.ENV_COMPILATION_CACHE)
-        if compilation_cache is not None:
-            # Through jaxrae.distributed so the small CPU programs (< 1 s, JAX's default threshold) are cached too.
-            distributed.enable_compilation_cache(compilation_cache)
+        if args.compile_cache:
+            _use_compilation_cache()
         if args.distributed:
             distributed.initialize()  # must precede any JAX computation
         return int(args.func(args) or 0)

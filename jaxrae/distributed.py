@@ -16,7 +16,8 @@ three things the trainer needs for that, and nothing cluster-specific:
   and :func:`is_primary` decides who writes files.
 
 And :func:`enable_compilation_cache`, JAX's persistent compilation cache, so repeated CLI runs of
-the same configuration skip XLA compilation.
+the same configuration skip XLA compilation (the CLI turns it on by default, in
+:func:`default_compilation_cache_dir`).
 """
 
 from __future__ import annotations
@@ -36,6 +37,13 @@ ENV_COORDINATOR = "JAXRAE_COORDINATOR"
 ENV_NUM_PROCESSES = "JAXRAE_NUM_PROCESSES"
 ENV_PROCESS_ID = "JAXRAE_PROCESS_ID"
 ENV_COMPILATION_CACHE = "JAXRAE_COMPILATION_CACHE"
+
+# Compilations shorter than this are not written to the persistent cache. jaxrae's training chunks
+# and evaluation programs take seconds to compile on a CPU; the eager operations around them take
+# milliseconds each, and there are thousands: caching those would fill the directory with entries
+# whose load (file read + deserialization) saves next to nothing. JAX's own default (1 s) would
+# skip the smaller evaluation programs, which together still cost seconds per run.
+DEFAULT_MIN_COMPILE_TIME_S = 0.1
 
 
 def _env_int(name: str) -> int | None:
@@ -162,22 +170,56 @@ def check_cache_dir(env_var: str) -> Path | None:
     return path
 
 
-def enable_compilation_cache(cache_dir: str | os.PathLike, min_compile_time_s: float = 0.5) -> Path:
+def default_compilation_cache_dir() -> Path:
+    """Where the CLI keeps compiled programs unless ``JAXRAE_COMPILATION_CACHE`` says otherwise.
+
+    ``$XDG_CACHE_HOME/jaxrae/xla``, or ``~/.cache/jaxrae/xla`` when ``XDG_CACHE_HOME`` is unset or
+    not absolute (the XDG Base Directory Specification, https://specifications.freedesktop.org/basedir-spec/).
+    """
+    xdg = os.environ.get("XDG_CACHE_HOME", "")
+    base = Path(xdg) if xdg and os.path.isabs(xdg) else Path.home() / ".cache"
+    return base / "jaxrae" / "xla"
+
+
+def enable_compilation_cache(cache_dir: str | os.PathLike, min_compile_time_s: float = DEFAULT_MIN_COMPILE_TIME_S) -> Path:
     """Use JAX's persistent compilation cache in ``cache_dir`` (created if missing).
 
     XLA compilation of a training chunk takes seconds (minutes for the conv nets on an
     accelerator); the cache stores each compiled executable keyed by the program, its shapes and
-    shardings, the backend and the JAX version, so a second CLI run of the same configuration
-    loads it instead of compiling. Only compilations that took at least ``min_compile_time_s``
-    are written (JAX's default threshold is 1 s, which would skip the small CPU programs; the
-    many tiny eager-op compilations stay out). Calling it again with another directory switches
-    the cache. Returns the directory.
+    shardings, the compile options and XLA flags, the backend and the JAX version, so a second run
+    of the same configuration loads it instead of compiling, and a changed program or JAX upgrade
+    simply misses. Only compilations that took at least ``min_compile_time_s`` are written
+    (:data:`DEFAULT_MIN_COMPILE_TIME_S` says why 0.1 s). Calling it again with another directory
+    switches the cache. Returns the directory.
+
+    Several processes may share one directory (two ``jaxrae`` commands at once, or the processes
+    of a ``--distributed`` job, where JAX lets only process 0 write). What makes that safe is JAX's
+    read path, not its writes: with no size limit set (the default, ``jax_compilation_cache_max_size
+    = -1``) ``jax._src.lru_cache.LRUCache.put`` writes an entry in place (``Path.write_bytes``), with
+    no lock and no rename, after checking that it does not exist yet. So a reader can meet an empty
+    or half-written entry, and two processes that compiled the same program both write it. Each
+    entry is one compressed stream (zlib, whose Adler-32 checksum catches a torn entry; zstd when it
+    is installed), and ``jax._src.compiler._cache_read`` turns any error while reading, decompressing
+    or deserializing an entry into a Python warning and compiles the program afresh: a torn entry
+    costs one compilation, never a wrong program. Two writers of one key each write the whole
+    entry from offset 0, so the file ends as one complete entry (zlib ignores a longer
+    predecessor's leftover tail; a decompressor that refuses it makes it a torn entry). ``tests/test_compile_cache.py`` runs two ``jaxrae train``
+    processes into one empty cache at once, then a third that reads what they wrote, and a fourth
+    after every entry was cut in half (compiled afresh, no hit), and checks they all give the same
+    losses. A torn entry stays on disk (JAX never overwrites an existing key) and is recompiled,
+    with a warning, by every later run until the directory is deleted.
+
+    ConfigError when ``cache_dir`` is a file, lies under a file, or cannot be created or written.
     """
-    path = Path(cache_dir).expanduser().resolve()
+    text = str(cache_dir)
+    path = Path(cache_dir).expanduser()
+    require(not path.exists() or path.is_dir(), "cache_dir", text, "must name a directory (it is a file)")
     try:
         path.mkdir(parents=True, exist_ok=True)
     except OSError as e:
-        raise invalid("cache_dir", str(cache_dir), f"cannot create the compilation cache directory: {e.strerror or e}") from None
+        raise invalid("cache_dir", text, f"cannot create the compilation cache directory: {e.strerror or e}") from None
+    require(os.access(path, os.W_OK | os.X_OK), "cache_dir", text, "the compilation cache directory is not writable")
+    path = path.resolve()
     if jax.config.jax_compilation_cache_dir not in (None, "", str(path)):
         compilation_cache.reset_cache()  # the cache object is built once per directory; rebuild it for the new one
     jax.config.update("jax_compilation_cache_dir", str(path))

@@ -1,7 +1,10 @@
 """Shared fixtures. JAX compile time dominates this suite: data sets are loaded once per
 session and tests share configs, so jaxrae's caches of compiled programs are hit."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 import pytest
 
@@ -12,6 +15,13 @@ _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_COMPILE).strip()
 
 os.environ.setdefault("JAXRAE_CACHE", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "jaxrae"))
+
+# The CLI keeps compiled programs in a persistent cache by default (~/.cache/jaxrae/xla). The suite,
+# and the CLI subprocesses it starts (they inherit the environment), keep theirs in a throwaway
+# directory instead, so no test writes into the user's cache or is served by it.
+_COMPILATION_CACHE = tempfile.mkdtemp(prefix="jaxrae-test-xla-")
+atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
+os.environ.setdefault("JAXRAE_COMPILATION_CACHE", _COMPILATION_CACHE)
 
 
 @pytest.fixture(scope="session")
