@@ -278,6 +278,8 @@ def check_runnable(experiment: Experiment, data) -> None:
 def _run_claimed(experiment: Experiment, data, out: Path, t_start: float, *, progress, feature_cache_dir, stop_after_chunks,
                  log, figures, command, should_stop, tensorboard, wandb) -> dict:
     """:func:`run_compare` once ``out`` is claimed: feature network, rows, outputs."""
+    if not distributed.is_primary():  # one process reports; the others would repeat every line
+        log, progress = (lambda msg: None), False
     t0 = time.perf_counter()
     fnet = feature_network(data, cache_dir=feature_cache_dir, steps=experiment.feature_steps)
     feature_s = time.perf_counter() - t0

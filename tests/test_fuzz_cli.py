@@ -1,7 +1,8 @@
 """Random flags and random TOML documents through the `jaxrae` command (hypothesis).
 
 Whatever the input, the command must end with status 0 or 2 (never a traceback), write nothing
-outside --out (the feature cache aside, which lives in $JAXRAE_CACHE), and never delete an old
+outside --out (the feature cache and the compilation cache aside, which live in $JAXRAE_CACHE and
+$JAXRAE_COMPILATION_CACHE), and never delete an old
 result on a failed run. The in-process examples call ``jaxrae.cli.main(argv)`` with training
 replaced by a stop (:class:`ReachedTraining`): everything up to it runs for real (parsing, every
 validation, loading the data, claiming and emptying --out), which is where these promises are

@@ -204,3 +204,33 @@ def test_single_process_helpers():
     back = distributed.to_host(distributed.put(tree, None))
     np.testing.assert_array_equal(back["a"], tree["a"])
     assert isinstance(back["a"], np.ndarray) and back["b"] == 4
+
+
+@pytest.mark.slow
+def test_two_process_compare_writes_once_and_matches_one_process(tmp_path):
+    """`jaxrae --distributed compare` in two processes: the primary claims --out and writes every
+    file, the other process exits 0 having written nothing, and the trained runs equal one
+    process's to the rounding bound of test_two_processes_match_one_process (two processes run a
+    program of another shape; the evaluation's mixture fits and FDs can amplify that rounding, so
+    the numbers compared are the final training losses)."""
+    args = ["compare", "--methods", "ae", "--seeds", "2", "--steps", "20", "--n-train", "200", "--n-test", "60",
+            "--likelihood-k", "4", "--no-tensorboard", "--quiet"]
+    jaxrae = [sys.executable, "-m", "jaxrae.cli"]
+    port = _free_port()
+    procs = [subprocess.Popen([*jaxrae, "--distributed", *args, "--out", str(tmp_path / "two")], cwd=tmp_path,
+                              env=_env(JAXRAE_COORDINATOR=f"127.0.0.1:{port}", JAXRAE_NUM_PROCESSES="2",
+                                       JAXRAE_PROCESS_ID=str(pid), PYTHONPATH=os.getcwd()),
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(2)]
+    one = subprocess.run([*jaxrae, *args, "--out", str(tmp_path / "one")], cwd=tmp_path, env=_env(PYTHONPATH=os.getcwd()),
+                         capture_output=True, text=True, timeout=TIMEOUT)
+    outputs = [p.communicate(timeout=TIMEOUT) for p in procs]
+    for proc, (out, err) in zip(procs, outputs):
+        assert proc.returncode == 0, err[-2000:]
+    assert "rows (methods and variants)" in outputs[0][0] and "ok, train" in outputs[0][0]  # the primary reports
+    assert "rows (methods and variants)" not in outputs[1][0] and "ok, train" not in outputs[1][0]
+    assert one.returncode == 0, one.stderr[-2000:]
+    two_results = json.loads((tmp_path / "two" / "results.json").read_text())["methods"]["ae"]
+    one_results = json.loads((tmp_path / "one" / "results.json").read_text())["methods"]["ae"]
+    assert two_results["seeds"] == one_results["seeds"] == [0, 1]
+    np.testing.assert_allclose(two_results["final_loss"], one_results["final_loss"], rtol=1e-5, atol=1e-6)
+    assert set(two_results["metrics"]) == set(one_results["metrics"])
