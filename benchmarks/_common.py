@@ -41,8 +41,10 @@ def machine_lines() -> list[str]:
     devices = ", ".join(sorted({d.device_kind for d in jax.devices()}))
     load = " ".join(f"{x:.1f}" for x in os.getloadavg()) if hasattr(os, "getloadavg") else "?"
     return [
-        (f"# machine: {cpu}; jax {jax.__version__} on {jax.default_backend()} ({len(jax.devices())} x {devices}); "
-         f"os.cpu_count()={os.cpu_count()}"),
+        (
+            f"# machine: {cpu}; jax {jax.__version__} on {jax.default_backend()} ({len(jax.devices())} x {devices}); "
+            f"os.cpu_count()={os.cpu_count()}"
+        ),
         f"# load average at start (1/5/15 min): {load}  (shared machine: read the ratios, not the absolute rates)",
     ]
 

@@ -72,10 +72,20 @@ def sklearn_child(data_path: str, dtype: str, threading: str, settings: dict, co
             model = fit()
             walls.append(time.perf_counter() - start)
             cpus.append(time.process_time() - cpu_start)
-    return dict(dtype=dtype, threading=threading, pools=pools, seconds=_common.median(walls), cpu_seconds=_common.median(cpus),
-                walls=walls, n_iter=int(model.n_iter_), converged=bool(model.converged_),
-                own_score=float(model.score(x.astype(np.float64))), weights=model.weights_.tolist(),
-                means=model.means_.tolist(), precisions_cholesky=model.precisions_cholesky_.tolist())
+    return dict(
+        dtype=dtype,
+        threading=threading,
+        pools=pools,
+        seconds=_common.median(walls),
+        cpu_seconds=_common.median(cpus),
+        walls=walls,
+        n_iter=int(model.n_iter_),
+        converged=bool(model.converged_),
+        own_score=float(model.score(x.astype(np.float64))),
+        weights=model.weights_.tolist(),
+        means=model.means_.tolist(),
+        precisions_cholesky=model.precisions_cholesky_.tolist(),
+    )
 
 
 def main(argv=None) -> int:
@@ -88,8 +98,12 @@ def main(argv=None) -> int:
     parser.add_argument("--tol", type=float, default=1e-3)
     parser.add_argument("--reg-covar", type=float, default=1e-6)
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--peer-timeout-s", type=float, default=600, help="limit for one scikit-learn configuration's process")
-    parser.add_argument("--quick", action="store_true", help="n=3000, 2 seeds, 1 repeat: checks the script, measures nothing")
+    parser.add_argument(
+        "--peer-timeout-s", type=float, default=600, help="limit for one scikit-learn configuration's process"
+    )
+    parser.add_argument(
+        "--quick", action="store_true", help="n=3000, 2 seeds, 1 repeat: checks the script, measures nothing"
+    )
     parser.add_argument("--out", help="also write the printed report to this markdown file")
     # The child side of the peer measurement (run by this script itself, in a fresh process).
     parser.add_argument("--sklearn-child", metavar="DATA_NPY", help=argparse.SUPPRESS)
@@ -99,7 +113,11 @@ def main(argv=None) -> int:
     settings = dict(max_iter=args.max_iter, tol=args.tol, reg_covar=args.reg_covar, n_init=1)
 
     if args.sklearn_child:
-        print(json.dumps(sklearn_child(args.sklearn_child, args.dtype, args.threading, settings, args.components, args.repeats)))
+        print(
+            json.dumps(
+                sklearn_child(args.sklearn_child, args.dtype, args.threading, settings, args.components, args.repeats)
+            )
+        )
         return 0
     if args.quick:
         args.n, args.seeds, args.repeats = 3000, 2, 1
@@ -114,27 +132,54 @@ def main(argv=None) -> int:
     if args.quick:
         emit("# --quick: small sizes and one repeat, to check the script runs; the times mean nothing")
     codes = _common.planted_codes(np.random.default_rng(0), args.n, args.dim, args.components)
-    emit(f"# x: {codes.shape} float32 planted codes, {args.components} components, full covariance, {settings}; "
-         f"wall and CPU s are medians of {args.repeats} fits after one untimed fit (jaxrae: the compile)")
+    emit(
+        f"# x: {codes.shape} float32 planted codes, {args.components} components, full covariance, {settings}; "
+        f"wall and CPU s are medians of {args.repeats} fits after one untimed fit (jaxrae: the compile)"
+    )
     emit()
 
     rows = []
     key = jax.random.key(0)
     first, one_fit, one_fit_cpu, single = _common.time_calls(
-        lambda: fit_gmm(key, codes, args.components, "full", **settings), args.repeats)
+        lambda: fit_gmm(key, codes, args.components, "full", **settings), args.repeats
+    )
     jax_ll = mean_log_likelihood(codes, single.weights, single.means, single.precisions_cholesky)
-    rows.append(["jaxrae, one fit", "float32", "JAX default", f"{one_fit:.3f}", f"{one_fit_cpu:.3f}", int(single.n_iter),
-                 f"{jax_ll:.4f}", f"compile ~ {first - one_fit:.1f} s"])
+    rows.append(
+        [
+            "jaxrae, one fit",
+            "float32",
+            "JAX default",
+            f"{one_fit:.3f}",
+            f"{one_fit_cpu:.3f}",
+            int(single.n_iter),
+            f"{jax_ll:.4f}",
+            f"compile ~ {first - one_fit:.1f} s",
+        ]
+    )
 
     if args.seeds > 1:
         stacked = np.broadcast_to(codes, (args.seeds, *codes.shape))
         first_s, seeds_fit, seeds_fit_cpu, batch = _common.time_calls(
-            lambda: fit_gmm(key, stacked, args.components, "full", **settings), args.repeats)
-        lls = [mean_log_likelihood(codes, *(np.asarray(a)[s] for a in (batch.weights, batch.means, batch.precisions_cholesky)))
-               for s in range(args.seeds)]
-        rows.append([f"jaxrae, {args.seeds} seeds vmapped (no target on CPU)", "float32", "JAX default", f"{seeds_fit:.3f}",
-                     f"{seeds_fit_cpu:.3f}", f"max {int(np.max(batch.n_iter))}", f"{min(lls):.4f} .. {max(lls):.4f}",
-                     f"{seeds_fit / one_fit:.1f}x one fit; compile ~ {first_s - seeds_fit:.1f} s"])
+            lambda: fit_gmm(key, stacked, args.components, "full", **settings), args.repeats
+        )
+        lls = [
+            mean_log_likelihood(
+                codes, *(np.asarray(a)[s] for a in (batch.weights, batch.means, batch.precisions_cholesky))
+            )
+            for s in range(args.seeds)
+        ]
+        rows.append(
+            [
+                f"jaxrae, {args.seeds} seeds vmapped (no target on CPU)",
+                "float32",
+                "JAX default",
+                f"{seeds_fit:.3f}",
+                f"{seeds_fit_cpu:.3f}",
+                f"max {int(np.max(batch.n_iter))}",
+                f"{min(lls):.4f} .. {max(lls):.4f}",
+                f"{seeds_fit / one_fit:.1f}x one fit; compile ~ {first_s - seeds_fit:.1f} s",
+            ]
+        )
 
     peers = []
     with tempfile.TemporaryDirectory() as tmp:
@@ -142,15 +187,35 @@ def main(argv=None) -> int:
         np.save(data_path, codes.astype(np.float64))  # float32 values, so the float32 run sees the same data
         for dtype in DTYPES:
             for threading in _common.PEER_THREADINGS:
-                child = [str(Path(__file__).resolve()), "--sklearn-child", data_path, "--dtype", dtype, "--threading", threading,
-                         "--components", str(args.components), "--max-iter", str(args.max_iter), "--tol", str(args.tol),
-                         "--reg-covar", str(args.reg_covar), "--repeats", str(args.repeats)]
+                child = [
+                    str(Path(__file__).resolve()),
+                    "--sklearn-child",
+                    data_path,
+                    "--dtype",
+                    dtype,
+                    "--threading",
+                    threading,
+                    "--components",
+                    str(args.components),
+                    "--max-iter",
+                    str(args.max_iter),
+                    "--tol",
+                    str(args.tol),
+                    "--reg-covar",
+                    str(args.reg_covar),
+                    "--repeats",
+                    str(args.repeats),
+                ]
                 try:
                     peer = _common.run_in_own_process(child, args.peer_timeout_s)
                 except Exception as e:
-                    emit(f"# scikit-learn {dtype}, {threading}: failed ({type(e).__name__}: {str(e).splitlines()[-1][:200]})")
+                    emit(
+                        f"# scikit-learn {dtype}, {threading}: failed ({type(e).__name__}: {str(e).splitlines()[-1][:200]})"
+                    )
                     continue
-                peer["mean_loglik"] = mean_log_likelihood(codes, peer["weights"], peer["means"], peer["precisions_cholesky"])
+                peer["mean_loglik"] = mean_log_likelihood(
+                    codes, peer["weights"], peer["means"], peer["precisions_cholesky"]
+                )
                 peers.append(peer)
     if not peers:
         emit("# no scikit-learn configuration ran; nothing to compare")
@@ -158,24 +223,40 @@ def main(argv=None) -> int:
         return 1
     best = _common.fastest_at_equal_quality(peers, "mean_loglik", LOG_LIK_TOLERANCE)
     for p in peers:
-        rows.append([f"scikit-learn{' (best)' if p is best else ''}", p["dtype"], f"{p['threading']} ({p['pools']})",
-                     f"{p['seconds']:.3f}", f"{p['cpu_seconds']:.3f}", p["n_iter"], f"{p['mean_loglik']:.4f}",
-                     f"own score {p['own_score']:.4f}"])
-    for line in _common.markdown_table(["fit", "dtype", "threads", "wall s", "CPU s", "n_iter", "mean log-lik (float64)", "notes"],
-                                       rows, "lllrrrrl"):
+        rows.append(
+            [
+                f"scikit-learn{' (best)' if p is best else ''}",
+                p["dtype"],
+                f"{p['threading']} ({p['pools']})",
+                f"{p['seconds']:.3f}",
+                f"{p['cpu_seconds']:.3f}",
+                p["n_iter"],
+                f"{p['mean_loglik']:.4f}",
+                f"own score {p['own_score']:.4f}",
+            ]
+        )
+    for line in _common.markdown_table(
+        ["fit", "dtype", "threads", "wall s", "CPU s", "n_iter", "mean log-lik (float64)", "notes"], rows, "lllrrrrl"
+    ):
         emit(line)
 
     ratio = one_fit / best["seconds"]
     ll_gap = jax_ll - best["mean_loglik"]
     equal_quality = ll_gap >= -LOG_LIK_TOLERANCE
     emit()
-    emit(f"- scikit-learn's best configuration: {best['dtype']}, {best['threading']} ({best['pools']}): {best['seconds']:.3f} s "
-         f"(the fastest of {len(peers)} configurations within {LOG_LIK_TOLERANCE} nats/sample of the best mean log-likelihood any reached)")
-    emit(f"- mean log-likelihood: jaxrae {jax_ll:.4f}, scikit-learn {best['mean_loglik']:.4f}, difference {ll_gap:+.4f} nats/sample"
-         + ("" if equal_quality else f"  **FLAG: jaxrae worse by more than {LOG_LIK_TOLERANCE}**"))
+    emit(
+        f"- scikit-learn's best configuration: {best['dtype']}, {best['threading']} ({best['pools']}): {best['seconds']:.3f} s "
+        f"(the fastest of {len(peers)} configurations within {LOG_LIK_TOLERANCE} nats/sample of the best mean log-likelihood any reached)"
+    )
+    emit(
+        f"- mean log-likelihood: jaxrae {jax_ll:.4f}, scikit-learn {best['mean_loglik']:.4f}, difference {ll_gap:+.4f} nats/sample"
+        + ("" if equal_quality else f"  **FLAG: jaxrae worse by more than {LOG_LIK_TOLERANCE}**")
+    )
     verdict = "PASS" if ratio <= 1.0 and equal_quality else "FAIL"
-    emit(f"- **one jaxrae fit / scikit-learn's best = {ratio:.2f}** wall ({one_fit_cpu / best['cpu_seconds']:.2f} CPU) "
-         f"(target <= 1 at equal mean log-likelihood): {verdict}")
+    emit(
+        f"- **one jaxrae fit / scikit-learn's best = {ratio:.2f}** wall ({one_fit_cpu / best['cpu_seconds']:.2f} CPU) "
+        f"(target <= 1 at equal mean log-likelihood): {verdict}"
+    )
     worst_own = max(abs(p["own_score"] - p["mean_loglik"]) for p in peers)
     if worst_own > 1e-4:  # the shared float64 evaluator disagrees with scikit-learn's own score()
         emit(f"- WARNING: mean_log_likelihood differs from scikit-learn's own score() by up to {worst_own:.2e}")

@@ -94,8 +94,7 @@ def main() -> None:
         f"||exact grad|| = {float(jnp.linalg.norm(exact)):.4f}, backend {jax.default_backend()}"
     )
     header = (
-        f"{'estimator':<24}{'tau':>5}{'bias norm':>11}{'(MC s.e.)':>11}"
-        f"{'variance':>11}{'cosine':>9}{'rel. MSE':>11}"
+        f"{'estimator':<24}{'tau':>5}{'bias norm':>11}{'(MC s.e.)':>11}{'variance':>11}{'cosine':>9}{'rel. MSE':>11}"
     )
     print(header)
     print("-" * len(header))
@@ -109,7 +108,9 @@ def main() -> None:
                 )
             )
         stats = summarize(compiled[kind](jnp.float32(1.0 if tau is None else tau)), args.samples)
-        name = {"gumbel-rao": f"gumbel-rao (n={n_samples})", "gumbel-softmax": "gumbel-softmax (soft)"}.get(estimator, estimator)
+        name = {"gumbel-rao": f"gumbel-rao (n={n_samples})", "gumbel-softmax": "gumbel-softmax (soft)"}.get(
+            estimator, estimator
+        )
         tau_text = "-" if tau is None else f"{tau:g}"
         print(
             f"{name:<24}{tau_text:>5}{stats['bias']:>11.4f}{stats['bias_se']:>11.4f}"

@@ -65,9 +65,14 @@ class Records:
         with self.path.open("a") as f:
             f.write(json.dumps({"part": self.part, **record}) + "\n")
         if "measurement" in record:
-            print(f"[{self.part}] {record['measurement']}: {record.get('value', '')}  {record.get('details', '')}", flush=True)
+            print(
+                f"[{self.part}] {record['measurement']}: {record.get('value', '')}  {record.get('details', '')}",
+                flush=True,
+            )
 
-    def row(self, measurement: str, value: str, target: str = "", verdict: bool | None = None, details: str = "") -> None:
+    def row(
+        self, measurement: str, value: str, target: str = "", verdict: bool | None = None, details: str = ""
+    ) -> None:
         self.add(measurement=measurement, value=value, target=target, verdict=verdict, details=details)
 
 
@@ -129,17 +134,23 @@ def part_gmm(args, rec: Records) -> None:
 
     codes = _common.planted_codes(np.random.default_rng(0), args.gmm_n, 16, 10)
     settings = dict(max_iter=100, tol=1e-3, reg_covar=1e-6, n_init=1)
-    rec.add(setup=f"GMM: {codes.shape} float32 planted codes, 10 components, full covariance, {settings}, "
-                  f"same codes for every seed; medians of {args.repeats} fits after a compiling call")
+    rec.add(
+        setup=f"GMM: {codes.shape} float32 planted codes, 10 components, full covariance, {settings}, "
+        f"same codes for every seed; medians of {args.repeats} fits after a compiling call"
+    )
     deadline, key, one = Deadline(args.limit_s), jax.random.key(0), None
     for seeds in [int(s) for s in args.gmm_seeds.split(",")]:
         name = "GMM fit, one seed" if seeds == 1 else f"GMM fit, {seeds} seeds vmapped / one fit"
         if not deadline.allows():
-            rec.row(name, "skipped", details=f"needs at least ~{deadline.predict():.0f} s, {deadline.left():.0f} s left")
+            rec.row(
+                name, "skipped", details=f"needs at least ~{deadline.predict():.0f} s, {deadline.left():.0f} s left"
+            )
             continue
         x = codes if seeds == 1 else np.broadcast_to(codes, (seeds, *codes.shape))
         try:
-            first, wall, _, mixture = _common.time_calls(lambda x=x: fit_gmm(key, x, 10, "full", **settings), args.repeats)
+            first, wall, _, mixture = _common.time_calls(
+                lambda x=x: fit_gmm(key, x, 10, "full", **settings), args.repeats
+            )
         except Exception as e:
             traceback.print_exc()
             rec.row(name, "failed", details=failure(e))
@@ -155,10 +166,14 @@ def part_gmm(args, rec: Records) -> None:
             continue
         ratio = wall / one[0]
         per_iteration = ratio * one[1] / n_iter
-        rec.row(name, f"{ratio:.2f}x", f"<= {GMM_TARGET}x" if seeds == 8 else "",
-                (ratio <= GMM_TARGET) if seeds == 8 else None,
-                f"{1e3 * wall:.1f} ms; EM iterations: max {n_iter} over the seeds vs {one[1]} for the one fit, "
-                f"so {per_iteration:.2f}x per iteration; compile ~ {first - wall:.1f} s")
+        rec.row(
+            name,
+            f"{ratio:.2f}x",
+            f"<= {GMM_TARGET}x" if seeds == 8 else "",
+            (ratio <= GMM_TARGET) if seeds == 8 else None,
+            f"{1e3 * wall:.1f} ms; EM iterations: max {n_iter} over the seeds vs {one[1]} for the one fit, "
+            f"so {per_iteration:.2f}x per iteration; compile ~ {first - wall:.1f} s",
+        )
 
 
 def _time_train(config, data, seeds: int, repeats: int):
@@ -178,13 +193,19 @@ def part_mlp(args, rec: Records) -> None:
 
     data = synthetic_data(args.mlp_n, 28)
     config = jaxrae.TrainConfig(method="rae", steps=args.mlp_steps, chunk_size=min(250, args.mlp_steps))
-    rec.add(setup=f"MLP: rae, arch mlp, batch {config.batch_size}, {config.steps} steps in chunks of {config.chunk_size}, "
-                  f"{data.train_images_u8.shape[0]} synthetic 28x28 uint8 images; medians of {args.repeats} train() calls "
-                  "after a compiling one (Runs.wall_time_s: compilation excluded)")
+    rec.add(
+        setup=f"MLP: rae, arch mlp, batch {config.batch_size}, {config.steps} steps in chunks of {config.chunk_size}, "
+        f"{data.train_images_u8.shape[0]} synthetic 28x28 uint8 images; medians of {args.repeats} train() calls "
+        "after a compiling one (Runs.wall_time_s: compilation excluded)"
+    )
     deadline, times = Deadline(args.limit_s), {}
     for seeds in (1, args.mlp_seeds):
         if not deadline.allows():
-            rec.row(f"MLP rae, {seeds} seeds", "skipped", details=f"needs at least ~{deadline.predict():.0f} s, {deadline.left():.0f} s left")
+            rec.row(
+                f"MLP rae, {seeds} seeds",
+                "skipped",
+                details=f"needs at least ~{deadline.predict():.0f} s, {deadline.left():.0f} s left",
+            )
             continue
         try:
             compile_s, wall, runs = _time_train(config, data, seeds, args.repeats)
@@ -194,13 +215,21 @@ def part_mlp(args, rec: Records) -> None:
             continue
         deadline.done(compile_s, (1 + args.repeats) * wall)
         times[seeds] = wall
-        rec.row(f"MLP rae, {seeds} seed{'s' if seeds > 1 else ''} in one program", f"{wall:.3f} s",
-                details=f"{_count(config.steps / wall)} steps/s, {_count(seeds * config.steps / wall)} run-steps/s; compile {compile_s:.1f} s"
-                + ("" if bool(runs.ok.all()) else "; some runs diverged"))
+        rec.row(
+            f"MLP rae, {seeds} seed{'s' if seeds > 1 else ''} in one program",
+            f"{wall:.3f} s",
+            details=f"{_count(config.steps / wall)} steps/s, {_count(seeds * config.steps / wall)} run-steps/s; compile {compile_s:.1f} s"
+            + ("" if bool(runs.ok.all()) else "; some runs diverged"),
+        )
     if 1 in times and args.mlp_seeds in times:
         ratio = times[args.mlp_seeds] / times[1]
-        rec.row(f"MLP rae, {args.mlp_seeds} seeds in one program / 1 seed", f"{ratio:.2f}x", f"<= {MLP_TARGET}x", ratio <= MLP_TARGET,
-                "training time of the two rows above")
+        rec.row(
+            f"MLP rae, {args.mlp_seeds} seeds in one program / 1 seed",
+            f"{ratio:.2f}x",
+            f"<= {MLP_TARGET}x",
+            ratio <= MLP_TARGET,
+            "training time of the two rows above",
+        )
 
 
 def matmul_rates(n: int) -> dict:
@@ -209,7 +238,11 @@ def matmul_rates(n: int) -> dict:
     import jax.numpy as jnp
 
     rates = {}
-    for name, dtype, precision in (("fp32", jnp.float32, None), ("bf16", jnp.bfloat16, None), ("fp32-highest", jnp.float32, "highest")):
+    for name, dtype, precision in (
+        ("fp32", jnp.float32, None),
+        ("bf16", jnp.bfloat16, None),
+        ("fp32-highest", jnp.float32, "highest"),
+    ):
         try:
             with jax.default_matmul_precision(precision) if precision else _nullcontext():
                 rates[name] = _common.matmul_flops_per_s(n, dtype, repeats=10)
@@ -253,20 +286,25 @@ def part_conv(args, rec: Records) -> None:
     import jaxrae
 
     data = synthetic_data(4096, 32)
-    config = jaxrae.TrainConfig(method="rae", arch="conv-paper", batch_size=args.conv_batch, steps=args.conv_steps,
-                                chunk_size=args.conv_steps)
+    config = jaxrae.TrainConfig(
+        method="rae", arch="conv-paper", batch_size=args.conv_batch, steps=args.conv_steps, chunk_size=args.conv_steps
+    )
     rates = matmul_rates(args.matmul_n)
     flops1 = step_flops(config, data)
     fmt = _common.fmt_rate
-    rec.add(setup=f"conv-paper: rae, 32x32x1 synthetic uint8, batch {config.batch_size}, {config.steps} steps (one chunk), "
-                  f"float32 training; XLA FLOPs per step and run {flops1 / 1e9:.1f} G; {args.matmul_n}^2 matmul in the same "
-                  f"process: fp32 (default precision) {fmt(rates['fp32'])}FLOP/s, bf16 {fmt(rates['bf16'])}FLOP/s, "
-                  f"fp32 highest {fmt(rates['fp32-highest'])}FLOP/s; one train() call per S after a compiling one")
+    rec.add(
+        setup=f"conv-paper: rae, 32x32x1 synthetic uint8, batch {config.batch_size}, {config.steps} steps (one chunk), "
+        f"float32 training; XLA FLOPs per step and run {flops1 / 1e9:.1f} G; {args.matmul_n}^2 matmul in the same "
+        f"process: fp32 (default precision) {fmt(rates['fp32'])}FLOP/s, bf16 {fmt(rates['bf16'])}FLOP/s, "
+        f"fp32 highest {fmt(rates['fp32-highest'])}FLOP/s; one train() call per S after a compiling one"
+    )
     deadline, best = Deadline(args.limit_s), None
     for seeds in [int(s) for s in args.conv_sizes.split(",")]:
         name = f"conv-paper, S={seeds} in one program"
         if not deadline.allows():
-            rec.row(name, "skipped", details=f"needs at least ~{deadline.predict():.0f} s, {deadline.left():.0f} s left")
+            rec.row(
+                name, "skipped", details=f"needs at least ~{deadline.predict():.0f} s, {deadline.left():.0f} s left"
+            )
             continue
         try:
             compile_s, wall, runs = _time_train(config, data, seeds, 1)
@@ -279,14 +317,23 @@ def part_conv(args, rec: Records) -> None:
         deadline.done(compile_s, 2 * wall)
         achieved = flops1 * seeds * config.steps / wall
         fraction = achieved / rates["fp32"]
-        rec.row(name, f"{_count(config.steps / wall)} steps/s", details=f"{_count(seeds * config.steps * config.batch_size / wall)} img/s; "
-                f"{fmt(achieved)}FLOP/s = {fraction:.0%} of fp32 matmul, {achieved / rates['bf16']:.0%} of bf16; "
-                f"compile {compile_s:.1f} s" + ("" if bool(runs.ok.all()) else "; some runs diverged"))
+        rec.row(
+            name,
+            f"{_count(config.steps / wall)} steps/s",
+            details=f"{_count(seeds * config.steps * config.batch_size / wall)} img/s; "
+            f"{fmt(achieved)}FLOP/s = {fraction:.0%} of fp32 matmul, {achieved / rates['bf16']:.0%} of bf16; "
+            f"compile {compile_s:.1f} s" + ("" if bool(runs.ok.all()) else "; some runs diverged"),
+        )
         if best is None or fraction > best[1]:
             best = (seeds, fraction, achieved)
         # Written after every size (the table keeps the last), so a larger S stopped by the limit leaves the verdict.
-        rec.row("conv-paper achieved FLOP/s / fp32 matmul (best S)", f"{best[1]:.0%}", f">= {CONV_TARGET:.0%}", best[1] >= CONV_TARGET,
-                f"S={best[0]}: {fmt(best[2])}FLOP/s against {fmt(rates['fp32'])}FLOP/s")
+        rec.row(
+            "conv-paper achieved FLOP/s / fp32 matmul (best S)",
+            f"{best[1]:.0%}",
+            f">= {CONV_TARGET:.0%}",
+            best[1] >= CONV_TARGET,
+            f"S={best[0]}: {fmt(best[2])}FLOP/s against {fmt(rates['fp32'])}FLOP/s",
+        )
 
 
 def part_table(args) -> list[str]:
@@ -296,7 +343,9 @@ def part_table(args) -> list[str]:
     cpu = next((r["backend"] == "cpu" for r in records if "backend" in r), True)
     lines = ["# command: bash benchmarks/gpu.sh", *machine]
     if cpu:
-        lines.append("# WARNING: no accelerator: a CPU smoke run with small sizes; the targets are a GPU's and are not judged")
+        lines.append(
+            "# WARNING: no accelerator: a CPU smoke run with small sizes; the targets are a GPU's and are not judged"
+        )
     lines += [f"# {r['part']}: {r['setup']}" for r in records if "setup" in r]
     lines.append("")
     rows, latest = [], {}
@@ -312,8 +361,21 @@ def part_table(args) -> list[str]:
         elif "rc" in r and str(r["rc"]) == "skipped":
             rows.append([r["part"], "part not run", "", "", "not measured", "no time was left for it"])
         elif "rc" in r and str(r["rc"]) != "0":
-            why = f"stopped at its {r.get('limit_s')} s limit" if str(r["rc"]) in ("124", "137") else f"exit code {r['rc']}"
-            rows.append([r["part"], "part did not finish", "", "", "incomplete", f"{why}; its rows above are what it finished (log on stderr)"])
+            why = (
+                f"stopped at its {r.get('limit_s')} s limit"
+                if str(r["rc"]) in ("124", "137")
+                else f"exit code {r['rc']}"
+            )
+            rows.append(
+                [
+                    r["part"],
+                    "part did not finish",
+                    "",
+                    "",
+                    "incomplete",
+                    f"{why}; its rows above are what it finished (log on stderr)",
+                ]
+            )
     lines += _common.markdown_table(["part", "measurement", "value", "target", "result", "details"], rows, "llrlll")
     total = next((r["total_s"] for r in records if "total_s" in r), None)
     if total is not None:
@@ -325,7 +387,9 @@ def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--part", choices=("gmm", "mlp", "conv", "table"), required=True)
     parser.add_argument("--records", required=True, help="JSON-lines file the parts append to and the table reads")
-    parser.add_argument("--limit-s", type=float, default=120.0, help="this part's time limit: sizes that would not finish are skipped")
+    parser.add_argument(
+        "--limit-s", type=float, default=120.0, help="this part's time limit: sizes that would not finish are skipped"
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--gmm-n", type=int, default=60_000)
     parser.add_argument("--gmm-seeds", default="1,8,32")

@@ -92,8 +92,14 @@ def make_program(image_shape, k, chunk_size, image_block, runs):
             def log_px_given_z(image, z):
                 return likelihood.bernoulli_log_likelihood(image, decoder.apply(params["decoder"], z))
 
-            return likelihood.iwae_bound(jax.random.fold_in(key, index), x, likelihood.GaussianProposal(mean, log_var),
-                                         log_px_given_z, k=k, chunk_size=chunk_size)
+            return likelihood.iwae_bound(
+                jax.random.fold_in(key, index),
+                x,
+                likelihood.GaussianProposal(mean, log_var),
+                log_px_given_z,
+                k=k,
+                chunk_size=chunk_size,
+            )
 
         return jax.lax.map(block, (jnp.arange(x_blocks.shape[0]), x_blocks)).reshape(-1)
 
@@ -106,8 +112,10 @@ def init_params(key, image_shape, runs):
 
     def init(key):
         key_e, key_d = jax.random.split(key)
-        return {"encoder": encoder.init(key_e, jnp.zeros((1, *image_shape))),
-                "decoder": decoder.init(key_d, jnp.zeros((1, LATENT)))}
+        return {
+            "encoder": encoder.init(key_e, jnp.zeros((1, *image_shape))),
+            "decoder": decoder.init(key_d, jnp.zeros((1, LATENT))),
+        }
 
     keys = jax.random.split(key, runs)
     return (init(keys[0]), keys[0]) if runs == 1 else (jax.vmap(init)(keys), keys)
@@ -145,11 +153,16 @@ def main(argv=None):
     x_blocks = jnp.asarray(x.reshape(n_test // image_block, image_block, *image_shape))
     flops_per_sample = decoder_flops_per_sample(math.prod(image_shape))
 
-    lines = [_common.machine_header(sys.argv),
-             (f"# data {data.name}: {n_test} test images {image_shape}; "
-              f"chunk_size {chunk_size} samples, image block {image_block}; decoder {flops_per_sample} FLOP/sample"),
-             "", "| k | runs | compile s | eval s | images/s | GFLOP/s | matmul GFLOP/s | fraction | compiled temp MiB | peak RSS MiB | mean IWAE-k nats |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        _common.machine_header(sys.argv),
+        (
+            f"# data {data.name}: {n_test} test images {image_shape}; "
+            f"chunk_size {chunk_size} samples, image block {image_block}; decoder {flops_per_sample} FLOP/sample"
+        ),
+        "",
+        "| k | runs | compile s | eval s | images/s | GFLOP/s | matmul GFLOP/s | fraction | compiled temp MiB | peak RSS MiB | mean IWAE-k nats |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     print("\n".join(lines), flush=True)
     for runs in runs_list:
         params, keys = init_params(jax.random.key(0), image_shape, runs)
@@ -159,7 +172,9 @@ def main(argv=None):
             compiled = program.lower(params, keys, x_blocks).compile()
             compile_s = time.perf_counter() - start
             memory = compiled.memory_analysis()
-            temp_mib = getattr(memory, "temp_size_in_bytes", float("nan")) / 2**20 if memory is not None else float("nan")
+            temp_mib = (
+                getattr(memory, "temp_size_in_bytes", float("nan")) / 2**20 if memory is not None else float("nan")
+            )
             walls, rates = [], []
             for _ in range(args.repeats):
                 matmul_rate = _common.matmul_flops_per_s(matmul_n)  # interleaved: the reference under the same load
@@ -169,9 +184,11 @@ def main(argv=None):
                 rates.append(matmul_rate)
             wall, matmul_rate = _common.median(walls), _common.median(rates)
             flops = runs * n_test * k * flops_per_sample
-            row = (f"| {k} | {runs} | {compile_s:.1f} | {wall:.3f} | {runs * n_test / wall:.0f} | {flops / wall / 1e9:.2f} | "
-                   f"{matmul_rate / 1e9:.2f} | {flops / wall / matmul_rate:.2f} | {temp_mib:.1f} | {_common.peak_rss_mib():.0f} | "
-                   f"{float(jnp.mean(values)):.2f} |")
+            row = (
+                f"| {k} | {runs} | {compile_s:.1f} | {wall:.3f} | {runs * n_test / wall:.0f} | {flops / wall / 1e9:.2f} | "
+                f"{matmul_rate / 1e9:.2f} | {flops / wall / matmul_rate:.2f} | {temp_mib:.1f} | {_common.peak_rss_mib():.0f} | "
+                f"{float(jnp.mean(values)):.2f} |"
+            )
             lines.append(row)
             print(row, flush=True)
     _common.write_table(args.out, lines)

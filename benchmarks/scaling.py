@@ -58,8 +58,13 @@ def program_memory(config, data, n_runs: int) -> dict:
     if m is None:  # a backend without the analysis
         return dict(arguments=np.nan, outputs=np.nan, temps=np.nan, aliased=np.nan, total=np.nan)
     total = m.argument_size_in_bytes + m.output_size_in_bytes + m.temp_size_in_bytes - m.alias_size_in_bytes
-    return dict(arguments=m.argument_size_in_bytes, outputs=m.output_size_in_bytes, temps=m.temp_size_in_bytes,
-                aliased=m.alias_size_in_bytes, total=total)
+    return dict(
+        arguments=m.argument_size_in_bytes,
+        outputs=m.output_size_in_bytes,
+        temps=m.temp_size_in_bytes,
+        aliased=m.alias_size_in_bytes,
+        total=total,
+    )
 
 
 def per_run_budget(config, data) -> dict:
@@ -88,10 +93,21 @@ print("RSS", resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0)
 
 def peak_rss_mib(config, spec: str, n_runs: int) -> float:
     """Peak RSS (MiB) of a fresh process that trains ``n_runs`` runs."""
-    cfg = dict(method=config.method, arch=config.arch, batch_size=config.batch_size, steps=config.steps, chunk_size=config.chunk_size)
+    cfg = dict(
+        method=config.method,
+        arch=config.arch,
+        batch_size=config.batch_size,
+        steps=config.steps,
+        chunk_size=config.chunk_size,
+    )
     env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
-    out = subprocess.run([sys.executable, "-c", _RSS_CHILD, json.dumps(cfg), spec, str(n_runs)],
-                         capture_output=True, text=True, timeout=900, env=env)
+    out = subprocess.run(
+        [sys.executable, "-c", _RSS_CHILD, json.dumps(cfg), spec, str(n_runs)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+        env=env,
+    )
     lines = [line for line in out.stdout.splitlines() if line.startswith("RSS ")]
     if out.returncode != 0 or not lines:
         print(out.stderr[-2000:], file=sys.stderr)
@@ -118,12 +134,16 @@ def main(argv=None) -> int:
     config = jaxrae.TrainConfig(method=args.method, arch="mlp", batch_size=100, steps=args.steps, chunk_size=args.steps)
     img = config.steps * config.batch_size
     budget = per_run_budget(config, data)
-    emit(f"# {args.method}, arch=mlp, batch 100, {data.name} {data.train_images_u8.shape}, {args.steps} steps per run, "
-         f"{args.rounds} rounds (medians)")
-    emit(f"# per-run budget: params {budget['params'] / 2**20:.2f} MiB + Adam {budget['adam'] / 2**20:.2f} MiB + activations "
-         f"{budget['activations'] / 2**20:.2f} MiB = {budget['total'] / 2**20:.2f} MiB "
-         f"({budget['total_with_grads'] / 2**20:.2f} MiB with the parameters' gradient); "
-         f"data (shared, uint8) {data.train_images_u8.nbytes / 2**20:.1f} MiB\n")
+    emit(
+        f"# {args.method}, arch=mlp, batch 100, {data.name} {data.train_images_u8.shape}, {args.steps} steps per run, "
+        f"{args.rounds} rounds (medians)"
+    )
+    emit(
+        f"# per-run budget: params {budget['params'] / 2**20:.2f} MiB + Adam {budget['adam'] / 2**20:.2f} MiB + activations "
+        f"{budget['activations'] / 2**20:.2f} MiB = {budget['total'] / 2**20:.2f} MiB "
+        f"({budget['total_with_grads'] / 2**20:.2f} MiB with the parameters' gradient); "
+        f"data (shared, uint8) {data.train_images_u8.nbytes / 2**20:.1f} MiB\n"
+    )
 
     train(config, data, [0], progress=False)  # compile and warm the 1-run program
     rows = {}
@@ -139,15 +159,18 @@ def main(argv=None) -> int:
             program=_common.median([S * img / t for t in many]),
             sequential=_common.median([img / t for t in one]),
             ratio=_common.median([S * a / b for a, b in zip(one, many)]),
-            compile_s=compile_s, mem=mem,
+            compile_s=compile_s,
+            mem=mem,
         )
         print(f"  S={S}: {rows[S]['ratio']:.2f}x", file=sys.stderr, flush=True)
     if not args.no_rss:
         for S in sizes:
             rows[S]["rss"] = peak_rss_mib(config, args.data, S)
 
-    emit("| S | program img/s | sequential img/s | program / sequential | compile s | XLA memory MiB | "
-         "per-run increment MiB | peak RSS MiB | RSS per-run increment MiB |")
+    emit(
+        "| S | program img/s | sequential img/s | program / sequential | compile s | XLA memory MiB | "
+        "per-run increment MiB | peak RSS MiB | RSS per-run increment MiB |"
+    )
     emit("|---:|---:|---:|---:|---:|---:|---:|---:|---:|")
     base = rows[sizes[0]]
     for S in sizes:
@@ -156,21 +179,31 @@ def main(argv=None) -> int:
         inc = "" if S == sizes[0] else f"{(r['mem']['total'] - base['mem']['total']) / (S - sizes[0]) / 2**20:.2f}"
         rss = r.get("rss", float("nan"))
         rss_inc = "" if S == sizes[0] or "rss" not in r else f"{(rss - base['rss']) / (S - sizes[0]):.2f}"
-        emit(f"| {S} | {r['program']:,.0f} | {r['sequential']:,.0f} | **{r['ratio']:.2f}** | {r['compile_s']:.1f} | "
-             f"{mem:.1f} | {inc} | {rss:.0f} | {rss_inc} |")
+        emit(
+            f"| {S} | {r['program']:,.0f} | {r['sequential']:,.0f} | **{r['ratio']:.2f}** | {r['compile_s']:.1f} | "
+            f"{mem:.1f} | {inc} | {rss:.0f} | {rss_inc} |"
+        )
     worst = min((rows[S]["ratio"] for S in sizes if S > 1), default=float("nan"))
-    inc_max = max(((rows[S]["mem"]["total"] - base["mem"]["total"]) / (S - sizes[0]) for S in sizes if S != sizes[0]), default=0)
+    inc_max = max(
+        ((rows[S]["mem"]["total"] - base["mem"]["total"]) / (S - sizes[0]) for S in sizes if S != sizes[0]), default=0
+    )
     emit()
-    emit(f"- slowest program / sequential ratio over S >= 2: {worst:.2f} (target >= 1.0: {'met' if worst >= 1.0 else 'MISSED'})"
-         + (f"; S=1 (same program both sides, the noise floor): {rows[1]['ratio']:.2f}" if 1 in rows else ""))
+    emit(
+        f"- slowest program / sequential ratio over S >= 2: {worst:.2f} (target >= 1.0: {'met' if worst >= 1.0 else 'MISSED'})"
+        + (f"; S=1 (same program both sides, the noise floor): {rows[1]['ratio']:.2f}" if 1 in rows else "")
+    )
     verdict = lambda limit: "within" if inc_max <= limit else "OVER"
-    emit(f"- largest per-run memory increment (XLA): {inc_max / 2**20:.2f} MiB; budget params + Adam + activations "
-         f"{budget['total'] / 2**20:.2f} MiB ({verdict(budget['total'])}), with the parameters' gradient "
-         f"{budget['total_with_grads'] / 2**20:.2f} MiB ({verdict(budget['total_with_grads'])})")
+    emit(
+        f"- largest per-run memory increment (XLA): {inc_max / 2**20:.2f} MiB; budget params + Adam + activations "
+        f"{budget['total'] / 2**20:.2f} MiB ({verdict(budget['total'])}), with the parameters' gradient "
+        f"{budget['total_with_grads'] / 2**20:.2f} MiB ({verdict(budget['total_with_grads'])})"
+    )
     m = base["mem"]
-    emit(f"- S={sizes[0]} program memory: arguments {m['arguments'] / 2**20:.1f} MiB (of which data "
-         f"{data.train_images_u8.nbytes / 2**20:.1f}), outputs {m['outputs'] / 2**20:.1f}, temporaries {m['temps'] / 2**20:.1f}, "
-         f"aliased {m['aliased'] / 2**20:.1f}")
+    emit(
+        f"- S={sizes[0]} program memory: arguments {m['arguments'] / 2**20:.1f} MiB (of which data "
+        f"{data.train_images_u8.nbytes / 2**20:.1f}), outputs {m['outputs'] / 2**20:.1f}, temporaries {m['temps'] / 2**20:.1f}, "
+        f"aliased {m['aliased'] / 2**20:.1f}"
+    )
     _common.write_table(args.out, lines)
     return 0
 

@@ -82,13 +82,19 @@ def main(argv=None) -> int:
     print(lines[0], flush=True)
     emit = lambda s="": (print(s, flush=True), lines.append(s))
     S = args.seeds
-    emit(f"# {args.method}, arch=mlp, batch 100, {args.steps} steps per run (one chunk), {args.rounds} rounds, medians\n")
-    emit(f"| data | image | 1 seed img/s | {S} seeds vmapped img/s | {S} sequential img/s | vmapped / sequential | compile s (1 / {S}) |")
+    emit(
+        f"# {args.method}, arch=mlp, batch 100, {args.steps} steps per run (one chunk), {args.rounds} rounds, medians\n"
+    )
+    emit(
+        f"| data | image | 1 seed img/s | {S} seeds vmapped img/s | {S} sequential img/s | vmapped / sequential | compile s (1 / {S}) |"
+    )
     emit("|---|---|---:|---:|---:|---:|---:|")
     flop_rows = []
     for spec in args.data.split(","):
         data = jaxrae.load_data(spec)
-        config = jaxrae.TrainConfig(method=args.method, arch="mlp", batch_size=100, steps=args.steps, chunk_size=args.steps)
+        config = jaxrae.TrainConfig(
+            method=args.method, arch="mlp", batch_size=100, steps=args.steps, chunk_size=args.steps
+        )
         img = config.steps * config.batch_size
         c1 = train(config, data, [0], progress=False).compile_time_s
         cS = train(config, data, list(range(S)), progress=False).compile_time_s
@@ -111,10 +117,16 @@ def main(argv=None) -> int:
         fractions = [a / mm for a, (mm, _, _) in zip(achieved, rounds)]
         emit()
         emit(f"## MLP preset FLOP/s ({n_in}-512-256-16, batch 100, {S} seeds vmapped, {data.name})\n")
-        emit(f"- FLOPs per step: analytic (matmuls) {analytic / 1e9:.3f} G; XLA cost analysis (all ops) {xla / 1e9:.3f} G")
+        emit(
+            f"- FLOPs per step: analytic (matmuls) {analytic / 1e9:.3f} G; XLA cost analysis (all ops) {xla / 1e9:.3f} G"
+        )
         emit(f"- achieved (analytic FLOPs / training time): {_common.fmt_rate(_common.median(achieved))}FLOP/s")
-        emit(f"- {args.matmul_n}x{args.matmul_n} f32 matmul, same rounds: {_common.fmt_rate(_common.median([mm for mm, _, _ in rounds]))}FLOP/s")
-        emit(f"- **MLP preset / matmul = {_common.median(fractions):.0%}** (per round: {', '.join(f'{f:.0%}' for f in fractions)}; target >= 60%)")
+        emit(
+            f"- {args.matmul_n}x{args.matmul_n} f32 matmul, same rounds: {_common.fmt_rate(_common.median([mm for mm, _, _ in rounds]))}FLOP/s"
+        )
+        emit(
+            f"- **MLP preset / matmul = {_common.median(fractions):.0%}** (per round: {', '.join(f'{f:.0%}' for f in fractions)}; target >= 60%)"
+        )
     _common.write_table(args.out, lines)
     return 0
 

@@ -17,8 +17,9 @@ import signal
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 import numpy as np
 
@@ -79,7 +80,12 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
     for field in dataclasses.fields(TrainConfig):
         flag = "--" + field.name.replace("_", "-")
         if field.name == "fsq_levels":
-            parser.add_argument(flag, type=lambda s: tuple(int(v) for v in s.split(",")), default=None, help="comma-separated, e.g. 8,5,5,5")
+            parser.add_argument(
+                flag,
+                type=lambda s: tuple(int(v) for v in s.split(",")),
+                default=None,
+                help="comma-separated, e.g. 8,5,5,5",
+            )
             continue
         # Annotations are strings ("int", "float | None", "str | None"): the first type parses.
         kind = {"int": int, "float": float}.get(str(field.type).split(" |")[0], str)
@@ -88,10 +94,18 @@ def add_config_flags(parser: argparse.ArgumentParser) -> None:
 
 def add_log_flags(parser: argparse.ArgumentParser) -> None:
     """``--no-tensorboard`` and ``--wandb``: where the per-run live logs go (jaxrae.runlog)."""
-    parser.add_argument("--no-tensorboard", dest="tensorboard", action="store_false",
-                        help="write no TensorBoard event files (default: <out>/tensorboard/<row>/<run>/)")
-    parser.add_argument("--wandb", action="store_true", help="also log every run to Weights & Biases (needs `pip install wandb`; "
-                        "project from WANDB_PROJECT, default jaxrae)")
+    parser.add_argument(
+        "--no-tensorboard",
+        dest="tensorboard",
+        action="store_false",
+        help="write no TensorBoard event files (default: <out>/tensorboard/<row>/<run>/)",
+    )
+    parser.add_argument(
+        "--wandb",
+        action="store_true",
+        help="also log every run to Weights & Biases (needs `pip install wandb`; "
+        "project from WANDB_PROJECT, default jaxrae)",
+    )
 
 
 def config_from_args(args, **overrides):
@@ -106,7 +120,9 @@ def cmd_methods(args) -> int:
     print(f"{'name':<11} {'encoder':<13} {'code':<15} {'latent_reg':<11} {'decoder_reg':<11} {'beta':>9} {'lambda':>9}")
     for name in methods.names():
         m = methods.get(name)
-        print(f"{name:<11} {m.encoder:<13} {m.code:<15} {m.latent_reg:<11} {m.decoder_reg:<11} {m.beta:>9.3g} {m.lam:>9.3g}  {m.summary}")
+        print(
+            f"{name:<11} {m.encoder:<13} {m.code:<15} {m.latent_reg:<11} {m.decoder_reg:<11} {m.beta:>9.3g} {m.lam:>9.3g}  {m.summary}"
+        )
     return 0
 
 
@@ -119,20 +135,32 @@ def cmd_train(args) -> int:
     data = load_data(args.data)
     make_train(config, data)  # the config against the data (batch size, image shape)
     out = Path(args.out)
-    logger = RunLogger(out / "tensorboard" / config.method_name if getattr(args, "tensorboard", True) else None,
-                       wandb=getattr(args, "wandb", False),
-                       group=config.method_name, config=config.to_dict())
+    logger = RunLogger(
+        out / "tensorboard" / config.method_name if getattr(args, "tensorboard", True) else None,
+        wandb=getattr(args, "wandb", False),
+        group=config.method_name,
+        config=config.to_dict(),
+    )
     # With several processes (--distributed) one of them owns the output directory; the others
     # wait for it, train their share, and write nothing. --out must be on shared storage.
     primary = distributed.is_primary()
     with contextlib.ExitStack() as claim:
         if primary:
             claim.enter_context(prepare_out_dir(out, args.resume, args.overwrite))
-            _write_train_config(out / "config.json", {"config": config.to_dict(), "data": args.data, "seeds": seeds, "sweep": sweep})
+            _write_train_config(
+                out / "config.json", {"config": config.to_dict(), "data": args.data, "seeds": seeds, "sweep": sweep}
+            )
         distributed.barrier("out-ready")
         with logger:
-            runs = train(config, data, seeds, sweep=sweep, checkpoint_path=out / "checkpoint.msgpack", progress=not args.quiet,
-                         logger=logger)
+            runs = train(
+                config,
+                data,
+                seeds,
+                sweep=sweep,
+                checkpoint_path=out / "checkpoint.msgpack",
+                progress=not args.quiet,
+                logger=logger,
+            )
             if primary:  # the final model, for jaxrae.load_runs(out)
                 save_runs(runs, out / TRAIN_MODEL_DIR)
             return _finish_train(args, config, data, runs, seeds, sweep, out, primary, logger)
@@ -151,11 +179,16 @@ def _write_train_config(path: Path, saved: dict) -> None:
     now = json_roundtrip(saved)
     if before != now:
         old = before if isinstance(before, dict) else {}
-        fields = [k for k in sorted(set(old.get("config") or {}) | set(now["config"]))
-                  if (old.get("config") or {}).get(k) != now["config"].get(k)]
+        fields = [
+            k
+            for k in sorted(set(old.get("config") or {}) | set(now["config"]))
+            if (old.get("config") or {}).get(k) != now["config"].get(k)
+        ]
         fields += [k for k in sorted(set(old) | set(now)) if k != "config" and old.get(k) != now.get(k)]
-        raise CheckpointError(f"{path} holds a run with other settings (differs in: {', '.join(fields) or 'its layout'}); "
-                              "rerun with the same flags to resume it, or with --overwrite to replace it")
+        raise CheckpointError(
+            f"{path} holds a run with other settings (differs in: {', '.join(fields) or 'its layout'}); "
+            "rerun with the same flags to resume it, or with --overwrite to replace it"
+        )
 
 
 def _finish_train(args, config, data, runs, seeds, sweep, out: Path, primary: bool, logger: RunLogger) -> int:
@@ -182,22 +215,38 @@ def _finish_train(args, config, data, runs, seeds, sweep, out: Path, primary: bo
     if not primary:
         return 0
     atomic_write_json(out / "history.json", history)
-    print(f"{config.method_name} on {data.name}: {len(runs.runs)} run(s), {config.steps} steps, "
-          f"{runs.wall_time_s:.1f}s training + {runs.compile_time_s:.1f}s compilation")
+    print(
+        f"{config.method_name} on {data.name}: {len(runs.runs)} run(s), {config.steps} steps, "
+        f"{runs.wall_time_s:.1f}s training + {runs.compile_time_s:.1f}s compilation"
+    )
     usage_head = f" {'perplexity':>10} {'distinct':>8}" if usage else ""
-    print(f"{'run':>4} {'seed':>5} " + " ".join(f"{k:>8}" for k in sweep) + f" {'final loss':>11} {'test rec. err':>14}{usage_head}  status")
+    print(
+        f"{'run':>4} {'seed':>5} "
+        + " ".join(f"{k:>8}" for k in sweep)
+        + f" {'final loss':>11} {'test rec. err':>14}{usage_head}  status"
+    )
     final = runs.summary()["final_loss"]
     for i, r in enumerate(runs.runs):
         status = "ok" if runs.diverged_at[i] < 0 else f"diverged at step {runs.diverged_at[i]}"
         usage_cols = f" {usage[i].mean_perplexity:>10.3g} {usage[i].n_distinct_codes:>8d}" if usage else ""
-        print(f"{i:>4} {r['seed']:>5} " + " ".join(f"{r[k]:>8.3g}" for k in sweep) + f" {final[i]:>11.4g} {rec_err[i]:>14.4g}{usage_cols}  {status}")
+        print(
+            f"{i:>4} {r['seed']:>5} "
+            + " ".join(f"{r[k]:>8.3g}" for k in sweep)
+            + f" {final[i]:>11.4g} {rec_err[i]:>14.4g}{usage_cols}  {status}"
+        )
     if usage:
-        print(f"code usage on the {len(test)} test images: mean perplexity per variable (of K={runs.codec.n_classes}) and distinct codes")
+        print(
+            f"code usage on the {len(test)} test images: mean perplexity per variable (of K={runs.codec.n_classes}) and distinct codes"
+        )
     ok = runs.ok
     if ok.any():
-        print(f"test reconstruction error (sum of squares per image): {rec_err[ok].mean():.4g} +- {rec_err[ok].std(ddof=1) if ok.sum() > 1 else 0.0:.2g} over {int(ok.sum())}/{len(ok)} runs")
+        print(
+            f"test reconstruction error (sum of squares per image): {rec_err[ok].mean():.4g} +- {rec_err[ok].std(ddof=1) if ok.sum() > 1 else 0.0:.2g} over {int(ok.sum())}/{len(ok)} runs"
+        )
     logs = f", tensorboard/{config.method_name}/" if getattr(args, "tensorboard", True) else ""
-    print(f"written to {out}/ (config.json, history.json, checkpoint.msgpack{logs}, {TRAIN_MODEL_DIR}/: jaxrae.load_runs)")
+    print(
+        f"written to {out}/ (config.json, history.json, checkpoint.msgpack{logs}, {TRAIN_MODEL_DIR}/: jaxrae.load_runs)"
+    )
     return 0
 
 
@@ -219,35 +268,78 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         f"{default_out_dir(DEFAULT_DATA)}."
     )
     g = parser.add_argument_group("comparison")
-    g.add_argument("--config", dest="experiment_file", default=None,
-                   help="experiment TOML (experiments/<name>.toml); flags given here override its top-level keys "
-                        "and [config]; a TrainConfig flag for a field that a [variants.*] or [overrides.*] table "
-                        "sets is an error")
-    g.add_argument("--data", default=None, help="digits | fashion_mnist | mnist | idx:<dir> | tfds:<name>, optionally with a "
-                   f"preprocessing suffix such as tfds:celeb_a@crop=140,image_size=64 (default {DEFAULT_DATA})")
-    g.add_argument("--methods", default=None, help=f"comma-separated presets (default {','.join(DEFAULT_METHODS)}; see `jaxrae methods`); "
-                                                 "they replace the file's methods, its [variants.*] rows stay")
+    g.add_argument(
+        "--config",
+        dest="experiment_file",
+        default=None,
+        help="experiment TOML (experiments/<name>.toml); flags given here override its top-level keys "
+        "and [config]; a TrainConfig flag for a field that a [variants.*] or [overrides.*] table "
+        "sets is an error",
+    )
+    g.add_argument(
+        "--data",
+        default=None,
+        help="digits | fashion_mnist | mnist | idx:<dir> | tfds:<name>, optionally with a "
+        f"preprocessing suffix such as tfds:celeb_a@crop=140,image_size=64 (default {DEFAULT_DATA})",
+    )
+    g.add_argument(
+        "--methods",
+        default=None,
+        help=f"comma-separated presets (default {','.join(DEFAULT_METHODS)}; see `jaxrae methods`); "
+        "they replace the file's methods, its [variants.*] rows stay",
+    )
     g.add_argument("--seeds", default=None, help=f"a count (5 -> 0..4) or a list (0,5,7) (default {DEFAULT_SEEDS})")
-    g.add_argument("--baseline", default=None, help="method or variant label the others are compared to, paired over seeds "
-                                                   "(default: the first row)")
-    g.add_argument("--n-eval", type=int, default=None, help=f"test images and generated samples per FD (default {DEFAULT_N_EVAL}, capped at the test set)")
+    g.add_argument(
+        "--baseline",
+        default=None,
+        help="method or variant label the others are compared to, paired over seeds (default: the first row)",
+    )
+    g.add_argument(
+        "--n-eval",
+        type=int,
+        default=None,
+        help=f"test images and generated samples per FD (default {DEFAULT_N_EVAL}, capped at the test set)",
+    )
     g.add_argument("--n-train", type=int, default=None, help="use only the first N training images")
     g.add_argument("--n-test", type=int, default=None, help="use only the first N test images")
-    g.add_argument("--n-components", type=int, default=None, help=f"components of the ex-post mixture (default {DEFAULT_N_COMPONENTS}, as Ghosh et al.)")
-    g.add_argument("--feature-steps", type=int, default=None, help="training steps of the FD feature classifier (cached per data set)")
-    g.add_argument("--likelihood-k", type=int, default=None, help="importance samples per test image of the test likelihoods "
-                   "(-ELBO, IWAE-k, ex-post IS-k; default 1000)")
-    g.add_argument("--out", default=None,
-                   help="output directory (default runs/compare-<data>). An explicit --out that holds results needs "
-                        "--resume or --overwrite; the default directory is resumed automatically, so rerunning a plain "
-                        "`jaxrae compare` skips finished rows and continues an interrupted one")
-    g.add_argument("--resume", action="store_true", help="skip finished rows in --out, continue an interrupted one from its checkpoint")
+    g.add_argument(
+        "--n-components",
+        type=int,
+        default=None,
+        help=f"components of the ex-post mixture (default {DEFAULT_N_COMPONENTS}, as Ghosh et al.)",
+    )
+    g.add_argument(
+        "--feature-steps",
+        type=int,
+        default=None,
+        help="training steps of the FD feature classifier (cached per data set)",
+    )
+    g.add_argument(
+        "--likelihood-k",
+        type=int,
+        default=None,
+        help="importance samples per test image of the test likelihoods (-ELBO, IWAE-k, ex-post IS-k; default 1000)",
+    )
+    g.add_argument(
+        "--out",
+        default=None,
+        help="output directory (default runs/compare-<data>). An explicit --out that holds results needs "
+        "--resume or --overwrite; the default directory is resumed automatically, so rerunning a plain "
+        "`jaxrae compare` skips finished rows and continues an interrupted one",
+    )
+    g.add_argument(
+        "--resume",
+        action="store_true",
+        help="skip finished rows in --out, continue an interrupted one from its checkpoint",
+    )
     g.add_argument("--overwrite", action="store_true", help="delete what --out holds and start afresh")
     g.add_argument("--quiet", action="store_true", help="no progress bars (the summary table is still printed)")
     shared = ", ".join(f"{k}={v}" for k, v in DEFAULT_JOB_CONFIG.items())
-    t = parser.add_argument_group(f"training (TrainConfig fields, applied to every row; they override the TOML's [config], "
-                                  "and may not set a field that a row's [variants.*]/[overrides.*] table sets; "
-                                  f"compare's defaults: {shared}, the rest TrainConfig's)")
+    t = parser.add_argument_group(
+        f"training (TrainConfig fields, applied to every row; they override the TOML's [config], "
+        "and may not set a field that a row's [variants.*]/[overrides.*] table sets; "
+        f"compare's defaults: {shared}, the rest TrainConfig's)"
+    )
     add_config_flags(t)
     for action in t._group_actions:
         if action.dest == "method":  # a comparison names its methods with --methods
@@ -274,7 +366,11 @@ def experiment_from_args(args) -> Experiment:
     for flag in ("baseline", "n_eval", "n_train", "n_test", "feature_steps", "n_components", "likelihood_k"):
         if getattr(args, flag) is not None:
             values[flag] = getattr(args, flag)
-    given = {name: getattr(args, name) for name in field_names() if name != "method" and getattr(args, name, None) is not None}
+    given = {
+        name: getattr(args, name)
+        for name in field_names()
+        if name != "method" and getattr(args, name, None) is not None
+    }
     source = f"{args.experiment_file} with the command-line flags" if args.experiment_file else "command line"
     try:
         _reject_flags_that_rows_set(given, base)
@@ -298,8 +394,13 @@ def _reject_flags_that_rows_set(flags: Mapping[str, Any], experiment: Experiment
         tables = [experiment.row_table(label) for label, row in experiment.rows.items() if field in row]
         flag = "--" + field.replace("_", "-")
         listed = ", ".join(tables[:4]) + (f" and {len(tables) - 4} more" if len(tables) > 4 else "")
-        require(not tables, flag, value, f"it sets {field} for every row, but {listed} also set {field}, and a flag "
-                f"would erase that difference between rows; drop {flag}, or change {field} in those tables")
+        require(
+            not tables,
+            flag,
+            value,
+            f"it sets {field} for every row, but {listed} also set {field}, and a flag "
+            f"would erase that difference between rows; drop {flag}, or change {field} in those tables",
+        )
 
 
 def cmd_compare(args) -> int:
@@ -309,10 +410,17 @@ def cmd_compare(args) -> int:
     resume = args.resume or (args.out is None and not args.overwrite)
     t0 = time.perf_counter()
     try:
-        results = compare.run_compare(experiment, out, resume=resume, overwrite=args.overwrite, progress=not args.quiet,
-                                      command=getattr(args, "command_line", None),
-                                      should_stop=getattr(args, "interrupt_requested", None),
-                                      tensorboard=getattr(args, "tensorboard", True), wandb=getattr(args, "wandb", False))
+        results = compare.run_compare(
+            experiment,
+            out,
+            resume=resume,
+            overwrite=args.overwrite,
+            progress=not args.quiet,
+            command=getattr(args, "command_line", None),
+            should_stop=getattr(args, "interrupt_requested", None),
+            tensorboard=getattr(args, "tensorboard", True),
+            wandb=getattr(args, "wandb", False),
+        )
     except compare.CompareInterrupted as e:  # only reachable from the Python API, kept for symmetry
         raise CheckpointError(f"{e}; rerun with --resume") from None
     if not distributed.is_primary():  # the primary writes and prints the tables
@@ -321,9 +429,11 @@ def cmd_compare(args) -> int:
     print(report.render_summary(results, results["table"]))
     print()
     n_runs = sum(len(m["ok"]) for m in results["methods"].values())
-    print(f"{len(results['methods'])} rows (methods and variants) x {len(experiment.seeds)} seeds ({n_runs} runs) in "
-          f"{time.perf_counter() - t0:.1f}s; written to {out}/ "
-          "(results.json, table.md, table.csv, reconstructions/samples/interpolations/metrics/losses.png)")
+    print(
+        f"{len(results['methods'])} rows (methods and variants) x {len(experiment.seeds)} seeds ({n_runs} runs) in "
+        f"{time.perf_counter() - t0:.1f}s; written to {out}/ "
+        "(results.json, table.md, table.csv, reconstructions/samples/interpolations/metrics/losses.png)"
+    )
     return 0
 
 
@@ -335,12 +445,19 @@ def cmd_report(args) -> int:
     try:
         results = json.loads(results_path.read_text())
     except OSError as e:
-        raise invalid("path", str(path), f"a comparison's directory or its results.json; cannot read {results_path}: "
-                      f"{e.strerror or e}") from None
+        raise invalid(
+            "path",
+            str(path),
+            f"a comparison's directory or its results.json; cannot read {results_path}: {e.strerror or e}",
+        ) from None
     except ValueError as e:
         raise invalid("path", str(path), f"{results_path} is not valid JSON ({e})") from None
-    require(isinstance(results, dict) and isinstance(results.get("methods"), dict), "path", str(path),
-            f"{results_path} is not the results.json of `jaxrae compare` (it has no methods)")
+    require(
+        isinstance(results, dict) and isinstance(results.get("methods"), dict),
+        "path",
+        str(path),
+        f"{results_path} is not the results.json of `jaxrae compare` (it has no methods)",
+    )
     out = results_path.parent
     existing = (out / "table.md").read_text() if (out / "table.md").exists() else None
     markdown, table_csv = report.rerender(results, existing, rendered_by=args.command_line)
@@ -376,8 +493,12 @@ def build_parser() -> argparse.ArgumentParser:
     sub.add_parser("methods", help="list the method presets (rows of the grid)").set_defaults(func=cmd_methods)
 
     p = sub.add_parser("train", help="train one method for several seeds in one program")
-    p.add_argument("--data", default="digits", help="digits | fashion_mnist | mnist | idx:<dir> | tfds:<name>, optionally with a "
-                   "preprocessing suffix such as tfds:celeb_a@crop=140,image_size=64")
+    p.add_argument(
+        "--data",
+        default="digits",
+        help="digits | fashion_mnist | mnist | idx:<dir> | tfds:<name>, optionally with a "
+        "preprocessing suffix such as tfds:celeb_a@crop=140,image_size=64",
+    )
     p.add_argument("--seeds", default="4", help="a count (4 -> 0..3) or a list (0,5,7)")
     p.add_argument("--sweep", action="append", help="NAME=V1,V2: a vmapped hyperparameter axis (lr, beta, lam, tau)")
     p.add_argument("--out", required=True, help="output directory")
@@ -393,9 +514,13 @@ def build_parser() -> argparse.ArgumentParser:
     add_log_flags(p)
     p.set_defaults(func=cmd_compare)
 
-    p = sub.add_parser("report", help="re-render table.md/table.csv (and figures) of a comparison from its results.json")
+    p = sub.add_parser(
+        "report", help="re-render table.md/table.csv (and figures) of a comparison from its results.json"
+    )
     p.add_argument("path", help="a comparison's output directory, or its results.json")
-    p.add_argument("--no-figures", dest="figures", action="store_false", help="tables only, even when the per-row files are there")
+    p.add_argument(
+        "--no-figures", dest="figures", action="store_false", help="tables only, even when the per-row files are there"
+    )
     p.set_defaults(func=cmd_report)
     add_compile_cache_flag(parser, sub.choices.values())
     return parser
@@ -405,12 +530,15 @@ def add_compile_cache_flag(parser: argparse.ArgumentParser, subcommands) -> None
     """``--no-compile-cache`` on ``parser`` and on each parser of ``subcommands``, so it may stand before or
     after the subcommand. The subcommands' copies default to SUPPRESS: absent there, they leave
     the top-level value alone instead of resetting it."""
-    help_text = ("do not use the persistent compilation cache (default: compiled programs are kept in "
-                 f"{distributed.ENV_COMPILATION_CACHE} if set, else $XDG_CACHE_HOME/jaxrae/xla or ~/.cache/jaxrae/xla)")
+    help_text = (
+        "do not use the persistent compilation cache (default: compiled programs are kept in "
+        f"{distributed.ENV_COMPILATION_CACHE} if set, else $XDG_CACHE_HOME/jaxrae/xla or ~/.cache/jaxrae/xla)"
+    )
     parser.add_argument("--no-compile-cache", dest="compile_cache", action="store_false", help=help_text)
     for subparser in subcommands:
-        subparser.add_argument("--no-compile-cache", dest="compile_cache", action="store_false", default=argparse.SUPPRESS,
-                               help=help_text)
+        subparser.add_argument(
+            "--no-compile-cache", dest="compile_cache", action="store_false", default=argparse.SUPPRESS, help=help_text
+        )
 
 
 def _use_compilation_cache() -> None:
@@ -429,8 +557,11 @@ def _use_compilation_cache() -> None:
     try:
         distributed.enable_compilation_cache(default)
     except ConfigError as e:
-        print(f"jaxrae: warning: {' '.join(str(e).splitlines())}; running without the compilation cache "
-              f"(set {distributed.ENV_COMPILATION_CACHE} to another directory, or pass --no-compile-cache)", file=sys.stderr)
+        print(
+            f"jaxrae: warning: {' '.join(str(e).splitlines())}; running without the compilation cache "
+            f"(set {distributed.ENV_COMPILATION_CACHE} to another directory, or pass --no-compile-cache)",
+            file=sys.stderr,
+        )
 
 
 class _InterruptRequest:
@@ -503,7 +634,8 @@ def main(argv: list[str] | None = None) -> int:
 def _main(argv: list[str] | None, interrupt: _InterruptRequest) -> int:
     parser = build_parser()
     parser.add_argument(
-        "--distributed", action="store_true",
+        "--distributed",
+        action="store_true",
         help="join a multi-process JAX job before anything runs (JAXRAE_COORDINATOR=host:port, "
         "JAXRAE_NUM_PROCESSES, JAXRAE_PROCESS_ID, or SLURM / Open MPI); the runs are spread over every process's devices",
     )

@@ -74,9 +74,15 @@ def _row_header(experiment: Experiment, label: str, data, fnet, n_eval: int) -> 
         "fingerprint": data.fingerprint,
         "config": experiment.method_config(label).to_dict(),
         "seeds": list(experiment.seeds),
-        "eval": {"n_eval": n_eval, "n_components": experiment.n_components, "k": PR_NEIGHBOURS,
-                 "eval_seed": EVAL_SEED, "feature_steps": fnet.steps, "feature_version": fnet.version,
-                 "likelihood_k": experiment.likelihood_k},
+        "eval": {
+            "n_eval": n_eval,
+            "n_components": experiment.n_components,
+            "k": PR_NEIGHBOURS,
+            "eval_seed": EVAL_SEED,
+            "feature_steps": fnet.steps,
+            "feature_version": fnet.version,
+            "likelihood_k": experiment.likelihood_k,
+        },
     }
 
 
@@ -114,19 +120,29 @@ def _load_finished(path: Path, header: dict) -> dict | None:
         raise CheckpointError(f"{path} is unreadable or truncated ({type(e).__name__}); {_redo_hint(path)}") from None
     try:
         n_runs = len(record["seeds"])
-        complete = (isinstance(record["header"], dict) and isinstance(record["metrics"], dict) and isinstance(record["times"], dict)
-                    and len(record["ok"]) == n_runs and all(len(v) == n_runs for v in record["metrics"].values())
-                    and len(record["loss_curve"]["loss"]) == n_runs and isinstance(record["loss_curve"]["steps"], list))
+        complete = (
+            isinstance(record["header"], dict)
+            and isinstance(record["metrics"], dict)
+            and isinstance(record["times"], dict)
+            and len(record["ok"]) == n_runs
+            and all(len(v) == n_runs for v in record["metrics"].values())
+            and len(record["loss_curve"]["loss"]) == n_runs
+            and isinstance(record["loss_curve"]["steps"], list)
+        )
     except (KeyError, TypeError):  # not a dict, a field missing, a number where a list belongs
         complete = False
     if not complete:
-        raise CheckpointError(f"{path} lacks part of a finished row's record (header, per-seed metrics, ok flags, loss curve "
-                              f"or times); {_redo_hint(path)}")
+        raise CheckpointError(
+            f"{path} lacks part of a finished row's record (header, per-seed metrics, ok flags, loss curve "
+            f"or times); {_redo_hint(path)}"
+        )
     saved = record["header"]
     if saved != json_roundtrip(header):
         diff = ", ".join(_differences(saved, json_roundtrip(header))[:6])
-        raise CheckpointError(f"{path} was computed with other settings (differs in: {diff}); "
-                              "rerun with --overwrite or choose another --out")
+        raise CheckpointError(
+            f"{path} was computed with other settings (differs in: {diff}); "
+            "rerun with --overwrite or choose another --out"
+        )
     _load_images(path.with_suffix(".npz"), path)
     _check_model(path.parent.parent / ROW_MODELS_DIR / path.stem / MODEL_FILE, path)
     return record
@@ -158,8 +174,9 @@ def _load_images(path: Path, record_path: Path) -> dict[str, np.ndarray]:
         raise CheckpointError(f"{path} lacks the image array {e}; {_redo_hint(record_path)}") from None
     except Exception as e:  # zipfile, zlib and np.load raise many unrelated types on damaged input (BadZipFile,
         # zlib.error, EOFError, NotImplementedError for a flipped compression field, ...)
-        raise CheckpointError(f"{path} is missing, truncated or not an .npz file ({type(e).__name__}); "
-                              f"{_redo_hint(record_path)}") from None
+        raise CheckpointError(
+            f"{path} is missing, truncated or not an .npz file ({type(e).__name__}); {_redo_hint(record_path)}"
+        ) from None
     return images
 
 
@@ -170,9 +187,19 @@ def _row_description(experiment: Experiment, label: str) -> dict:
     return {"preset": row["method"], "overrides": {k: v for k, v in row.items() if k != "method"}}
 
 
-def run_method(label: str, experiment: Experiment, data, fnet, out: Path, *, progress: bool = True,
-               progress_desc: str | None = None, stop_after_chunks: int | None = None,
-               tensorboard: bool = True, wandb: bool = False) -> dict:
+def run_method(
+    label: str,
+    experiment: Experiment,
+    data,
+    fnet,
+    out: Path,
+    *,
+    progress: bool = True,
+    progress_desc: str | None = None,
+    stop_after_chunks: int | None = None,
+    tensorboard: bool = True,
+    wandb: bool = False,
+) -> dict:
     """Train all seeds of one row (a method or a variant; resuming its checkpoint), evaluate them,
     save the record ``out/methods/<label>.json``. Live logs (:mod:`jaxrae.runlog`): the training
     curves per chunk and every evaluation metric (``eval/<name>``, at the last step) per seed, as
@@ -181,16 +208,34 @@ def run_method(label: str, experiment: Experiment, data, fnet, out: Path, *, pro
     n_eval = min(experiment.n_eval, data.n_test)
     header = _row_header(experiment, label, data, fnet, n_eval)
     record_path = out / "methods" / f"{label}.json"
-    with RunLogger(out / "tensorboard" / label if tensorboard else None, wandb=wandb, group=label, config=config.to_dict()) as logger:
-        runs = train(config, data, experiment.seeds, checkpoint_path=out / "checkpoints" / f"{label}.msgpack",
-                     progress=progress, progress_desc=progress_desc or label, stop_after_chunks=stop_after_chunks, logger=logger)
+    with RunLogger(
+        out / "tensorboard" / label if tensorboard else None, wandb=wandb, group=label, config=config.to_dict()
+    ) as logger:
+        runs = train(
+            config,
+            data,
+            experiment.seeds,
+            checkpoint_path=out / "checkpoints" / f"{label}.msgpack",
+            progress=progress,
+            progress_desc=progress_desc or label,
+            stop_after_chunks=stop_after_chunks,
+            logger=logger,
+        )
         if int(np.asarray(runs.state.step).min()) < config.steps:
-            raise CompareInterrupted(f"{label} stopped at step {int(np.asarray(runs.state.step).min())} of {config.steps}")
+            raise CompareInterrupted(
+                f"{label} stopped at step {int(np.asarray(runs.state.step).min())} of {config.steps}"
+            )
         if distributed.is_primary():  # before the evaluation: a crash there keeps the trained model
             save_runs(runs, out / ROW_MODELS_DIR / label)
         t0 = time.perf_counter()
-        values, images, notes = evaluate(runs, data, fnet, n_eval=experiment.n_eval, n_components=experiment.n_components,
-                                         likelihood_k=experiment.likelihood_k)
+        values, images, notes = evaluate(
+            runs,
+            data,
+            fnet,
+            n_eval=experiment.n_eval,
+            n_components=experiment.n_components,
+            likelihood_k=experiment.likelihood_k,
+        )
         eval_s = time.perf_counter() - t0
         if logger.names is not None:  # the process that logs (the primary)
             logger.log(config.steps, {f"eval/{name}": per_seed for name, per_seed in values.items()})
@@ -217,11 +262,22 @@ def run_method(label: str, experiment: Experiment, data, fnet, out: Path, *, pro
     return record
 
 
-def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False, overwrite: bool = False,
-                progress: bool = True, feature_cache_dir: str | Path | None = None,
-                stop_after_chunks: int | None = None, log: Callable = print, figures: bool = True,
-                command: str | None = None, should_stop: Callable[[], bool] | None = None, tensorboard: bool = True,
-                wandb: bool = False) -> dict:
+def run_compare(
+    experiment: Experiment,
+    out: str | Path,
+    *,
+    resume: bool = False,
+    overwrite: bool = False,
+    progress: bool = True,
+    feature_cache_dir: str | Path | None = None,
+    stop_after_chunks: int | None = None,
+    log: Callable = print,
+    figures: bool = True,
+    command: str | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    tensorboard: bool = True,
+    wandb: bool = False,
+) -> dict:
     """Run (or resume) a comparison into ``out``; returns the ``results.json`` structure.
 
     Rows are ``experiment.rows`` (methods, then variants), each keyed by its label: finished
@@ -250,9 +306,21 @@ def run_compare(experiment: Experiment, out: str | Path, *, resume: bool = False
     primary = distributed.is_primary()
     with prepare_out_dir(out, resume, overwrite) if primary else contextlib.nullcontext():
         distributed.barrier("compare-out-ready")
-        return _run_claimed(experiment, data, out, t_start, progress=progress, feature_cache_dir=feature_cache_dir,
-                            stop_after_chunks=stop_after_chunks, log=log, figures=figures, command=command,
-                            should_stop=should_stop, tensorboard=tensorboard, wandb=wandb)
+        return _run_claimed(
+            experiment,
+            data,
+            out,
+            t_start,
+            progress=progress,
+            feature_cache_dir=feature_cache_dir,
+            stop_after_chunks=stop_after_chunks,
+            log=log,
+            figures=figures,
+            command=command,
+            should_stop=should_stop,
+            tensorboard=tensorboard,
+            wandb=wandb,
+        )
 
 
 def check_runnable(experiment: Experiment, data) -> None:
@@ -269,14 +337,32 @@ def check_runnable(experiment: Experiment, data) -> None:
         except ConfigError as e:
             raise ConfigError(f"row {label}: {e}") from None
     n_eval = min(experiment.n_eval, data.n_test)
-    require(n_eval >= PR_NEIGHBOURS + 2, "n_test", data.n_test,
-            f"the evaluation needs at least {PR_NEIGHBOURS + 2} test images (k={PR_NEIGHBOURS} nearest neighbours + 2); "
-            f"{experiment.data} has {data.n_test}")
+    require(
+        n_eval >= PR_NEIGHBOURS + 2,
+        "n_test",
+        data.n_test,
+        f"the evaluation needs at least {PR_NEIGHBOURS + 2} test images (k={PR_NEIGHBOURS} nearest neighbours + 2); "
+        f"{experiment.data} has {data.n_test}",
+    )
     check_mixture_size(data.n_train, experiment.n_components)
 
 
-def _run_claimed(experiment: Experiment, data, out: Path, t_start: float, *, progress, feature_cache_dir, stop_after_chunks,
-                 log, figures, command, should_stop, tensorboard, wandb) -> dict:
+def _run_claimed(
+    experiment: Experiment,
+    data,
+    out: Path,
+    t_start: float,
+    *,
+    progress,
+    feature_cache_dir,
+    stop_after_chunks,
+    log,
+    figures,
+    command,
+    should_stop,
+    tensorboard,
+    wandb,
+) -> dict:
     """:func:`run_compare` once ``out`` is claimed: feature network, rows, outputs."""
     if not distributed.is_primary():  # one process reports; the others would repeat every line
         log, progress = (lambda msg: None), False
@@ -287,8 +373,10 @@ def _run_claimed(experiment: Experiment, data, out: Path, t_start: float, *, pro
     labels = list(experiment.rows)
     # Every finished row's files are read and checked before any row trains: a damaged one stops
     # the run here, before new training is spent or an output is rewritten.
-    finished = {label: _load_finished(out / "methods" / f"{label}.json", _row_header(experiment, label, data, fnet, n_eval))
-                for label in labels}
+    finished = {
+        label: _load_finished(out / "methods" / f"{label}.json", _row_header(experiment, label, data, fnet, n_eval))
+        for label in labels
+    }
 
     bar = None
     if progress:
@@ -305,12 +393,23 @@ def _run_claimed(experiment: Experiment, data, out: Path, t_start: float, *, pro
             else:
                 if bar is not None:
                     bar.set_postfix_str(f"{label}: training + evaluation")
-                record = run_method(label, experiment, data, fnet, out, progress=progress,
-                                    progress_desc=f"{label} [{index + 1}/{len(labels)}]",
-                                    stop_after_chunks=stop_after_chunks, tensorboard=tensorboard, wandb=wandb)
+                record = run_method(
+                    label,
+                    experiment,
+                    data,
+                    fnet,
+                    out,
+                    progress=progress,
+                    progress_desc=f"{label} [{index + 1}/{len(labels)}]",
+                    stop_after_chunks=stop_after_chunks,
+                    tensorboard=tensorboard,
+                    wandb=wandb,
+                )
                 t = record["times"]
-                say(f"{label}: {sum(record['ok'])}/{len(record['ok'])} ok, train {t['train_s']:.1f}s "
-                    f"+ compile {t['compile_s']:.1f}s + eval {t['eval_s']:.1f}s")
+                say(
+                    f"{label}: {sum(record['ok'])}/{len(record['ok'])} ok, train {t['train_s']:.1f}s "
+                    f"+ compile {t['compile_s']:.1f}s + eval {t['eval_s']:.1f}s"
+                )
             records[label] = record
             if bar is not None:
                 bar.update(1)
@@ -339,8 +438,10 @@ def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, d
     for label, r in records.items():
         # preset/overrides come from the experiment, not the record: the record's header matched
         # this row's, so both describe the same row, and a record saved without them gets them.
-        methods[label] = {**{k: v for k, v in r.items() if k not in ("header", "loss_curve")},
-                          **_row_description(experiment, label)}
+        methods[label] = {
+            **{k: v for k, v in r.items() if k not in ("header", "loss_curve")},
+            **_row_description(experiment, label),
+        }
     return {
         "format": FORMAT,
         "data": experiment.data,
@@ -350,11 +451,24 @@ def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, d
         "n_test": data.n_test,
         "experiment": experiment.to_dict(),
         "baseline": experiment.baseline_label if len(records) > 1 else None,
-        "feature_network": {"metric": FD_METRIC_NAME, "label": fnet.metric_label, "test_accuracy": fnet.test_accuracy,
-                            "target": fnet.target, "accuracy_name": fnet.accuracy_name,
-                            "majority_accuracy": fnet.majority_accuracy, "steps": fnet.steps, "version": fnet.version, "fingerprint": fnet.fingerprint},
-        "eval": {"n_eval": n_eval, "n_components": experiment.n_components, "k": PR_NEIGHBOURS, "eval_seed": EVAL_SEED,
-                 "likelihood": likelihood_settings(experiment, records)},
+        "feature_network": {
+            "metric": FD_METRIC_NAME,
+            "label": fnet.metric_label,
+            "test_accuracy": fnet.test_accuracy,
+            "target": fnet.target,
+            "accuracy_name": fnet.accuracy_name,
+            "majority_accuracy": fnet.majority_accuracy,
+            "steps": fnet.steps,
+            "version": fnet.version,
+            "fingerprint": fnet.fingerprint,
+        },
+        "eval": {
+            "n_eval": n_eval,
+            "n_components": experiment.n_components,
+            "k": PR_NEIGHBOURS,
+            "eval_seed": EVAL_SEED,
+            "likelihood": likelihood_settings(experiment, records),
+        },
         "metric_names": {k: v[1] for k, v in report.METRICS.items()},
         "methods": methods,
         "environment": environment(),
@@ -370,11 +484,19 @@ def likelihood_settings(experiment: Experiment, records: Mapping[str, dict]) -> 
     rows = {}
     for label, r in records.items():
         notes = (r.get("notes") or {}).get("likelihood") or {}
-        rows[label] = {"likelihood": r["config"].get("likelihood", "gaussian"), "kind": notes.get("kind"),
-                       "observation_variance": notes.get("observation_variance"),
-                       "proposal": notes.get("proposal"), "proposal_width": notes.get("proposal_width")}
-    return {"k": experiment.likelihood_k, "elbo_samples": min(ELBO_SAMPLES, experiment.likelihood_k),
-            "chunk_size": min(LIKELIHOOD_CHUNK, experiment.likelihood_k), "rows": rows}
+        rows[label] = {
+            "likelihood": r["config"].get("likelihood", "gaussian"),
+            "kind": notes.get("kind"),
+            "observation_variance": notes.get("observation_variance"),
+            "proposal": notes.get("proposal"),
+            "proposal_width": notes.get("proposal_width"),
+        }
+    return {
+        "k": experiment.likelihood_k,
+        "elbo_samples": min(ELBO_SAMPLES, experiment.likelihood_k),
+        "chunk_size": min(LIKELIHOOD_CHUNK, experiment.likelihood_k),
+        "rows": rows,
+    }
 
 
 def write_outputs(results: dict, records: Mapping[str, dict], out: Path, figures: bool = True) -> None:
@@ -394,11 +516,20 @@ def write_figures(results: Mapping, records: Mapping[str, dict], out: Path, rows
     images = {name: _load_images(out / "methods" / f"{name}.npz", out / "methods" / f"{name}.json") for name in records}
     names = list(records)
     originals = images[names[0]]["originals"]
-    report.plot_reconstructions(out / "reconstructions.png", originals, {n: images[n]["reconstructions"] for n in names})
-    report.plot_samples(out / "samples.png", {n: images[n]["prior"] for n in names}, {n: images[n]["ex_post"] for n in names})
+    report.plot_reconstructions(
+        out / "reconstructions.png", originals, {n: images[n]["reconstructions"] for n in names}
+    )
+    report.plot_samples(
+        out / "samples.png", {n: images[n]["prior"] for n in names}, {n: images[n]["ex_post"] for n in names}
+    )
     report.plot_interpolations(out / "interpolations.png", {n: images[n]["interpolations"] for n in names})
     report.plot_metrics(out / "metrics.png", results, rows)
-    curves = {n: (np.asarray(r["loss_curve"]["steps"]),
-                  np.array([[np.nan if v is None else v for v in row] for row in r["loss_curve"]["loss"]], np.float64),
-                  np.asarray(r["ok"], bool)) for n, r in records.items()}
+    curves = {
+        n: (
+            np.asarray(r["loss_curve"]["steps"]),
+            np.array([[np.nan if v is None else v for v in row] for row in r["loss_curve"]["loss"]], np.float64),
+            np.asarray(r["ok"], bool),
+        )
+        for n, r in records.items()
+    }
     report.plot_losses(out / "losses.png", curves)

@@ -22,7 +22,10 @@ from jaxrae.optim import OPTIMIZERS, SCHEDULES
 MAX_STEPS = 100_000_000
 MAX_WIDTH = 1 << 20
 INT_LIMITS = {"steps": MAX_STEPS, "gumbel_rao_samples": 100_000}
-LIMIT_REASONS = {"steps": "the loss history keeps a float per step and run", "gumbel_rao_samples": "it sizes a sample axis of every step"}
+LIMIT_REASONS = {
+    "steps": "the loss history keeps a float per step and run",
+    "gumbel_rao_samples": "it sizes a sample axis of every step",
+}
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,17 +83,24 @@ class TrainConfig:
                 raise invalid(field, value, "must be an integer >= 1")
             limit = INT_LIMITS.get(field, MAX_WIDTH)
             if value > limit:
-                raise invalid(field, value, f"must be at most {limit:,}: {LIMIT_REASONS.get(field, 'it sizes a layer or an axis of every run')}")
+                raise invalid(
+                    field,
+                    value,
+                    f"must be at most {limit:,}: {LIMIT_REASONS.get(field, 'it sizes a layer or an axis of every run')}",
+                )
         if self.n_classes < 2:
             raise invalid("n_classes", self.n_classes, "a categorical variable needs K >= 2 classes")
         if not isinstance(self.arch, Arch) and self.arch not in ARCHS:
-            raise invalid("arch", self.arch, f"choose one of {', '.join(ARCHS)}, or a jaxrae.nets.Arch of your own modules")
+            raise invalid(
+                "arch", self.arch, f"choose one of {', '.join(ARCHS)}, or a jaxrae.nets.Arch of your own modules"
+            )
         if self.likelihood not in grid.LIKELIHOODS:
             raise invalid("likelihood", self.likelihood, f"choose one of {', '.join(grid.LIKELIHOODS)}")
         if self.optimizer not in OPTIMIZERS:
             raise invalid("optimizer", self.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
-        if self.max_grad_norm is not None and (not _is_number(self.max_grad_norm) or not self.max_grad_norm > 0
-                                               or not math.isfinite(self.max_grad_norm)):
+        if self.max_grad_norm is not None and (
+            not _is_number(self.max_grad_norm) or not self.max_grad_norm > 0 or not math.isfinite(self.max_grad_norm)
+        ):
             raise invalid("max_grad_norm", self.max_grad_norm, "must be a finite number > 0 (or None for no clipping)")
         for field in ("lr", "tau_min"):
             value = getattr(self, field)
@@ -108,7 +118,11 @@ class TrainConfig:
             if self.estimator not in relax.ESTIMATORS:
                 raise invalid("estimator", self.estimator, f"choose one of {', '.join(relax.ESTIMATORS)}")
             if method.code != "argmax" and self.estimator != method.estimator:
-                raise invalid("estimator", self.estimator, f"only argmax-coded methods take an estimator; {method.name!r} has code={method.code!r}")
+                raise invalid(
+                    "estimator",
+                    self.estimator,
+                    f"only argmax-coded methods take an estimator; {method.name!r} has code={method.code!r}",
+                )
         levels = tuple(self.fsq_levels)
         if not levels or any(isinstance(v, bool) or not isinstance(v, int) or v < 2 for v in levels):
             raise invalid("fsq_levels", self.fsq_levels, "a non-empty list of integers >= 2")
@@ -134,21 +148,31 @@ class TrainConfig:
         if self.lr_schedule == "warmup-cosine" and not 1 <= warmup < self.steps:
             raise invalid("warmup_steps", warmup, f"warmup-cosine needs 1 <= warmup_steps < steps={self.steps}")
         if self.lr_schedule != "warmup-cosine" and warmup != 0:
-            raise invalid("warmup_steps", warmup, f"only lr_schedule=warmup-cosine warms up; {self.lr_schedule} takes 0")
+            raise invalid(
+                "warmup_steps", warmup, f"only lr_schedule=warmup-cosine warms up; {self.lr_schedule} takes 0"
+            )
         fraction = self.final_lr_fraction
         if self.lr_schedule == "constant":
             if fraction is not None:
-                raise invalid("final_lr_fraction", fraction, "a constant learning rate has no final fraction; leave it unset")
+                raise invalid(
+                    "final_lr_fraction", fraction, "a constant learning rate has no final fraction; leave it unset"
+                )
             return
         if fraction is None and self.lr_schedule == "exponential":
-            raise invalid("final_lr_fraction", fraction, "exponential decay needs the fraction of lr left after the last step, in (0, 1], e.g. 0.01")
+            raise invalid(
+                "final_lr_fraction",
+                fraction,
+                "exponential decay needs the fraction of lr left after the last step, in (0, 1], e.g. 0.01",
+            )
         fraction = 0.0 if fraction is None else fraction
         if self.lr_schedule == "exponential":  # f ** (t / T) needs f > 0
             ok, allowed = _is_number(fraction) and 0 < fraction <= 1, "(0, 1]"
         else:
             ok, allowed = _is_number(fraction) and 0 <= fraction <= 1, "[0, 1]"
         if not ok:
-            raise invalid("final_lr_fraction", fraction, f"{self.lr_schedule} needs a fraction of the peak lr in {allowed}")
+            raise invalid(
+                "final_lr_fraction", fraction, f"{self.lr_schedule} needs a fraction of the peak lr in {allowed}"
+            )
         object.__setattr__(self, "final_lr_fraction", float(fraction))
 
     @property
@@ -186,9 +210,12 @@ class TrainConfig:
             raise invalid(unknown[0], data[unknown[0]], f"unknown config key; allowed: {', '.join(sorted(known))}")
         data = dict(data)
         if isinstance(data.get("arch"), dict):
-            raise invalid("arch", data["arch"]["name"] if "name" in data["arch"] else data["arch"],
-                          "a config with your own encoder and decoder modules cannot be rebuilt from JSON; "
-                          "pass TrainConfig(arch=jaxrae.nets.Arch(...)) from Python")
+            raise invalid(
+                "arch",
+                data["arch"]["name"] if "name" in data["arch"] else data["arch"],
+                "a config with your own encoder and decoder modules cannot be rebuilt from JSON; "
+                "pass TrainConfig(arch=jaxrae.nets.Arch(...)) from Python",
+            )
         if isinstance(data.get("method"), dict):
             data["method"] = methods.Method(**data["method"])
         if "fsq_levels" in data:

@@ -111,8 +111,9 @@ class GaussianMixture:
         chex.assert_rank(x, 2)
         chex.assert_axis_dimension(x, 1, self.dim)
         x = jnp.asarray(x, self.means.dtype)
-        weighted = _gaussian_log_densities(x, self.means, self.precisions_cholesky,
-                                           self.covariance_type) + jnp.log(self.weights)
+        weighted = _gaussian_log_densities(x, self.means, self.precisions_cholesky, self.covariance_type) + jnp.log(
+            self.weights
+        )
         return logsumexp(weighted, axis=1)
 
     @partial(jax.jit, static_argnames="n")
@@ -220,15 +221,17 @@ def _gaussian_log_densities(x, means, precisions_cholesky, covariance_type):
     elif covariance_type == "diag":
         log_det = jnp.sum(jnp.log(prec_chol), axis=-1)
         precisions = prec_chol**2
-        squared_mahalanobis = (jnp.sum(means**2 * precisions, axis=1)
-                               - 2.0 * x @ (means * precisions).T
-                               + (x**2) @ precisions.T)
+        squared_mahalanobis = (
+            jnp.sum(means**2 * precisions, axis=1) - 2.0 * x @ (means * precisions).T + (x**2) @ precisions.T
+        )
     else:  # spherical
         log_det = d * jnp.log(prec_chol)
         precisions = prec_chol**2
-        squared_mahalanobis = (jnp.sum(means**2, axis=1) * precisions
-                               - 2.0 * (x @ means.T) * precisions
-                               + jnp.sum(x**2, axis=1)[:, None] * precisions)
+        squared_mahalanobis = (
+            jnp.sum(means**2, axis=1) * precisions
+            - 2.0 * (x @ means.T) * precisions
+            + jnp.sum(x**2, axis=1)[:, None] * precisions
+        )
     return -0.5 * (d * math.log(2.0 * math.pi) + squared_mahalanobis) + log_det
 
 
@@ -255,8 +258,7 @@ def _precision_cholesky_from_covariance(covariances):
     jitter = 1e3 * jnp.finfo(covariances.dtype).eps * scale + jnp.finfo(covariances.dtype).tiny
     jittered_chol = jnp.linalg.cholesky(covariances + jitter[:, None, None] * identity)
     cov_chol = jnp.where(failed[:, None, None], jittered_chol, cov_chol)
-    prec_chol_lower_t = solve_triangular(cov_chol, jnp.broadcast_to(identity, covariances.shape),
-                                         lower=True)
+    prec_chol_lower_t = solve_triangular(cov_chol, jnp.broadcast_to(identity, covariances.shape), lower=True)
     return jnp.swapaxes(prec_chol_lower_t, -1, -2)
 
 
@@ -294,8 +296,9 @@ def _gaussian_m_step(x, resp, reg_covar, covariance_type):
 
 def _gaussian_e_step(x, params, covariance_type):
     """log r_nk = log w_k + log N(x_n | k) - logsumexp_j(...), and the mean log-likelihood."""
-    weighted = _gaussian_log_densities(x, params.means, params.precisions_cholesky,
-                                       covariance_type) + jnp.log(params.weights)
+    weighted = _gaussian_log_densities(x, params.means, params.precisions_cholesky, covariance_type) + jnp.log(
+        params.weights
+    )
     log_prob_norm = logsumexp(weighted, axis=1)
     return weighted - log_prob_norm[:, None], jnp.mean(log_prob_norm)
 
@@ -326,20 +329,24 @@ def _expectation_maximization(e_step: Callable, m_step: Callable, params, max_it
 
     def step(state):
         log_resp, lower_bound = e_step(state.params)
-        updated = _EMState(params=m_step(jnp.exp(log_resp)),
-                           lower_bound=lower_bound,
-                           n_iter=state.n_iter + 1,
-                           converged=jnp.abs(lower_bound - state.lower_bound) < tol)
+        updated = _EMState(
+            params=m_step(jnp.exp(log_resp)),
+            lower_bound=lower_bound,
+            n_iter=state.n_iter + 1,
+            converged=jnp.abs(lower_bound - state.lower_bound) < tol,
+        )
         # Under vmap a while_loop runs until every seed has stopped. A finished seed must keep
         # its state untouched, so that seed s alone and seed s in a batch give the same fit.
         # (JAX's batching rule does this select too; writing it here keeps the guarantee local.)
         finished = ~keep_going(state)
         return jax.tree.map(lambda old, new: jnp.where(finished, old, new), state, updated)
 
-    initial = _EMState(params=params,
-                       lower_bound=jnp.asarray(-jnp.inf, dtype),
-                       n_iter=jnp.asarray(0, jnp.int32),
-                       converged=jnp.asarray(False))
+    initial = _EMState(
+        params=params,
+        lower_bound=jnp.asarray(-jnp.inf, dtype),
+        n_iter=jnp.asarray(0, jnp.int32),
+        converged=jnp.asarray(False),
+    )
     return jax.lax.while_loop(keep_going, step, initial)
 
 
@@ -417,8 +424,7 @@ def _lloyd(x, centers, max_iter):
         centers, labels, _, iteration = carry
         one_hot = jax.nn.one_hot(labels, n_centers, dtype=x.dtype)
         counts = one_hot.sum(axis=0)
-        centers = jnp.where(counts[:, None] > 0, (one_hot.T @ x) / jnp.maximum(counts, 1)[:, None],
-                            centers)
+        centers = jnp.where(counts[:, None] > 0, (one_hot.T @ x) / jnp.maximum(counts, 1)[:, None], centers)
         new_labels = labels_of(centers)
         return centers, new_labels, jnp.any(new_labels != labels), iteration + 1
 
@@ -440,8 +446,7 @@ def _initial_gaussian_resp(key, x, means_init, n_components, init, kmeans_iter):
         resp = jax.random.uniform(key, (x.shape[0], n_components), x.dtype)
         return resp / resp.sum(axis=1, keepdims=True)
     else:
-        seeds = _kmeans_plusplus_seeds(key, x, n_components,
-                                       lambda x, points: _squared_distances(x, points).T)
+        seeds = _kmeans_plusplus_seeds(key, x, n_components, lambda x, points: _squared_distances(x, points).T)
         centers = _lloyd(x, x[seeds], kmeans_iter)
     labels = jnp.argmin(_squared_distances(x, centers), axis=1)
     return jax.nn.one_hot(labels, n_components, dtype=x.dtype)
@@ -452,8 +457,9 @@ def _initial_gaussian_resp(key, x, means_init, n_components, init, kmeans_iter):
 # ---------------------------------------------------------------------------------------------
 
 
-def _fit_gmm_single(key, x, means_init, tol, reg_covar, *, n_components, covariance_type,
-                    max_iter, n_init, init, kmeans_iter):
+def _fit_gmm_single(
+    key, x, means_init, tol, reg_covar, *, n_components, covariance_type, max_iter, n_init, init, kmeans_iter
+):
     chex.assert_rank(x, 2)
     # Fit on x centred on its mean and shift the means back at the end: the likelihood is
     # translation invariant, and the one-matmul covariance update in _gaussian_m_step stays
@@ -477,30 +483,52 @@ def _fit_gmm_single(key, x, means_init, tol, reg_covar, *, n_components, covaria
         state = run(key)
     else:
         state = _best_of_runs(jax.vmap(run)(jax.random.split(key, n_init)))
-    return GaussianMixture(weights=state.params.weights, means=state.params.means + data_mean,
-                           precisions_cholesky=state.params.precisions_cholesky,
-                           lower_bound=state.lower_bound, n_iter=state.n_iter,
-                           converged=state.converged, covariance_type=covariance_type)
+    return GaussianMixture(
+        weights=state.params.weights,
+        means=state.params.means + data_mean,
+        precisions_cholesky=state.params.precisions_cholesky,
+        lower_bound=state.lower_bound,
+        n_iter=state.n_iter,
+        converged=state.converged,
+        covariance_type=covariance_type,
+    )
 
 
-@partial(jax.jit, static_argnames=("n_components", "covariance_type", "max_iter", "n_init",
-                                   "init", "kmeans_iter", "batched"))
-def _fit_gmm_compiled(key, x, means_init, tol, reg_covar, *, n_components, covariance_type,
-                      max_iter, n_init, init, kmeans_iter, batched):
-    fit_one = partial(_fit_gmm_single, n_components=n_components,
-                      covariance_type=covariance_type, max_iter=max_iter, n_init=n_init,
-                      init=init, kmeans_iter=kmeans_iter)
+@partial(
+    jax.jit, static_argnames=("n_components", "covariance_type", "max_iter", "n_init", "init", "kmeans_iter", "batched")
+)
+def _fit_gmm_compiled(
+    key, x, means_init, tol, reg_covar, *, n_components, covariance_type, max_iter, n_init, init, kmeans_iter, batched
+):
+    fit_one = partial(
+        _fit_gmm_single,
+        n_components=n_components,
+        covariance_type=covariance_type,
+        max_iter=max_iter,
+        n_init=n_init,
+        init=init,
+        kmeans_iter=kmeans_iter,
+    )
     if not batched:
         return fit_one(key, x, means_init, tol, reg_covar)
     means_axis = 0 if (means_init is not None and means_init.ndim == 3) else None
-    return jax.vmap(fit_one, in_axes=(0, 0, means_axis, None, None))(key, x, means_init, tol,
-                                                                      reg_covar)
+    return jax.vmap(fit_one, in_axes=(0, 0, means_axis, None, None))(key, x, means_init, tol, reg_covar)
 
 
-def fit_gmm(key: jax.Array, x: jax.Array, n_components: int = 10, covariance: str = "full", *,
-            max_iter: int = 100, tol: float = 1e-3, reg_covar: float = REG_COVAR, n_init: int = 1,
-            init: str = "kmeans++", means_init: jax.Array | None = None,
-            kmeans_iter: int = 100) -> GaussianMixture:
+def fit_gmm(
+    key: jax.Array,
+    x: jax.Array,
+    n_components: int = 10,
+    covariance: str = "full",
+    *,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    reg_covar: float = REG_COVAR,
+    n_init: int = 1,
+    init: str = "kmeans++",
+    means_init: jax.Array | None = None,
+    kmeans_iter: int = 100,
+) -> GaussianMixture:
     """Fit a Gaussian mixture by expectation-maximization.
 
     p(x) = sum_k w_k N(x | mu_k, Sigma_k). EM (Dempster, Laird & Rubin 1977; Bishop PRML ch. 9)
@@ -538,8 +566,12 @@ def fit_gmm(key: jax.Array, x: jax.Array, n_components: int = 10, covariance: st
       ConfigError: an argument is out of range, or n_components exceeds the number of points or
         MAX_MIXTURE_COMPONENTS (:func:`check_mixture_size`).
     """
-    for field, value, minimum in (("n_components", n_components, 1), ("max_iter", max_iter, 1),
-                                  ("n_init", n_init, 1), ("kmeans_iter", kmeans_iter, 0)):
+    for field, value, minimum in (
+        ("n_components", n_components, 1),
+        ("max_iter", max_iter, 1),
+        ("n_init", n_init, 1),
+        ("kmeans_iter", kmeans_iter, 0),
+    ):
         require(_is_int(value) and value >= minimum, field, value, f"must be an integer >= {minimum}")
     require(covariance in COVARIANCE_TYPES, "covariance", covariance, f"choose one of {', '.join(COVARIANCE_TYPES)}")
     require(init in GMM_INITS, "init", init, f"choose one of {', '.join(GMM_INITS)}")
@@ -552,17 +584,31 @@ def fit_gmm(key: jax.Array, x: jax.Array, n_components: int = 10, covariance: st
         require(n_init == 1, "n_init", n_init, "a given means_init is deterministic, so use n_init=1")
         means_init = _as_float_array("means_init", means_init).astype(x.dtype)
         expected = (n_components, x.shape[-1])
-        require(means_init.shape[-2:] == expected and means_init.ndim in ((2, 3) if batched else (2,)),
-                "means_init.shape", means_init.shape,
-                f"expected {expected}" + (f" or ({x.shape[0]}, {expected[0]}, {expected[1]})" if batched else ""),
-                DataError)
+        require(
+            means_init.shape[-2:] == expected and means_init.ndim in ((2, 3) if batched else (2,)),
+            "means_init.shape",
+            means_init.shape,
+            f"expected {expected}" + (f" or ({x.shape[0]}, {expected[0]}, {expected[1]})" if batched else ""),
+            DataError,
+        )
     key = _keys_for(key, x.shape[0] if batched else None)
-    mixture = _fit_gmm_compiled(key, x, means_init, jnp.asarray(tol, x.dtype),
-                                jnp.asarray(reg_covar, x.dtype), n_components=n_components,
-                                covariance_type=covariance, max_iter=max_iter, n_init=n_init,
-                                init=init, kmeans_iter=kmeans_iter, batched=batched)
-    _check_fitted_finite(mixture, ("weights", "means", "precisions_cholesky"),
-                         hint="standardize x or increase reg_covar")
+    mixture = _fit_gmm_compiled(
+        key,
+        x,
+        means_init,
+        jnp.asarray(tol, x.dtype),
+        jnp.asarray(reg_covar, x.dtype),
+        n_components=n_components,
+        covariance_type=covariance,
+        max_iter=max_iter,
+        n_init=n_init,
+        init=init,
+        kmeans_iter=kmeans_iter,
+        batched=batched,
+    )
+    _check_fitted_finite(
+        mixture, ("weights", "means", "precisions_cholesky"), hint="standardize x or increase reg_covar"
+    )
     return mixture
 
 
@@ -581,8 +627,9 @@ def fit_gaussian(x: jax.Array, reg_covar: float = REG_COVAR) -> GaussianMixture:
     batched = _check_data_rank("x", x, "(n, d)")
     fit = partial(_fit_gaussian_compiled, reg_covar=jnp.asarray(reg_covar, x.dtype))
     mixture = jax.vmap(fit)(x) if batched else fit(x)
-    _check_fitted_finite(mixture, ("weights", "means", "precisions_cholesky"),
-                         hint="standardize x or increase reg_covar")
+    _check_fitted_finite(
+        mixture, ("weights", "means", "precisions_cholesky"), hint="standardize x or increase reg_covar"
+    )
     return mixture
 
 
@@ -594,10 +641,15 @@ def _fit_gaussian_compiled(x, reg_covar):
     params = _gaussian_m_step(x, one_component, reg_covar, "full")
     params = params._replace(weights=jnp.ones((1,), x.dtype))
     _, mean_log_likelihood = _gaussian_e_step(x, params, "full")
-    return GaussianMixture(weights=params.weights, means=params.means + data_mean,
-                           precisions_cholesky=params.precisions_cholesky,
-                           lower_bound=mean_log_likelihood, n_iter=jnp.asarray(0, jnp.int32),
-                           converged=jnp.asarray(True), covariance_type="full")
+    return GaussianMixture(
+        weights=params.weights,
+        means=params.means + data_mean,
+        precisions_cholesky=params.precisions_cholesky,
+        lower_bound=mean_log_likelihood,
+        n_iter=jnp.asarray(0, jnp.int32),
+        converged=jnp.asarray(True),
+        covariance_type="full",
+    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -647,8 +699,7 @@ def _hamming_sq_distances(codes, points):
     return 2.0 * jnp.sum(codes[None, :, :] != points[:, None, :], axis=-1).astype(jnp.float32)
 
 
-def _fit_categorical_single(key, codes, alpha, tol, *, n_classes, n_components, max_iter, n_init,
-                            dtype):
+def _fit_categorical_single(key, codes, alpha, tol, *, n_classes, n_components, max_iter, n_init, dtype):
     chex.assert_rank(codes, 2)
     e_step = partial(_categorical_e_step, codes)
     m_step = partial(_categorical_m_step, codes, n_classes=n_classes, alpha=alpha)
@@ -669,26 +720,41 @@ def _fit_categorical_single(key, codes, alpha, tol, *, n_classes, n_components, 
         state = run(key)
     else:
         state = _best_of_runs(jax.vmap(run)(jax.random.split(key, n_init)))
-    return CategoricalMixture(weights=state.params.weights,
-                              log_class_probs=state.params.log_class_probs,
-                              lower_bound=state.lower_bound, n_iter=state.n_iter,
-                              converged=state.converged)
+    return CategoricalMixture(
+        weights=state.params.weights,
+        log_class_probs=state.params.log_class_probs,
+        lower_bound=state.lower_bound,
+        n_iter=state.n_iter,
+        converged=state.converged,
+    )
 
 
-@partial(jax.jit, static_argnames=("n_classes", "n_components", "max_iter", "n_init", "dtype",
-                                   "batched"))
-def _fit_categorical_compiled(key, codes, alpha, tol, *, n_classes, n_components, max_iter,
-                              n_init, dtype, batched):
-    fit_one = partial(_fit_categorical_single, n_classes=n_classes, n_components=n_components,
-                      max_iter=max_iter, n_init=n_init, dtype=dtype)
+@partial(jax.jit, static_argnames=("n_classes", "n_components", "max_iter", "n_init", "dtype", "batched"))
+def _fit_categorical_compiled(key, codes, alpha, tol, *, n_classes, n_components, max_iter, n_init, dtype, batched):
+    fit_one = partial(
+        _fit_categorical_single,
+        n_classes=n_classes,
+        n_components=n_components,
+        max_iter=max_iter,
+        n_init=n_init,
+        dtype=dtype,
+    )
     if not batched:
         return fit_one(key, codes, alpha, tol)
     return jax.vmap(fit_one, in_axes=(0, 0, None, None))(key, codes, alpha, tol)
 
 
-def fit_categorical_mixture(key: jax.Array, codes: jax.Array, n_classes: int,
-                            n_components: int = 10, *, alpha: float = 0.1, max_iter: int = 100,
-                            tol: float = 1e-3, n_init: int = 1) -> CategoricalMixture:
+def fit_categorical_mixture(
+    key: jax.Array,
+    codes: jax.Array,
+    n_classes: int,
+    n_components: int = 10,
+    *,
+    alpha: float = 0.1,
+    max_iter: int = 100,
+    tol: float = 1e-3,
+    n_init: int = 1,
+) -> CategoricalMixture:
     """Fit a mixture of products of categoricals (a latent class model) by MAP EM.
 
     p(x) = sum_c w_c prod_v theta[c, v, x_v] for codes x of n_vars categorical variables with
@@ -721,26 +787,48 @@ def fit_categorical_mixture(key: jax.Array, codes: jax.Array, n_classes: int,
       ConfigError: an argument is out of range, or n_components exceeds the number of codes or
         MAX_MIXTURE_COMPONENTS (:func:`check_mixture_size`).
     """
-    for field, value in (("n_classes", n_classes), ("n_components", n_components), ("max_iter", max_iter),
-                         ("n_init", n_init)):
+    for field, value in (
+        ("n_classes", n_classes),
+        ("n_components", n_components),
+        ("max_iter", max_iter),
+        ("n_init", n_init),
+    ):
         require(_is_int(value) and value >= 1, field, value, "must be an integer >= 1")
     require(_is_finite_nonnegative(tol), "tol", tol, "must be a finite number >= 0")
     require(alpha > 0, "alpha", alpha, "the Dirichlet pseudo-count must be > 0")
     codes = jnp.asarray(codes) if not isinstance(codes, jax.core.Tracer) else codes
-    require(jnp.issubdtype(codes.dtype, jnp.integer), "codes.dtype", str(codes.dtype),
-            "expected integer class indices", DataError)
+    require(
+        jnp.issubdtype(codes.dtype, jnp.integer),
+        "codes.dtype",
+        str(codes.dtype),
+        "expected integer class indices",
+        DataError,
+    )
     batched = _check_data_rank("codes", codes, "(n, n_vars)")
     if not isinstance(codes, jax.core.Tracer):
         low, high = int(jnp.min(codes)), int(jnp.max(codes))
-        require(low >= 0 and high < n_classes, "codes range", (low, high),
-                f"expected classes in [0, {n_classes - 1}] for n_classes={n_classes}", DataError)
+        require(
+            low >= 0 and high < n_classes,
+            "codes range",
+            (low, high),
+            f"expected classes in [0, {n_classes - 1}] for n_classes={n_classes}",
+            DataError,
+        )
     check_mixture_size(codes.shape[-2], n_components)
     dtype = jnp.result_type(float)
     key = _keys_for(key, codes.shape[0] if batched else None)
-    mixture = _fit_categorical_compiled(key, codes.astype(jnp.int32), jnp.asarray(alpha, dtype),
-                                        jnp.asarray(tol, dtype), n_classes=n_classes,
-                                        n_components=n_components, max_iter=max_iter,
-                                        n_init=n_init, dtype=dtype, batched=batched)
+    mixture = _fit_categorical_compiled(
+        key,
+        codes.astype(jnp.int32),
+        jnp.asarray(alpha, dtype),
+        jnp.asarray(tol, dtype),
+        n_classes=n_classes,
+        n_components=n_components,
+        max_iter=max_iter,
+        n_init=n_init,
+        dtype=dtype,
+        batched=batched,
+    )
     _check_fitted_finite(mixture, ("weights", "log_class_probs"), hint="report this as a bug")
     return mixture
 
@@ -763,14 +851,22 @@ def check_mixture_size(n_points: int, n_components: int, field: str = "n_compone
     experiment's field for a comparison, which calls this before any row trains.
     """
     require(_is_int(n_components) and n_components >= 1, field, n_components, "must be an integer >= 1")
-    require(n_components <= MAX_MIXTURE_COMPONENTS, field, n_components,
-            f"at most {MAX_MIXTURE_COMPONENTS} mixture components: EM holds an (n, k, d) array per iteration "
-            "and k-means++ seeds the components one at a time, so larger fits do not finish in useful time "
-            "(Ghosh et al. 2020 use 10)")
-    require(n_components <= n_points, field, n_components,
-            f"more mixture components than the {n_points} points the density is fitted on: use at most "
-            f"{n_points} components (or more training points); extra components sit empty or on single points, "
-            "and the fit's log-likelihood then measures reg_covar, not the data")
+    require(
+        n_components <= MAX_MIXTURE_COMPONENTS,
+        field,
+        n_components,
+        f"at most {MAX_MIXTURE_COMPONENTS} mixture components: EM holds an (n, k, d) array per iteration "
+        "and k-means++ seeds the components one at a time, so larger fits do not finish in useful time "
+        "(Ghosh et al. 2020 use 10)",
+    )
+    require(
+        n_components <= n_points,
+        field,
+        n_components,
+        f"more mixture components than the {n_points} points the density is fitted on: use at most "
+        f"{n_points} components (or more training points); extra components sit empty or on single points, "
+        "and the fit's log-likelihood then measures reg_covar, not the data",
+    )
 
 
 def collapsed_directions(x, reg_covar: float = REG_COVAR) -> np.ndarray:
@@ -813,15 +909,24 @@ def _as_float_array(name, x):
     if isinstance(x, jax.core.Tracer):
         return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))
     array = np.asarray(x)
-    require(np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_,
-            f"{name}.dtype", str(array.dtype), "expected a real-valued array", DataError)
+    require(
+        np.issubdtype(array.dtype, np.floating) or np.issubdtype(array.dtype, np.integer) or array.dtype == np.bool_,
+        f"{name}.dtype",
+        str(array.dtype),
+        "expected a real-valued array",
+        DataError,
+    )
     finite = np.isfinite(array)
     if not finite.all():
         n_nan, n_inf = int(np.isnan(array).sum()), int(np.isinf(array).sum())
         first = tuple(int(i) for i in np.argwhere(~finite)[0])
-        raise invalid(f"{name}[{', '.join(map(str, first))}]", float(array[first]),
-                      f"{name} contains {n_nan} NaN and {n_inf} infinite values; a density cannot be "
-                      "fitted to them: drop or fix those rows", DataError)
+        raise invalid(
+            f"{name}[{', '.join(map(str, first))}]",
+            float(array[first]),
+            f"{name} contains {n_nan} NaN and {n_inf} infinite values; a density cannot be "
+            "fitted to them: drop or fix those rows",
+            DataError,
+        )
     x = jnp.asarray(x)
     return x if jnp.issubdtype(x.dtype, jnp.floating) else x.astype(jnp.result_type(float))
 
@@ -829,8 +934,13 @@ def _as_float_array(name, x):
 def _check_data_rank(name, x, layout):
     """True for a stacked (seeds, ...) array; DataError for any rank but 2 or 3, or no rows."""
     require(x.ndim in (2, 3), f"{name}.shape", x.shape, f"expected {layout} or (seeds, *{layout})", DataError)
-    require(x.shape[-2] > 0 and x.shape[-1] > 0 and (x.ndim == 2 or x.shape[0] > 0), f"{name}.shape", x.shape,
-            "no data to fit: need at least one row and one column", DataError)
+    require(
+        x.shape[-2] > 0 and x.shape[-1] > 0 and (x.ndim == 2 or x.shape[0] > 0),
+        f"{name}.shape",
+        x.shape,
+        "no data to fit: need at least one row and one column",
+        DataError,
+    )
     return x.ndim == 3
 
 
@@ -844,8 +954,12 @@ def _keys_for(key, n_seeds):
         return key
     if key.ndim == single_rank:
         return jax.random.split(key, n_seeds)
-    require(key.ndim == single_rank + 1 and key.shape[0] == n_seeds, "key.shape", key.shape,
-            f"for {n_seeds} stacked seeds pass one key or {n_seeds} stacked keys")
+    require(
+        key.ndim == single_rank + 1 and key.shape[0] == n_seeds,
+        "key.shape",
+        key.shape,
+        f"for {n_seeds} stacked seeds pass one key or {n_seeds} stacked keys",
+    )
     return key
 
 
@@ -855,4 +969,6 @@ def _check_fitted_finite(mixture, fields, hint):
         value = getattr(mixture, field)
         if isinstance(value, jax.core.Tracer):
             return
-        require(bool(jnp.all(jnp.isfinite(value))), f"fitted {field}", "non-finite", f"the fit diverged: {hint}", DataError)
+        require(
+            bool(jnp.all(jnp.isfinite(value))), f"fitted {field}", "non-finite", f"the fit diverged: {hint}", DataError
+        )

@@ -181,7 +181,9 @@ def default_compilation_cache_dir() -> Path:
     return base / "jaxrae" / "xla"
 
 
-def enable_compilation_cache(cache_dir: str | os.PathLike, min_compile_time_s: float = DEFAULT_MIN_COMPILE_TIME_S) -> Path:
+def enable_compilation_cache(
+    cache_dir: str | os.PathLike, min_compile_time_s: float = DEFAULT_MIN_COMPILE_TIME_S
+) -> Path:
     """Use JAX's persistent compilation cache in ``cache_dir`` (created if missing).
 
     XLA compilation of a training chunk takes seconds (minutes for the conv nets on an

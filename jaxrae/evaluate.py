@@ -65,9 +65,24 @@ N_FIGURE_PAIRS, N_FIGURE_STEPS = 4, 8  # interpolation strips
 MAX_LOSS_POINTS = 500  # loss curves are block-averaged down to this many points
 #: Every per-seed metric :func:`evaluate` can return (perplexity and distinct_codes for discrete
 #: codes only): the names experiment files use in ``primary`` and ``[equivalence]``.
-METRIC_KEYS = ("rec_error", "fd_rec", "fd_prior", "fd_ex_post", "fd_interp", "precision", "recall", "code_loglik",
-               "perplexity", "distinct_codes", "neg_elbo", "nll_iwae", "nll_ex_post", "neg_elbo_bpd", "nll_iwae_bpd",
-               "nll_ex_post_bpd")
+METRIC_KEYS = (
+    "rec_error",
+    "fd_rec",
+    "fd_prior",
+    "fd_ex_post",
+    "fd_interp",
+    "precision",
+    "recall",
+    "code_loglik",
+    "perplexity",
+    "distinct_codes",
+    "neg_elbo",
+    "nll_iwae",
+    "nll_ex_post",
+    "neg_elbo_bpd",
+    "nll_iwae_bpd",
+    "nll_ex_post_bpd",
+)
 
 LIKELIHOOD_K = 1000  # importance samples per test image (Burda et al. 2016 use 5000)
 LIKELIHOOD_CHUNK = 250  # samples per image decoded at once: memory is set by this, not by k
@@ -109,8 +124,14 @@ def interpolation_pairs(n_ref: int, n_pairs: int, seed: int = EVAL_SEED) -> tupl
     return i, j
 
 
-def interpolate_codes(codes_a: np.ndarray, codes_b: np.ndarray, t: float, discrete: bool, order: np.ndarray | None = None,
-                      coins: np.ndarray | None = None) -> np.ndarray:
+def interpolate_codes(
+    codes_a: np.ndarray,
+    codes_b: np.ndarray,
+    t: float,
+    discrete: bool,
+    order: np.ndarray | None = None,
+    coins: np.ndarray | None = None,
+) -> np.ndarray:
     """Codes a fraction ``t`` of the way from ``codes_a`` to ``codes_b`` (..., n, n_vars or d).
 
     Continuous: ``(1 - t) a + t b``. Discrete: either ``coins`` (boolean (n, n_vars): take b's class
@@ -170,8 +191,13 @@ def _by_seed(values: dict) -> str:
     return "; ".join(f"seed {seed}: {text}" for seed, text in values.items())
 
 
-def ex_post_warnings(train_codes: np.ndarray, seeds: Sequence[int], n_components: int, discrete: bool,
-                     reg_covar: float = density.REG_COVAR) -> list[str]:
+def ex_post_warnings(
+    train_codes: np.ndarray,
+    seeds: Sequence[int],
+    n_components: int,
+    discrete: bool,
+    reg_covar: float = density.REG_COVAR,
+) -> list[str]:
     """Why a row's ex-post numbers may mean nothing: one sentence per finding, [] when none.
 
     ``train_codes`` (runs, n, ...) are the codes the ex-post density is fitted on; runs whose
@@ -200,19 +226,22 @@ def ex_post_warnings(train_codes: np.ndarray, seeds: Sequence[int], n_components
             warnings_found.append(
                 f"codes at the covariance floor (variance <= {density.COVARIANCE_FLOOR_FACTOR * reg_covar:g}) in "
                 f"{_by_seed(collapsed)} directions: the ex-post density is a spike there, and code LL is inflated by "
-                f"about {0.5 * math.log(1.0 / reg_covar):.1f} nats per such direction (constant codes if all)")
+                f"about {0.5 * math.log(1.0 / reg_covar):.1f} nats per such direction (constant codes if all)"
+            )
     distinct = {seeds[r]: len(np.unique(c, axis=0)) for r, c in zip(finite, codes)}
     few = {seed: str(m) for seed, m in distinct.items() if m < n_components}
     if few:
         warnings_found.append(
             f"fewer distinct training codes than the {n_components} mixture components ({_by_seed(few)} distinct): "
             "the extra components sit on duplicate codes, so ex-post samples and code LL describe the fit's "
-            "regularization, not the codes")
+            "regularization, not the codes"
+        )
     return warnings_found
 
 
-def evaluate(runs, data, fnet, *, n_eval: int, n_components: int, likelihood_k: int | None = None) -> tuple[dict, dict, dict]:
-
+def evaluate(
+    runs, data, fnet, *, n_eval: int, n_components: int, likelihood_k: int | None = None
+) -> tuple[dict, dict, dict]:
     """Every metric of every run of one row; returns (metrics, figure images, notes).
 
     ``notes["warnings"]`` lists what makes the row's ex-post numbers doubtful
@@ -235,8 +264,11 @@ def evaluate(runs, data, fnet, *, n_eval: int, n_components: int, likelihood_k: 
 
     test_codes = runs.encode(test)
     recon = runs.decode(test_codes)
-    prior_codes = np.asarray(_compiled(("prior", runs.codec.sample_prior, n_eval),
-                                       lambda: jax.vmap(lambda k: runs.codec.sample_prior(k, n_eval)))(_seed_keys(keys["prior"], seeds)))
+    prior_codes = np.asarray(
+        _compiled(
+            ("prior", runs.codec.sample_prior, n_eval), lambda: jax.vmap(lambda k: runs.codec.sample_prior(k, n_eval))
+        )(_seed_keys(keys["prior"], seeds))
+    )
     prior = runs.decode(prior_codes)
 
     train_images = training_images(data)
@@ -259,13 +291,17 @@ def evaluate(runs, data, fnet, *, n_eval: int, n_components: int, likelihood_k: 
     midpoints = interpolate_codes(test_codes[:, i], test_codes[:, j], 0.5, discrete, coins=coins)
     interp = runs.decode(midpoints)
 
-    out: dict[str, list[float]] = {k: [] for k in ("rec_error", "fd_rec", "fd_prior", "fd_ex_post", "fd_interp",
-                                                   "precision", "recall", "code_loglik")}
+    out: dict[str, list[float]] = {
+        k: []
+        for k in ("rec_error", "fd_rec", "fd_prior", "fd_ex_post", "fd_interp", "precision", "recall", "code_loglik")
+    }
     if discrete:
         out["perplexity"], out["distinct_codes"] = [], []
     for r in range(n_runs):
-        feats = {name: fnet.features(images[r]) if np.all(np.isfinite(images[r])) else None
-                 for name, images in (("rec", recon), ("prior", prior), ("ex_post", ex_post), ("interp", interp))}
+        feats = {
+            name: fnet.features(images[r]) if np.all(np.isfinite(images[r])) else None
+            for name, images in (("rec", recon), ("prior", prior), ("ex_post", ex_post), ("interp", interp))
+        }
         fd = lambda name, feats=feats: math.nan if feats[name] is None else M.frechet_distance(ref_feats, feats[name])
         out["rec_error"].append(finite_or_nan(M.reconstruction_error, test, recon[r]))
         out["fd_rec"].append(fd("rec"))
@@ -288,8 +324,9 @@ def evaluate(runs, data, fnet, *, n_eval: int, n_components: int, likelihood_k: 
             out["distinct_codes"].append(float(usage.n_distinct_codes))
 
     if likelihood_k is not None:
-        values, lik_notes = evaluate_likelihoods(runs, test, train_images, fitted, bad_fit, k=likelihood_k,
-                                             key=keys["likelihood"])
+        values, lik_notes = evaluate_likelihoods(
+            runs, test, train_images, fitted, bad_fit, k=likelihood_k, key=keys["likelihood"]
+        )
         out.update(values)
         notes_likelihood = lik_notes
     else:
@@ -300,8 +337,10 @@ def evaluate(runs, data, fnet, *, n_eval: int, n_components: int, likelihood_k: 
     strip_i, strip_j = i[:N_FIGURE_PAIRS], j[:N_FIGURE_PAIRS]
     order = np.random.default_rng(EVAL_SEED + 1).permutation(test_codes.shape[-1])
     steps = np.linspace(0.0, 1.0, N_FIGURE_STEPS)
-    strip_codes = np.stack([interpolate_codes(test_codes[:, strip_i], test_codes[:, strip_j], t, discrete, order=order)
-                            for t in steps], axis=2)  # (runs, pairs, steps, ...)
+    strip_codes = np.stack(
+        [interpolate_codes(test_codes[:, strip_i], test_codes[:, strip_j], t, discrete, order=order) for t in steps],
+        axis=2,
+    )  # (runs, pairs, steps, ...)
     strips = runs.decode(strip_codes.reshape(n_runs, N_FIGURE_PAIRS * N_FIGURE_STEPS, *strip_codes.shape[3:]))
     images = {
         "originals": test[:N_FIGURE_IMAGES],
@@ -310,7 +349,12 @@ def evaluate(runs, data, fnet, *, n_eval: int, n_components: int, likelihood_k: 
         "ex_post": ex_post[rep, :N_FIGURE_SAMPLES],
         "interpolations": strips[rep].reshape(N_FIGURE_PAIRS, N_FIGURE_STEPS, *strips.shape[2:]),
     }
-    notes = {"figure_seed": seeds[rep], "n_eval": n_eval, "ex_post_fit_failed": bad_fit.tolist(), "warnings": row_warnings}
+    notes = {
+        "figure_seed": seeds[rep],
+        "n_eval": n_eval,
+        "ex_post_fit_failed": bad_fit.tolist(),
+        "warnings": row_warnings,
+    }
     if notes_likelihood is not None:
         notes["likelihood"] = notes_likelihood
     if fitted is not None:
@@ -328,9 +372,13 @@ def likelihood_kind(config) -> str:
     if grid.has_posterior(config):
         return "variational"
     if path.discrete and path.proposal_logits is None:
-        raise invalid("likelihood_k", "set", f"row {config.method_name!r} has no posterior and its code path "
-                      f"{config.method_spec.encoder!r} gives no proposal_logits for the ex-post importance sampler; "
-                      "drop likelihood_k (or register proposal_logits)")
+        raise invalid(
+            "likelihood_k",
+            "set",
+            f"row {config.method_name!r} has no posterior and its code path "
+            f"{config.method_spec.encoder!r} gives no proposal_logits for the ex-post importance sampler; "
+            "drop likelihood_k (or register proposal_logits)",
+        )
     return "ex_post"
 
 
@@ -374,8 +422,15 @@ def _likelihood_programs(runs, k: int, kind: str):
     def choose(variables, key, x, variance, fitted):
         grid_widths = jnp.asarray(PROPOSAL_TEMPERATURES if path.discrete else PROPOSAL_SCALES, jnp.float32)
         q = proposals(variables, encoder_output(variables, x), grid_widths)
-        means = likelihood.proposal_grid_estimates(key, x, q, fitted.log_prob, log_px_given_z(variables, variance),
-                                                   k=min(PROPOSAL_K, k), chunk_size=min(chunk, PROPOSAL_K))
+        means = likelihood.proposal_grid_estimates(
+            key,
+            x,
+            q,
+            fitted.log_prob,
+            log_px_given_z(variables, variance),
+            k=min(PROPOSAL_K, k),
+            chunk_size=min(chunk, PROPOSAL_K),
+        )
         return grid_widths[jnp.argmax(means)]
 
     def estimate(variables, key, x, variance, fitted, width):
@@ -397,8 +452,9 @@ def _likelihood_programs(runs, k: int, kind: str):
     return choose_jit, estimate_jit
 
 
-def evaluate_likelihoods(runs, test: np.ndarray, train_images: np.ndarray, fitted, bad_fit: np.ndarray, *, k: int,
-                     key) -> tuple[dict, dict]:
+def evaluate_likelihoods(
+    runs, test: np.ndarray, train_images: np.ndarray, fitted, bad_fit: np.ndarray, *, k: int, key
+) -> tuple[dict, dict]:
     """Per-run test likelihoods of one row (module docstring); returns (metrics, notes).
 
     ``metrics``: for VAEs ``neg_elbo``/``neg_elbo_bpd`` and ``nll_iwae``/``nll_iwae_bpd``, for
@@ -408,14 +464,21 @@ def evaluate_likelihoods(runs, test: np.ndarray, train_images: np.ndarray, fitte
     proposal width of each run (ex-post rows). Keys are folded from the seed values, so seed s
     gets the same numbers alone or among other seeds.
     """
-    require(isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1, "likelihood_k", k, "must be an integer >= 1")
+    require(
+        isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1,
+        "likelihood_k",
+        k,
+        "must be an integer >= 1",
+    )
     config = runs.config
     kind = likelihood_kind(config)
     observation = grid.LIKELIHOODS[config.likelihood]
     n_dims = int(np.prod(test.shape[1:]))
     if kind == "ex_post" and fitted is None:  # no run has finite codes to fit a density on
-        return ({name: [math.nan] * runs.n_runs for name in ("nll_ex_post", "nll_ex_post_bpd")},
-                {"k": k, "likelihood": config.likelihood, "kind": kind})
+        return (
+            {name: [math.nan] * runs.n_runs for name in ("nll_ex_post", "nll_ex_post_bpd")},
+            {"k": k, "likelihood": config.likelihood, "kind": kind},
+        )
     if observation.fits_variance:
         variance = fit_observation_variances(runs, train_images)
     else:
@@ -425,31 +488,52 @@ def evaluate_likelihoods(runs, test: np.ndarray, train_images: np.ndarray, fitte
     seed_keys = _seed_keys(key, runs.seeds)
     density_arg = fitted if kind == "ex_post" else jnp.zeros(runs.n_runs)
     if kind == "ex_post":
-        width = choose(runs.variables, jax.vmap(jax.random.fold_in, in_axes=(0, None))(seed_keys, 0),
-                       jnp.asarray(train_images[:PROPOSAL_IMAGES]), variance_arg, fitted)
+        width = choose(
+            runs.variables,
+            jax.vmap(jax.random.fold_in, in_axes=(0, None))(seed_keys, 0),
+            jnp.asarray(train_images[:PROPOSAL_IMAGES]),
+            variance_arg,
+            fitted,
+        )
     else:
         width = jnp.full(runs.n_runs, jnp.nan)
     first, second = [], []
     for b, i in enumerate(range(0, len(test), LIKELIHOOD_IMAGE_BATCH)):
         batch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(seed_keys, 1 + b)
-        a, c = estimate(runs.variables, batch_keys, jnp.asarray(test[i : i + LIKELIHOOD_IMAGE_BATCH]), variance_arg,
-                        density_arg, width)
+        a, c = estimate(
+            runs.variables,
+            batch_keys,
+            jnp.asarray(test[i : i + LIKELIHOOD_IMAGE_BATCH]),
+            variance_arg,
+            density_arg,
+            width,
+        )
         first.append(np.asarray(a, np.float64))
         second.append(np.asarray(c, np.float64))
     first, second = np.concatenate(first, axis=1), np.concatenate(second, axis=1)
+
     def bpd(log_px):
         return np.asarray(likelihood.nll_units(log_px, n_dims).bits_per_dim).mean(axis=1)
 
     if kind == "variational":
-        values = {"neg_elbo": (-first).mean(axis=1), "neg_elbo_bpd": bpd(first),
-                  "nll_iwae": (-second).mean(axis=1), "nll_iwae_bpd": bpd(second)}
+        values = {
+            "neg_elbo": (-first).mean(axis=1),
+            "neg_elbo_bpd": bpd(first),
+            "nll_iwae": (-second).mean(axis=1),
+            "nll_iwae_bpd": bpd(second),
+        }
     else:
         values = {"nll_ex_post": (-first).mean(axis=1), "nll_ex_post_bpd": bpd(first)}
         for name in values:
             values[name] = np.where(bad_fit, np.nan, values[name])
-    notes = {"k": k, "likelihood": config.likelihood, "kind": kind, "n_images": len(test),
-             "chunk_size": min(LIKELIHOOD_CHUNK, k),
-             "observation_variance": None if not observation.fits_variance else variance.tolist()}
+    notes = {
+        "k": k,
+        "likelihood": config.likelihood,
+        "kind": kind,
+        "n_images": len(test),
+        "chunk_size": min(LIKELIHOOD_CHUNK, k),
+        "observation_variance": None if not observation.fits_variance else variance.tolist(),
+    }
     if kind == "variational":
         notes["elbo_samples"] = min(ELBO_SAMPLES, k)
     else:

@@ -95,59 +95,133 @@ class Experiment:
         object.__setattr__(self, "methods", tuple(methods))
         object.__setattr__(self, "seeds", check_seeds(self.seeds))
         object.__setattr__(self, "config", dict(self.config))
-        require(isinstance(self.data, str) and self.data.strip() != "", "data", self.data,
-                "a data spec string such as digits, idx:<dir> or tfds:<name>")
-        require(all(isinstance(m, str) for m in self.methods), "methods", list(self.methods), "a list of preset names (strings)")
-        require(self.baseline is None or isinstance(self.baseline, str), "baseline", self.baseline, "a row label (a string)")
+        require(
+            isinstance(self.data, str) and self.data.strip() != "",
+            "data",
+            self.data,
+            "a data spec string such as digits, idx:<dir> or tfds:<name>",
+        )
+        require(
+            all(isinstance(m, str) for m in self.methods),
+            "methods",
+            list(self.methods),
+            "a list of preset names (strings)",
+        )
+        require(
+            self.baseline is None or isinstance(self.baseline, str), "baseline", self.baseline, "a row label (a string)"
+        )
         for field in ("n_train", "n_test"):
             value = getattr(self, field)
-            require(value is None or (not isinstance(value, bool) and isinstance(value, int) and value >= 1), field, value,
-                    "must be an integer >= 1 (or absent for the whole split)")
+            require(
+                value is None or (not isinstance(value, bool) and isinstance(value, int) and value >= 1),
+                field,
+                value,
+                "must be an integer >= 1 (or absent for the whole split)",
+            )
         # Precision/recall needs k + 2 test images and generated samples (evaluate runs after training).
-        require(self.n_test is None or self.n_test >= PR_NEIGHBOURS + 2, "n_test", self.n_test,
-                f"the evaluation needs at least {PR_NEIGHBOURS + 2} test images (k={PR_NEIGHBOURS} nearest neighbours + 2)")
+        require(
+            self.n_test is None or self.n_test >= PR_NEIGHBOURS + 2,
+            "n_test",
+            self.n_test,
+            f"the evaluation needs at least {PR_NEIGHBOURS + 2} test images (k={PR_NEIGHBOURS} nearest neighbours + 2)",
+        )
         _check_config_types("config", self.config)
-        require(self.methods or self.variants, "methods", list(self.methods),
-                "nothing to compare: list presets in methods = [...] (see `jaxrae methods`) or add [variants.<label>] tables")
+        require(
+            self.methods or self.variants,
+            "methods",
+            list(self.methods),
+            "nothing to compare: list presets in methods = [...] (see `jaxrae methods`) or add [variants.<label>] tables",
+        )
         for label in self.variants:  # before the preset check: `--methods a,<label>` is this mistake
-            require(label not in self.methods, "methods", list(self.methods),
-                    f"{label!r} is also the label of {self.row_table(label)}, and labels and method names share one "
-                    f"namespace; rename the variant (e.g. [variants.{_toml_key(label + '-2')}]) or drop {label!r} from methods")
+            require(
+                label not in self.methods,
+                "methods",
+                list(self.methods),
+                f"{label!r} is also the label of {self.row_table(label)}, and labels and method names share one "
+                f"namespace; rename the variant (e.g. [variants.{_toml_key(label + '-2')}]) or drop {label!r} from methods",
+            )
         for name in self.methods:
             presets.get(name)  # ConfigError listing the presets
         require(len(set(self.methods)) == len(self.methods), "methods", list(self.methods), "no name may repeat")
-        require(self.seeds and len(set(self.seeds)) == len(self.seeds), "seeds", list(self.seeds), "at least one seed, no repeats")
-        require("method" not in self.config, "config.method", self.config.get("method"),
-                "not allowed in a comparison; list the methods in `methods`, or give each [variants.<label>] table its own method")
+        require(
+            self.seeds and len(set(self.seeds)) == len(self.seeds),
+            "seeds",
+            list(self.seeds),
+            "at least one seed, no repeats",
+        )
+        require(
+            "method" not in self.config,
+            "config.method",
+            self.config.get("method"),
+            "not allowed in a comparison; list the methods in `methods`, or give each [variants.<label>] table its own method",
+        )
         for name, fields in self.overrides.items():
-            require(name not in self.variants, "overrides", name,
-                    f"[overrides.{_toml_key(name)}] names a variant; put those fields in [variants.{_toml_key(name)}] instead")
-            require(name in self.methods, "overrides", name, f"[overrides.{_toml_key(name)}] must name one of methods {list(self.methods)}")
-            require("method" not in fields, f"overrides.{name}.method", fields.get("method"), "not allowed; the table's key names the method")
+            require(
+                name not in self.variants,
+                "overrides",
+                name,
+                f"[overrides.{_toml_key(name)}] names a variant; put those fields in [variants.{_toml_key(name)}] instead",
+            )
+            require(
+                name in self.methods,
+                "overrides",
+                name,
+                f"[overrides.{_toml_key(name)}] must name one of methods {list(self.methods)}",
+            )
+            require(
+                "method" not in fields,
+                f"overrides.{name}.method",
+                fields.get("method"),
+                "not allowed; the table's key names the method",
+            )
         for label, fields in self.overrides.items():
             _check_config_types(f"overrides.{label}", fields)
         for label, fields in self.variants.items():
             _check_config_types(f"variants.{label}", {k: v for k, v in fields.items() if k != "method"})
         for label, fields in self.variants.items():
             table = self.row_table(label)
-            require(ROW_LABEL.fullmatch(label), "variants", label,
-                    f"the label of {table} names output files, so use only letters, digits and - _ . + "
-                    "(not starting with . + -), e.g. reinmax-tau0.5")
-            require(isinstance(fields.get("method"), str), f"{table[1:-1]}.method", fields.get("method"),
-                    f'{table} needs method = "<preset>", the preset the variant starts from (see `jaxrae methods`)')
-        require(self.baseline is None or self.baseline in self.rows, "baseline", self.baseline,
-                f"neither a method nor a variant label; choose one of {list(self.rows)} (`--baseline` on the command "
-                "line, `baseline` in the file)")
+            require(
+                ROW_LABEL.fullmatch(label),
+                "variants",
+                label,
+                f"the label of {table} names output files, so use only letters, digits and - _ . + "
+                "(not starting with . + -), e.g. reinmax-tau0.5",
+            )
+            require(
+                isinstance(fields.get("method"), str),
+                f"{table[1:-1]}.method",
+                fields.get("method"),
+                f'{table} needs method = "<preset>", the preset the variant starts from (see `jaxrae methods`)',
+            )
+        require(
+            self.baseline is None or self.baseline in self.rows,
+            "baseline",
+            self.baseline,
+            f"neither a method nor a variant label; choose one of {list(self.rows)} (`--baseline` on the command "
+            "line, `baseline` in the file)",
+        )
         for field, minimum in (("n_eval", PR_NEIGHBOURS + 2), ("feature_steps", 1), ("n_components", 1)):
             value = getattr(self, field)
             if field == "feature_steps" and value is None:
                 continue  # the feature network's own default (jaxrae.metrics)
-            require(not isinstance(value, bool) and isinstance(value, int) and value >= minimum, field, value,
-                    f"must be an integer >= {minimum}")
+            require(
+                not isinstance(value, bool) and isinstance(value, int) and value >= minimum,
+                field,
+                value,
+                f"must be an integer >= {minimum}",
+            )
         self._check_contrasts()
-        require(self.likelihood_k is None or (not isinstance(self.likelihood_k, bool) and isinstance(self.likelihood_k, int)
-                                              and self.likelihood_k >= 1),
-                "likelihood_k", self.likelihood_k, "must be an integer >= 1 (importance samples per test image), or absent for none")
+        require(
+            self.likelihood_k is None
+            or (
+                not isinstance(self.likelihood_k, bool)
+                and isinstance(self.likelihood_k, int)
+                and self.likelihood_k >= 1
+            ),
+            "likelihood_k",
+            self.likelihood_k,
+            "must be an integer >= 1 (importance samples per test image), or absent for none",
+        )
         for label in self.rows:  # every config validates now, not after an hour of training
             try:
                 config = self.method_config(label)
@@ -160,23 +234,40 @@ class Experiment:
 
     def _check_contrasts(self) -> None:
         """``primary`` entries name a row other than the baseline and a metric; margins are positive."""
-        require(isinstance(self.primary, (list, tuple)) and all(isinstance(e, str) for e in self.primary), "primary",
-                self.primary, 'a list of "<row label>:<metric key>" strings, e.g. ["rae-l2:fd_ex_post"]')
+        require(
+            isinstance(self.primary, (list, tuple)) and all(isinstance(e, str) for e in self.primary),
+            "primary",
+            self.primary,
+            'a list of "<row label>:<metric key>" strings, e.g. ["rae-l2:fd_ex_post"]',
+        )
         object.__setattr__(self, "primary", tuple(self.primary))
         others = [label for label in self.rows if label != self.baseline_label]
         for entry in self.primary:
             row, _, metric = entry.rpartition(":")
-            require(row in others, "primary", entry, f'"<row label>:<metric key>" with a row compared to the baseline '
-                    f"{self.baseline_label!r}: one of {others}")
+            require(
+                row in others,
+                "primary",
+                entry,
+                f'"<row label>:<metric key>" with a row compared to the baseline '
+                f"{self.baseline_label!r}: one of {others}",
+            )
             require(metric in METRIC_KEYS, "primary", entry, f"the metric after ':' must be one of {list(METRIC_KEYS)}")
         require(len(set(self.primary)) == len(self.primary), "primary", list(self.primary), "no entry may repeat")
-        require(isinstance(self.equivalence, Mapping), "equivalence", self.equivalence,
-                "a table [equivalence] of metric = margin (a number, or a percentage of the baseline mean such as \"5%\")")
+        require(
+            isinstance(self.equivalence, Mapping),
+            "equivalence",
+            self.equivalence,
+            'a table [equivalence] of metric = margin (a number, or a percentage of the baseline mean such as "5%")',
+        )
         object.__setattr__(self, "equivalence", dict(self.equivalence))
         for metric, margin in self.equivalence.items():
             require(metric in METRIC_KEYS, "equivalence", metric, f"a metric key, one of {list(METRIC_KEYS)}")
-            require(_positive_margin(margin), f"equivalence.{metric}", margin,
-                    'a positive number in the metric\'s units (1.0) or a positive percentage of the baseline mean ("5%")')
+            require(
+                _positive_margin(margin),
+                f"equivalence.{metric}",
+                margin,
+                'a positive number in the metric\'s units (1.0) or a positive percentage of the baseline mean ("5%")',
+            )
 
     @property
     def rows(self) -> dict[str, dict[str, Any]]:
@@ -204,12 +295,20 @@ class Experiment:
     def to_dict(self) -> dict:
         """The experiment as plain JSON-ready data (what ``experiment.json`` and ``results.json`` hold)."""
         return {
-            "data": self.data, "methods": list(self.methods), "seeds": list(self.seeds),
-            "config": dict(self.config), "overrides": {k: dict(v) for k, v in self.overrides.items()},
+            "data": self.data,
+            "methods": list(self.methods),
+            "seeds": list(self.seeds),
+            "config": dict(self.config),
+            "overrides": {k: dict(v) for k, v in self.overrides.items()},
             "variants": {k: dict(v) for k, v in self.variants.items()},
-            "baseline": self.baseline, "n_eval": self.n_eval, "n_train": self.n_train,
-            "n_test": self.n_test, "feature_steps": self.feature_steps, "n_components": self.n_components,
-            "primary": list(self.primary), "equivalence": dict(self.equivalence),
+            "baseline": self.baseline,
+            "n_eval": self.n_eval,
+            "n_train": self.n_train,
+            "n_test": self.n_test,
+            "feature_steps": self.feature_steps,
+            "n_components": self.n_components,
+            "primary": list(self.primary),
+            "equivalence": dict(self.equivalence),
             "likelihood_k": self.likelihood_k,
         }
 
@@ -226,8 +325,12 @@ class Experiment:
             values = dict(data)
             if "seeds" in values:
                 values["seeds"] = _seed_list(values["seeds"])
-            require(not isinstance(values.get("methods"), (bool, int, float)), "methods", values.get("methods"),
-                    "a list of preset names, or one string a,b,c")
+            require(
+                not isinstance(values.get("methods"), (bool, int, float)),
+                "methods",
+                values.get("methods"),
+                "a list of preset names, or one string a,b,c",
+            )
             if isinstance(values.get("methods"), str):
                 values["methods"] = tuple(s.strip() for s in values["methods"].split(",") if s.strip())
             if "config" in values:  # compare's defaults hold unless the file sets the field
@@ -268,8 +371,12 @@ def _seed_list(value) -> tuple[int, ...]:
     require(not isinstance(value, bool), "seeds", value, "a count or a list of integers")
     if isinstance(value, int):
         return seed_count(value)
-    require(isinstance(value, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) for s in value),
-            "seeds", value, "a count (5) or a list of integers ([0, 3, 7])")
+    require(
+        isinstance(value, (list, tuple)) and all(isinstance(s, int) and not isinstance(s, bool) for s in value),
+        "seeds",
+        value,
+        "a count (5) or a list of integers ([0, 3, 7])",
+    )
     return check_seeds(value)
 
 
@@ -282,7 +389,9 @@ def seed_count(n: int, field: str = "seeds") -> tuple[int, ...]:
 def _config_kind(annotation: str) -> str:
     """The TOML kind of a TrainConfig field from its annotation: ``"float | None"`` -> ``"number"``."""
     first = str(annotation).split(" |")[0].strip()
-    return {"int": "integer", "float": "number", "str": "string"}.get(first, "list" if first.startswith("tuple") else "any")
+    return {"int": "integer", "float": "number", "str": "string"}.get(
+        first, "list" if first.startswith("tuple") else "any"
+    )
 
 
 def _check_config_types(table: str, fields: Mapping[str, Any]) -> None:
@@ -297,9 +406,15 @@ def _check_config_types(table: str, fields: Mapping[str, Any]) -> None:
             "integer": not isinstance(value, bool) and isinstance(value, int),
             "number": not isinstance(value, bool) and isinstance(value, (int, float)),
             "string": isinstance(value, str),
-            "list": isinstance(value, (list, tuple)) and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
+            "list": isinstance(value, (list, tuple))
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in value),
         }.get(kind, True)
-        wanted = {"integer": "an integer", "number": "a number", "string": "a string", "list": "a list of integers (e.g. [8, 5, 5, 5])"}
+        wanted = {
+            "integer": "an integer",
+            "number": "a number",
+            "string": "a string",
+            "list": "a list of integers (e.g. [8, 5, 5, 5])",
+        }
         require(ok, f"{table}.{name}", value, f"must be {wanted.get(kind)}")
 
 
@@ -323,5 +438,7 @@ def load_experiment(path: str | Path) -> Experiment:
     except tomllib.TOMLDecodeError as e:
         raise invalid("experiment_file", str(path), f"not valid TOML: {e}") from None
     except UnicodeDecodeError as e:
-        raise invalid("experiment_file", str(path), f"not UTF-8 text, as TOML must be (byte {e.start}: {e.reason})") from None
+        raise invalid(
+            "experiment_file", str(path), f"not UTF-8 text, as TOML must be (byte {e.start}: {e.reason})"
+        ) from None
     return Experiment.from_dict(raw, source=str(path))

@@ -172,7 +172,7 @@ def _map_batches(model, params, images: np.ndarray, batch_size: int = _EVAL_BATC
     n = images.shape[0]
     logits_out, feats_out = [], []
     for start in range(0, n, batch_size):
-        batch = images[start:start + batch_size]
+        batch = images[start : start + batch_size]
         if batch.dtype == np.uint8:  # convert per batch: a uint8 test split is never held as float32
             batch = batch.astype(np.float32) / 255.0
         rows = batch.shape[0]
@@ -221,14 +221,24 @@ class FeatureNetwork:
     def _check_images(self, images) -> np.ndarray:
         """NHWC images of this network's shape; float images must be finite (NaN in, error out)."""
         images = np.asarray(images)
-        require(images.ndim == 4 and tuple(images.shape[1:]) == tuple(self.image_shape), "images.shape", images.shape,
-                f"the feature network expects images of shape (n, {', '.join(map(str, self.image_shape))})", DataError)
+        require(
+            images.ndim == 4 and tuple(images.shape[1:]) == tuple(self.image_shape),
+            "images.shape",
+            images.shape,
+            f"the feature network expects images of shape (n, {', '.join(map(str, self.image_shape))})",
+            DataError,
+        )
         if images.dtype == np.uint8:
             return images
         images = images.astype(np.float32)
         n_bad = int(images.size - np.count_nonzero(np.isfinite(images)))
-        require(n_bad == 0, "images", f"<{n_bad} NaN or inf values>",
-                "images must be finite (a diverged run's outputs have no features)", DataError)
+        require(
+            n_bad == 0,
+            "images",
+            f"<{n_bad} NaN or inf values>",
+            "images must be finite (a diverged run's outputs have no features)",
+            DataError,
+        )
         return images
 
     def features(self, images) -> np.ndarray:
@@ -262,8 +272,10 @@ class FeatureNetwork:
         attribute network "FD in classifier features (test mean attribute accuracy 90.1%;
         majority rule 80.0%)"."""
         if self.target == "attributes":
-            return (f"{FD_METRIC_NAME} ({self.accuracy_name} {self.test_accuracy:.1%}; "
-                    f"majority rule {self.majority_accuracy:.1%})")
+            return (
+                f"{FD_METRIC_NAME} ({self.accuracy_name} {self.test_accuracy:.1%}; "
+                f"majority rule {self.majority_accuracy:.1%})"
+            )
         return f"{FD_METRIC_NAME} (test acc {self.test_accuracy:.1%})"
 
 
@@ -271,7 +283,9 @@ class FeatureNetwork:
 # Targets, accuracies, training
 
 
-def majority_warning(test_accuracy: float, majority_accuracy: float, accuracy_name: str = "test accuracy") -> str | None:
+def majority_warning(
+    test_accuracy: float, majority_accuracy: float, accuracy_name: str = "test accuracy"
+) -> str | None:
     """A warning when the feature network is at or near the majority rule, else None.
 
     With ``a`` the network's accuracy and ``m`` the majority rule's, the network removes the
@@ -283,9 +297,11 @@ def majority_warning(test_accuracy: float, majority_accuracy: float, accuracy_na
         return None
     if test_accuracy - majority_accuracy > NEAR_MAJORITY_FRACTION * (1.0 - majority_accuracy):
         return None
-    return (f"the FD feature network is at or near the majority rule ({accuracy_name} {test_accuracy:.1%}, "
-            f"majority rule {majority_accuracy:.1%}): its features barely tell the classes apart, so FD, "
-            "precision and recall say little about the images (constant or degenerate images or labels?)")
+    return (
+        f"the FD feature network is at or near the majority rule ({accuracy_name} {test_accuracy:.1%}, "
+        f"majority rule {majority_accuracy:.1%}): its features barely tell the classes apart, so FD, "
+        "precision and recall say little about the images (constant or degenerate images or labels?)"
+    )
 
 
 def feature_target(dataset: Dataset) -> str:
@@ -304,7 +320,8 @@ def feature_target(dataset: Dataset) -> str:
     if dataset.n_attributes > 0:
         return "attributes"
     raise invalid(
-        "dataset", dataset.name,
+        "dataset",
+        dataset.name,
         f"cannot train the feature network for the FD: it needs class labels (at least 2 classes; "
         f"this data set has {dataset.n_classes}) or binary attributes, and this data set has neither. "
         "Use a source that provides them (tfds:celeb_a provides 40 attributes), build the Dataset with "
@@ -351,8 +368,13 @@ def train_feature_network(dataset: Dataset, *, steps: int | None = None) -> Feat
     target = feature_target(dataset)
     if steps is None:
         steps = default_feature_steps(dataset)
-    require(isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and steps >= 1, "steps", steps,
-            "the feature network's training steps must be an integer >= 1", ConfigError)
+    require(
+        isinstance(steps, (int, np.integer)) and not isinstance(steps, bool) and steps >= 1,
+        "steps",
+        steps,
+        "the feature network's training steps must be an integer >= 1",
+        ConfigError,
+    )
     model = FeatureClassifier(n_classes=_head_size(dataset, target))
     multilabel = target == "attributes"
     params, _ = _train_classifier(
@@ -437,12 +459,21 @@ def _load_feature_network(path: pathlib.Path, dataset: Dataset, steps: int) -> F
         lambda: model.init(jax.random.key(0), jnp.zeros((1, *dataset.image_shape), jnp.float32))["params"]
     )
     params = flax.serialization.from_state_dict(template, record["params"])
-    require(jax.tree.structure(params) == jax.tree.structure(template), "record['params']", "<tree>",
-            "the parameter tree must match the network's", DataError)
+    require(
+        jax.tree.structure(params) == jax.tree.structure(template),
+        "record['params']",
+        "<tree>",
+        "the parameter tree must match the network's",
+        DataError,
+    )
     for leaf, spec in zip(jax.tree.leaves(params), jax.tree.leaves(template)):
-        require(isinstance(leaf, np.ndarray) and leaf.shape == spec.shape and leaf.dtype == spec.dtype,
-                "record['params'] leaf", getattr(leaf, "shape", type(leaf).__name__),
-                f"expected an array of shape {spec.shape} and dtype {spec.dtype}", DataError)
+        require(
+            isinstance(leaf, np.ndarray) and leaf.shape == spec.shape and leaf.dtype == spec.dtype,
+            "record['params'] leaf",
+            getattr(leaf, "shape", type(leaf).__name__),
+            f"expected an array of shape {spec.shape} and dtype {spec.dtype}",
+            DataError,
+        )
     test_accuracy = float(record["test_accuracy"])
     return _network_record(dataset, target, model, params, test_accuracy, steps)
 
@@ -468,8 +499,9 @@ def feature_network(
         steps = default_feature_steps(dataset)
     if not use_cache:
         return train_feature_network(dataset, steps=steps)
-    path = _cache_path(pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir(),
-                       dataset.fingerprint, steps, target)
+    path = _cache_path(
+        pathlib.Path(cache_dir) if cache_dir is not None else default_cache_dir(), dataset.fingerprint, steps, target
+    )
     if path.exists():
         try:
             return _load_feature_network(path, dataset, steps)

@@ -235,7 +235,9 @@ def _vq_encode(config: TrainConfig, params, h) -> chex.Array:
 
 def _fsq_spec(config: TrainConfig) -> CodeSpec:
     levels = config.fsq_levels
-    return CodeSpec(config.latent_dim * len(levels), config.latent_dim * len(levels), config.latent_dim, int(math.prod(levels)))
+    return CodeSpec(
+        config.latent_dim * len(levels), config.latent_dim * len(levels), config.latent_dim, int(math.prod(levels))
+    )
 
 
 def _fsq_train_code(config: TrainConfig, params, h, key, tau) -> TrainCode:
@@ -385,11 +387,15 @@ def _vq_losses(code: TrainCode, key) -> chex.Array:
 LATENT_REGS: dict[str, LatentReg] = {
     "none": LatentReg(frozenset(), _no_latent_penalty),
     "l2": LatentReg(frozenset({"z"}), lambda code, key: losses.rae_latent_penalty(code.latent["z"])),
-    "kl": LatentReg(frozenset({"mean", "log_var"}), lambda code, key: losses.gaussian_kl(code.latent["mean"], code.latent["log_var"]),
-                    kl_to_prior=True),
+    "kl": LatentReg(
+        frozenset({"mean", "log_var"}),
+        lambda code, key: losses.gaussian_kl(code.latent["mean"], code.latent["log_var"]),
+        kl_to_prior=True,
+    ),
     "mmd": LatentReg(frozenset({"z"}), _mmd_to_normal),
     "kl-uniform": LatentReg(
-        frozenset({"logits"}), lambda code, key: jnp.mean(jnp.sum(relax.categorical_kl_uniform(code.latent["logits"]), axis=-1)),
+        frozenset({"logits"}),
+        lambda code, key: jnp.mean(jnp.sum(relax.categorical_kl_uniform(code.latent["logits"]), axis=-1)),
         kl_to_prior=True,
     ),
     "logit-l2": LatentReg(frozenset({"flat_logits"}), _logit_l2),
@@ -443,11 +449,20 @@ GAUSSIAN_TRAINING_VARIANCE = 0.5
 LIKELIHOODS: dict[str, Likelihood] = {
     # Gaussian: L_rec = ||x - x_hat||^2 = -log N(x; x_hat, I/2) - (D/2) log pi (Ghosh et al. 2020's
     # official VAE loss); reported likelihoods use a variance fitted on training residuals.
-    "gaussian": Likelihood(True, losses.reconstruction_loss, lambda out: out,
-                           lambda x, out, variance: likelihood.gaussian_log_likelihood(x, out, variance), fits_variance=True),
+    "gaussian": Likelihood(
+        True,
+        losses.reconstruction_loss,
+        lambda out: out,
+        lambda x, out, variance: likelihood.gaussian_log_likelihood(x, out, variance),
+        fits_variance=True,
+    ),
     # Bernoulli: L_rec = summed binary cross-entropy with logits (Kingma & Welling 2014, App. C.1).
-    "bernoulli": Likelihood(False, losses.bernoulli_reconstruction_loss, jax.nn.sigmoid,
-                            lambda x, out, variance: likelihood.bernoulli_log_likelihood(x, out)),
+    "bernoulli": Likelihood(
+        False,
+        losses.bernoulli_reconstruction_loss,
+        jax.nn.sigmoid,
+        lambda x, out, variance: likelihood.bernoulli_log_likelihood(x, out),
+    ),
 }
 
 
@@ -458,7 +473,11 @@ def fitting_latent_regs(encoder: str) -> list[str]:
     """The latent regularizers that fit the code path ``encoder``: those whose ``reads`` it
     ``provides``, without ``none`` where the code path ``needs_latent_reg``."""
     path = CODE_PATHS[encoder]
-    return [name for name, reg in LATENT_REGS.items() if reg.reads <= path.provides and (reg.reads or not path.needs_latent_reg)]
+    return [
+        name
+        for name, reg in LATENT_REGS.items()
+        if reg.reads <= path.provides and (reg.reads or not path.needs_latent_reg)
+    ]
 
 
 def has_posterior(config: TrainConfig) -> bool:
@@ -468,8 +487,11 @@ def has_posterior(config: TrainConfig) -> bool:
     are deterministic autoencoders, generated through an ex-post density."""
     method = config.method_spec
     path = CODE_PATHS[method.encoder]
-    return (DECODER_REGS[method.decoder_reg].needs_stochastic_code and LATENT_REGS[method.latent_reg].kl_to_prior
-            and path.posterior is not None)
+    return (
+        DECODER_REGS[method.decoder_reg].needs_stochastic_code
+        and LATENT_REGS[method.latent_reg].kl_to_prior
+        and path.posterior is not None
+    )
 
 
 def code_spec(config: TrainConfig) -> CodeSpec:
@@ -525,7 +547,9 @@ def make_loss_fn(config: TrainConfig, model: AutoEncoder) -> Callable:
         code = path.train_code(config, params, h, key_code, temperature(config, hp.tau, step))
         latent = latent_reg.penalty(code, key_reg)
 
-        x_hat, updates = model.apply(variables, code.decoder_in, True, method=AutoEncoder.decode, mutable=["batch_stats"])
+        x_hat, updates = model.apply(
+            variables, code.decoder_in, True, method=AutoEncoder.decode, mutable=["batch_stats"]
+        )
         new_batch_stats = updates.get("batch_stats", batch_stats)
         rec = observation.reconstruction_loss(x, x_hat)
 

@@ -89,8 +89,10 @@ def atomic_write_npz(path: str | os.PathLike, arrays: Mapping[str, np.ndarray]) 
 #: The file jaxrae writes into every output directory it creates: it marks the directory as
 #: jaxrae's (``--overwrite`` deletes only such directories) and is the lock a run holds on it.
 MARKER = ".jaxrae-output"
-_MARKER_TEXT = ("This directory was written by jaxrae. While a run holds an exclusive flock on this file, "
-                "no other jaxrae process writes here; `--overwrite` deletes only directories that hold it.\n")
+_MARKER_TEXT = (
+    "This directory was written by jaxrae. While a run holds an exclusive flock on this file, "
+    "no other jaxrae process writes here; `--overwrite` deletes only directories that hold it.\n"
+)
 
 
 class OutDirClaim:
@@ -145,14 +147,26 @@ def _check_out_dir(out: Path, resume: bool, overwrite: bool) -> list[Path]:
     if overwrite:
         here = Path.cwd().resolve()
         target = out.resolve()
-        require(target != here and target not in here.parents, "--out", str(out),
-                "--overwrite would delete the working directory or a directory above it; choose a subdirectory")
-        require((out / MARKER).is_file(), "--out", str(out),
-                f"it holds files that jaxrae did not write (no {MARKER} marker), and --overwrite deletes only "
-                "jaxrae's output directories; empty it yourself or choose another --out")
+        require(
+            target != here and target not in here.parents,
+            "--out",
+            str(out),
+            "--overwrite would delete the working directory or a directory above it; choose a subdirectory",
+        )
+        require(
+            (out / MARKER).is_file(),
+            "--out",
+            str(out),
+            f"it holds files that jaxrae did not write (no {MARKER} marker), and --overwrite deletes only "
+            "jaxrae's output directories; empty it yourself or choose another --out",
+        )
     else:
-        require(resume, "--out", str(out), "the directory already holds results; pass --resume to continue it "
-                "or --overwrite to replace it")
+        require(
+            resume,
+            "--out",
+            str(out),
+            "the directory already holds results; pass --resume to continue it or --overwrite to replace it",
+        )
     return held
 
 
@@ -182,8 +196,11 @@ def prepare_out_dir(out: str | os.PathLike, resume: bool, overwrite: bool) -> Ou
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            raise invalid("--out", str(out), "another jaxrae process is writing to it; wait until it "
-                          "finishes, or choose another --out") from None
+            raise invalid(
+                "--out",
+                str(out),
+                "another jaxrae process is writing to it; wait until it finishes, or choose another --out",
+            ) from None
         except OSError as e:
             raise invalid("--out", str(out), f"cannot lock {MARKER} in it: {e.strerror or e}") from None
         held = _check_out_dir(out, resume, overwrite)
@@ -304,14 +321,19 @@ def load_checkpoint(path: str | os.PathLike, redo: str | None = None) -> tuple[A
         raise CheckpointError(f"checkpoint {path} is corrupt or truncated ({type(e).__name__}); {redo}") from None
     found = blob.get("format") if isinstance(blob, dict) else None
     if found in _UNVERIFIABLE_FORMATS:
-        raise CheckpointError(f"checkpoint {path} has the older format {found}, which carries no checksums and cannot be "
-                              f"verified; {redo}")
+        raise CheckpointError(
+            f"checkpoint {path} has the older format {found}, which carries no checksums and cannot be verified; {redo}"
+        )
     if found != FORMAT:
         raise CheckpointError(f"{path} is not a {FORMAT} file; {redo}")
     digests = blob.get("sha256")
     header_text, tree = blob.get("header"), blob.get("tree")
-    if not (isinstance(digests, dict) and isinstance(digests.get("tree"), dict) and isinstance(header_text, str)
-            and isinstance(tree, dict)):
+    if not (
+        isinstance(digests, dict)
+        and isinstance(digests.get("tree"), dict)
+        and isinstance(header_text, str)
+        and isinstance(tree, dict)
+    ):
         raise CheckpointError(f"checkpoint {path} lacks its header, tree or checksums; {redo}")
     if digests.get("header") != _text_digest(header_text):
         raise CheckpointError(f"checkpoint {path} is corrupt: its header fails its SHA-256 check; {redo}")

@@ -225,7 +225,9 @@ def categorical_proposal(logits: chex.Array, temperature=1.0, uniform_weight=0.0
     _require_in_unit_interval("uniform_weight", uniform_weight)
     log_probs = jax.nn.log_softmax(logits / temperature, axis=-1)
     support = jnp.isfinite(logits)
-    log_uniform = jnp.where(support, -jnp.log(jnp.sum(support, axis=-1, keepdims=True).astype(log_probs.dtype)), -jnp.inf)
+    log_uniform = jnp.where(
+        support, -jnp.log(jnp.sum(support, axis=-1, keepdims=True).astype(log_probs.dtype)), -jnp.inf
+    )
     if isinstance(uniform_weight, (int, float)) and uniform_weight == 0:
         return CategoricalProposal(log_probs)
     weight = jnp.asarray(uniform_weight, log_probs.dtype)
@@ -307,9 +309,16 @@ def _log_weights(log_px_given_z: LogLikelihoodFn, log_prior: LogDensityFn):
 # ----------------------------------------------------------------------------- estimators
 
 
-def importance_sampled_log_likelihood(key: jax.Array, x: chex.Array, proposal: Proposal,
-                                      log_prior: LogDensityFn, log_px_given_z: LogLikelihoodFn, *,
-                                      k: int, chunk_size: int = 1000) -> chex.Array:
+def importance_sampled_log_likelihood(
+    key: jax.Array,
+    x: chex.Array,
+    proposal: Proposal,
+    log_prior: LogDensityFn,
+    log_px_given_z: LogLikelihoodFn,
+    *,
+    k: int,
+    chunk_size: int = 1000,
+) -> chex.Array:
     """log p_hat(x) = log (1/k) sum_{i=1}^k p(x | z_i) p(z_i) / q(z_i | x),  z_i ~ q(z | x).
 
     Importance sampling of p(x) = E_q[p(x | z) p(z) / q(z | x)] (e.g. Bishop PRML Sec. 11.1.4;
@@ -337,8 +346,15 @@ def importance_sampled_log_likelihood(key: jax.Array, x: chex.Array, proposal: P
     return total - math.log(k)
 
 
-def iwae_bound(key: jax.Array, x: chex.Array, posterior: Proposal, log_px_given_z: LogLikelihoodFn, *,
-               k: int, chunk_size: int = 1000) -> chex.Array:
+def iwae_bound(
+    key: jax.Array,
+    x: chex.Array,
+    posterior: Proposal,
+    log_px_given_z: LogLikelihoodFn,
+    *,
+    k: int,
+    chunk_size: int = 1000,
+) -> chex.Array:
     """IWAE-k = log (1/k) sum_{i=1}^k p(x | z_i) p(z_i) / q(z_i | x),  z_i ~ q(z | x), for a VAE.
 
     Burda et al. (2016, Sec. 3) with the model's own prior: N(0, I) for a GaussianProposal (VAE,
@@ -349,13 +365,21 @@ def iwae_bound(key: jax.Array, x: chex.Array, posterior: Proposal, log_px_given_
     :func:`importance_sampled_log_likelihood` for the arguments.
     """
     _check_proposal_type(posterior)
-    return importance_sampled_log_likelihood(key, x, posterior, _model_prior(posterior), log_px_given_z,
-                                             k=k, chunk_size=chunk_size)
+    return importance_sampled_log_likelihood(
+        key, x, posterior, _model_prior(posterior), log_px_given_z, k=k, chunk_size=chunk_size
+    )
 
 
-def ex_post_log_likelihood(key: jax.Array, x: chex.Array, proposal: Proposal,
-                           density: GaussianMixture | CategoricalMixture, log_px_given_z: LogLikelihoodFn, *,
-                           k: int, chunk_size: int = 1000) -> chex.Array:
+def ex_post_log_likelihood(
+    key: jax.Array,
+    x: chex.Array,
+    proposal: Proposal,
+    density: GaussianMixture | CategoricalMixture,
+    log_px_given_z: LogLikelihoodFn,
+    *,
+    k: int,
+    chunk_size: int = 1000,
+) -> chex.Array:
     """log p(x) ~= log (1/k) sum_i p(x | z_i) p_ex(z_i) / q(z_i | x) for a deterministic autoencoder.
 
     The generative model of an RAE is z ~ p_ex (the ex-post density fitted on training codes,
@@ -368,22 +392,51 @@ def ex_post_log_likelihood(key: jax.Array, x: chex.Array, proposal: Proposal,
     encoder. ``density`` is one (unstacked) fit; vmap over runs for stacked fits.
     """
     if isinstance(density, GaussianMixture):
-        require(isinstance(proposal, GaussianProposal), "proposal", type(proposal).__name__,
-                "a GaussianMixture density needs a GaussianProposal")
-        require(proposal.mean.shape[-1] == density.dim, "proposal.mean", tuple(proposal.mean.shape),
-                f"must have the density's dimension {density.dim} in its last axis")
+        require(
+            isinstance(proposal, GaussianProposal),
+            "proposal",
+            type(proposal).__name__,
+            "a GaussianMixture density needs a GaussianProposal",
+        )
+        require(
+            proposal.mean.shape[-1] == density.dim,
+            "proposal.mean",
+            tuple(proposal.mean.shape),
+            f"must have the density's dimension {density.dim} in its last axis",
+        )
     else:
-        require(isinstance(density, CategoricalMixture), "density", type(density).__name__,
-                "must be a jaxrae.density.GaussianMixture or CategoricalMixture")
-        require(isinstance(proposal, CategoricalProposal), "proposal", type(proposal).__name__,
-                "a CategoricalMixture density needs a CategoricalProposal")
-        require(proposal.log_probs.shape[-2:] == (density.n_vars, density.n_classes), "proposal.log_probs",
-                tuple(proposal.log_probs.shape), f"must end in (n_vars, n_classes) = ({density.n_vars}, {density.n_classes})")
-    return importance_sampled_log_likelihood(key, x, proposal, density.log_prob, log_px_given_z, k=k, chunk_size=chunk_size)
+        require(
+            isinstance(density, CategoricalMixture),
+            "density",
+            type(density).__name__,
+            "must be a jaxrae.density.GaussianMixture or CategoricalMixture",
+        )
+        require(
+            isinstance(proposal, CategoricalProposal),
+            "proposal",
+            type(proposal).__name__,
+            "a CategoricalMixture density needs a CategoricalProposal",
+        )
+        require(
+            proposal.log_probs.shape[-2:] == (density.n_vars, density.n_classes),
+            "proposal.log_probs",
+            tuple(proposal.log_probs.shape),
+            f"must end in (n_vars, n_classes) = ({density.n_vars}, {density.n_classes})",
+        )
+    return importance_sampled_log_likelihood(
+        key, x, proposal, density.log_prob, log_px_given_z, k=k, chunk_size=chunk_size
+    )
 
 
-def elbo(key: jax.Array, x: chex.Array, posterior: Proposal, log_px_given_z: LogLikelihoodFn, *,
-         n_samples: int = 1, chunk_size: int = 1000) -> chex.Array:
+def elbo(
+    key: jax.Array,
+    x: chex.Array,
+    posterior: Proposal,
+    log_px_given_z: LogLikelihoodFn,
+    *,
+    n_samples: int = 1,
+    chunk_size: int = 1000,
+) -> chex.Array:
     """ELBO = E_q[log p(x | z)] - KL(q(z | x) || p(z)), the expectation by n_samples draws.
 
     Kingma & Welling (2014), Eq. 10: the reconstruction term estimated by sampling, the KL exact.
@@ -398,8 +451,12 @@ def elbo(key: jax.Array, x: chex.Array, posterior: Proposal, log_px_given_z: Log
     x = jnp.asarray(x)
     _check_estimator_args(x, posterior, k=n_samples, chunk_size=chunk_size, k_field="n_samples")
     posterior = _broadcast_proposal(posterior)
-    reconstruction = _chunked_over_samples(key, x, posterior, lambda image, z, q: log_px_given_z(image, z),
-                                           n_samples, chunk_size, "sum") / n_samples
+    reconstruction = (
+        _chunked_over_samples(
+            key, x, posterior, lambda image, z, q: log_px_given_z(image, z), n_samples, chunk_size, "sum"
+        )
+        / n_samples
+    )
     if isinstance(posterior, GaussianProposal):
         kl = jax.vmap(lambda m, v: losses.gaussian_kl(m[None], v[None]))(posterior.mean, posterior.log_var)
     else:
@@ -410,8 +467,16 @@ def elbo(key: jax.Array, x: chex.Array, posterior: Proposal, log_px_given_z: Log
 # ----------------------------------------------------------------------------- proposal choice
 
 
-def proposal_grid_estimates(key: jax.Array, x: chex.Array, proposals: Proposal, log_prior: LogDensityFn,
-                            log_px_given_z: LogLikelihoodFn, *, k: int, chunk_size: int = 1000) -> chex.Array:
+def proposal_grid_estimates(
+    key: jax.Array,
+    x: chex.Array,
+    proposals: Proposal,
+    log_prior: LogDensityFn,
+    log_px_given_z: LogLikelihoodFn,
+    *,
+    k: int,
+    chunk_size: int = 1000,
+) -> chex.Array:
     """Mean over the images of log p_hat(x) for each of G candidate proposals: (G,).
 
     ``proposals`` is a proposal whose arrays carry a leading grid axis (G, B, ...), e.g. Gaussian
@@ -420,14 +485,26 @@ def proposal_grid_estimates(key: jax.Array, x: chex.Array, proposals: Proposal, 
     candidates are not drowned by sampling noise. Candidates are evaluated one after another
     (lax.map), so memory is that of one estimate.
     """
+
     def estimate(q):
-        return jnp.mean(importance_sampled_log_likelihood(key, x, q, log_prior, log_px_given_z, k=k, chunk_size=chunk_size))
+        return jnp.mean(
+            importance_sampled_log_likelihood(key, x, q, log_prior, log_px_given_z, k=k, chunk_size=chunk_size)
+        )
 
     return lax.map(estimate, proposals)
 
 
-def select_proposal_scale(key: jax.Array, x_train: chex.Array, codes_train: chex.Array, log_prior: LogDensityFn,
-                          log_px_given_z: LogLikelihoodFn, scales, *, k: int = 100, chunk_size: int = 1000):
+def select_proposal_scale(
+    key: jax.Array,
+    x_train: chex.Array,
+    codes_train: chex.Array,
+    log_prior: LogDensityFn,
+    log_px_given_z: LogLikelihoodFn,
+    scales,
+    *,
+    k: int = 100,
+    chunk_size: int = 1000,
+):
     """Pick s for q(z | x) = N(E(x), s^2 I) from a grid by the mean estimate on training images.
 
     For every s in ``scales`` the mean of log p_hat(x) over a training subset (``x_train`` with
@@ -438,8 +515,12 @@ def select_proposal_scale(key: jax.Array, x_train: chex.Array, codes_train: chex
     hundred images and k ~ 100 are enough to rank a log-spaced grid such as 0.01 ... 1.
     """
     scales = np.asarray(scales, dtype=float)
-    require(scales.ndim == 1 and scales.size >= 1 and bool(np.all(scales > 0)), "scales", scales.tolist(),
-            "must be a non-empty list of numbers > 0")
+    require(
+        scales.ndim == 1 and scales.size >= 1 and bool(np.all(scales > 0)),
+        "scales",
+        scales.tolist(),
+        "must be a non-empty list of numbers > 0",
+    )
     codes_train = jnp.asarray(codes_train)
     chex.assert_rank(codes_train, 2)
     grid = jnp.asarray(scales, codes_train.dtype)
@@ -467,8 +548,12 @@ def nll_units(log_px: chex.Array, n_dims: int) -> NllUnits:
     log-probabilities; for a Gaussian decoder they are a density on [0, 1]^D, comparable only
     between continuous models (add D log 256 after rescaling to compare with 8-bit data).
     """
-    require(isinstance(n_dims, (int, np.integer)) and not isinstance(n_dims, bool) and n_dims >= 1,
-            "n_dims", n_dims, "must be an integer >= 1")
+    require(
+        isinstance(n_dims, (int, np.integer)) and not isinstance(n_dims, bool) and n_dims >= 1,
+        "n_dims",
+        n_dims,
+        "must be an integer >= 1",
+    )
     nll = -jnp.asarray(log_px)
     return NllUnits(nll, nll / (n_dims * math.log(2.0)))
 
@@ -481,7 +566,9 @@ def _require_positive(field, value):
         concrete = np.asarray(value, dtype=float)
     except (jax.errors.TracerArrayConversionError, jax.errors.ConcretizationTypeError):
         return  # traced inside a caller's jit or vmap: cannot be inspected
-    require(bool(np.all(concrete > 0)) and bool(np.all(np.isfinite(concrete))), field, value, "must be a finite number > 0")
+    require(
+        bool(np.all(concrete > 0)) and bool(np.all(np.isfinite(concrete))), field, value, "must be a finite number > 0"
+    )
 
 
 def _require_in_unit_interval(field, value):
@@ -493,13 +580,21 @@ def _require_in_unit_interval(field, value):
 
 
 def _check_positive_int(field, value):
-    require(isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1, field, value,
-            "must be an integer >= 1")
+    require(
+        isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1,
+        field,
+        value,
+        "must be an integer >= 1",
+    )
 
 
 def _check_proposal_type(proposal):
-    require(isinstance(proposal, (GaussianProposal, CategoricalProposal)), "proposal", type(proposal).__name__,
-            "must be a GaussianProposal or a CategoricalProposal")
+    require(
+        isinstance(proposal, (GaussianProposal, CategoricalProposal)),
+        "proposal",
+        type(proposal).__name__,
+        "must be a GaussianProposal or a CategoricalProposal",
+    )
 
 
 def _check_estimator_args(x, proposal, *, k, chunk_size, k_field="k"):
@@ -510,15 +605,27 @@ def _check_estimator_args(x, proposal, *, k, chunk_size, k_field="k"):
     require(x.ndim >= 1 and x.shape[0] >= 1, "x", tuple(x.shape), "must be a batch of images (B, ...) with B >= 1")
     if isinstance(proposal, GaussianProposal):
         mean = jnp.asarray(proposal.mean)
-        require(mean.ndim == 2 and mean.shape[0] == x.shape[0], "proposal.mean", tuple(mean.shape),
-                f"must have shape (B, d) with B = {x.shape[0]} rows, one per image of x")
+        require(
+            mean.ndim == 2 and mean.shape[0] == x.shape[0],
+            "proposal.mean",
+            tuple(mean.shape),
+            f"must have shape (B, d) with B = {x.shape[0]} rows, one per image of x",
+        )
         log_var_shape = tuple(jnp.shape(proposal.log_var))
-        require(_broadcastable(log_var_shape, mean.shape), "proposal.log_var", log_var_shape,
-                f"must broadcast to the mean's shape {tuple(mean.shape)}")
+        require(
+            _broadcastable(log_var_shape, mean.shape),
+            "proposal.log_var",
+            log_var_shape,
+            f"must broadcast to the mean's shape {tuple(mean.shape)}",
+        )
     else:
         log_probs = jnp.asarray(proposal.log_probs)
-        require(log_probs.ndim == 3 and log_probs.shape[0] == x.shape[0], "proposal.log_probs", tuple(log_probs.shape),
-                f"must have shape (B, N, K) with B = {x.shape[0]} rows, one per image of x")
+        require(
+            log_probs.ndim == 3 and log_probs.shape[0] == x.shape[0],
+            "proposal.log_probs",
+            tuple(log_probs.shape),
+            f"must have shape (B, N, K) with B = {x.shape[0]} rows, one per image of x",
+        )
 
 
 def _broadcastable(shape, target):

@@ -106,9 +106,7 @@ def imq_kernel_mmd(z: chex.Array, z_prior: chex.Array, scales=(0.1, 0.2, 0.5, 1.
         k_zz = c / (c + d_zz)
         k_pp = c / (c + d_pp)
         k_zp = c / (c + d_zp)
-        total = total + (
-            jnp.sum((k_zz + k_pp) * off_diagonal) / (n * (n - 1)) - 2.0 * jnp.sum(k_zp) / (n * n)
-        )
+        total = total + (jnp.sum((k_zz + k_pp) * off_diagonal) / (n * (n - 1)) - 2.0 * jnp.sum(k_zp) / (n * n))
     return total
 
 

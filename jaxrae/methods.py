@@ -64,21 +64,34 @@ class Method:
 
     def __post_init__(self):
         where = f"(method {self.name!r})"
-        for field, registry in (("encoder", grid.CODE_PATHS), ("latent_reg", grid.LATENT_REGS), ("decoder_reg", grid.DECODER_REGS)):
+        for field, registry in (
+            ("encoder", grid.CODE_PATHS),
+            ("latent_reg", grid.LATENT_REGS),
+            ("decoder_reg", grid.DECODER_REGS),
+        ):
             value = getattr(self, field)
             if value not in registry:
                 raise invalid(field, value, f"choose one of {', '.join(registry)} {where}")
         path = grid.CODE_PATHS[self.encoder]
         if self.code not in path.codes:
-            raise invalid("code", self.code, f"does not fit encoder={self.encoder!r} {where}; use one of {', '.join(path.codes)}")
+            raise invalid(
+                "code", self.code, f"does not fit encoder={self.encoder!r} {where}; use one of {', '.join(path.codes)}"
+            )
         fitting = grid.fitting_latent_regs(self.encoder)
         if self.latent_reg not in fitting:
-            raise invalid("latent_reg", self.latent_reg, f"does not fit encoder={self.encoder!r} {where}; use one of {', '.join(fitting)}")
+            raise invalid(
+                "latent_reg",
+                self.latent_reg,
+                f"does not fit encoder={self.encoder!r} {where}; use one of {', '.join(fitting)}",
+            )
         if self.estimator not in relax.ESTIMATORS:
             raise invalid("estimator", self.estimator, f"choose one of {', '.join(relax.ESTIMATORS)} {where}")
         if grid.DECODER_REGS[self.decoder_reg].needs_stochastic_code and not self.stochastic:
-            raise invalid("decoder_reg", self.decoder_reg,
-                          f"needs a code that draws noise {where}; code={self.code!r} with estimator={self.estimator!r} draws none")
+            raise invalid(
+                "decoder_reg",
+                self.decoder_reg,
+                f"needs a code that draws noise {where}; code={self.code!r} with estimator={self.estimator!r} draws none",
+            )
         for field in ("beta", "lam"):
             if not getattr(self, field) >= 0:
                 raise invalid(field, getattr(self, field), f"must be >= 0 {where}")
@@ -119,41 +132,166 @@ PRESETS: dict[str, Method] = {
     for m in (
         # ---- continuous (Ghosh et al. 2020, Table 1) ----
         Method("ae", "deterministic", "identity", "none", "none", summary="plain autoencoder"),
-        Method("vae", "gaussian", "reparameterize", "kl", "noise", beta=_VAE_BETA,
-               summary="VAE (Kingma & Welling 2014); official KL weight 0.312"),
-        Method("cv-vae", "deterministic", "fixed-noise", "kl", "noise", beta=0.039,
-               summary="constant-variance VAE, sigma=0.7; official KL weight 0.039"),
-        Method("rae", "deterministic", "identity", "l2", "none", beta=_from_official(0.5e-3),
-               summary="RAE without decoder regularizer; official beta 0.5e-3"),
-        Method("rae-l2", "deterministic", "identity", "l2", "l2", beta=_from_official(1e-4), lam=_lambda_from_official(1e-7),
-               summary="RAE + L2 on decoder weights; official beta 1e-4, lambda 1e-7"),
-        Method("rae-gp", "deterministic", "identity", "l2", "gp", beta=_from_official(1e-4), lam=_lambda_from_official(0.5e-7),
-               summary="RAE + decoder gradient penalty; official beta 1e-4, lambda 0.5e-7"),
-        Method("rae-sn", "deterministic", "identity", "l2", "sn", beta=_from_official(0.009),
-               summary="RAE + spectral norm on the decoder; official beta 0.009"),
-        Method("wae", "deterministic", "identity", "mmd", "none", beta=3e-2 * _PIXELS,
-               summary="WAE-MMD, IMQ kernel (Tolstikhin et al. 2018); official weight 3e-2 on a per-pixel error"),
+        Method(
+            "vae",
+            "gaussian",
+            "reparameterize",
+            "kl",
+            "noise",
+            beta=_VAE_BETA,
+            summary="VAE (Kingma & Welling 2014); official KL weight 0.312",
+        ),
+        Method(
+            "cv-vae",
+            "deterministic",
+            "fixed-noise",
+            "kl",
+            "noise",
+            beta=0.039,
+            summary="constant-variance VAE, sigma=0.7; official KL weight 0.039",
+        ),
+        Method(
+            "rae",
+            "deterministic",
+            "identity",
+            "l2",
+            "none",
+            beta=_from_official(0.5e-3),
+            summary="RAE without decoder regularizer; official beta 0.5e-3",
+        ),
+        Method(
+            "rae-l2",
+            "deterministic",
+            "identity",
+            "l2",
+            "l2",
+            beta=_from_official(1e-4),
+            lam=_lambda_from_official(1e-7),
+            summary="RAE + L2 on decoder weights; official beta 1e-4, lambda 1e-7",
+        ),
+        Method(
+            "rae-gp",
+            "deterministic",
+            "identity",
+            "l2",
+            "gp",
+            beta=_from_official(1e-4),
+            lam=_lambda_from_official(0.5e-7),
+            summary="RAE + decoder gradient penalty; official beta 1e-4, lambda 0.5e-7",
+        ),
+        Method(
+            "rae-sn",
+            "deterministic",
+            "identity",
+            "l2",
+            "sn",
+            beta=_from_official(0.009),
+            summary="RAE + spectral norm on the decoder; official beta 0.009",
+        ),
+        Method(
+            "wae",
+            "deterministic",
+            "identity",
+            "mmd",
+            "none",
+            beta=3e-2 * _PIXELS,
+            summary="WAE-MMD, IMQ kernel (Tolstikhin et al. 2018); official weight 3e-2 on a per-pixel error",
+        ),
         # ---- discrete: the same reading carried to categorical codes ----
-        Method("dae", "categorical", "argmax", "none", "none",
-               summary="discrete AE: argmax code, straight-through, no regularizer"),
-        Method("dvae", "categorical", "relaxed", "kl-uniform", "noise", beta=_VAE_BETA, anneal=True,
-               summary="Gumbel-softmax VAE (Jang et al. 2017), KL to uniform, annealed tau; beta as vae"),
-        Method("dvae-st", "categorical", "argmax", "kl-uniform", "noise", beta=_VAE_BETA, anneal=True,
-               estimator="st-gumbel", summary="straight-through Gumbel-softmax VAE, annealed tau"),
-        Method("drae", "categorical", "argmax", "kl-uniform", "none", beta=_DRAE_BETA,
-               summary="discrete RAE: deterministic code + KL(q||uniform)"),
-        Method("drae-noise", "categorical", "relaxed", "kl-uniform", "noise", beta=_DRAE_BETA, tau=1.0,
-               summary="discrete CV-VAE: Gumbel perturbation at fixed tau as the decoder regularizer"),
-        Method("drae-l2", "categorical", "argmax", "kl-uniform", "l2", beta=_DRAE_BETA, lam=_lambda_from_official(1e-7),
-               summary="discrete RAE + L2 on decoder weights (lambda as rae-l2)"),
-        Method("drae-gp", "categorical", "argmax", "kl-uniform", "gp", beta=_DRAE_BETA, lam=_lambda_from_official(0.5e-7),
-               summary="discrete RAE + gradient penalty at the relaxed code (lambda as rae-gp)"),
-        Method("drae-sn", "categorical", "argmax", "kl-uniform", "sn", beta=_DRAE_BETA,
-               summary="discrete RAE + spectral norm on the decoder"),
-        Method("vqvae", "vq", "nearest", "vq", "none", beta=1.0,
-               summary="VQ-VAE (van den Oord et al. 2017): nearest codebook entry, commitment 0.25"),
-        Method("fsq", "fsq", "round", "none", "none",
-               summary="finite scalar quantization (Mentzer et al. 2023), levels 8-5-5-5"),
+        Method(
+            "dae",
+            "categorical",
+            "argmax",
+            "none",
+            "none",
+            summary="discrete AE: argmax code, straight-through, no regularizer",
+        ),
+        Method(
+            "dvae",
+            "categorical",
+            "relaxed",
+            "kl-uniform",
+            "noise",
+            beta=_VAE_BETA,
+            anneal=True,
+            summary="Gumbel-softmax VAE (Jang et al. 2017), KL to uniform, annealed tau; beta as vae",
+        ),
+        Method(
+            "dvae-st",
+            "categorical",
+            "argmax",
+            "kl-uniform",
+            "noise",
+            beta=_VAE_BETA,
+            anneal=True,
+            estimator="st-gumbel",
+            summary="straight-through Gumbel-softmax VAE, annealed tau",
+        ),
+        Method(
+            "drae",
+            "categorical",
+            "argmax",
+            "kl-uniform",
+            "none",
+            beta=_DRAE_BETA,
+            summary="discrete RAE: deterministic code + KL(q||uniform)",
+        ),
+        Method(
+            "drae-noise",
+            "categorical",
+            "relaxed",
+            "kl-uniform",
+            "noise",
+            beta=_DRAE_BETA,
+            tau=1.0,
+            summary="discrete CV-VAE: Gumbel perturbation at fixed tau as the decoder regularizer",
+        ),
+        Method(
+            "drae-l2",
+            "categorical",
+            "argmax",
+            "kl-uniform",
+            "l2",
+            beta=_DRAE_BETA,
+            lam=_lambda_from_official(1e-7),
+            summary="discrete RAE + L2 on decoder weights (lambda as rae-l2)",
+        ),
+        Method(
+            "drae-gp",
+            "categorical",
+            "argmax",
+            "kl-uniform",
+            "gp",
+            beta=_DRAE_BETA,
+            lam=_lambda_from_official(0.5e-7),
+            summary="discrete RAE + gradient penalty at the relaxed code (lambda as rae-gp)",
+        ),
+        Method(
+            "drae-sn",
+            "categorical",
+            "argmax",
+            "kl-uniform",
+            "sn",
+            beta=_DRAE_BETA,
+            summary="discrete RAE + spectral norm on the decoder",
+        ),
+        Method(
+            "vqvae",
+            "vq",
+            "nearest",
+            "vq",
+            "none",
+            beta=1.0,
+            summary="VQ-VAE (van den Oord et al. 2017): nearest codebook entry, commitment 0.25",
+        ),
+        Method(
+            "fsq",
+            "fsq",
+            "round",
+            "none",
+            "none",
+            summary="finite scalar quantization (Mentzer et al. 2023), levels 8-5-5-5",
+        ),
     )
 }
 

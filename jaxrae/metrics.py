@@ -42,17 +42,22 @@ def _require_finite(field: str, array: np.ndarray) -> None:
     finite = np.isfinite(array)
     if not finite.all():
         first = tuple(int(i) for i in np.argwhere(~finite)[0])
-        raise invalid(f"{field}[{', '.join(map(str, first))}]", float(array[first]),
-                      f"values must be finite ({int(np.size(array) - finite.sum())} NaN or inf in {field}; "
-                      "a diverged run's outputs have no score)", DataError)
+        raise invalid(
+            f"{field}[{', '.join(map(str, first))}]",
+            float(array[first]),
+            f"values must be finite ({int(np.size(array) - finite.sum())} NaN or inf in {field}; "
+            "a diverged run's outputs have no score)",
+            DataError,
+        )
 
 
 def _as_feature_matrix(feats, field: str, min_rows: int) -> np.ndarray:
     """float64 (n, d) features with n >= ``min_rows``, all finite; DataError otherwise."""
     feats = np.asarray(feats, dtype=np.float64)
     require(feats.ndim == 2, f"{field}.shape", feats.shape, "features must have shape (n, d)", DataError)
-    require(feats.shape[0] >= min_rows, f"{field}.shape", feats.shape,
-            f"need at least {min_rows} samples (rows)", DataError)
+    require(
+        feats.shape[0] >= min_rows, f"{field}.shape", feats.shape, f"need at least {min_rows} samples (rows)", DataError
+    )
     _require_finite(field, feats)
     return feats
 
@@ -138,7 +143,9 @@ def frechet_distance_from_stats(mu_a, cov_a, mu_b, cov_b) -> float:
     require(mu_a.ndim == 1, "mu_a.shape", mu_a.shape, "a mean must have shape (d,)", DataError)
     d = mu_a.shape[0]
     for field, value, shape in (("mu_b", mu_b, (d,)), ("cov_a", cov_a, (d, d)), ("cov_b", cov_b, (d, d))):
-        require(value.shape == shape, f"{field}.shape", value.shape, f"must be {shape} for d={d} (mu_a.shape)", DataError)
+        require(
+            value.shape == shape, f"{field}.shape", value.shape, f"must be {shape} for d={d} (mu_a.shape)", DataError
+        )
     for field, value in (("mu_a", mu_a), ("cov_a", cov_a), ("mu_b", mu_b), ("cov_b", cov_b)):
         _require_finite(field, value)
     # Symmetrize first: covariances built by matmul are symmetric only up to rounding.
@@ -166,8 +173,13 @@ def frechet_distance(feats_a, feats_b) -> float:
     """
     feats_a = _as_feature_matrix(feats_a, "feats_a", min_rows=2)
     feats_b = _as_feature_matrix(feats_b, "feats_b", min_rows=2)
-    require(feats_b.shape[1] == feats_a.shape[1], "feats_b.shape", feats_b.shape,
-            f"feature sizes differ: need the {feats_a.shape[1]} columns of feats_a", DataError)
+    require(
+        feats_b.shape[1] == feats_a.shape[1],
+        "feats_b.shape",
+        feats_b.shape,
+        f"feature sizes differ: need the {feats_a.shape[1]} columns of feats_a",
+        DataError,
+    )
     return frechet_distance_from_stats(*gaussian_stats(feats_a), *gaussian_stats(feats_b))
 
 
@@ -191,19 +203,17 @@ def _knn_radii_squared(feats: np.ndarray, k: int, batch_size: int) -> np.ndarray
     sq_norms = np.einsum("ij,ij->i", feats, feats)
     radii = np.empty(feats.shape[0])
     for start in range(0, feats.shape[0], batch_size):
-        block = _squared_distances(feats[start:start + batch_size], feats, sq_norms)
-        radii[start:start + batch_size] = np.partition(block, k, axis=1)[:, k]
+        block = _squared_distances(feats[start : start + batch_size], feats, sq_norms)
+        radii[start : start + batch_size] = np.partition(block, k, axis=1)[:, k]
     return radii
 
 
-def _fraction_in_manifold(
-    queries: np.ndarray, refs: np.ndarray, refs_radii_sq: np.ndarray, batch_size: int
-) -> float:
+def _fraction_in_manifold(queries: np.ndarray, refs: np.ndarray, refs_radii_sq: np.ndarray, batch_size: int) -> float:
     """Fraction of queries inside the union of balls B(refs_j, radius_j)."""
     sq_norms = np.einsum("ij,ij->i", refs, refs)
     inside = 0
     for start in range(0, queries.shape[0], batch_size):
-        block = _squared_distances(queries[start:start + batch_size], refs, sq_norms)
+        block = _squared_distances(queries[start : start + batch_size], refs, sq_norms)
         inside += int(np.count_nonzero(np.any(block <= refs_radii_sq[None, :], axis=1)))
     return inside / queries.shape[0]
 
@@ -239,8 +249,13 @@ def precision_recall(real_feats, fake_feats, k: int = 3, *, batch_size: int = 10
     require(_is_int(batch_size) and batch_size >= 1, "batch_size", batch_size, "must be an integer >= 1", ConfigError)
     real = _as_feature_matrix(real_feats, "real_feats", min_rows=k + 1)
     fake = _as_feature_matrix(fake_feats, "fake_feats", min_rows=k + 1)
-    require(fake.shape[1] == real.shape[1], "fake_feats.shape", fake.shape,
-            f"feature sizes differ: need the {real.shape[1]} columns of real_feats", DataError)
+    require(
+        fake.shape[1] == real.shape[1],
+        "fake_feats.shape",
+        fake.shape,
+        f"feature sizes differ: need the {real.shape[1]} columns of real_feats",
+        DataError,
+    )
     real_radii = _knn_radii_squared(real, k, batch_size)
     fake_radii = _knn_radii_squared(fake, k, batch_size)
     precision = _fraction_in_manifold(fake, real, real_radii, batch_size)
@@ -288,10 +303,20 @@ def code_usage(indices, n_classes: int) -> CodeUsage:
     indices = np.asarray(indices)
     if indices.ndim == 1:
         indices = indices[:, None]
-    require(indices.ndim == 2 and indices.shape[0] > 0, "indices.shape", indices.shape,
-            "need at least one code, shape (n, n_vars) or (n,)", DataError)
-    require(np.issubdtype(indices.dtype, np.integer), "indices.dtype", str(indices.dtype),
-            "must be integer class indices", DataError)
+    require(
+        indices.ndim == 2 and indices.shape[0] > 0,
+        "indices.shape",
+        indices.shape,
+        "need at least one code, shape (n, n_vars) or (n,)",
+        DataError,
+    )
+    require(
+        np.issubdtype(indices.dtype, np.integer),
+        "indices.dtype",
+        str(indices.dtype),
+        "must be integer class indices",
+        DataError,
+    )
     require(_is_int(n_classes) and n_classes >= 1, "n_classes", n_classes, "must be an integer >= 1", ConfigError)
     low, high = int(indices.min()), int(indices.max())
     require(low >= 0 and high < n_classes, "indices range", (low, high), f"must lie in [0, {n_classes})", DataError)

@@ -149,12 +149,20 @@ class Arch:
     def __post_init__(self):
         for field in ("encoder", "decoder"):
             module = getattr(self, field)
-            require(isinstance(module, nn.Module), f"arch.{field}", type(module).__name__, "must be a flax.linen.Module instance")
+            require(
+                isinstance(module, nn.Module),
+                f"arch.{field}",
+                type(module).__name__,
+                "must be a flax.linen.Module instance",
+            )
             try:
                 hash(module)
             except TypeError:
-                raise invalid(f"arch.{field}", type(module).__name__, "its fields must be hashable (tuples, not lists or arrays), "
-                              "so configs can key compiled programs") from None
+                raise invalid(
+                    f"arch.{field}",
+                    type(module).__name__,
+                    "its fields must be hashable (tuples, not lists or arrays), so configs can key compiled programs",
+                ) from None
 
     def to_dict(self) -> dict:
         """What JSON can hold of it: the name and each module's repr (its class and fields)."""
@@ -170,8 +178,13 @@ class _UserEncoder(nn.Module):
     @nn.compact
     def __call__(self, x, train: bool):
         h = self.body(x, train)
-        require(h.ndim == 2 and h.shape[0] == x.shape[0], "arch.encoder output shape", tuple(h.shape),
-                f"the encoder must map images {tuple(x.shape)} to features (B={x.shape[0]}, F)", ConfigError)
+        require(
+            h.ndim == 2 and h.shape[0] == x.shape[0],
+            "arch.encoder output shape",
+            tuple(h.shape),
+            f"the encoder must map images {tuple(x.shape)} to features (B={x.shape[0]}, F)",
+            ConfigError,
+        )
         return nn.Dense(self.out_dim, name="head")(h)
 
 
@@ -187,8 +200,13 @@ class _UserDecoder(nn.Module):
     def __call__(self, z, train: bool):
         out = self.body(z, train)
         expected = (z.shape[0], *self.image_shape)
-        require(tuple(out.shape) == expected, "arch.decoder output shape", tuple(out.shape),
-                f"the decoder must map codes {tuple(z.shape)} to {expected}", ConfigError)
+        require(
+            tuple(out.shape) == expected,
+            "arch.decoder output shape",
+            tuple(out.shape),
+            f"the decoder must map codes {tuple(z.shape)} to {expected}",
+            ConfigError,
+        )
         return nn.sigmoid(out) if self.sigmoid_output else out
 
 
@@ -210,9 +228,14 @@ class AutoEncoder(nn.Module):
 
     def setup(self):
         if isinstance(self.arch, Arch):
-            require(not self.spectral_norm, "decoder_reg", "spectral norm",
-                    "spectral norm rewrites the built-in decoders' layers and cannot reach into arch.decoder; "
-                    "choose another decoder regularizer", ConfigError)
+            require(
+                not self.spectral_norm,
+                "decoder_reg",
+                "spectral norm",
+                "spectral norm rewrites the built-in decoders' layers and cannot reach into arch.decoder; "
+                "choose another decoder regularizer",
+                ConfigError,
+            )
             self.encoder = _UserEncoder(self.arch.encoder, self.encoder_out)
             self.decoder = _UserDecoder(self.arch.decoder, tuple(self.image_shape), self.sigmoid_output)
         else:

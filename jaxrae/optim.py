@@ -37,7 +37,9 @@ ADAM_B2 = 0.999
 ADAM_EPS = 1e-8
 
 
-def freezing_adam(b1: float = ADAM_B1, b2: float = ADAM_B2, eps: float = ADAM_EPS) -> optax.GradientTransformationExtraArgs:
+def freezing_adam(
+    b1: float = ADAM_B1, b2: float = ADAM_B2, eps: float = ADAM_EPS
+) -> optax.GradientTransformationExtraArgs:
     """Adam (Kingma & Ba 2015, Algorithm 1) as updates, with no step where ``alive`` is False.
 
     With t = count + 1, ``update(g, state, params, alive=..., learning_rate=lr)`` gives
@@ -53,8 +55,15 @@ def freezing_adam(b1: float = ADAM_B1, b2: float = ADAM_B2, eps: float = ADAM_EP
     def init(params: Any) -> optax.ScaleByAdamState:
         return optax.scale_by_adam(b1, b2, eps).init(params)
 
-    def update(grads: Any, state: optax.ScaleByAdamState, params: Any = None, *, alive: jax.Array,
-               learning_rate: jax.Array, **extra_args) -> tuple[Any, optax.ScaleByAdamState]:
+    def update(
+        grads: Any,
+        state: optax.ScaleByAdamState,
+        params: Any = None,
+        *,
+        alive: jax.Array,
+        learning_rate: jax.Array,
+        **extra_args,
+    ) -> tuple[Any, optax.ScaleByAdamState]:
         del params, extra_args
         dtype = jnp.result_type(learning_rate)
         b1_t = jnp.where(alive, jnp.asarray(b1, dtype), 1)
@@ -78,8 +87,15 @@ def freezing_sgd() -> optax.GradientTransformationExtraArgs:
     """Plain gradient descent, u = (-lr) * g (Robbins & Monro 1951), with u = 0 exactly where
     ``alive`` is False (NaN or infinite gradients included). Stateless."""
 
-    def update(grads: Any, state: optax.EmptyState, params: Any = None, *, alive: jax.Array,
-               learning_rate: jax.Array, **extra_args) -> tuple[Any, optax.EmptyState]:
+    def update(
+        grads: Any,
+        state: optax.EmptyState,
+        params: Any = None,
+        *,
+        alive: jax.Array,
+        learning_rate: jax.Array,
+        **extra_args,
+    ) -> tuple[Any, optax.EmptyState]:
         del params, extra_args
         step_size = jnp.where(alive, -learning_rate, 0)
         return jax.tree.map(lambda g: step_size * jnp.where(alive, g, 0), grads), state
@@ -111,8 +127,15 @@ def make_optimizer(name: str, max_grad_norm: float | None = None) -> optax.Gradi
 SCHEDULES = ("constant", "cosine", "warmup-cosine", "exponential")
 
 
-def scheduled_learning_rate(peak: jax.Array, step: jax.Array, *, schedule: str, steps: int, warmup_steps: int = 0,
-                            final_lr_fraction: float | None = None) -> jax.Array:
+def scheduled_learning_rate(
+    peak: jax.Array,
+    step: jax.Array,
+    *,
+    schedule: str,
+    steps: int,
+    warmup_steps: int = 0,
+    final_lr_fraction: float | None = None,
+) -> jax.Array:
     """The learning rate of update ``step`` (0-based) for a run whose peak rate is ``peak``.
 
     With t = step, T = ``steps``, W = ``warmup_steps`` and f = ``final_lr_fraction``:
@@ -135,8 +158,9 @@ def scheduled_learning_rate(peak: jax.Array, step: jax.Array, *, schedule: str, 
     if schedule == "cosine":
         factor = optax.schedules.cosine_decay_schedule(1.0, decay_steps=steps, alpha=final_lr_fraction)
     elif schedule == "warmup-cosine":
-        factor = optax.schedules.warmup_cosine_decay_schedule(0.0, 1.0, warmup_steps=warmup_steps, decay_steps=steps,
-                                                              end_value=final_lr_fraction)
+        factor = optax.schedules.warmup_cosine_decay_schedule(
+            0.0, 1.0, warmup_steps=warmup_steps, decay_steps=steps, end_value=final_lr_fraction
+        )
     elif schedule == "exponential":
         factor = optax.schedules.exponential_decay(1.0, transition_steps=steps, decay_rate=final_lr_fraction)
     else:

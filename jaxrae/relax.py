@@ -71,8 +71,12 @@ def _check_logits(logits) -> jax.Array:
     logits = jnp.asarray(logits)
     if not jnp.issubdtype(logits.dtype, jnp.floating):
         logits = logits.astype(jnp.float32)
-    require(logits.ndim >= 1 and logits.shape[-1] >= 2, "logits.shape", logits.shape,
-            "logits must have shape (..., N, K) with K >= 2 classes")
+    require(
+        logits.ndim >= 1 and logits.shape[-1] >= 2,
+        "logits.shape",
+        logits.shape,
+        "logits must have shape (..., N, K) with K >= 2 classes",
+    )
     return logits
 
 
@@ -193,15 +197,11 @@ def straight_through_sample(key: jax.Array, logits: jax.Array) -> jax.Array:
       (..., N, K) one-hot samples.
     """
     logits = _check_logits(logits)
-    sample = jax.nn.one_hot(
-        jax.random.categorical(key, logits), logits.shape[-1], dtype=logits.dtype
-    )
+    sample = jax.nn.one_hot(jax.random.categorical(key, logits), logits.shape[-1], dtype=logits.dtype)
     return _replace_gradient(sample, jax.nn.softmax(logits, axis=-1))
 
 
-def conditional_gumbel(
-    key: jax.Array, logits: jax.Array, sample: jax.Array, n_samples: int
-) -> jax.Array:
+def conditional_gumbel(key: jax.Array, logits: jax.Array, sample: jax.Array, n_samples: int) -> jax.Array:
     """Perturbed logits ``logits + G`` drawn conditionally on argmax(logits + G) = sample.
 
     The truncated-Gumbel construction of Paulus et al. 2021 (Gumbel-Rao, appendix), itself from
@@ -264,9 +264,7 @@ def gumbel_rao(key: jax.Array, logits: jax.Array, tau, n_samples: int) -> jax.Ar
     _check_positive("tau", tau)
     n_samples = _check_n_samples(n_samples)
     key_sample, key_noise = jax.random.split(key)
-    sample = jax.nn.one_hot(
-        jax.random.categorical(key_sample, logits), logits.shape[-1], dtype=logits.dtype
-    )
+    sample = jax.nn.one_hot(jax.random.categorical(key_sample, logits), logits.shape[-1], dtype=logits.dtype)
     noise = _frozen_offset(conditional_gumbel(key_noise, logits, sample, n_samples), logits)
     surrogate = jnp.mean(jax.nn.softmax((logits + noise) / tau, axis=-1), axis=0)
     return _replace_gradient(sample, surrogate)
@@ -297,9 +295,7 @@ def reinmax(key: jax.Array, logits: jax.Array, tau=1.0) -> jax.Array:
     logits = _check_logits(logits)
     _check_positive("tau", tau)
     pi0 = jax.nn.softmax(logits, axis=-1)
-    sample = jax.nn.one_hot(
-        jax.random.categorical(key, logits), logits.shape[-1], dtype=logits.dtype
-    )
+    sample = jax.nn.one_hot(jax.random.categorical(key, logits), logits.shape[-1], dtype=logits.dtype)
     # log pi1 computed in log space: softmax(logits / tau) underflows to 0 at small tau, and
     # log(0) would put -inf into the stop_gradient branch.
     log_sample = jnp.where(sample > 0, 0.0, -jnp.inf).astype(logits.dtype)
@@ -465,9 +461,7 @@ def vector_quantize(z_e: jax.Array, codebook: jax.Array) -> VectorQuantized:
     # ||z||^2 - 2 z.e + ||e||^2 avoids the (..., C, D) difference tensor. HIGHEST precision
     # because accelerators otherwise run float32 matmuls in bfloat16, which flips near-ties.
     cross = jnp.einsum("...d,cd->...c", z_e, codebook, precision=lax.Precision.HIGHEST)
-    distances = (
-        jnp.sum(z_e**2, axis=-1, keepdims=True) - 2.0 * cross + jnp.sum(codebook**2, axis=-1)
-    )
+    distances = jnp.sum(z_e**2, axis=-1, keepdims=True) - 2.0 * cross + jnp.sum(codebook**2, axis=-1)
     indices = jnp.argmin(distances, axis=-1).astype(jnp.int32)
     nearest = jnp.take(codebook, indices, axis=0)
     codebook_loss = jnp.sum((lax.stop_gradient(z_e) - nearest) ** 2, axis=-1)
@@ -486,10 +480,21 @@ class ScalarQuantized(NamedTuple):
 
 def _check_levels(levels: Sequence[int]) -> np.ndarray:
     levels_array = np.asarray(levels)
-    require(levels_array.ndim == 1 and levels_array.size > 0 and np.issubdtype(levels_array.dtype, np.integer)
-            and bool(np.all(levels_array >= 2)), "levels", levels, "FSQ levels must be a non-empty list of integers >= 2")
-    require(np.prod(levels_array.astype(np.float64)) <= np.iinfo(np.int32).max, "levels", levels,
-            "the FSQ codebook size prod(levels) must fit in int32")
+    require(
+        levels_array.ndim == 1
+        and levels_array.size > 0
+        and np.issubdtype(levels_array.dtype, np.integer)
+        and bool(np.all(levels_array >= 2)),
+        "levels",
+        levels,
+        "FSQ levels must be a non-empty list of integers >= 2",
+    )
+    require(
+        np.prod(levels_array.astype(np.float64)) <= np.iinfo(np.int32).max,
+        "levels",
+        levels,
+        "the FSQ codebook size prod(levels) must fit in int32",
+    )
     return levels_array.astype(np.int64)
 
 
@@ -571,8 +576,12 @@ class GradientMoments(NamedTuple):
 
 def _all_one_hot_codes(num_variables: int, num_classes: int, dtype) -> jax.Array:
     """Every code of N variables with K classes, (K^N, N, K) one-hot, in itertools.product order."""
-    require(num_classes**num_variables <= MAX_ENUMERATED_CODES, "logits.shape", (num_variables, num_classes),
-            f"enumeration needs K^N <= {MAX_ENUMERATED_CODES} codes")
+    require(
+        num_classes**num_variables <= MAX_ENUMERATED_CODES,
+        "logits.shape",
+        (num_variables, num_classes),
+        f"enumeration needs K^N <= {MAX_ENUMERATED_CODES} codes",
+    )
     indices = np.indices((num_classes,) * num_variables).reshape(num_variables, -1).T
     return jax.nn.one_hot(jnp.asarray(indices), num_classes, dtype=dtype)
 
@@ -660,8 +669,12 @@ def estimator_gradient_moments(
       ``GradientMoments(mean, variance, exact)``, each (N, K).
     """
     require(estimator in GRADIENT_ESTIMATORS, "estimator", estimator, f"choose one of {', '.join(GRADIENT_ESTIMATORS)}")
-    require(isinstance(n_draws, (int, np.integer)) and not isinstance(n_draws, bool) and n_draws >= 1,
-            "n_draws", n_draws, "must be an integer >= 1")
+    require(
+        isinstance(n_draws, (int, np.integer)) and not isinstance(n_draws, bool) and n_draws >= 1,
+        "n_draws",
+        n_draws,
+        "must be an integer >= 1",
+    )
     logits = _check_logits(logits)
     require(logits.ndim == 2, "logits.shape", logits.shape, "must be (N, K): N categorical variables with K classes")
     exact = expected_objective_gradient(logits, objective)

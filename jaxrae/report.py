@@ -58,7 +58,11 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "distinct_codes": ("codes", "distinct test codes (discrete)", "higher"),
     "neg_elbo": ("-ELBO", "test -ELBO (VAEs), nats per image", "lower"),
     "nll_iwae": ("NLL IWAE", "test NLL (IWAE-k), nats per image", "lower"),
-    "nll_ex_post": ("NLL ex-post", "test NLL (ex-post IS-k): importance sampling through the ex-post density, nats per image", "lower"),
+    "nll_ex_post": (
+        "NLL ex-post",
+        "test NLL (ex-post IS-k): importance sampling through the ex-post density, nats per image",
+        "lower",
+    ),
     "neg_elbo_bpd": ("-ELBO bpd", "test -ELBO (VAEs), bits per dimension", "lower"),
     "nll_iwae_bpd": ("NLL IWAE bpd", "test NLL (IWAE-k), bits per dimension", "lower"),
     "nll_ex_post_bpd": ("NLL ex-post bpd", "test NLL (ex-post IS-k), bits per dimension", "lower"),
@@ -101,8 +105,16 @@ def summarize(values: Sequence[float], ok: Sequence[bool] | None = None, confide
         raise ValueError(f"summarize: {x.shape[0]} values but {ok_mask.shape[0]} ok flags")
     used = x[ok_mask & np.isfinite(x)]
     n = int(used.size)
-    out = {"mean": math.nan, "std": math.nan, "ci_low": math.nan, "ci_high": math.nan,
-           "half_width": math.nan, "n": n, "n_ok": int(ok_mask.sum()), "n_total": int(x.size)}
+    out = {
+        "mean": math.nan,
+        "std": math.nan,
+        "ci_low": math.nan,
+        "ci_high": math.nan,
+        "half_width": math.nan,
+        "n": n,
+        "n_ok": int(ok_mask.sum()),
+        "n_total": int(x.size),
+    }
     if n == 0:
         return out
     mean = float(used.mean())
@@ -138,15 +150,21 @@ def paired_difference(
     """
     here = {int(s): (as_float(v), bool(o)) for s, v, o in zip(seeds, values, ok)}
     there = {int(s): (as_float(v), bool(o)) for s, v, o in zip(baseline_seeds, baseline_values, baseline_ok)}
-    paired = [s for s in here if s in there and here[s][1] and there[s][1]
-              and math.isfinite(here[s][0]) and math.isfinite(there[s][0])]
+    paired = [
+        s
+        for s in here
+        if s in there and here[s][1] and there[s][1] and math.isfinite(here[s][0]) and math.isfinite(there[s][0])
+    ]
     diffs = [here[s][0] - there[s][0] for s in paired]
     summary = summarize(diffs, confidence=confidence)
     p = math.nan
     if len(paired) >= 2 and np.ptp(diffs) > 0:
         p = float(stats.ttest_rel([here[s][0] for s in paired], [there[s][0] for s in paired]).pvalue)
-    return ({k: summary[k] for k in ("mean", "std", "ci_low", "ci_high", "half_width", "n")}
-            | {"p": p, "seeds": paired, "diffs": diffs})
+    return {k: summary[k] for k in ("mean", "std", "ci_low", "ci_high", "half_width", "n")} | {
+        "p": p,
+        "seeds": paired,
+        "diffs": diffs,
+    }
 
 
 def holm(p_values: Sequence[float]) -> np.ndarray:
@@ -240,17 +258,24 @@ def summary_table(results: Mapping) -> list[dict]:
             diff = None
             # Code log-likelihoods are densities (nats) for continuous codes and log-probabilities
             # for discrete ones: a difference between the two kinds would mean nothing.
-            comparable = key != "code_loglik" or (base is not None and bool(m.get("discrete")) == bool(base.get("discrete")))
+            comparable = key != "code_loglik" or (
+                base is not None and bool(m.get("discrete")) == bool(base.get("discrete"))
+            )
             if base is not None and name != baseline and key in base["metrics"] and comparable:
-                diff = paired_difference(m["metrics"][key], m["seeds"], m["ok"],
-                                         base["metrics"][key], base["seeds"], base["ok"])
+                diff = paired_difference(
+                    m["metrics"][key], m["seeds"], m["ok"], base["metrics"][key], base["seeds"], base["ok"]
+                )
             for field in ("mean", "ci_low", "ci_high", "n", "p"):
                 row[f"diff_{field}"] = None if diff is None else diff[field]
-            row.update(family=None, p_holm=None, star=False, eq_margin=None, p_tost=None, p_tost_holm=None, equivalent=None)
+            row.update(
+                family=None, p_holm=None, star=False, eq_margin=None, p_tost=None, p_tost_holm=None, equivalent=None
+            )
             if diff is not None:
                 row["family"] = "primary" if (name, key) in primary else "table"
                 if key in margins:
-                    row["eq_margin"] = equivalence_margin(margins[key], summarize(base["metrics"][key], base["ok"])["mean"])
+                    row["eq_margin"] = equivalence_margin(
+                        margins[key], summarize(base["metrics"][key], base["ok"])["mean"]
+                    )
                     row["p_tost"] = tost_paired(diff["diffs"], row["eq_margin"])
             rows.append(row)
     for family in ("primary", "table"):
@@ -350,22 +375,34 @@ def _provenance(results: Mapping) -> list[str]:
     versions = env.get("versions", {})
     commit = env.get("git_commit")
     times = results.get("times", {})
-    run_time = sum(sum((m.get("times") or {}).get(k, 0.0) for k in ("train_s", "compile_s", "eval_s"))
-                   for m in results["methods"].values())
-    lines = [f"command: `{results['command']}`" if results.get("command") else
-             "command: not recorded in results.json (written through the Python API, or by a jaxrae that did not record it)"]
+    run_time = sum(
+        sum((m.get("times") or {}).get(k, 0.0) for k in ("train_s", "compile_s", "eval_s"))
+        for m in results["methods"].values()
+    )
+    lines = [
+        f"command: `{results['command']}`"
+        if results.get("command")
+        else "command: not recorded in results.json (written through the Python API, or by a jaxrae that did not record it)"
+    ]
     if times:
-        lines.append(f"time: {run_time / 60:.1f} min training + compiling + evaluating, summed over rows; "
-                     f"this invocation {times.get('this_invocation_s', float('nan')) / 60:.1f} min wall")
+        lines.append(
+            f"time: {run_time / 60:.1f} min training + compiling + evaluating, summed over rows; "
+            f"this invocation {times.get('this_invocation_s', float('nan')) / 60:.1f} min wall"
+        )
     if versions:
-        lines.append("versions: " + ", ".join(f"{k} {v}" for k, v in versions.items() if v)
-                     + (f", python {env['python']}" if env.get("python") else "")
-                     + (f"; git {commit[:10]}" if commit else ""))
+        lines.append(
+            "versions: "
+            + ", ".join(f"{k} {v}" for k, v in versions.items() if v)
+            + (f", python {env['python']}" if env.get("python") else "")
+            + (f"; git {commit[:10]}" if commit else "")
+        )
     if env:
         devices = env.get("devices") or []
         cpus = f", {env['cpu_count']} CPU cores" if env.get("cpu_count") else ""
-        lines.append(f"machine: {env.get('backend')} backend, {len(devices)} x {devices[0] if devices else '?'}{cpus}, "
-                     f"{env.get('process_count', 1)} process(es), {env.get('platform')}; finished {env.get('time_utc')}")
+        lines.append(
+            f"machine: {env.get('backend')} backend, {len(devices)} x {devices[0] if devices else '?'}{cpus}, "
+            f"{env.get('process_count', 1)} process(es), {env.get('platform')}; finished {env.get('time_utc')}"
+        )
     return lines
 
 
@@ -376,13 +413,16 @@ def epochs(results: Mapping) -> str:
     images)``), else the range over rows; ``not recorded`` when results.json lacks the sizes.
     """
     n_train = results.get("n_train")
-    sizes = {(m["config"]["steps"], m["config"]["batch_size"]) for m in results["methods"].values()
-             if "steps" in (m.get("config") or {}) and "batch_size" in (m.get("config") or {})}
+    sizes = {
+        (m["config"]["steps"], m["config"]["batch_size"])
+        for m in results["methods"].values()
+        if "steps" in (m.get("config") or {}) and "batch_size" in (m.get("config") or {})
+    }
     if not n_train or not sizes:
         return "not recorded"
     values = sorted(steps * batch / n_train for steps, batch in sizes)
     if len(sizes) == 1:
-        (steps, batch), = sizes
+        ((steps, batch),) = sizes
         return f"{values[0]:.3g} ({steps} steps x batch {batch} / {n_train} training images)"
     return f"{values[0]:.3g} to {values[-1]:.3g} (steps x batch / {n_train} training images, per row's config in results.json)"
 
@@ -390,16 +430,22 @@ def epochs(results: Mapping) -> str:
 def _contrast_caption(results: Mapping, rows: list[dict]) -> list[str]:
     """How to read the differences: pairing, p, the Holm families, the equivalence margins."""
     baseline = results.get("baseline")
-    counts = {f: sum(1 for r in rows if r["family"] == f and r["p_holm"] is not None and not math.isnan(r["p_holm"]))
-              for f in ("primary", "table")}
+    counts = {
+        f: sum(1 for r in rows if r["family"] == f and r["p_holm"] is not None and not math.isnan(r["p_holm"]))
+        for f in ("primary", "table")
+    }
     if not baseline or not any(r["diff_mean"] is not None for r in rows):
         return []
     primary = f"; the {counts['primary']} primary contrasts are a family of their own" if counts["primary"] else ""
-    lines = [(f"differences vs `{baseline}`: paired by seed, mean [95% t interval], p u/h = paired t-test "
-              "(scipy.stats.ttest_rel, seeds both rows have ok) uncorrected / Holm-adjusted; "
-              f"* = Holm-adjusted p <= {ALPHA:g}, Holm's step-down correction over the family of the "
-              f"{counts['table']} (row, metric) contrasts against the baseline in this table{primary} "
-              "(contrasts with fewer than 2 pairs or no spread have p n/a and are not counted).")]
+    lines = [
+        (
+            f"differences vs `{baseline}`: paired by seed, mean [95% t interval], p u/h = paired t-test "
+            "(scipy.stats.ttest_rel, seeds both rows have ok) uncorrected / Holm-adjusted; "
+            f"* = Holm-adjusted p <= {ALPHA:g}, Holm's step-down correction over the family of the "
+            f"{counts['table']} (row, metric) contrasts against the baseline in this table{primary} "
+            "(contrasts with fewer than 2 pairs or no spread have p n/a and are not counted)."
+        )
+    ]
     margins = (results.get("experiment") or {}).get("equivalence") or {}
     base = results["methods"].get(baseline, {})
     if margins:
@@ -407,14 +453,20 @@ def _contrast_caption(results: Mapping, rows: list[dict]) -> list[str]:
         for key, spec in margins.items():
             if key in base.get("metrics", {}):
                 value = equivalence_margin(spec, summarize(base["metrics"][key], base["ok"])["mean"])
-                stated.append(f"{key} ±{fmt(value)}" + (f" ({spec} of the baseline mean)" if isinstance(spec, str) else ""))
-        lines.append(f"≈ = equivalent: TOST (two one-sided paired t-tests, Schuirmann 1987) rejects a difference of at "
-                     f"least the margin, Holm-adjusted TOST p <= {ALPHA:g} in the same family (TOST = that p); margins "
-                     f"from the experiment file: {', '.join(stated) or 'none for these metrics'}. A contrast with "
-                     "neither * nor ≈ is inconclusive.")
+                stated.append(
+                    f"{key} ±{fmt(value)}" + (f" ({spec} of the baseline mean)" if isinstance(spec, str) else "")
+                )
+        lines.append(
+            f"≈ = equivalent: TOST (two one-sided paired t-tests, Schuirmann 1987) rejects a difference of at "
+            f"least the margin, Holm-adjusted TOST p <= {ALPHA:g} in the same family (TOST = that p); margins "
+            f"from the experiment file: {', '.join(stated) or 'none for these metrics'}. A contrast with "
+            "neither * nor ≈ is inconclusive."
+        )
     else:
-        lines.append("no equivalence margins in the experiment file, so no contrast is declared equivalent: "
-                     "one without * is inconclusive, not evidence of no difference.")
+        lines.append(
+            "no equivalence margins in the experiment file, so no contrast is declared equivalent: "
+            "one without * is inconclusive, not evidence of no difference."
+        )
     return lines
 
 
@@ -439,15 +491,24 @@ def _likelihood_caption(settings: Mapping | None) -> list[str]:
     if not settings:
         return []
     k = settings["k"]
-    lines = [(f"test likelihoods (lower is better): -ELBO ({settings.get('elbo_samples')} samples) and NLL IWAE-{k} for VAEs, "
-              f"NLL ex-post IS-{k} (importance sampling through the ex-post density) for deterministic rows; "
-              "nats per image and bits per dimension.")]
-    variances = {label: row["observation_variance"] for label, row in settings.get("rows", {}).items()
-                 if row.get("likelihood") == "gaussian" and row.get("observation_variance")}
+    lines = [
+        (
+            f"test likelihoods (lower is better): -ELBO ({settings.get('elbo_samples')} samples) and NLL IWAE-{k} for VAEs, "
+            f"NLL ex-post IS-{k} (importance sampling through the ex-post density) for deterministic rows; "
+            "nats per image and bits per dimension."
+        )
+    ]
+    variances = {
+        label: row["observation_variance"]
+        for label, row in settings.get("rows", {}).items()
+        if row.get("likelihood") == "gaussian" and row.get("observation_variance")
+    }
     if variances:
         spelled = "; ".join(f"{label} " + ", ".join(fmt(v) for v in values) for label, values in variances.items())
-        lines.append("Gaussian decoders: likelihoods at the observation variance sigma^2 fitted by maximum likelihood on "
-                     f"each seed's training reconstructions (training used sigma^2 = 1/2), per seed: {spelled}.")
+        lines.append(
+            "Gaussian decoders: likelihoods at the observation variance sigma^2 fitted by maximum likelihood on "
+            f"each seed's training reconstructions (training used sigma^2 = 1/2), per seed: {spelled}."
+        )
     bernoulli = [label for label, row in settings.get("rows", {}).items() if row.get("likelihood") == "bernoulli"]
     if bernoulli:
         lines.append(f"Bernoulli decoders (logits; probabilities of binary pixels): {', '.join(bernoulli)}.")
@@ -465,8 +526,11 @@ def result_warnings(results: Mapping) -> list[str]:
     """
     fnet = results.get("feature_network") or {}
     found = []
-    network = majority_warning(as_float(fnet.get("test_accuracy")), as_float(fnet.get("majority_accuracy")),
-                               fnet.get("accuracy_name") or "test accuracy")
+    network = majority_warning(
+        as_float(fnet.get("test_accuracy")),
+        as_float(fnet.get("majority_accuracy")),
+        fnet.get("accuracy_name") or "test accuracy",
+    )
     if network:
         found.append(network)
     for label, m in results["methods"].items():
@@ -499,8 +563,13 @@ def render_summary(results: Mapping, rows: list[dict] | None = None) -> str:
         out += ["", "WARNINGS (these numbers may mean little):"] + [f"  ! {w}" for w in warned]
     baseline = results.get("baseline")
     if baseline and len(results["methods"]) > 1:
-        out += ["", (f"paired difference vs {baseline} over common seeds: mean, * = survives Holm at {ALPHA:g} within "
-                     "the table's contrasts, ≈ = equivalent by TOST at the stated margin (intervals and p in table.md)")]
+        out += [
+            "",
+            (
+                f"paired difference vs {baseline} over common seeds: mean, * = survives Holm at {ALPHA:g} within "
+                "the table's contrasts, ≈ = equivalent by TOST at the stated margin (intervals and p in table.md)"
+            ),
+        ]
         header, body = _grid(results, rows, lambda r: _diff_cell(r, interval=False), with_ok=False)
         body = [r for r in body if r[0] != baseline]
         out.append(_plain(header, body))
@@ -517,7 +586,16 @@ def _primary_section(results: Mapping, rows: list[dict]) -> list[str]:
     if not declared:
         return []
     by = {(r["method"], r["metric"]): r for r in rows}
-    header = ["contrast", "baseline mean", "difference [95% interval]", "pairs", "p", "p Holm", "TOST p Holm (margin)", "verdict"]
+    header = [
+        "contrast",
+        "baseline mean",
+        "difference [95% interval]",
+        "pairs",
+        "p",
+        "p Holm",
+        "TOST p Holm (margin)",
+        "verdict",
+    ]
     body = []
     for name, key in declared:
         r = by.get((name, key))
@@ -525,14 +603,31 @@ def _primary_section(results: Mapping, rows: list[dict]) -> list[str]:
             body.append([f"{name}:{key}", "-", "not comparable or not measured", "-", "-", "-", "-", "-"])
             continue
         base = by.get((results["baseline"], key))
-        verdict = ("differs (*)" if r["star"] else f"equivalent within ±{fmt(r['eq_margin'])} (≈)" if r["equivalent"]
-                   else "inconclusive")
+        verdict = (
+            "differs (*)"
+            if r["star"]
+            else f"equivalent within ±{fmt(r['eq_margin'])} (≈)"
+            if r["equivalent"]
+            else "inconclusive"
+        )
         tost = "-" if r["p_tost"] is None else f"{fmt_p(r['p_tost_holm'])} (±{fmt(r['eq_margin'])})"
-        body.append([f"{name}:{key}", fmt(base["mean"]) if base else "-", _diff_interval(r), str(r["diff_n"]),
-                     fmt_p(r["diff_p"]), fmt_p(r["p_holm"]), tost, verdict])
+        body.append(
+            [
+                f"{name}:{key}",
+                fmt(base["mean"]) if base else "-",
+                _diff_interval(r),
+                str(r["diff_n"]),
+                fmt_p(r["diff_p"]),
+                fmt_p(r["p_holm"]),
+                tost,
+                verdict,
+            ]
+        )
     n = sum(1 for r in rows if r["family"] == "primary" and r["p_holm"] is not None and not math.isnan(r["p_holm"]))
-    heading = (f"## Primary contrasts vs baseline `{results['baseline']}` (declared in the experiment file before the run; "
-               f"Holm over these {n})")
+    heading = (
+        f"## Primary contrasts vs baseline `{results['baseline']}` (declared in the experiment file before the run; "
+        f"Holm over these {n})"
+    )
     return [heading, "", _markdown(header, body), ""]
 
 
@@ -544,8 +639,14 @@ def _diff_interval(row: Mapping) -> str:
     return f"{fmt(row['diff_mean'])} [{fmt(row['diff_ci_low'], 2)}, {fmt(row['diff_ci_high'], 2)}]{_marks(row)}"
 
 
-def render_markdown(results: Mapping, rows: list[dict] | None = None, *, title: str = "jaxrae compare",
-                    notes: Sequence[str] = (), rendered_by: str | None = None) -> str:
+def render_markdown(
+    results: Mapping,
+    rows: list[dict] | None = None,
+    *,
+    title: str = "jaxrae compare",
+    notes: Sequence[str] = (),
+    rendered_by: str | None = None,
+) -> str:
     """table.md: provenance, caption, notes, primary contrasts, the summary and paired grids, every number per metric.
 
     ``title`` is the first heading; ``notes`` are hand-written lines kept verbatim under
@@ -564,16 +665,24 @@ def render_markdown(results: Mapping, rows: list[dict] | None = None, *, title: 
     parts += _primary_section(results, rows)
     settings = row_settings(results)
     if settings:  # what a label such as `reinmax-tau0.5` stands for (full configs: results.json)
-        parts += ["## Rows: preset and own settings (on top of the shared config)", "",
-                  _markdown(["row", "preset", "settings"], settings, align_right_from=3), ""]
+        parts += [
+            "## Rows: preset and own settings (on top of the shared config)",
+            "",
+            _markdown(["row", "preset", "settings"], settings, align_right_from=3),
+            "",
+        ]
     parts += ["## Summary (mean ± 95% interval half-width)", "", _markdown(*_grid(results, rows, _mean_pm)), ""]
     warned = result_warnings(results)
     if warned:
         parts += ["## Warnings (these numbers may mean little)", ""] + [f"- {w}" for w in warned] + [""]
     if baseline and len(results["methods"]) > 1:
         header, body = _grid(results, rows, _diff_cell, with_ok=False)
-        parts += [f"## Paired difference vs baseline `{baseline}` (mean [95% interval], * Holm, ≈ TOST; p uncorrected/Holm)", "",
-                  _markdown(header, [r for r in body if r[0] != baseline]), ""]
+        parts += [
+            f"## Paired difference vs baseline `{baseline}` (mean [95% interval], * Holm, ≈ TOST; p uncorrected/Holm)",
+            "",
+            _markdown(header, [r for r in body if r[0] != baseline]),
+            "",
+        ]
     parts += ["## Per metric", ""]
     for key, (_short, long, better) in METRICS.items():
         metric_rows = [r for r in rows if r["metric"] == key]
@@ -581,12 +690,32 @@ def render_markdown(results: Mapping, rows: list[dict] | None = None, *, title: 
             continue
         parts += [f"### {long} ({better} is better)", ""]
         with_tost = any(r["p_tost"] is not None for r in metric_rows)
-        header = (["method", "n/ok/total", "mean", "std", "95% interval", f"diff vs {baseline}" if baseline else "diff", "pairs",
-                   "p", "p Holm"] + (["TOST p", "TOST p Holm"] if with_tost else []))
-        body = [[r["method"], f"{r['n']}/{r['n_ok']}/{r['n_total']}", fmt(r["mean"]), fmt(r["std"]),
-                 f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]", _diff_interval(r),
-                 "-" if r["diff_n"] is None else str(r["diff_n"]), fmt_p(r["diff_p"]), fmt_p(r["p_holm"])]
-                + ([fmt_p(r["p_tost"]), fmt_p(r["p_tost_holm"])] if with_tost else []) for r in metric_rows]
+        header = [
+            "method",
+            "n/ok/total",
+            "mean",
+            "std",
+            "95% interval",
+            f"diff vs {baseline}" if baseline else "diff",
+            "pairs",
+            "p",
+            "p Holm",
+        ] + (["TOST p", "TOST p Holm"] if with_tost else [])
+        body = [
+            [
+                r["method"],
+                f"{r['n']}/{r['n_ok']}/{r['n_total']}",
+                fmt(r["mean"]),
+                fmt(r["std"]),
+                f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]",
+                _diff_interval(r),
+                "-" if r["diff_n"] is None else str(r["diff_n"]),
+                fmt_p(r["diff_p"]),
+                fmt_p(r["p_holm"]),
+            ]
+            + ([fmt_p(r["p_tost"]), fmt_p(r["p_tost_holm"])] if with_tost else [])
+            for r in metric_rows
+        ]
         parts += [_markdown(header, body), ""]
     return "\n".join(parts)
 
@@ -620,9 +749,30 @@ def table_notes(markdown: str, results: Mapping) -> tuple[str | None, list[str]]
     return title, body
 
 
-CSV_FIELDS = ["method", "metric", "n", "n_ok", "n_total", "mean", "std", "ci_low", "ci_high",
-              "baseline", "diff_mean", "diff_ci_low", "diff_ci_high", "diff_n", "diff_p", "family", "p_holm", "star",
-              "eq_margin", "p_tost", "p_tost_holm", "equivalent"]
+CSV_FIELDS = [
+    "method",
+    "metric",
+    "n",
+    "n_ok",
+    "n_total",
+    "mean",
+    "std",
+    "ci_low",
+    "ci_high",
+    "baseline",
+    "diff_mean",
+    "diff_ci_low",
+    "diff_ci_high",
+    "diff_n",
+    "diff_p",
+    "family",
+    "p_holm",
+    "star",
+    "eq_margin",
+    "p_tost",
+    "p_tost_holm",
+    "equivalent",
+]
 
 
 def rerender(results: Mapping, existing_markdown: str | None = None, rendered_by: str | None = None) -> tuple[str, str]:
@@ -676,7 +826,7 @@ def tile(images: np.ndarray, n_cols: int, gap_value: float = 0.12) -> np.ndarray
     canvas = np.full((n_rows * (h + 1) - 1, n_cols * (w + 1) - 1, c), gap_value, np.float32)
     for i in range(n):
         r, col = divmod(i, n_cols)
-        canvas[r * (h + 1): r * (h + 1) + h, col * (w + 1): col * (w + 1) + w] = images[i]
+        canvas[r * (h + 1) : r * (h + 1) + h, col * (w + 1) : col * (w + 1) + w] = images[i]
     return canvas
 
 
@@ -730,7 +880,13 @@ def plot_reconstructions(path, originals: np.ndarray, reconstructions: Mapping[s
     """Row 1: test images; one row per method: their reconstructions (representative seed)."""
     plt = _pyplot()
     names = list(reconstructions)
-    fig, axes = plt.subplots(len(names) + 1, 1, figsize=(0.5 * len(originals) + 1.5, 0.75 * (len(names) + 1) + 0.5), squeeze=False, layout="constrained")
+    fig, axes = plt.subplots(
+        len(names) + 1,
+        1,
+        figsize=(0.5 * len(originals) + 1.5, 0.75 * (len(names) + 1) + 0.5),
+        squeeze=False,
+        layout="constrained",
+    )
     _show(axes[0, 0], tile(originals, len(originals)))
     axes[0, 0].set_ylabel("test", rotation=0, ha="right", va="center")
     for ax, name in zip(axes[1:, 0], names):
@@ -792,7 +948,7 @@ def plot_metrics(path, results: Mapping, rows: list[dict] | None = None) -> None
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=60, fontsize=7)
         ax.set_title(f"{METRICS[key][0]} ({METRICS[key][2]} better)", fontsize=9)
-    for ax in axes.ravel()[len(keys):]:
+    for ax in axes.ravel()[len(keys) :]:
         ax.axis("off")
     fig.suptitle("Mean and 95% t-interval across seeds (dots: seeds; red x: diverged, excluded)", fontsize=10)
     _save(fig, path)
@@ -812,7 +968,6 @@ def plot_losses(path, curves: Mapping[str, tuple[np.ndarray, np.ndarray, np.ndar
         ok = np.asarray(ok, bool)
         used = losses[ok] if ok.any() else losses
         with np.errstate(all="ignore"):
-
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RuntimeWarning)
                 med, lo, hi = np.nanmedian(used, 0), np.nanmin(used, 0), np.nanmax(used, 0)

@@ -82,15 +82,18 @@ def _length_delimited(field: int, payload: bytes) -> bytes:
     return _varint(field << 3 | 2) + _varint(len(payload)) + payload
 
 
-def event_bytes(wall_time: float, step: int, *, scalars: Mapping[str, float] | None = None,
-                file_version: str | None = None) -> bytes:
+def event_bytes(
+    wall_time: float, step: int, *, scalars: Mapping[str, float] | None = None, file_version: str | None = None
+) -> bytes:
     """A serialized ``Event`` with either scalar summaries (tag -> simple_value) or a file version."""
     out = _varint(1 << 3 | 1) + struct.pack("<d", wall_time) + _varint(2 << 3 | 0) + _varint(int(step) & (2**64 - 1))
     if file_version is not None:
         out += _length_delimited(3, file_version.encode())
     if scalars:
-        values = b"".join(_length_delimited(1, _length_delimited(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", value))
-                          for tag, value in scalars.items())
+        values = b"".join(
+            _length_delimited(1, _length_delimited(1, tag.encode()) + _varint(2 << 3 | 5) + struct.pack("<f", value))
+            for tag, value in scalars.items()
+        )
         out += _length_delimited(5, values)
     return out
 
@@ -113,7 +116,9 @@ class EventFileWriter:
 
     def add_scalars(self, step: int, scalars: Mapping[str, float], wall_time: float | None = None) -> None:
         """One event holding every ``tag: value`` at ``step``."""
-        event = event_bytes(time.time() if wall_time is None else wall_time, step, scalars={k: float(v) for k, v in scalars.items()})
+        event = event_bytes(
+            time.time() if wall_time is None else wall_time, step, scalars={k: float(v) for k, v in scalars.items()}
+        )
         self._file.write(tfrecord(event))
 
     def flush(self) -> None:
@@ -141,7 +146,9 @@ def require_wandb():
     try:
         import wandb
     except ImportError:
-        raise invalid("wandb", True, "Weights & Biases is not installed; pip install wandb (or leave --wandb off)") from None
+        raise invalid(
+            "wandb", True, "Weights & Biases is not installed; pip install wandb (or leave --wandb off)"
+        ) from None
     return wandb
 
 
@@ -164,8 +171,14 @@ class RunLogger:
     at construction, before anything trains.
     """
 
-    def __init__(self, log_dir: str | Path | None = None, *, wandb: bool = False, group: str = "jaxrae",
-                 config: Mapping[str, Any] | None = None):
+    def __init__(
+        self,
+        log_dir: str | Path | None = None,
+        *,
+        wandb: bool = False,
+        group: str = "jaxrae",
+        config: Mapping[str, Any] | None = None,
+    ):
         self.log_dir = None if log_dir is None else Path(log_dir)
         self.wandb = require_wandb() if wandb else None
         self.group = group
@@ -186,8 +199,16 @@ class RunLogger:
             self._writers = [EventFileWriter(self.log_dir / name) for name in names]
         if self.wandb is not None:
             project = os.environ.get("WANDB_PROJECT", "jaxrae")
-            self._wandb_runs = [self.wandb.init(project=project, group=self.group, name=f"{self.group}/{name}", reinit="create_new",
-                                                config={**self.config, "run": name}) for name in names]
+            self._wandb_runs = [
+                self.wandb.init(
+                    project=project,
+                    group=self.group,
+                    name=f"{self.group}/{name}",
+                    reinit="create_new",
+                    config={**self.config, "run": name},
+                )
+                for name in names
+            ]
 
     def log(self, step: int, scalars: Mapping[str, Sequence[float]]) -> None:
         """Point ``step`` of every series ``tag``, one value per run (in the order of ``open``)."""

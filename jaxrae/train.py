@@ -100,11 +100,17 @@ def make_train(config: TrainConfig, data: Dataset | np.ndarray) -> Trainer:
     """
     images_u8 = data.train_images_u8 if isinstance(data, Dataset) else np.asarray(data)
     if images_u8.dtype != np.uint8 or images_u8.ndim != 4:
-        raise ConfigError(f"training images must be uint8 of shape (N, H, W, C), got {images_u8.dtype} {images_u8.shape}")
+        raise ConfigError(
+            f"training images must be uint8 of shape (N, H, W, C), got {images_u8.dtype} {images_u8.shape}"
+        )
     n_train = images_u8.shape[0]
     if config.batch_size > n_train:
-        raise ConfigError(f"batch_size={config.batch_size} is larger than the {n_train} training images; use at most {n_train}")
-    return Trainer(config, *_training_functions(config, tuple(images_u8.shape[1:]), dynamic_binarization(data)), images_u8)
+        raise ConfigError(
+            f"batch_size={config.batch_size} is larger than the {n_train} training images; use at most {n_train}"
+        )
+    return Trainer(
+        config, *_training_functions(config, tuple(images_u8.shape[1:]), dynamic_binarization(data)), images_u8
+    )
 
 
 def dynamic_binarization(data: Dataset | np.ndarray) -> bool:
@@ -151,12 +157,19 @@ def _training_functions(config: TrainConfig, image_shape: tuple, dynamic: bool =
         finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(grads))
         alive = finite & (state.diverged_at < 0)
         # The schedule scales this run's (possibly swept) peak rate by a function of the step alone.
-        learning_rate = scheduled_learning_rate(state.hparams.lr, state.step, schedule=config.lr_schedule, steps=config.steps,
-                                                warmup_steps=config.warmup_steps, final_lr_fraction=config.final_lr_fraction)
+        learning_rate = scheduled_learning_rate(
+            state.hparams.lr,
+            state.step,
+            schedule=config.lr_schedule,
+            steps=config.steps,
+            warmup_steps=config.warmup_steps,
+            final_lr_fraction=config.final_lr_fraction,
+        )
         # The freeze is inside the update (scalar coefficients), not a where() between an old
         # and a new state, so XLA updates parameters and moments in place (see jaxrae/optim.py).
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params, alive=alive,
-                                              learning_rate=learning_rate)
+        updates, opt_state = optimizer.update(
+            grads, state.opt_state, state.params, alive=alive, learning_rate=learning_rate
+        )
         params = optax.apply_updates(state.params, updates)
         batch_stats = jax.tree.map(lambda new, old: jnp.where(alive, new, old), batch_stats, state.batch_stats)
         new_state = TrainState(
@@ -194,8 +207,6 @@ def _vmapped_programs(config: TrainConfig, image_shape: tuple, dynamic: bool = F
     return jax.jit(jax.vmap(init)), run_jit, {}
 
 
-
-
 # --------------------------------------------------------------------------------------------
 # Many runs: seeds x swept hyperparameters, vmapped, sharded, chunked, checkpointed.
 
@@ -223,8 +234,13 @@ def check_seeds(seeds, field: str = "seeds") -> tuple[int, ...]:
     shown = list(values) if len(values) <= 8 else f"{len(values)} seeds"
     require(1 <= len(values) <= MAX_SEEDS, field, shown, f"give between 1 and {MAX_SEEDS} seeds")
     bad = [s for s in values if not 0 <= s < SEED_LIMIT]
-    require(not bad, field, bad[:3], f"a seed must be an integer in [0, {SEED_LIMIT}) (2**32): a PRNG key keeps "
-            "only the low 32 bits, so a seed outside would repeat another one's run")
+    require(
+        not bad,
+        field,
+        bad[:3],
+        f"a seed must be an integer in [0, {SEED_LIMIT}) (2**32): a PRNG key keeps "
+        "only the low 32 bits, so a seed outside would repeat another one's run",
+    )
     repeated = sorted(s for s, n in collections.Counter(values).items() if n > 1)
     require(not repeated, field, shown, f"no seed may repeat ({', '.join(map(str, repeated[:3]))} does)")
     return values
@@ -311,13 +327,17 @@ class Runs:
         images = np.asarray(images, np.float32)
         chex.assert_rank(images, 4)
         f = _vmap_variables(self.codec.encode, in_axes=(0, None))
-        return np.concatenate([np.asarray(f(self.variables, images[i : i + batch])) for i in range(0, len(images), batch)], axis=1)
+        return np.concatenate(
+            [np.asarray(f(self.variables, images[i : i + batch])) for i in range(0, len(images), batch)], axis=1
+        )
 
     def decode(self, codes: np.ndarray, batch: int = 1000) -> np.ndarray:
         """Images from per-run codes (n_runs, n, ...): (n_runs, n, H, W, C)."""
         codes = np.asarray(codes)
         f = _vmap_variables(self.codec.decode, in_axes=(0, 0))
-        return np.concatenate([np.asarray(f(self.variables, codes[:, i : i + batch])) for i in range(0, codes.shape[1], batch)], axis=1)
+        return np.concatenate(
+            [np.asarray(f(self.variables, codes[:, i : i + batch])) for i in range(0, codes.shape[1], batch)], axis=1
+        )
 
     def reconstruct(self, images: np.ndarray, batch: int = 1000) -> np.ndarray:
         """decode(encode(images)) for every run: (n_runs, n, H, W, C)."""
@@ -423,7 +443,9 @@ def train(
     keys, hparams = distributed.put((keys, hparams), run_sharding)
     images = distributed.put(trainer.images_u8, None if mesh is None else NamedSharding(mesh, PartitionSpec()))
 
-    init, run_chunk, executables = _vmapped_programs(config, tuple(trainer.images_u8.shape[1:]), dynamic_binarization(data))
+    init, run_chunk, executables = _vmapped_programs(
+        config, tuple(trainer.images_u8.shape[1:]), dynamic_binarization(data)
+    )
     # init leaves key-independent leaves (zero biases, Adam moments) replicated; lay every leaf
     # on the run axis so each chunk is compiled for, and returns, one layout.
     state = _on_runs(init(keys, hparams), run_sharding)
@@ -478,7 +500,9 @@ def train(
                 bar.update(length)
             if logger is not None:
                 means = {f"train/{k}": runlog.chunk_means(v[-1][:n_runs]) for k, v in history.items()}
-                logger.log(done + sum(chunks[: n_chunks + 1]), {**means, "train/diverged": (diverged >= 0).astype(np.float32)})
+                logger.log(
+                    done + sum(chunks[: n_chunks + 1]), {**means, "train/diverged": (diverged >= 0).astype(np.float32)}
+                )
             n_chunks += 1
             if stop_after_chunks is not None and n_chunks >= stop_after_chunks:
                 break
@@ -492,8 +516,19 @@ def train(
     trim = lambda a: a[:n_runs]  # drop the padding runs
     state = jax.tree.map(trim, distributed.to_host(state))
     metrics = {k: trim(np.concatenate(v, axis=1)) for k, v in history.items()}
-    return Runs(config, data.name, runs, state, metrics, trainer.model, trainer.codec, tuple(trainer.images_u8.shape[1:]), wall - compile_s, compile_s,
-                data.fingerprint)
+    return Runs(
+        config,
+        data.name,
+        runs,
+        state,
+        metrics,
+        trainer.model,
+        trainer.codec,
+        tuple(trainer.images_u8.shape[1:]),
+        wall - compile_s,
+        compile_s,
+        data.fingerprint,
+    )
 
 
 def _on_runs(state, sharding):
@@ -539,11 +574,20 @@ def save_runs(runs: Runs, directory: str | Path) -> Path:
     rebuild the model with :func:`jaxrae.grid.build_model` without the data.
     """
     state = {name: getattr(runs.state, name) for name in _MODEL_FIELDS}
-    tree = {"state": {**state, "hparams": dict(runs.state.hparams._asdict())},
-            "metrics": {k: np.asarray(v) for k, v in runs.metrics.items()}}
-    header = {"model_format": MODEL_FORMAT, "config": runs.config.to_dict(), "data": runs.data_name,
-              "fingerprint": runs.data_fingerprint, "image_shape": list(runs.image_shape), "runs": runs.runs,
-              "wall_time_s": runs.wall_time_s, "compile_time_s": runs.compile_time_s}
+    tree = {
+        "state": {**state, "hparams": dict(runs.state.hparams._asdict())},
+        "metrics": {k: np.asarray(v) for k, v in runs.metrics.items()},
+    }
+    header = {
+        "model_format": MODEL_FORMAT,
+        "config": runs.config.to_dict(),
+        "data": runs.data_name,
+        "fingerprint": runs.data_fingerprint,
+        "image_shape": list(runs.image_shape),
+        "runs": runs.runs,
+        "wall_time_s": runs.wall_time_s,
+        "compile_time_s": runs.compile_time_s,
+    }
     path = Path(directory) / MODEL_FILE
     jio.save_checkpoint(path, tree, header)
     return path
@@ -571,35 +615,70 @@ def load_runs(path: str | Path, row: str | None = None) -> Runs:
     tree, header = jio.load_checkpoint(file, redo=redo)
     found = header.get("model_format") if isinstance(header, dict) else None
     if found != MODEL_FORMAT:
-        raise CheckpointError(f"{file} is not a {MODEL_FORMAT} model (its format is {found!r}: another jaxrae version, "
-                              "or a resume checkpoint); retrain it with this version")
+        raise CheckpointError(
+            f"{file} is not a {MODEL_FORMAT} model (its format is {found!r}: another jaxrae version, "
+            "or a resume checkpoint); retrain it with this version"
+        )
     try:
         config = TrainConfig.from_dict(header["config"])
         image_shape = tuple(int(d) for d in header["image_shape"])
         runs = [dict(r) for r in header["runs"]]
         seeds = [int(r["seed"]) for r in runs]
     except (JaxraeError, KeyError, TypeError, ValueError) as e:
-        raise CheckpointError(f"{file} has a header this jaxrae cannot rebuild a model from ({type(e).__name__}: {e}); "
-                              "retrain it with this version") from None
+        raise CheckpointError(
+            f"{file} has a header this jaxrae cannot rebuild a model from ({type(e).__name__}: {e}); "
+            "retrain it with this version"
+        ) from None
     if len(image_shape) != 3 or not runs:
-        raise CheckpointError(f"{file} has image_shape={list(image_shape)} and {len(runs)} runs; a model needs (H, W, C) "
-                              "and at least one run")
+        raise CheckpointError(
+            f"{file} has image_shape={list(image_shape)} and {len(runs)} runs; a model needs (H, W, C) "
+            "and at least one run"
+        )
     model, codec, init, _, _ = _training_functions(config, image_shape)
     key_shape = jax.random.key_data(jax.random.key(0)).shape
-    shapes = jax.eval_shape(jax.vmap(init), jax.ShapeDtypeStruct((len(seeds), *key_shape), jnp.uint32),
-                            HParams(*(jax.ShapeDtypeStruct((len(seeds),), jnp.float32) for _ in SWEEPABLE)))
+    shapes = jax.eval_shape(
+        jax.vmap(init),
+        jax.ShapeDtypeStruct((len(seeds), *key_shape), jnp.uint32),
+        HParams(*(jax.ShapeDtypeStruct((len(seeds),), jnp.float32) for _ in SWEEPABLE)),
+    )
     target = {name: getattr(shapes, name) for name in _MODEL_FIELDS}
     target["hparams"] = dict(shapes.hparams._asdict())
-    state = jio.restore_into(target, tree.get("state"), file,
-                             redo="its arrays do not fit the model its config builds; retrain the run with this version")
+    state = jio.restore_into(
+        target,
+        tree.get("state"),
+        file,
+        redo="its arrays do not fit the model its config builds; retrain the run with this version",
+    )
     metrics = tree.get("metrics")
-    if not (isinstance(metrics, dict) and all(isinstance(v, np.ndarray) and v.ndim == 2 and v.shape[0] == len(runs)
-                                              for v in metrics.values())):
-        raise CheckpointError(f"{file} does not match its header: its metrics are not (n_runs={len(runs)}, steps) arrays")
-    state = TrainState(step=state["step"], params=state["params"], batch_stats=state["batch_stats"], opt_state=None,
-                       key=state["key"], hparams=HParams(**state["hparams"]), diverged_at=state["diverged_at"])
-    return Runs(config, str(header.get("data", "")), runs, state, metrics, model, codec, image_shape,
-                float(header.get("wall_time_s", 0.0)), float(header.get("compile_time_s", 0.0)), str(header.get("fingerprint", "")))
+    if not (
+        isinstance(metrics, dict)
+        and all(isinstance(v, np.ndarray) and v.ndim == 2 and v.shape[0] == len(runs) for v in metrics.values())
+    ):
+        raise CheckpointError(
+            f"{file} does not match its header: its metrics are not (n_runs={len(runs)}, steps) arrays"
+        )
+    state = TrainState(
+        step=state["step"],
+        params=state["params"],
+        batch_stats=state["batch_stats"],
+        opt_state=None,
+        key=state["key"],
+        hparams=HParams(**state["hparams"]),
+        diverged_at=state["diverged_at"],
+    )
+    return Runs(
+        config,
+        str(header.get("data", "")),
+        runs,
+        state,
+        metrics,
+        model,
+        codec,
+        image_shape,
+        float(header.get("wall_time_s", 0.0)),
+        float(header.get("compile_time_s", 0.0)),
+        str(header.get("fingerprint", "")),
+    )
 
 
 def _model_directory(path: Path, row: str | None) -> Path:
@@ -608,8 +687,10 @@ def _model_directory(path: Path, row: str | None) -> Path:
         rows = path / ROW_MODELS_DIR
         if not (rows / row / MODEL_FILE).exists():
             saved = sorted(p.name for p in rows.iterdir() if (p / MODEL_FILE).exists()) if rows.is_dir() else []
-            raise CheckpointError(f"row={row!r} has no model in {rows}: " + (f"the saved rows are {', '.join(saved)}" if saved
-                                  else "no row has one"))
+            raise CheckpointError(
+                f"row={row!r} has no model in {rows}: "
+                + (f"the saved rows are {', '.join(saved)}" if saved else "no row has one")
+            )
         return rows / row
     if (path / MODEL_FILE).exists():
         return path
@@ -617,6 +698,10 @@ def _model_directory(path: Path, row: str | None) -> Path:
         return path / TRAIN_MODEL_DIR
     if (path / ROW_MODELS_DIR).is_dir():
         saved = sorted(p.name for p in (path / ROW_MODELS_DIR).iterdir() if (p / MODEL_FILE).exists())
-        raise CheckpointError(f"{path} is a compare directory; choose a row with row=: {', '.join(saved) or 'none is saved'}")
-    raise CheckpointError(f"{path} holds no model (neither {MODEL_FILE}, {TRAIN_MODEL_DIR}/{MODEL_FILE} nor {ROW_MODELS_DIR}/<row>/); "
-                          "give a `jaxrae train --out` or `jaxrae compare` directory")
+        raise CheckpointError(
+            f"{path} is a compare directory; choose a row with row=: {', '.join(saved) or 'none is saved'}"
+        )
+    raise CheckpointError(
+        f"{path} holds no model (neither {MODEL_FILE}, {TRAIN_MODEL_DIR}/{MODEL_FILE} nor {ROW_MODELS_DIR}/<row>/); "
+        "give a `jaxrae train --out` or `jaxrae compare` directory"
+    )

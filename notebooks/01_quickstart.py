@@ -65,8 +65,13 @@ print(data.name, "train", data.train_images.shape, "test", data.test_images.shap
 config = jaxrae.TrainConfig(method=METHOD, steps=STEPS, chunk_size=min(250, STEPS))
 runs = jaxrae.train(config, data, seeds=SEEDS, progress=not TINY)
 print(config)
-print("losses", runs.losses.shape, "| diverged:", (~runs.ok).sum(),
-      f"| compile {runs.compile_time_s:.1f}s, train {runs.wall_time_s:.1f}s")
+print(
+    "losses",
+    runs.losses.shape,
+    "| diverged:",
+    (~runs.ok).sum(),
+    f"| compile {runs.compile_time_s:.1f}s, train {runs.wall_time_s:.1f}s",
+)
 
 
 # %%
@@ -100,8 +105,12 @@ gmm = runs.fit_ex_post(key_fit, data.train_images, n_components=10)
 ex_post = runs.sample_ex_post(key_post, gmm, n_show)
 print("GMM per seed: EM iterations", np.asarray(gmm.n_iter), "converged", np.asarray(gmm.converged))
 
-rows = [("test images", np.broadcast_to(data.test_images[:n_show], recon.shape)),
-        ("reconstructions", recon), ("N(0, I) samples", prior), ("ex-post GMM samples", ex_post)]
+rows = [
+    ("test images", np.broadcast_to(data.test_images[:n_show], recon.shape)),
+    ("reconstructions", recon),
+    ("N(0, I) samples", prior),
+    ("ex-post GMM samples", ex_post),
+]
 fig, axes = plt.subplots(len(runs.seeds), len(rows), figsize=(2.6 * len(rows), 2.6 * len(runs.seeds)), squeeze=False)
 for r, seed in enumerate(runs.seeds):
     for c, (title, images) in enumerate(rows):
@@ -116,11 +125,10 @@ show_figure(fig)
 # explains held-out codes far better than N(0, I).
 
 # %%
-test_codes = runs.encode(data.test_images)               # (seeds, n_test, latent_dim)
+test_codes = runs.encode(data.test_images)  # (seeds, n_test, latent_dim)
 gmm_ll = np.asarray(jax.vmap(lambda d, c: d.log_prob(c))(gmm, test_codes)).mean(axis=1)
 d = test_codes.shape[-1]
-normal_ll = (-0.5 * (test_codes ** 2).sum(-1) - 0.5 * d * np.log(2 * np.pi)).mean(axis=1)
+normal_ll = (-0.5 * (test_codes**2).sum(-1) - 0.5 * d * np.log(2 * np.pi)).mean(axis=1)
 for seed, a, b in zip(runs.seeds, normal_ll, gmm_ll):
     print(f"seed {seed}: mean test code log-likelihood  N(0, I) {a:9.2f}   GMM {b:9.2f}  (nats)")
 print("code std per dimension (seed 0):", np.round(test_codes[0].std(0), 2))
-

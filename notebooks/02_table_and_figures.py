@@ -54,8 +54,15 @@ def find_repo_root():
 
 def tiny_experiment():
     """2 methods x 2 seeds x 40 steps on `digits`: the comparison tiny mode runs."""
-    return Experiment(data="digits", methods=("vae", "rae-l2"), seeds=(0, 1), config={"steps": 40, "chunk_size": 40},
-                      n_eval=200, feature_steps=100, n_components=4)
+    return Experiment(
+        data="digits",
+        methods=("vae", "rae-l2"),
+        seeds=(0, 1),
+        config={"steps": 40, "chunk_size": 40},
+        n_eval=200,
+        feature_steps=100,
+        n_components=4,
+    )
 
 
 ROOT = find_repo_root()
@@ -74,10 +81,21 @@ else:
     compare.run_compare(experiment, RESULTS_DIR, progress=not TINY)
 results = json.loads((RESULTS_DIR / "results.json").read_text())
 print("results from", RESULTS_DIR)
-print("data:", results["data"], "| methods:", ", ".join(results["methods"]),
-      "| seeds:", results["experiment"]["seeds"], "| steps:", results["experiment"]["config"].get("steps"))
-print("feature network:", results["feature_network"]["label"],
-      f"(test accuracy {results['feature_network']['test_accuracy']:.3f})")
+print(
+    "data:",
+    results["data"],
+    "| methods:",
+    ", ".join(results["methods"]),
+    "| seeds:",
+    results["experiment"]["seeds"],
+    "| steps:",
+    results["experiment"]["config"].get("steps"),
+)
+print(
+    "feature network:",
+    results["feature_network"]["label"],
+    f"(test accuracy {results['feature_network']['test_accuracy']:.3f})",
+)
 env = results["environment"]
 print("versions:", env["versions"], "| backend:", env["backend"], env["devices"])
 
@@ -111,8 +129,10 @@ for name in names:
     post = np.asarray(m["metrics"]["fd_ex_post"], float)
     s = report.summarize(post - prior, m["ok"])
     diffs[name] = (post - prior, s)
-    lines.append(f"| {name} | {report.fmt(np.nanmean(prior))} | {report.fmt(np.nanmean(post))} | "
-                 f"{report.fmt(s['mean'])} [{report.fmt(s['ci_low'])}, {report.fmt(s['ci_high'])}] |")
+    lines.append(
+        f"| {name} | {report.fmt(np.nanmean(prior))} | {report.fmt(np.nanmean(post))} | "
+        f"{report.fmt(s['mean'])} [{report.fmt(s['ci_low'])}, {report.fmt(s['ci_high'])}] |"
+    )
 display(Markdown("\n".join(lines)))
 
 fig, ax = plt.subplots(figsize=(max(4, 0.8 * len(names) + 1), 3.2))
@@ -139,7 +159,6 @@ for name in ("samples.png", "interpolations.png", "reconstructions.png", "losses
     if (RESULTS_DIR / name).exists():
         print(name)
         display(Image(filename=str(RESULTS_DIR / name)))
-
 
 
 # %% [markdown]
@@ -176,7 +195,9 @@ def image_grid(ax, images, title):
 
 n_show = 8
 test = data.test_images[:n_show]
-fig, axes = plt.subplots(2 * len(rows_with_models) + 1, 1, figsize=(n_show * 0.9, 1.1 * (2 * len(rows_with_models) + 1)))
+fig, axes = plt.subplots(
+    2 * len(rows_with_models) + 1, 1, figsize=(n_show * 0.9, 1.1 * (2 * len(rows_with_models) + 1))
+)
 image_grid(axes[0], test, "test images")
 for i, label in enumerate(rows_with_models):
     runs = jaxrae.load_runs(MODELS_DIR, row=label)

@@ -38,7 +38,7 @@ TINY = os.environ.get("JAXRAE_NOTEBOOK_TINY", "0") not in ("", "0")
 
 
 # %%
-N_SAMPLES = 2_000 if TINY else 100_000       # Monte Carlo draws per estimator and temperature
+N_SAMPLES = 2_000 if TINY else 100_000  # Monte Carlo draws per estimator and temperature
 TEMPERATURES = (0.1, 0.5, 1.0, 2.0) if TINY else (0.1, 0.25, 0.5, 1.0, 2.0, 5.0)
 
 
@@ -71,8 +71,10 @@ show_figure(fig)
 
 print("softmax(logits)        ", np.round(np.asarray(jax.nn.softmax(logits)), 3))
 for tau, top, entropy, freq in stats:
-    print(f"tau={tau:<5g} mean max coordinate {top:.3f}  mean entropy {entropy:.3f} nats  "
-          f"argmax frequencies {np.round(freq, 3)}")
+    print(
+        f"tau={tau:<5g} mean max coordinate {top:.3f}  mean entropy {entropy:.3f} nats  "
+        f"argmax frequencies {np.round(freq, 3)}"
+    )
 
 
 # %% [markdown]
@@ -124,16 +126,22 @@ exact = relax.expected_objective_gradient(theta, f)  # the sum over all K^N code
 @functools.partial(jax.jit, static_argnums=0)
 def moments_over_temperatures(estimator, taus):
     """Mean and variance of one estimator's gradient over N_SAMPLES keys (those of part 1), per tau."""
-    return jax.vmap(lambda tau: relax.estimator_gradient_moments(key, theta, f, estimator, tau, N_SAMPLES, n_samples=10))(taus)
+    return jax.vmap(
+        lambda tau: relax.estimator_gradient_moments(key, theta, f, estimator, tau, N_SAMPLES, n_samples=10)
+    )(taus)
 
 
 def bias_variance(moments):
     """Per temperature: (relative bias, relative variance, Monte Carlo s.e. of the relative bias)."""
     mean, variance, exact_grad = (np.asarray(x, np.float64).reshape(len(TEMPERATURES), -1) for x in moments)
     scale = np.linalg.norm(exact_grad, axis=1)
-    return list(zip(np.linalg.norm(mean - exact_grad, axis=1) / scale,  # relative bias
-                    variance.sum(1) / scale ** 2,                       # relative variance
-                    np.sqrt(variance.sum(1) / N_SAMPLES) / scale))      # Monte Carlo s.e. of the bias
+    return list(
+        zip(
+            np.linalg.norm(mean - exact_grad, axis=1) / scale,  # relative bias
+            variance.sum(1) / scale**2,  # relative variance
+            np.sqrt(variance.sum(1) / N_SAMPLES) / scale,
+        )
+    )  # Monte Carlo s.e. of the bias
 
 
 ESTIMATORS = ["st", "st-gumbel", "gumbel-rao", "reinmax", "gumbel-softmax"]  # st ignores tau: no noise
@@ -151,7 +159,10 @@ for est, cells in table.items():
     b, v, se = map(np.asarray, zip(*cells))
     ax_b.errorbar(TEMPERATURES, b, yerr=2 * se, marker="o", ms=3, capsize=2, label=est)
     ax_v.plot(TEMPERATURES, v, marker="o", ms=3, label=est)
-for ax, what in ((ax_b, "relative bias ||E g - g*|| / ||g*||  (+- 2 s.e.)"), (ax_v, "relative variance E||g - E g||^2 / ||g*||^2")):
+for ax, what in (
+    (ax_b, "relative bias ||E g - g*|| / ||g*||  (+- 2 s.e.)"),
+    (ax_v, "relative variance E||g - E g||^2 / ||g*||^2"),
+):
     ax.set_xscale("log")
     ax.set_xlabel("tau")
     ax.set_title(what, fontsize=9)

@@ -77,8 +77,13 @@ def strips(method):
 paths = {m: strips(m) for m in runs}
 fig, axes = plt.subplots(1, len(paths), figsize=(0.9 * N_FRAMES * len(paths), 0.9 * N_PAIRS + 0.6), squeeze=False)
 for ax, (method, p) in zip(axes[0], paths.items()):
-    show_grid(ax, p[0].reshape(-1, *p.shape[3:]), N_FRAMES,
-              f"{method} (seed {runs[method].seeds[0]}): " + ("linear path" if method == "rae-l2" else "variables switched one by one"))
+    show_grid(
+        ax,
+        p[0].reshape(-1, *p.shape[3:]),
+        N_FRAMES,
+        f"{method} (seed {runs[method].seeds[0]}): "
+        + ("linear path" if method == "rae-l2" else "variables switched one by one"),
+    )
 show_figure(fig)
 
 
@@ -108,8 +113,16 @@ coin_mid = r.decode(interpolate_codes(r.encode(a_imgs), r.encode(b_imgs), 0.5, T
 lin_mid = paths["rae-l2"][0][:, N_FRAMES // 2]
 
 fig, axes = plt.subplots(1, 5, figsize=(10, 0.9 * N_PAIRS + 0.8))
-for ax, (title, images) in zip(axes, [("a", a_imgs), ("b", b_imgs), ("rae-l2 midpoint", lin_mid),
-                                      ("drae-gp coin midpoint", coin_mid), ("drae-gp soft midpoint", soft_mid)]):
+for ax, (title, images) in zip(
+    axes,
+    [
+        ("a", a_imgs),
+        ("b", b_imgs),
+        ("rae-l2 midpoint", lin_mid),
+        ("drae-gp coin midpoint", coin_mid),
+        ("drae-gp soft midpoint", soft_mid),
+    ],
+):
     show_grid(ax, images, 1, title)
 show_figure(fig)
 
@@ -125,6 +138,7 @@ show_figure(fig)
 for method, p in paths.items():
     steps = ((p[:, :, 1:] - p[:, :, :-1]) ** 2).reshape(*p.shape[:2], N_FRAMES - 1, -1).sum(-1)
     total = ((p[:, :, -1] - p[:, :, 0]) ** 2).reshape(*p.shape[:2], -1).sum(-1)
-    print(f"{method:8s} mean step {steps.mean():7.3f}   largest step {steps.max(-1).mean():7.3f}   "
-          f"end-to-end {total.mean():7.3f}   (sum of squared pixel differences)")
-
+    print(
+        f"{method:8s} mean step {steps.mean():7.3f}   largest step {steps.max(-1).mean():7.3f}   "
+        f"end-to-end {total.mean():7.3f}   (sum of squared pixel differences)"
+    )

@@ -56,7 +56,9 @@ def assert_binomial(on: np.ndarray, grey: np.ndarray, what: str) -> None:
         sd = np.sqrt(n * q * (1 - q))
         assert abs(k - n * q) <= Z_TOL * sd, f"{what}: level {v}: {k} of {n} on, expected {n * q:.1f} +- {sd:.1f}"
     total_sd = np.sqrt(np.sum(p * (1 - p)))
-    assert abs(on.sum() - p.sum()) <= Z_TOL * total_sd, f"{what}: {on.sum()} on, expected {p.sum():.1f} +- {total_sd:.1f}"
+    assert abs(on.sum() - p.sum()) <= Z_TOL * total_sd, (
+        f"{what}: {on.sum()} on, expected {p.sum():.1f} +- {total_sd:.1f}"
+    )
 
 
 # --------------------------------------------------------------------------------------------
@@ -70,9 +72,13 @@ def test_static_is_the_same_across_loads_and_processes_and_pinned():
     assert a.fingerprint == b.fingerprint == DIGITS_STATIC_FINGERPRINT
     # the name is a spec that reloads the same data
     assert load_data(a.name).fingerprint == a.fingerprint
-    code = ("import hashlib; from jaxrae.data import load_data; ds = load_data('digits@binarize=static'); "
-            "print(hashlib.sha256(ds.train_images_u8.tobytes() + ds.test_images_u8.tobytes()).hexdigest(), ds.fingerprint)")
-    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True).stdout.split()
+    code = (
+        "import hashlib; from jaxrae.data import load_data; ds = load_data('digits@binarize=static'); "
+        "print(hashlib.sha256(ds.train_images_u8.tobytes() + ds.test_images_u8.tobytes()).hexdigest(), ds.fingerprint)"
+    )
+    out = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120, check=True
+    ).stdout.split()
     here = hashlib.sha256(a.train_images_u8.tobytes() + a.test_images_u8.tobytes()).hexdigest()
     assert out == [here, DIGITS_STATIC_FINGERPRINT]
 
@@ -139,13 +145,15 @@ def test_fingerprint_differs_between_grey_static_and_dynamic(digits):
     static, dynamic = load_data("digits@binarize=static"), load_data("digits@binarize=dynamic")
     assert len({digits.fingerprint, static.fingerprint, dynamic.fingerprint}) == 3
     # grey and static digests are their bytes'; dynamic adds its mode (the stored train bytes are grey)
-    assert static.fingerprint == fingerprint(static.train_images_u8, static.train_labels, static.test_images_u8,
-                                             static.test_labels)
+    assert static.fingerprint == fingerprint(
+        static.train_images_u8, static.train_labels, static.test_images_u8, static.test_labels
+    )
     args = (dynamic.train_images_u8, dynamic.train_labels, dynamic.test_images_u8, dynamic.test_labels)
     assert dynamic.fingerprint == fingerprint(*args, binarize="dynamic") != fingerprint(*args)
     # already-binary data: static changes nothing, so the content and the fingerprint stay
-    again = make_dataset("b", static.train_images_u8, static.train_labels, static.test_images_u8, static.test_labels,
-                         binarize="static")
+    again = make_dataset(
+        "b", static.train_images_u8, static.train_labels, static.test_images_u8, static.test_labels, binarize="static"
+    )
     assert again.fingerprint == static.fingerprint
 
 
@@ -162,16 +170,25 @@ def test_composes_with_crop_and_resize():
         grey = area_resize(center_crop(getattr(raw, f"{split}_images_u8"), 6), 3)
         np.testing.assert_array_equal(getattr(ds, f"{split}_images_u8"), binarize_static(grey, split))
     # any key order, suffix or arguments: one canonical name, the same data
-    for other in (load_data("digits@binarize=static,image_size=3,crop=6", n_train=40, n_test=20),
-                  load_data("digits@crop=6", n_train=40, n_test=20, image_size=3, binarize="static"),
-                  load_data(ds.name, n_train=40, n_test=20)):
+    for other in (
+        load_data("digits@binarize=static,image_size=3,crop=6", n_train=40, n_test=20),
+        load_data("digits@crop=6", n_train=40, n_test=20, image_size=3, binarize="static"),
+        load_data(ds.name, n_train=40, n_test=20),
+    ):
         assert other.name == ds.name and other.fingerprint == ds.fingerprint
-    assert load_data("digits@image_size=4,binarize=dynamic", n_train=5, n_test=5).name == "digits@image_size=4,binarize=dynamic"
+    assert (
+        load_data("digits@image_size=4,binarize=dynamic", n_train=5, n_test=5).name
+        == "digits@image_size=4,binarize=dynamic"
+    )
 
 
 def test_composes_with_idx(tmp_path, digits):
-    arrays = (digits.train_images_u8[..., 0], digits.train_labels.astype(np.uint8), digits.test_images_u8[..., 0],
-              digits.test_labels.astype(np.uint8))
+    arrays = (
+        digits.train_images_u8[..., 0],
+        digits.train_labels.astype(np.uint8),
+        digits.test_images_u8[..., 0],
+        digits.test_labels.astype(np.uint8),
+    )
     d = write_idx_dir(tmp_path / "digits_idx", arrays, gz=True)
     for mode in BINARIZE_MODES:
         via_idx = load_data(f"idx:{d}@binarize={mode}")
@@ -265,14 +282,17 @@ class BinarizeBatchTest(chex.TestCase):
         assert len({np.asarray(b).tobytes() for b in alone}) == 4  # each run its own draw
         # per-run batches (vmapped over images too), as a trainer gathers them
         xs = jnp.stack([x, x[::-1], x, x[::-1]])
-        chex.assert_trees_all_equal(list(jax.vmap(binarize_batch)(keys, xs)),
-                                    [binarize_batch(k, xi) for k, xi in zip(keys, xs)])
+        chex.assert_trees_all_equal(
+            list(jax.vmap(binarize_batch)(keys, xs)), [binarize_batch(k, xi) for k, xi in zip(keys, xs)]
+        )
 
     def test_per_step_keys_give_different_draws(self):
         x = jnp.asarray(load_data("digits", n_train=32, n_test=1).train_images_u8)
         run_key = jax.random.key(3)
-        steps = [binarize_batch(jax.random.fold_in(jax.random.fold_in(run_key, t), DYNAMIC_BINARIZE_STREAM), x)
-                 for t in range(3)]
+        steps = [
+            binarize_batch(jax.random.fold_in(jax.random.fold_in(run_key, t), DYNAMIC_BINARIZE_STREAM), x)
+            for t in range(3)
+        ]
         assert len({np.asarray(s).tobytes() for s in steps}) == 3
 
     def test_rejects_non_uint8_or_wrong_rank(self):
@@ -290,6 +310,8 @@ def test_feature_network_learns_binarized_digits(tmp_path):
     ds = load_data("digits@binarize=static")
     net = feature_network(ds, cache_dir=tmp_path, steps=150)
     assert net.fingerprint == ds.fingerprint  # cached apart from the grey digits' network
-    print(f"feature network on digits@binarize=static, 150 steps: test accuracy {net.test_accuracy:.3f}, "
-          f"majority {net.majority_accuracy:.3f}")
+    print(
+        f"feature network on digits@binarize=static, 150 steps: test accuracy {net.test_accuracy:.3f}, "
+        f"majority {net.majority_accuracy:.3f}"
+    )
     assert net.test_accuracy > 0.8 > net.majority_accuracy

@@ -46,7 +46,9 @@ SEEDS = [0, 1]
 
 
 def _jaxrae(*args):
-    return subprocess.run([sys.executable, "-m", "jaxrae.cli", *args], check=False, capture_output=True, text=True, env=ENV, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxrae.cli", *args], check=False, capture_output=True, text=True, env=ENV, timeout=600
+    )
 
 
 def _files(directory: Path) -> dict[str, bytes]:
@@ -162,9 +164,16 @@ def test_changed_header_or_missing_checksums_are_refused(half_trained, tmp_path)
 
 def test_older_format_without_checksums_is_refused(half_trained, tmp_path):
     blob = serialization.msgpack_restore(half_trained[1])
-    path = _copy(half_trained, tmp_path, serialization.msgpack_serialize(
-        {"format": "jaxrae-checkpoint-v1", "header": blob["header"], "tree": blob["tree"]}))
-    with pytest.raises(CheckpointError, match=r"older format jaxrae-checkpoint-v1, which carries no checksums .*delete it"):
+    path = _copy(
+        half_trained,
+        tmp_path,
+        serialization.msgpack_serialize(
+            {"format": "jaxrae-checkpoint-v1", "header": blob["header"], "tree": blob["tree"]}
+        ),
+    )
+    with pytest.raises(
+        CheckpointError, match=r"older format jaxrae-checkpoint-v1, which carries no checksums .*delete it"
+    ):
         load_checkpoint(path)
     assert FORMAT == "jaxrae-checkpoint-v2"
 
@@ -222,7 +231,9 @@ def test_wrong_dtype_is_refused_by_name(half_trained, tmp_path, digits):
         nu["bias"] = nu["bias"].astype(np.float64)
 
     path = _resave(half_trained, tmp_path, widen)
-    with pytest.raises(CheckpointError, match="opt_state/nu/encoder/Dense_1/bias has dtype float32 in this run but float64 in the file"):
+    with pytest.raises(
+        CheckpointError, match="opt_state/nu/encoder/Dense_1/bias has dtype float32 in this run but float64 in the file"
+    ):
         train(CONFIG, digits, SEEDS, checkpoint_path=path, progress=False)
 
 
@@ -230,10 +241,14 @@ def test_wrong_dtype_is_refused_by_name(half_trained, tmp_path, digits):
     "change, message",
     [
         (lambda t: t["state"]["params"]["decoder"].pop("Dense_2"), "params/decoder/Dense_2 is missing from the file"),
-        (lambda t: t["state"]["params"]["encoder"].update(Dense_9={"bias": np.zeros((2, 3), np.float32)}),
-         "params/encoder/Dense_9 is in the file but not in this run"),
-        (lambda t: t["state"]["opt_state"].__setitem__("count", {"0": np.zeros(2, np.int32)}),
-         "opt_state/count is an array in this run but a subtree in the file"),
+        (
+            lambda t: t["state"]["params"]["encoder"].update(Dense_9={"bias": np.zeros((2, 3), np.float32)}),
+            "params/encoder/Dense_9 is in the file but not in this run",
+        ),
+        (
+            lambda t: t["state"]["opt_state"].__setitem__("count", {"0": np.zeros(2, np.int32)}),
+            "opt_state/count is an array in this run but a subtree in the file",
+        ),
     ],
     ids=["missing", "extra", "subtree-for-array"],
 )
@@ -261,13 +276,26 @@ def test_restore_into_checks_leaves_of_a_plain_tree(tmp_path):
 
 def _row_files(tmp_path) -> tuple[Path, dict]:
     """A finished row's record (with the fields the tables read) and images, as run_method writes them."""
-    record = {"header": {"config": {"steps": 4}}, "method": "ae", "seeds": [0, 1], "ok": [True, True],
-              "metrics": {"rec_error": [1.0, 2.0]}, "times": {"train_s": 1.0}, "loss_curve": {"steps": [1.0], "loss": [[1.0], [2.0]]}}
+    record = {
+        "header": {"config": {"steps": 4}},
+        "method": "ae",
+        "seeds": [0, 1],
+        "ok": [True, True],
+        "metrics": {"rec_error": [1.0, 2.0]},
+        "times": {"train_s": 1.0},
+        "loss_curve": {"steps": [1.0], "loss": [[1.0], [2.0]]},
+    }
     path = tmp_path / "methods" / "ae.json"
     path.parent.mkdir()
     path.write_text(json.dumps(record))
-    atomic_write_npz(path.with_suffix(".npz"), {name: np.full((2, 8, 8), i, np.float32) for i, name in enumerate(FIGURE_IMAGES)})
-    save_checkpoint(tmp_path / ROW_MODELS_DIR / "ae" / MODEL_FILE, {"state": {"w": np.zeros(2, np.float32)}}, {"model_format": MODEL_FORMAT})
+    atomic_write_npz(
+        path.with_suffix(".npz"), {name: np.full((2, 8, 8), i, np.float32) for i, name in enumerate(FIGURE_IMAGES)}
+    )
+    save_checkpoint(
+        tmp_path / ROW_MODELS_DIR / "ae" / MODEL_FILE,
+        {"state": {"w": np.zeros(2, np.float32)}},
+        {"model_format": MODEL_FORMAT},
+    )
     return path, record
 
 
@@ -276,19 +304,30 @@ def test_finished_row_files_load_when_intact(tmp_path):
     assert _load_finished(path, record["header"]) == record
     assert _load_finished(tmp_path / "methods" / "vae.json", record["header"]) is None  # not finished
     images = _load_images(path.with_suffix(".npz"), path)
-    assert sorted(images) == sorted(FIGURE_IMAGES) and float(images["ex_post"][0, 0, 0]) == FIGURE_IMAGES.index("ex_post")
+    assert sorted(images) == sorted(FIGURE_IMAGES) and float(images["ex_post"][0, 0, 0]) == FIGURE_IMAGES.index(
+        "ex_post"
+    )
 
 
 @pytest.mark.parametrize(
     "damage, message",
     [
-        (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "unreadable or truncated (JSONDecodeError)"),
+        (
+            lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]),
+            "unreadable or truncated (JSONDecodeError)",
+        ),
         (lambda p: p.write_bytes(b"\xff\xfe\x00garbage"), "unreadable or truncated (UnicodeDecodeError)"),
         (lambda p: p.write_text("[1, 2]"), "lacks part of a finished row's record"),
-        (lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "metrics": {"rec_error": [1.0]}})),
-         "lacks part of a finished row's record"),
-        (lambda p: p.write_text(json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k != "loss_curve"})),
-         "lacks part of a finished row's record"),
+        (
+            lambda p: p.write_text(json.dumps({**json.loads(p.read_text()), "metrics": {"rec_error": [1.0]}})),
+            "lacks part of a finished row's record",
+        ),
+        (
+            lambda p: p.write_text(
+                json.dumps({k: v for k, v in json.loads(p.read_text()).items() if k != "loss_curve"})
+            ),
+            "lacks part of a finished row's record",
+        ),
     ],
     ids=["truncated", "not-utf8", "not-a-record", "one-seed-short", "no-loss-curve"],
 )
@@ -296,7 +335,10 @@ def test_damaged_record_is_refused(tmp_path, damage, message):
     path, record = _row_files(tmp_path)
     damage(path)
     before = path.read_bytes()
-    with pytest.raises(CheckpointError, match=rf"ae\.json (is )?{re.escape(message)}.*delete .*ae\.json to redo ae, or rerun with --overwrite"):
+    with pytest.raises(
+        CheckpointError,
+        match=rf"ae\.json (is )?{re.escape(message)}.*delete .*ae\.json to redo ae, or rerun with --overwrite",
+    ):
         _load_finished(path, record["header"])
     assert path.read_bytes() == before
 
@@ -307,7 +349,7 @@ def _flip_a_stored_byte(p: Path) -> None:
         info = z.infolist()[-1]
     raw = bytearray(p.read_bytes())
     # a local file header is 30 bytes, then the name and the extra field, then the data
-    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26: info.header_offset + 30])
+    name_len, extra_len = struct.unpack("<HH", raw[info.header_offset + 26 : info.header_offset + 30])
     raw[info.header_offset + 30 + name_len + extra_len + info.compress_size // 2] ^= 0x10
     p.write_bytes(bytes(raw))
 
@@ -336,8 +378,11 @@ def test_damaged_images_are_refused(tmp_path, damage):
     npz = path.with_suffix(".npz")
     damage(npz)
     before = _files(tmp_path)
-    with pytest.raises(CheckpointError, match=r"ae\.npz (is missing, truncated or not an \.npz file|lacks the image array).*"
-                                              r"delete .*ae\.json to redo ae, or rerun with --overwrite"):
+    with pytest.raises(
+        CheckpointError,
+        match=r"ae\.npz (is missing, truncated or not an \.npz file|lacks the image array).*"
+        r"delete .*ae\.json to redo ae, or rerun with --overwrite",
+    ):
         _load_finished(path, record["header"])
     assert _files(tmp_path) == before
 
@@ -347,7 +392,10 @@ def test_damaged_images_are_refused(tmp_path, damage):
     [
         (lambda p: p.write_bytes(p.read_bytes()[: len(p.read_bytes()) // 2]), "is corrupt or truncated"),
         (lambda p: p.unlink(), "is missing: a finished row keeps its model there"),
-        (lambda p: save_checkpoint(p, {"state": {"w": np.zeros(2, np.float32)}}, {"config": {}}), "is not a jaxrae-model-v1 model"),
+        (
+            lambda p: save_checkpoint(p, {"state": {"w": np.zeros(2, np.float32)}}, {"config": {}}),
+            "is not a jaxrae-model-v1 model",
+        ),
     ],
     ids=["truncated", "missing", "resume-checkpoint"],
 )
@@ -355,7 +403,9 @@ def test_finished_row_without_a_sound_model_is_refused(tmp_path, damage, message
     path, record = _row_files(tmp_path)
     damage(tmp_path / ROW_MODELS_DIR / "ae" / MODEL_FILE)
     before = _files(tmp_path)
-    with pytest.raises(CheckpointError, match=rf"{re.escape(message)}.*delete .*ae\.json to redo ae, or rerun with --overwrite"):
+    with pytest.raises(
+        CheckpointError, match=rf"{re.escape(message)}.*delete .*ae\.json to redo ae, or rerun with --overwrite"
+    ):
         _load_finished(path, record["header"])
     assert _files(tmp_path) == before
 
@@ -363,9 +413,32 @@ def test_finished_row_without_a_sound_model_is_refused(tmp_path, damage, message
 # ---------------------------------------------------------------------------------------------
 # Through the command line: one line, exit 2, nothing rewritten
 
-COMPARE = ["compare", "--methods", "ae", "--seeds", "2", "--steps", "4", "--chunk-size", "2", "--batch-size", "32",
-           "--latent-dim", "4", "--n-train", "300", "--n-test", "120", "--n-eval", "40", "--feature-steps", "30",
-           "--n-components", "3", "--quiet"]
+COMPARE = [
+    "compare",
+    "--methods",
+    "ae",
+    "--seeds",
+    "2",
+    "--steps",
+    "4",
+    "--chunk-size",
+    "2",
+    "--batch-size",
+    "32",
+    "--latent-dim",
+    "4",
+    "--n-train",
+    "300",
+    "--n-test",
+    "120",
+    "--n-eval",
+    "40",
+    "--feature-steps",
+    "30",
+    "--n-components",
+    "3",
+    "--quiet",
+]
 
 
 @pytest.fixture(scope="module")
@@ -379,9 +452,11 @@ def finished_compare(tmp_path_factory):
 @pytest.mark.slow
 @pytest.mark.parametrize(
     "name, needle",
-    [("methods/ae.npz", "ae.npz is missing, truncated or not an .npz file (BadZipFile)"),
-     ("methods/ae.json", "ae.json is unreadable or truncated (JSONDecodeError)"),
-     ("models/ae/model.msgpack", "model.msgpack is corrupt or truncated")],
+    [
+        ("methods/ae.npz", "ae.npz is missing, truncated or not an .npz file (BadZipFile)"),
+        ("methods/ae.json", "ae.json is unreadable or truncated (JSONDecodeError)"),
+        ("models/ae/model.msgpack", "model.msgpack is corrupt or truncated"),
+    ],
 )
 def test_compare_resume_refuses_a_truncated_row_file(finished_compare, tmp_path, name, needle):
     out = tmp_path / "out"
@@ -397,8 +472,24 @@ def test_compare_resume_refuses_a_truncated_row_file(finished_compare, tmp_path,
 @pytest.mark.slow
 def test_train_resume_refuses_a_checkpoint_with_a_flipped_bit(tmp_path):
     out = tmp_path / "out"
-    args = ["train", "--method", "ae", "--seeds", "2", "--steps", "4", "--chunk-size", "2", "--batch-size", "16",
-            "--latent-dim", "4", "--out", str(out), "--quiet"]
+    args = [
+        "train",
+        "--method",
+        "ae",
+        "--seeds",
+        "2",
+        "--steps",
+        "4",
+        "--chunk-size",
+        "2",
+        "--batch-size",
+        "16",
+        "--latent-dim",
+        "4",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
     done = _jaxrae(*args)
     assert done.returncode == 0, done.stderr
     ckpt = out / "checkpoint.msgpack"
@@ -408,6 +499,10 @@ def test_train_resume_refuses_a_checkpoint_with_a_flipped_bit(tmp_path):
     ckpt.write_bytes(bytes(raw))
     before = _files(out)
     done = _jaxrae(*args, "--resume")
-    _assert_one_line_refusal(done, "checkpoint.msgpack is corrupt: state/params/decoder/Dense_1/kernel fails its SHA-256 check",
-                             "delete it", "--overwrite")
+    _assert_one_line_refusal(
+        done,
+        "checkpoint.msgpack is corrupt: state/params/decoder/Dense_1/kernel fails its SHA-256 check",
+        "delete it",
+        "--overwrite",
+    )
     assert _files(out) == before

@@ -14,7 +14,9 @@ ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 
 def jaxrae(*args, cwd=None):
-    return subprocess.run([sys.executable, "-m", "jaxrae.cli", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxrae.cli", *args], capture_output=True, text=True, env=ENV, cwd=cwd, timeout=600
+    )
 
 
 def test_methods_lists_every_preset():
@@ -26,8 +28,26 @@ def test_methods_lists_every_preset():
 
 def test_train_writes_results_and_refuses_to_overwrite(tmp_path):
     out_dir = tmp_path / "run"
-    args = ["train", "--method", "rae-l2", "--data", "digits", "--seeds", "2", "--steps", "20",
-            "--batch-size", "32", "--chunk-size", "10", "--lam", "1e-6", "--out", str(out_dir), "--quiet"]
+    args = [
+        "train",
+        "--method",
+        "rae-l2",
+        "--data",
+        "digits",
+        "--seeds",
+        "2",
+        "--steps",
+        "20",
+        "--batch-size",
+        "32",
+        "--chunk-size",
+        "10",
+        "--lam",
+        "1e-6",
+        "--out",
+        str(out_dir),
+        "--quiet",
+    ]
     done = jaxrae(*args)
     assert done.returncode == 0, done.stderr
     assert "test reconstruction error" in done.stdout

@@ -45,8 +45,11 @@ def test_committed_table_follows_from_its_results_json(path):
 
 
 def _ok_values(method: dict, key: str) -> dict[int, float]:
-    return {s: v for s, v, ok in zip(method["seeds"], method["metrics"][key], method["ok"])
-            if ok and v is not None and math.isfinite(v)}
+    return {
+        s: v
+        for s, v, ok in zip(method["seeds"], method["metrics"][key], method["ok"])
+        if ok and v is not None and math.isfinite(v)
+    }
 
 
 def _family_p_values(results: dict) -> dict[tuple[str, str], float]:
@@ -70,12 +73,19 @@ def _family_p_values(results: dict) -> dict[tuple[str, str], float]:
     return out
 
 
-@pytest.mark.parametrize("name, method, key", [("table1_digits", "rae", "fd_interp"),
-                                               ("table1_fashion_mnist", "wae", "precision"),
-                                               ("estimators_fashion_mnist", "reinmax-tau2", "fd_ex_post")])
+@pytest.mark.parametrize(
+    "name, method, key",
+    [
+        ("table1_digits", "rae", "fd_interp"),
+        ("table1_fashion_mnist", "wae", "precision"),
+        ("estimators_fashion_mnist", "reinmax-tau2", "fd_ex_post"),
+    ],
+)
 def test_a_mean_and_a_holm_adjusted_p_recomputed_independently(name, method, key):
     results, committed_md = _load(RESULTS / name / "results.json")
-    rows = {(r["method"], r["metric"]): r for r in csv.DictReader(io.StringIO((RESULTS / name / "table.csv").read_text()))}
+    rows = {
+        (r["method"], r["metric"]): r for r in csv.DictReader(io.StringIO((RESULTS / name / "table.csv").read_text()))
+    }
     row = rows[(method, key)]
     values = np.array(list(_ok_values(results["methods"][method], key).values()))
     assert float(row["mean"]) == pytest.approx(values.mean(), rel=1e-12)
@@ -91,6 +101,8 @@ def test_a_mean_and_a_holm_adjusted_p_recomputed_independently(name, method, key
     # the family's stars in the markdown grid are exactly the contrasts whose Holm p is <= 0.05
     adjusted = {c: min(1.0, max((m - j) * p[ordered[j]] for j in range(i + 1))) for i, c in enumerate(ordered)}
     grid = committed_md.split("## Paired difference")[1].split("## Per metric")[0]
-    n_stars = sum(cell.split(" p ")[0].endswith(("*", "*≈")) for line in grid.splitlines()[3:] for cell in line.split("|")[2:])
+    n_stars = sum(
+        cell.split(" p ")[0].endswith(("*", "*≈")) for line in grid.splitlines()[3:] for cell in line.split("|")[2:]
+    )
     assert n_stars == sum(a <= 0.05 for a in adjusted.values())
     assert f"family of the {m} (row, metric) contrasts" in committed_md

@@ -25,11 +25,29 @@ from jaxrae.errors import ConfigError
 from jaxrae.evaluate import _fit_ex_post, _seed_keys
 from jaxrae.experiment import Experiment, load_experiment
 
-OUTPUT_FILES = ["results.json", "table.md", "table.csv", "experiment.json", "reconstructions.png", "samples.png",
-                "interpolations.png", "metrics.png", "losses.png"]
+OUTPUT_FILES = [
+    "results.json",
+    "table.md",
+    "table.csv",
+    "experiment.json",
+    "reconstructions.png",
+    "samples.png",
+    "interpolations.png",
+    "metrics.png",
+    "losses.png",
+]
 
-TINY = dict(data="digits", seeds=(0, 1), n_train=300, n_test=120, n_eval=40, feature_steps=30, n_components=3, likelihood_k=20,
-            config={"steps": 20, "chunk_size": 10, "batch_size": 32, "latent_dim": 4, "n_classes": 4})
+TINY = dict(
+    data="digits",
+    seeds=(0, 1),
+    n_train=300,
+    n_test=120,
+    n_eval=40,
+    feature_steps=30,
+    n_components=3,
+    likelihood_k=20,
+    config={"steps": 20, "chunk_size": 10, "batch_size": 32, "latent_dim": 4, "n_classes": 4},
+)
 
 
 def tiny(methods=("ae", "drae"), **changes) -> Experiment:
@@ -125,9 +143,36 @@ def test_resume_after_interruption_gives_the_same_results(tmp_path, uninterrupte
 def test_cli_default_out_resumes_and_explicit_out_refuses(tmp_path, monkeypatch, cache_dir):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("JAXRAE_CACHE", str(cache_dir))
-    flags = ["compare", "--methods", "ae", "--seeds", "2", "--n-train", "300", "--n-test", "120", "--n-eval", "40",
-             "--feature-steps", "30", "--n-components", "3", "--likelihood-k", "20", "--steps", "20", "--chunk-size", "10", "--batch-size", "32", "--latent-dim", "4",
-             "--n-classes", "4", "--quiet"]
+    flags = [
+        "compare",
+        "--methods",
+        "ae",
+        "--seeds",
+        "2",
+        "--n-train",
+        "300",
+        "--n-test",
+        "120",
+        "--n-eval",
+        "40",
+        "--feature-steps",
+        "30",
+        "--n-components",
+        "3",
+        "--likelihood-k",
+        "20",
+        "--steps",
+        "20",
+        "--chunk-size",
+        "10",
+        "--batch-size",
+        "32",
+        "--latent-dim",
+        "4",
+        "--n-classes",
+        "4",
+        "--quiet",
+    ]
     assert cli.main(flags) == 0
     out = tmp_path / "runs" / "compare-digits"
     assert (out / "results.json").is_file()
@@ -153,8 +198,9 @@ def test_diverged_run_is_recorded_but_excluded_from_the_table(tmp_path, uninterr
     record = json.loads(record_path.read_text())
     record["ok"], record["diverged_at"] = [True, False], [-1, 7]  # as train() flags a run that went non-finite
     record_path.write_text(json.dumps(record))
-    results = run_compare(tiny(), out, resume=True, progress=False, feature_cache_dir=cache_dir,
-                          log=lambda *_: None, figures=False)
+    results = run_compare(
+        tiny(), out, resume=True, progress=False, feature_cache_dir=cache_dir, log=lambda *_: None, figures=False
+    )
     assert results["methods"]["drae"]["diverged_at"] == [-1, 7]  # recorded
     rows = {(r["method"], r["metric"]): r for r in csv.DictReader((out / "table.csv").open())}
     row = rows[("drae", "rec_error")]
@@ -179,7 +225,7 @@ def test_ex_post_fit_survives_a_run_with_non_finite_codes():
 # --------------------------------------------------------------------------------------------
 # Labelled variants: one preset in several rows (an estimator x temperature grid in one table)
 
-VARIANTS_TOML = '''
+VARIANTS_TOML = """
 methods = ["ae"]
 seeds = 2
 baseline = "st"
@@ -194,7 +240,7 @@ estimator = "st"
 method = "drae"
 estimator = "reinmax"
 tau = 0.5
-'''
+"""
 
 
 def _write(tmp_path, body, name="experiment.toml"):
@@ -217,18 +263,27 @@ def test_variants_are_rows_after_the_methods(tmp_path):
     assert only_variants.methods == () and list(only_variants.rows) == ["b", "a"]  # not the main job's methods
 
 
-@pytest.mark.parametrize("body, needles", [
-    ('methods = ["drae"]\n[variants.drae]\nmethod = "drae"\n', ["[variants.drae]", "rename the variant", "drop 'drae' from methods"]),
-    ('[variants.st]\nestimator = "st"\n', ["[variants.st]", 'method = "<preset>"']),
-    ('[variants.st]\nmethod = "drae"\nestimater = "st"\n', ["[variants.st]", "estimater"]),
-    ('[variants.st]\nmethod = "drea"\n', ["[variants.st]", "drea", "drae"]),
-    ('[variants.st]\nmethod = "drae"\ntau = -1.0\n', ["[variants.st]", "tau"]),
-    ('[variants."a/b"]\nmethod = "drae"\n', ['[variants."a/b"]', "letters, digits"]),
-    ('methods = ["ae"]\n[variants.st]\nmethod = "drae"\n[overrides.st]\nbeta = 1.0\n', ["[overrides.st]", "[variants.st]"]),
-    ('[variants.st]\nmethod = "drae"\nbaseline = "x"\n', ["[variants.st]", "baseline"]),  # a key of the wrong table
-    ('baseline = "drae"\n[variants.st]\nmethod = "drae"\n', ["baseline='drae'", "'st'"]),
-    ('variants = 3\n', ["variants", "table"]),
-])
+@pytest.mark.parametrize(
+    "body, needles",
+    [
+        (
+            'methods = ["drae"]\n[variants.drae]\nmethod = "drae"\n',
+            ["[variants.drae]", "rename the variant", "drop 'drae' from methods"],
+        ),
+        ('[variants.st]\nestimator = "st"\n', ["[variants.st]", 'method = "<preset>"']),
+        ('[variants.st]\nmethod = "drae"\nestimater = "st"\n', ["[variants.st]", "estimater"]),
+        ('[variants.st]\nmethod = "drea"\n', ["[variants.st]", "drea", "drae"]),
+        ('[variants.st]\nmethod = "drae"\ntau = -1.0\n', ["[variants.st]", "tau"]),
+        ('[variants."a/b"]\nmethod = "drae"\n', ['[variants."a/b"]', "letters, digits"]),
+        (
+            'methods = ["ae"]\n[variants.st]\nmethod = "drae"\n[overrides.st]\nbeta = 1.0\n',
+            ["[overrides.st]", "[variants.st]"],
+        ),
+        ('[variants.st]\nmethod = "drae"\nbaseline = "x"\n', ["[variants.st]", "baseline"]),  # a key of the wrong table
+        ('baseline = "drae"\n[variants.st]\nmethod = "drae"\n', ["baseline='drae'", "'st'"]),
+        ("variants = 3\n", ["variants", "table"]),
+    ],
+)
 def test_variant_mistakes_are_config_errors_naming_the_file(tmp_path, body, needles):
     path = _write(tmp_path, body)
     with pytest.raises(ConfigError) as error:
@@ -246,12 +301,18 @@ def test_flags_override_config_but_may_not_set_a_field_a_row_sets(tmp_path):
     exp = experiment_from_args(_args("--config", path, "--steps", "7", "--baseline", "reinmax-tau0.5"))
     assert all(exp.method_config(label).steps == 7 for label in exp.rows)  # a flag beats [config], in every row
     assert exp.method_config("reinmax-tau0.5").tau == 0.5 and exp.baseline_label == "reinmax-tau0.5"
-    with pytest.raises(ConfigError, match=r'--tau=1.0 is invalid: it sets tau .*\[variants."reinmax-tau0.5"\]') as error:
+    with pytest.raises(
+        ConfigError, match=r'--tau=1.0 is invalid: it sets tau .*\[variants."reinmax-tau0.5"\]'
+    ) as error:
         experiment_from_args(_args("--config", path, "--tau", "1"))  # would flatten the grid
     assert path in str(error.value) and "[variants.st]" not in str(error.value)  # st does not set tau
-    with pytest.raises(ConfigError, match=r"--estimator='st' is invalid: .*\[variants.st\], \[variants.\"reinmax-tau0.5\"\]"):
+    with pytest.raises(
+        ConfigError, match=r"--estimator='st' is invalid: .*\[variants.st\], \[variants.\"reinmax-tau0.5\"\]"
+    ):
         experiment_from_args(_args("--config", path, "--estimator", "st"))
-    with pytest.raises(ConfigError, match=r"--lr=0.01 is invalid: .*\[overrides.ae\]"):  # [overrides.m] is a row's table too
+    with pytest.raises(
+        ConfigError, match=r"--lr=0.01 is invalid: .*\[overrides.ae\]"
+    ):  # [overrides.m] is a row's table too
         experiment_from_args(_args("--config", path, "--lr", "0.01"))
     with pytest.raises(ConfigError, match="share one namespace"):
         experiment_from_args(_args("--config", path, "--methods", "ae,st"))
@@ -304,7 +365,9 @@ def test_variants_are_keyed_by_label_in_results_tables_and_resume(tmp_path, unin
     grid = tiny(methods=(), variants={"drae-st": st, "reinmax-tau2": hot})
     with pytest.raises(CompareInterrupted):
         run_compare(grid, out, resume=True, stop_after_chunks=1, **quiet)
-    assert (out / "checkpoints" / "reinmax-tau2.msgpack").exists() and not (out / "methods" / "reinmax-tau2.json").exists()
+    assert (out / "checkpoints" / "reinmax-tau2.msgpack").exists() and not (
+        out / "methods" / "reinmax-tau2.json"
+    ).exists()
     # 3. rerun: drae-st is skipped (record untouched), reinmax-tau2 continues from its checkpoint
     results = run_compare(grid, out, resume=True, **quiet)
     assert (out / "methods" / "drae-st.json").read_bytes() == st_record
@@ -314,7 +377,10 @@ def test_variants_are_keyed_by_label_in_results_tables_and_resume(tmp_path, unin
     a, b = saved["methods"]["drae-st"], saved["methods"]["reinmax-tau2"]
     assert a["preset"] == b["preset"] == "drae" and a["config"]["method"] == b["config"]["method"] == "drae"
     assert b["overrides"] == {"estimator": "reinmax", "tau": 2.0}
-    assert (a["config"]["estimator"], a["config"]["tau"]) == ("st", 1.0) and (b["config"]["estimator"], b["config"]["tau"]) == ("reinmax", 2.0)
+    assert (a["config"]["estimator"], a["config"]["tau"]) == ("st", 1.0) and (
+        b["config"]["estimator"],
+        b["config"]["tau"],
+    ) == ("reinmax", 2.0)
     assert a["metrics"] == full["methods"]["drae"]["metrics"]  # the same row under another label: the same numbers
     assert results["methods"]["reinmax-tau2"]["metrics"] != a["metrics"]
 
@@ -347,7 +413,11 @@ def test_results_json_records_the_test_likelihoods(uninterrupted):
         notes = m["notes"]["likelihood"]
         assert notes["k"] == 20 and notes["kind"] == "ex_post" and len(notes["proposal_width"]) == 2
         variance = settings["rows"][name]["observation_variance"]
-        assert settings["rows"][name]["likelihood"] == "gaussian" and len(variance) == 2 and all(0 < v < 0.25 for v in variance)
+        assert (
+            settings["rows"][name]["likelihood"] == "gaussian"
+            and len(variance) == 2
+            and all(0 < v < 0.25 for v in variance)
+        )
     assert {r["metric"] for r in csv.DictReader((out / "table.csv").open())} >= {"nll_ex_post", "nll_ex_post_bpd"}
     md = (out / "table.md").read_text()
     assert "NLL ex-post IS-20" in md and "observation variance sigma^2 fitted by maximum likelihood" in md
@@ -360,7 +430,9 @@ def binary_digits():
     return load_data("digits@binarize=static", n_train=300, n_test=30)
 
 
-@pytest.mark.parametrize("name,lik", [("vae", "bernoulli"), ("dvae", "bernoulli"), ("ae", "gaussian"), ("fsq", "bernoulli")])
+@pytest.mark.parametrize(
+    "name,lik", [("vae", "bernoulli"), ("dvae", "bernoulli"), ("ae", "gaussian"), ("fsq", "bernoulli")]
+)
 def test_evaluation_equals_jaxrae_likelihood_called_directly(binary_digits, name, lik):
     """evaluate_likelihoods against jaxrae.likelihood called by hand on each seed's model: the
     posterior (or proposal) from the encoder, log p(x | z) from the decoder, the same keys."""
@@ -371,8 +443,16 @@ def test_evaluation_equals_jaxrae_likelihood_called_directly(binary_digits, name
     from jaxrae.nets import AutoEncoder
     from jaxrae.train import train
 
-    config = TrainConfig(method=name, likelihood=lik, steps=10, chunk_size=10, batch_size=32, latent_dim=3, n_classes=3,
-                         fsq_levels=(3, 4))
+    config = TrainConfig(
+        method=name,
+        likelihood=lik,
+        steps=10,
+        chunk_size=10,
+        batch_size=32,
+        latent_dim=3,
+        n_classes=3,
+        fsq_levels=(3, 4),
+    )
     runs = train(config, binary_digits, seeds=(0, 3), progress=False)
     test, train_images = binary_digits.test_images, E.training_images(binary_digits)
     fitted, bad = E._fit_ex_post(runs, runs.encode(train_images), E._seed_keys(jax.random.key(5), runs.seeds), 2)
@@ -389,15 +469,22 @@ def test_evaluation_equals_jaxrae_likelihood_called_directly(binary_digits, name
             return model.apply(variables, z.reshape((z.shape[0], -1)), False, method=AutoEncoder.decode)
 
         if lik == "bernoulli":
+
             def f(image, z, decoded=decoded):
                 return L.bernoulli_log_likelihood(image, decoded(z))
         else:
-            recon = model.apply(variables, model.apply(variables, train_images, False, method=AutoEncoder.encode), False,
-                                method=AutoEncoder.decode)
+            recon = model.apply(
+                variables,
+                model.apply(variables, train_images, False, method=AutoEncoder.encode),
+                False,
+                method=AutoEncoder.decode,
+            )
             variance = np.mean((np.asarray(recon, np.float64) - train_images) ** 2)
             np.testing.assert_allclose(notes["observation_variance"][r], variance, rtol=1e-4)
+
             def f(image, z, decoded=decoded, variance=notes["observation_variance"][r]):
                 return L.gaussian_log_likelihood(image, decoded(z), variance)
+
         batch_key = jax.random.fold_in(jax.random.fold_in(key, seed), 1)
         if name in ("vae", "dvae"):
             if name == "vae":
@@ -453,7 +540,11 @@ def test_jang2017_toml_is_their_categorical_vae_setting():
     configs = {label: exp.method_config(label) for label in exp.rows}
     assert set(configs) == {"dvae", "dvae-st", "vae", "drae", "rae"}
     for c in configs.values():
-        assert (c.arch, c.likelihood, c.batch_size) == ("mlp", "bernoulli", 100) and c.steps * c.batch_size >= 30 * 60000
+        assert (c.arch, c.likelihood, c.batch_size) == (
+            "mlp",
+            "bernoulli",
+            100,
+        ) and c.steps * c.batch_size >= 30 * 60000
     for label in ("dvae", "dvae-st"):
         c = configs[label]
         assert (c.latent_dim, c.n_classes, c.beta, c.tau, c.tau_min, c.anneal_rate) == (20, 10, 1.0, 1.0, 0.5, 1e-4)

@@ -13,8 +13,22 @@ import pytest
 from jaxrae import distributed
 from jaxrae.cli import main
 
-TINY_TRAIN = ["train", "--method", "ae", "--seeds", "2", "--steps", "4", "--chunk-size", "2", "--batch-size", "16",
-              "--latent-dim", "2", "--quiet"]
+TINY_TRAIN = [
+    "train",
+    "--method",
+    "ae",
+    "--seeds",
+    "2",
+    "--steps",
+    "4",
+    "--chunk-size",
+    "2",
+    "--batch-size",
+    "16",
+    "--latent-dim",
+    "2",
+    "--quiet",
+]
 
 # Runs the CLI in a fresh process and counts JAX's persistent-cache events: a hit is a program loaded
 # from the cache; JAX records a "miss" when it writes a freshly compiled program into the cache.
@@ -34,15 +48,20 @@ def _start(tmp_path, out: str, *flags: str) -> subprocess.Popen:
     # The default location, under a private XDG_CACHE_HOME (conftest's JAXRAE_COMPILATION_CACHE removed).
     env = {k: v for k, v in os.environ.items() if k != distributed.ENV_COMPILATION_CACHE}
     env.update(XDG_CACHE_HOME=str(tmp_path / "xdg"), PYTHONWARNINGS="ignore")
-    return subprocess.Popen([sys.executable, "-c", _COUNTING_CLI, *TINY_TRAIN, "--out", str(tmp_path / out), *flags],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", _COUNTING_CLI, *TINY_TRAIN, "--out", str(tmp_path / out), *flags],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def _finish(proc: subprocess.Popen, tmp_path, out: str) -> tuple[dict, dict]:
     stdout, stderr = proc.communicate(timeout=600)
     lines = [line for line in stdout.splitlines() if line.startswith("CACHE ")]
     assert proc.returncode == 0 and lines, f"rc={proc.returncode}\n{stdout[-2000:]}\n{stderr[-3000:]}"
-    counts = json.loads(lines[-1][len("CACHE "):])
+    counts = json.loads(lines[-1][len("CACHE ") :])
     assert counts["status"] == 0, stderr
     history = json.loads((tmp_path / out / "history.json").read_text())
     return counts, {k: history[k] for k in ("metrics", "test_reconstruction_error", "diverged_at")}
@@ -54,7 +73,10 @@ def test_a_second_train_process_is_served_from_the_cache_with_the_same_losses(tm
     first, second = _start(tmp_path, "a"), _start(tmp_path, "b")
     (counts_a, history_a), (counts_b, history_b) = _finish(first, tmp_path, "a"), _finish(second, tmp_path, "b")
     cache = tmp_path / "xdg" / "jaxrae" / "xla"
-    assert counts_a["writes"] + counts_b["writes"] >= 1, (counts_a, counts_b)  # the later one may be served by the other
+    assert counts_a["writes"] + counts_b["writes"] >= 1, (
+        counts_a,
+        counts_b,
+    )  # the later one may be served by the other
     assert any(cache.iterdir())
     warm, opted_out = _start(tmp_path, "c"), _start(tmp_path, "d", "--no-compile-cache")
     (counts_c, history_c), (counts_d, history_d) = _finish(warm, tmp_path, "c"), _finish(opted_out, tmp_path, "d")
@@ -91,7 +113,10 @@ def test_a_default_cache_location_that_cannot_be_a_directory_is_one_warning(monk
     assert main(["methods"]) == 0
     err = capsys.readouterr().err.strip()
     assert "\n" not in err and err.startswith("jaxrae: warning:") and "without the compilation cache" in err, err
-    for argv in (["--no-compile-cache", "methods"], ["methods", "--no-compile-cache"]):  # opted out: nothing to warn about
+    for argv in (
+        ["--no-compile-cache", "methods"],
+        ["methods", "--no-compile-cache"],
+    ):  # opted out: nothing to warn about
         assert main(argv) == 0
         assert capsys.readouterr().err == ""
 

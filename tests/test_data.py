@@ -210,8 +210,12 @@ def test_read_idx_gzip_under_plain_name(tmp_path):
 @pytest.mark.parametrize("gz", [False, True])
 def test_idx_dir_round_trip_equals_digits(tmp_path, gz):
     ds = load_data("digits")
-    arrays = (ds.train_images_u8[..., 0], ds.train_labels.astype(np.uint8), ds.test_images_u8[..., 0],
-              ds.test_labels.astype(np.uint8))
+    arrays = (
+        ds.train_images_u8[..., 0],
+        ds.train_labels.astype(np.uint8),
+        ds.test_images_u8[..., 0],
+        ds.test_labels.astype(np.uint8),
+    )
     d = write_idx_dir(tmp_path / "digits_idx", arrays, gz)
     back = load_data(f"idx:{d}")
     assert back.name == f"idx:{d}"
@@ -297,7 +301,9 @@ def test_wrong_magic(small_idx_dir):
     data = bytearray(p.read_bytes())
     data[0] = 0x12
     p.write_bytes(bytes(data))
-    with pytest.raises(DataError, match="train-images-idx3-ubyte magic number='12 00 08 03' is invalid: an IDX file starts with 00 00"):
+    with pytest.raises(
+        DataError, match="train-images-idx3-ubyte magic number='12 00 08 03' is invalid: an IDX file starts with 00 00"
+    ):
         load_data(f"idx:{small_idx_dir}")
 
 
@@ -312,7 +318,9 @@ def test_unknown_dtype_code(tmp_path):
 def test_bad_ndim(tmp_path, ndim):
     p = tmp_path / "dims.idx"
     p.write_bytes(bytes([0, 0, 0x08, ndim]) + b"\x00\x00\x00\x01" * ndim + b"x")
-    with pytest.raises(DataError, match=f"dims.idx dimensions={ndim} is invalid: an IDX file declares 1 to 4 dimensions"):
+    with pytest.raises(
+        DataError, match=f"dims.idx dimensions={ndim} is invalid: an IDX file declares 1 to 4 dimensions"
+    ):
         read_idx(p)
 
 
@@ -371,13 +379,17 @@ def test_gzip_crc_mismatch(tmp_path):
 
 def test_count_mismatch(small_idx_dir):
     write_idx(small_idx_dir / IDX_FILES["train_labels"], np.zeros(5, np.uint8), gz=False)
-    with pytest.raises(DataError, match="train-labels-idx1-ubyte labels=5 is invalid: .*train-images-idx3-ubyte has 6 images"):
+    with pytest.raises(
+        DataError, match="train-labels-idx1-ubyte labels=5 is invalid: .*train-images-idx3-ubyte has 6 images"
+    ):
         load_data(f"idx:{small_idx_dir}")
 
 
 def test_labels_out_of_range(small_idx_dir):
     write_idx(small_idx_dir / IDX_FILES["test_labels"], np.array([0, 1, -3], np.int8), gz=False)
-    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte labels range=\(.*\) is invalid: must lie in \[0, 1000\)"):
+    with pytest.raises(
+        DataError, match=r"t10k-labels-idx1-ubyte labels range=\(.*\) is invalid: must lie in \[0, 1000\)"
+    ):
         load_data(f"idx:{small_idx_dir}")
 
 
@@ -386,13 +398,17 @@ def test_labels_must_be_integers_and_1d(small_idx_dir):
     with pytest.raises(DataError, match="t10k-labels-idx1-ubyte labels dtype='float.*' is invalid: must be integers"):
         load_data(f"idx:{small_idx_dir}")
     write_idx(small_idx_dir / IDX_FILES["test_labels"], np.zeros((3, 1), np.uint8), gz=False)
-    with pytest.raises(DataError, match=r"t10k-labels-idx1-ubyte shape=\(.*\) is invalid: labels must have 1 dimension"):
+    with pytest.raises(
+        DataError, match=r"t10k-labels-idx1-ubyte shape=\(.*\) is invalid: labels must have 1 dimension"
+    ):
         load_data(f"idx:{small_idx_dir}")
 
 
 def test_int_images_out_of_range(small_idx_dir):
     write_idx(small_idx_dir / IDX_FILES["test_images"], np.full((3, 4, 4), 300, np.int16), gz=False)
-    with pytest.raises(DataError, match=r"t10k-images-idx3-ubyte images range=\(.*\) is invalid: values must lie in \[0, 255\]"):
+    with pytest.raises(
+        DataError, match=r"t10k-images-idx3-ubyte images range=\(.*\) is invalid: values must lie in \[0, 255\]"
+    ):
         load_data(f"idx:{small_idx_dir}")
 
 
@@ -454,8 +470,13 @@ def _mutate(base: bytes, edits, cut: float, tail: bytes) -> bytes:
 
 
 @_FUZZ
-@given(data=st.one_of(st.binary(max_size=64), st.binary(min_size=2, max_size=256).map(lambda b: b"\x00\x00" + b),
-                      st.binary(max_size=256).map(lambda b: b"\x1f\x8b" + b)))
+@given(
+    data=st.one_of(
+        st.binary(max_size=64),
+        st.binary(min_size=2, max_size=256).map(lambda b: b"\x00\x00" + b),
+        st.binary(max_size=256).map(lambda b: b"\x1f\x8b" + b),
+    )
+)
 def test_fuzz_random_bytes(tmp_path, data):
     _check_read(tmp_path, data)
 
@@ -517,8 +538,9 @@ def test_area_resize_constant_blocks_and_reference():
     rng = np.random.default_rng(0)
     for (h, w), (oh, ow) in [((7, 5), (3, 4)), ((35, 35), (16, 16)), ((9, 6), (9, 12)), ((5, 5), (5, 5))]:
         x = rng.integers(0, 256, size=(2, h, w, 3), dtype=np.uint8)
-        np.testing.assert_array_equal(area_resize(x, (oh, ow)), reference_area_resize(x, oh, ow),
-                                      err_msg=f"{h}x{w}->{oh}x{ow}")
+        np.testing.assert_array_equal(
+            area_resize(x, (oh, ow)), reference_area_resize(x, oh, ow), err_msg=f"{h}x{w}->{oh}x{ow}"
+        )
 
 
 def test_center_crop_is_the_wae_celeba_window():
@@ -563,7 +585,12 @@ def test_load_data_crop_and_resize_digits():
 @pytest.mark.parametrize(
     "spec, kw, error, match",
     [
-        ("digits", {"crop": 9}, DataError, r"crop=9 is invalid: larger than the 8x8 images of digits@crop=9; .*at most 8x8"),
+        (
+            "digits",
+            {"crop": 9},
+            DataError,
+            r"crop=9 is invalid: larger than the 8x8 images of digits@crop=9; .*at most 8x8",
+        ),
         ("digits", {"crop": (4, 20)}, DataError, r"crop=\(4, 20\) is invalid: larger than the 8x8 images"),
         ("digits", {"crop": 0}, ConfigError, "crop=0 is invalid: must be a positive integer"),
         ("digits", {"image_size": True}, ConfigError, "image_size=True is invalid"),
@@ -603,7 +630,9 @@ def test_upsampling_chunks_are_sized_by_the_output(monkeypatch):
 
     chunks = []
     apply = Preprocess.apply
-    monkeypatch.setattr(Preprocess, "apply", lambda self, images, source: chunks.append(len(images)) or apply(self, images, source))
+    monkeypatch.setattr(
+        Preprocess, "apply", lambda self, images, source: chunks.append(len(images)) or apply(self, images, source)
+    )
     monkeypatch.setattr("jaxrae.data.preprocess._PREPROCESS_CHUNK_BYTES", 8 * 16 * 16 * 4)  # 4 output images
     x = np.random.default_rng(2).integers(0, 256, size=(10, 8, 8, 1), dtype=np.uint8)
     out = preprocess_images(x, image_size=16)
@@ -637,8 +666,9 @@ def test_make_dataset_attributes_and_fingerprint():
     y = np.zeros(4, np.int32)
     attrs = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 0], [0, 1, 0]], bool)
     plain = make_dataset("p", x, y, x, y)
-    ds = make_dataset("a", x, y, x, y, train_attributes=attrs, test_attributes=attrs[::-1],
-                      attribute_names=["u", "v", "w"])
+    ds = make_dataset(
+        "a", x, y, x, y, train_attributes=attrs, test_attributes=attrs[::-1], attribute_names=["u", "v", "w"]
+    )
     assert plain.train_attributes is None and plain.n_attributes == 0 and plain.attribute_names == ()
     assert ds.train_attributes.dtype == np.uint8 and ds.n_attributes == 3 and ds.attribute_names == ("u", "v", "w")
     assert ds.fingerprint != plain.fingerprint  # attributes are content
@@ -683,8 +713,9 @@ def test_tfds_mock_celeb_a_crop_resize_and_attributes(monkeypatch):
     assert raw.image_shape == (218, 178, 3) and ds.image_shape == (64, 64, 3)
     assert ds.name == "tfds:celeb_a@crop=140,image_size=64" and (ds.n_train, ds.n_test) == (3, 5)
     # read in chunks, preprocessed while reading: the same bytes as preprocessing the whole split
-    np.testing.assert_array_equal(ds.train_images_u8,
-                                  preprocess_images(raw.train_images_u8[:3], crop=140, image_size=64))
+    np.testing.assert_array_equal(
+        ds.train_images_u8, preprocess_images(raw.train_images_u8[:3], crop=140, image_size=64)
+    )
     np.testing.assert_array_equal(ds.test_images_u8, area_resize(center_crop(raw.test_images_u8, 140), 64))
     # celeb_a: no class label (all 0), 40 binary attributes kept in a fixed (sorted) order
     assert ds.n_classes == 1 and ds.n_attributes == 40 and ds.train_attributes.shape == (3, 40)
@@ -714,9 +745,12 @@ def test_fashion_mnist_falls_back_to_tfds(monkeypatch, tmp_path):
 def test_fashion_mnist_absent_everywhere_names_both_fixes(monkeypatch, tmp_path):
     monkeypatch.setattr("jaxrae.data.spec.DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import fail
-    with pytest.raises(DataError, match=r"^data='fashion_mnist' is invalid: Fashion-MNIST is not installed .*run: apt-get "
-                       r"install dataset-fashion-mnist .*fallback failed too: needs tensorflow-datasets, which is not "
-                       r"installed; run: pip install 'jaxrae\[tfds\]'$"):
+    with pytest.raises(
+        DataError,
+        match=r"^data='fashion_mnist' is invalid: Fashion-MNIST is not installed .*run: apt-get "
+        r"install dataset-fashion-mnist .*fallback failed too: needs tensorflow-datasets, which is not "
+        r"installed; run: pip install 'jaxrae\[tfds\]'$",
+    ):
         load_data("fashion_mnist")
 
 
@@ -728,14 +762,34 @@ def test_tfds_unknown_name_is_one_line_naming_close_names_not_tensorflow():
         load_data("tfds:minst")
     message = str(caught.value)
     assert "\n" not in message and "TensorFlow" not in message
-    assert message.startswith("data='tfds:minst' is invalid: tensorflow-datasets has no data set named 'minst' (did you mean mnist")
+    assert message.startswith(
+        "data='tfds:minst' is invalid: tensorflow-datasets has no data set named 'minst' (did you mean mnist"
+    )
     assert "tfds.list_builders()" in message
 
 
 def test_tfds_unknown_name_through_the_cli_is_one_line_exit_2(tmp_path):
     pytest.importorskip("tensorflow_datasets", reason="tfds:<name> is the optional extra jaxrae[tfds]")
-    done = subprocess.run([sys.executable, "-m", "jaxrae.cli", "compare", "--data", "tfds:minst", "--out", str(tmp_path / "out"),
-                           "--methods", "ae", "--seeds", "1"], check=False, capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jaxrae.cli",
+            "compare",
+            "--data",
+            "tfds:minst",
+            "--out",
+            str(tmp_path / "out"),
+            "--methods",
+            "ae",
+            "--seeds",
+            "1",
+        ],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 2 and done.stdout == ""
     assert done.stderr.count("\n") == 1 and "has no data set named 'minst' (did you mean mnist" in done.stderr
 
@@ -751,19 +805,32 @@ def _tfds_raising(monkeypatch, error):
     monkeypatch.setitem(sys.modules, "tensorflow", None)  # makes the import fail
 
 
-@pytest.mark.parametrize("error, match", [
-    # a module tfds needs to prepare the data set: name it and the pip command, not TensorFlow
-    (ModuleNotFoundError("No module named 'importlib_resources'", name="importlib_resources"),
-     r"needs the Python module 'importlib_resources' to read it, which is not installed; run: pip install importlib_resources$"),
-    (ModuleNotFoundError("No module named 'PIL'", name="PIL"), r"module 'PIL' .* run: pip install pillow$"),
-    # TFRecord-prepared data: TensorFlow is what is missing
-    (NotImplementedError("Random access data source for file format FileFormat.TFRECORD is not supported.\n\t* more"),
-     r"prepared in TFRecord format, which only TensorFlow reads, and TensorFlow is not installed; run: pip install tensorflow$"),
-    # anything else (not prepared, no network): the first line of tfds' reason and how to prepare it
-    (ConnectionError("cannot reach the download server\nline 2\nline 3"),
-     (r"cannot read it \(ConnectionError: cannot reach the download server\); prepare it first: "
-      r"tfds build mnist --file_format=array_record$")),
-])
+@pytest.mark.parametrize(
+    "error, match",
+    [
+        # a module tfds needs to prepare the data set: name it and the pip command, not TensorFlow
+        (
+            ModuleNotFoundError("No module named 'importlib_resources'", name="importlib_resources"),
+            r"needs the Python module 'importlib_resources' to read it, which is not installed; run: pip install importlib_resources$",
+        ),
+        (ModuleNotFoundError("No module named 'PIL'", name="PIL"), r"module 'PIL' .* run: pip install pillow$"),
+        # TFRecord-prepared data: TensorFlow is what is missing
+        (
+            NotImplementedError(
+                "Random access data source for file format FileFormat.TFRECORD is not supported.\n\t* more"
+            ),
+            r"prepared in TFRecord format, which only TensorFlow reads, and TensorFlow is not installed; run: pip install tensorflow$",
+        ),
+        # anything else (not prepared, no network): the first line of tfds' reason and how to prepare it
+        (
+            ConnectionError("cannot reach the download server\nline 2\nline 3"),
+            (
+                r"cannot read it \(ConnectionError: cannot reach the download server\); prepare it first: "
+                r"tfds build mnist --file_format=array_record$"
+            ),
+        ),
+    ],
+)
 def test_tfds_failures_say_what_is_missing_and_the_command(monkeypatch, error, match):
     _tfds_raising(monkeypatch, error)
     with pytest.raises(DataError, match=r"^data='tfds:mnist' is invalid: .*" + match) as caught:
@@ -774,14 +841,19 @@ def test_tfds_failures_say_what_is_missing_and_the_command(monkeypatch, error, m
 def test_fashion_mnist_fallback_names_the_missing_module_not_missing_data(monkeypatch, tmp_path):
     monkeypatch.setattr("jaxrae.data.spec.DEBIAN_FASHION_MNIST_DIR", tmp_path / "absent")
     _tfds_raising(monkeypatch, ModuleNotFoundError("No module named 'importlib_resources'", name="importlib_resources"))
-    with pytest.raises(DataError, match=r"fallback failed too: tensorflow-datasets needs the Python module "
-                                        r"'importlib_resources' to read it, which is not installed; run: pip install importlib_resources$"):
+    with pytest.raises(
+        DataError,
+        match=r"fallback failed too: tensorflow-datasets needs the Python module "
+        r"'importlib_resources' to read it, which is not installed; run: pip install importlib_resources$",
+    ):
         load_data("fashion_mnist")
 
 
 def test_tfds_missing_is_data_error_naming_extra(monkeypatch):
     monkeypatch.setitem(sys.modules, "tensorflow_datasets", None)  # makes the import fail
-    with pytest.raises(DataError, match=r"needs tensorflow-datasets, which is not installed; run: pip install 'jaxrae\[tfds\]'$"):
+    with pytest.raises(
+        DataError, match=r"needs tensorflow-datasets, which is not installed; run: pip install 'jaxrae\[tfds\]'$"
+    ):
         load_data("tfds:mnist")
 
 

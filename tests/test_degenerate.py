@@ -35,14 +35,31 @@ def constant_images_run(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("zeros")
     labels = np.random.default_rng(0).integers(0, 10, size=N_TRAIN + N_TEST).astype(np.uint8)
     zeros = np.zeros((N_TRAIN + N_TEST, 8, 8), np.uint8)
-    for key, array in (("train_images", zeros[:N_TRAIN]), ("train_labels", labels[:N_TRAIN]),
-                       ("test_images", zeros[N_TRAIN:]), ("test_labels", labels[N_TRAIN:])):
+    for key, array in (
+        ("train_images", zeros[:N_TRAIN]),
+        ("train_labels", labels[:N_TRAIN]),
+        ("test_images", zeros[N_TRAIN:]),
+        ("test_labels", labels[N_TRAIN:]),
+    ):
         write_idx(data_dir / IDX_FILES[key], array)
-    experiment = Experiment(data=f"idx:{data_dir}", methods=("ae", "drae"), seeds=(0, 1), n_eval=20,
-                            feature_steps=30, n_components=3, config=CONFIG)
+    experiment = Experiment(
+        data=f"idx:{data_dir}",
+        methods=("ae", "drae"),
+        seeds=(0, 1),
+        n_eval=20,
+        feature_steps=30,
+        n_components=3,
+        config=CONFIG,
+    )
     out = tmp_path_factory.mktemp("out") / "run"
-    run_compare(experiment, out, progress=False, feature_cache_dir=tmp_path_factory.mktemp("cache"),
-                log=lambda *_: None, figures=False)
+    run_compare(
+        experiment,
+        out,
+        progress=False,
+        feature_cache_dir=tmp_path_factory.mktemp("cache"),
+        log=lambda *_: None,
+        figures=False,
+    )
     return out
 
 
@@ -54,8 +71,9 @@ def test_constant_images_warn_in_results_json(constant_images_run):
     drae = [w for w in warned if w.startswith("drae: ")]
     # continuous codes: every direction at the floor, for both seeds; one distinct code for 3 components
     assert any("codes at the covariance floor" in w and "seed 0: 4 of 4; seed 1: 4 of 4 directions" in w for w in ae)
-    assert any("fewer distinct training codes than the 3 mixture components (seed 0: 1; seed 1: 1 distinct)" in w
-               for w in ae)
+    assert any(
+        "fewer distinct training codes than the 3 mixture components (seed 0: 1; seed 1: 1 distinct)" in w for w in ae
+    )
     # discrete codes have no covariance, but the same duplicate codes
     assert len(drae) == 1 and "fewer distinct training codes than the 3 mixture components" in drae[0]
     # the row's own record carries its warnings (so a resumed run reports them too)
@@ -82,20 +100,39 @@ def test_healthy_codes_give_no_warning():
     collapsed = codes.copy()
     collapsed[0, :, 2] = 0.5
     assert ex_post_warnings(collapsed, [7, 8], 10, discrete=False)[0].startswith(
-        "codes at the covariance floor (variance <= 1e-05) in seed 7: 1 of 4 directions")
+        "codes at the covariance floor (variance <= 1e-05) in seed 7: 1 of 4 directions"
+    )
 
 
-@pytest.mark.parametrize("n_train, n_components, match", [
-    (200, 500, r"^n_components=500 is invalid: more mixture components than the 200 points"),
-    (None, 100000, rf"^n_components=100000 is invalid: at most {MAX_MIXTURE_COMPONENTS} mixture components"),
-])
+@pytest.mark.parametrize(
+    "n_train, n_components, match",
+    [
+        (200, 500, r"^n_components=500 is invalid: more mixture components than the 200 points"),
+        (None, 100000, rf"^n_components=100000 is invalid: at most {MAX_MIXTURE_COMPONENTS} mixture components"),
+    ],
+)
 def test_too_many_components_stop_before_training(tmp_path, monkeypatch, n_train, n_components, match):
     def no_training(*args, **kwargs):
         raise AssertionError("trained although the mixture cannot be fitted")
 
     monkeypatch.setattr(compare, "train", no_training)
-    experiment = Experiment(data="digits", methods=("ae",), seeds=(0,), n_train=n_train, n_test=40, n_eval=20,
-                            feature_steps=30, n_components=n_components, config=CONFIG)
+    experiment = Experiment(
+        data="digits",
+        methods=("ae",),
+        seeds=(0,),
+        n_train=n_train,
+        n_test=40,
+        n_eval=20,
+        feature_steps=30,
+        n_components=n_components,
+        config=CONFIG,
+    )
     with pytest.raises(ConfigError, match=match):
-        run_compare(experiment, tmp_path / "out", progress=False, feature_cache_dir=tmp_path / "cache",
-                    log=lambda *_: None, figures=False)
+        run_compare(
+            experiment,
+            tmp_path / "out",
+            progress=False,
+            feature_cache_dir=tmp_path / "cache",
+            log=lambda *_: None,
+            figures=False,
+        )

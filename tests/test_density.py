@@ -50,9 +50,13 @@ def sklearn_initial_parameters(x, means_init, covariance, reg_covar):
     counts = resp.sum(0) + 10 * np.finfo(x.dtype).eps
     centroids = resp.T @ x / counts[:, None]
     if covariance == "full":
-        covariances = np.stack([
-            (resp[:, k, None] * (x - centroids[k])).T @ (x - centroids[k]) / counts[k]
-            + reg_covar * np.eye(x.shape[1]) for k in range(n_components)])
+        covariances = np.stack(
+            [
+                (resp[:, k, None] * (x - centroids[k])).T @ (x - centroids[k]) / counts[k]
+                + reg_covar * np.eye(x.shape[1])
+                for k in range(n_components)
+            ]
+        )
         precisions = np.linalg.inv(covariances)
     else:
         variances = (resp.T @ (x - 0) ** 2) / counts[:, None] - centroids**2 + reg_covar
@@ -89,14 +93,21 @@ def test_same_start_as_sklearn_gives_same_per_sample_log_likelihood(covariance):
     x = planted_gaussian_mixture(seed=1, n=300, separation=2.0)
     means_init = x[np.random.default_rng(1).choice(len(x), N_COMPONENTS, replace=False)]
     weights_init, precisions_init = sklearn_initial_parameters(x, means_init, covariance, 1e-6)
-    reference = SklearnGaussianMixture(N_COMPONENTS, covariance_type=covariance, tol=1e-3,
-                                       reg_covar=1e-6, max_iter=100, weights_init=weights_init,
-                                       means_init=means_init,
-                                       precisions_init=precisions_init).fit(x)
+    reference = SklearnGaussianMixture(
+        N_COMPONENTS,
+        covariance_type=covariance,
+        tol=1e-3,
+        reg_covar=1e-6,
+        max_iter=100,
+        weights_init=weights_init,
+        means_init=means_init,
+        precisions_init=precisions_init,
+    ).fit(x)
     # float64 only inside this block: jax's x64 flag is a context, so other tests stay float32.
     with jax.enable_x64(True):
-        mixture = fit_gmm(jax.random.key(0), jnp.asarray(x), N_COMPONENTS, covariance,
-                          means_init=jnp.asarray(means_init))
+        mixture = fit_gmm(
+            jax.random.key(0), jnp.asarray(x), N_COMPONENTS, covariance, means_init=jnp.asarray(means_init)
+        )
         assert mixture.means.dtype == jnp.float64
         log_likelihood = np.asarray(mixture.log_prob(jnp.asarray(x)))
     assert int(mixture.n_iter) == reference.n_iter_ > 1
@@ -119,8 +130,7 @@ def test_fit_gaussian_is_the_maximum_likelihood_gaussian(data32):
     x = data32.astype(np.float64)
     mean, covariance = x.mean(0), np.cov(x.T, bias=True) + 1e-6 * np.eye(x.shape[1])
     np.testing.assert_allclose(np.asarray(mixture.means[0]), mean, rtol=1e-4, atol=1e-4)
-    np.testing.assert_allclose(np.asarray(mixture.covariance_matrices()[0]), covariance,
-                               rtol=1e-4, atol=1e-4)
+    np.testing.assert_allclose(np.asarray(mixture.covariance_matrices()[0]), covariance, rtol=1e-4, atol=1e-4)
     expected = multivariate_normal(mean, covariance).logpdf(x)
     np.testing.assert_allclose(np.asarray(mixture.log_prob(data32)), expected, atol=1e-3)
     assert mixture.n_components == 1 and bool(mixture.converged)
@@ -135,8 +145,7 @@ def test_vmapped_fit_of_four_seeds_equals_four_single_fits():
     # Different data per seed, so the seeds stop after different numbers of iterations and the
     # frozen-after-convergence property is actually exercised. In float64, because batched and
     # single matmuls round differently and EM carries float32 rounding to ~1e-5 in the weights.
-    xs = np.stack([planted_gaussian_mixture(seed=10 + s, n=200, dim=2, separation=1.5)
-                   for s in range(4)])
+    xs = np.stack([planted_gaussian_mixture(seed=10 + s, n=200, dim=2, separation=1.5) for s in range(4)])
     with jax.enable_x64(True):
         # Raw uint32 keys here (shape (4, 2)); the other tests use typed keys: both are accepted.
         keys = jax.random.split(jax.random.PRNGKey(3), 4)
@@ -149,9 +158,13 @@ def test_vmapped_fit_of_four_seeds_equals_four_single_fits():
     for s, single in enumerate(singles):
         assert int(single.n_iter) == int(stacked.n_iter[s])
         for field in ("weights", "means", "precisions_cholesky", "lower_bound"):
-            np.testing.assert_allclose(np.asarray(getattr(stacked, field)[s]),
-                                       np.asarray(getattr(single, field)),
-                                       rtol=1e-9, atol=1e-9, err_msg=field)
+            np.testing.assert_allclose(
+                np.asarray(getattr(stacked, field)[s]),
+                np.asarray(getattr(single, field)),
+                rtol=1e-9,
+                atol=1e-9,
+                err_msg=field,
+            )
     np.testing.assert_array_equal(np.asarray(from_one_key.means), np.asarray(stacked.means))
 
 
@@ -159,8 +172,7 @@ def test_mixture_is_a_pytree_usable_under_jit_and_vmap(gmm32, data32):
     stacked = jax.tree.map(lambda leaf: jnp.stack([leaf, leaf]), gmm32)
     per_seed = jax.jit(jax.vmap(lambda mixture, x: mixture.log_prob(x)))(stacked, data32[None].repeat(2, 0))
     assert per_seed.shape == (2, len(data32))
-    np.testing.assert_allclose(np.asarray(per_seed[1]), np.asarray(gmm32.log_prob(data32)),
-                               rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(per_seed[1]), np.asarray(gmm32.log_prob(data32)), rtol=1e-5, atol=1e-5)
 
 
 def test_random_init_finds_the_same_optimum(data32, gmm32):
@@ -179,8 +191,7 @@ def test_gmm_samples_have_the_fitted_moments(gmm32):
     mean, covariance = mixture_moments(gmm32)
     scale = np.sqrt(np.diag(covariance))
     np.testing.assert_allclose(samples.mean(0), mean, atol=0.05 * scale.max())
-    np.testing.assert_allclose(np.cov(samples.T, bias=True), covariance,
-                               atol=0.05 * scale.max() ** 2)
+    np.testing.assert_allclose(np.cov(samples.T, bias=True), covariance, atol=0.05 * scale.max() ** 2)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -215,8 +226,7 @@ def planted_categorical():
 @pytest.fixture(scope="module")
 def categorical_fit(planted_categorical):
     train, _, _ = planted_categorical
-    return fit_categorical_mixture(jax.random.key(0), train, N_CLASSES, N_LATENT, alpha=0.1,
-                                   n_init=3)
+    return fit_categorical_mixture(jax.random.key(0), train, N_CLASSES, N_LATENT, alpha=0.1, n_init=3)
 
 
 def test_planted_categorical_mixture_is_recovered(planted_categorical, categorical_fit):
@@ -224,8 +234,7 @@ def test_planted_categorical_mixture_is_recovered(planted_categorical, categoric
     held_out = float(jnp.mean(categorical_fit.log_prob(test)))
     truth = float(np.mean(true_log_prob(test)))
     assert abs(held_out - truth) < 0.03, (held_out, truth)
-    np.testing.assert_allclose(np.sort(np.asarray(categorical_fit.weights)), [0.2, 0.3, 0.5],
-                               atol=0.05)
+    np.testing.assert_allclose(np.sort(np.asarray(categorical_fit.weights)), [0.2, 0.3, 0.5], atol=0.05)
     assert bool(categorical_fit.converged)
 
 
@@ -233,8 +242,7 @@ def test_categorical_samples_have_the_fitted_marginals(categorical_fit):
     samples = np.asarray(categorical_fit.sample(jax.random.key(1), 20_000))
     assert samples.shape == (20_000, N_VARS) and samples.min() >= 0 and samples.max() < N_CLASSES
     empirical = np.stack([np.bincount(samples[:, v], minlength=N_CLASSES) for v in range(N_VARS)])
-    model = np.einsum("c,cvk->vk", np.asarray(categorical_fit.weights),
-                      np.asarray(categorical_fit.class_probs))
+    model = np.einsum("c,cvk->vk", np.asarray(categorical_fit.weights), np.asarray(categorical_fit.class_probs))
     np.testing.assert_allclose(empirical / len(samples), model, atol=0.02)
     assert isinstance(categorical_fit, CategoricalMixture)
 
@@ -247,8 +255,9 @@ def test_categorical_vmapped_seeds_equal_single_fits(planted_categorical):
     for s in range(3):
         single = fit_categorical_mixture(keys[s], codes[s], N_CLASSES, N_LATENT)
         assert int(single.n_iter) == int(stacked.n_iter[s])
-        np.testing.assert_allclose(np.asarray(stacked.log_class_probs[s]),
-                                   np.asarray(single.log_class_probs), rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(
+            np.asarray(stacked.log_class_probs[s]), np.asarray(single.log_class_probs), rtol=1e-5, atol=1e-5
+        )
 
 
 def test_categorical_degenerate_codes_give_finite_fits():
@@ -301,18 +310,28 @@ def test_non_finite_input_is_a_data_error(bad):
         fit_gaussian(x)
 
 
-@pytest.mark.parametrize("x", [np.zeros(5), np.zeros((2, 2, 2, 2)), np.zeros((0, 3))],
-                         ids=["rank 1", "rank 4", "empty"])
+@pytest.mark.parametrize(
+    "x", [np.zeros(5), np.zeros((2, 2, 2, 2)), np.zeros((0, 3))], ids=["rank 1", "rank 4", "empty"]
+)
 def test_badly_shaped_input_is_a_data_error(x):
     with pytest.raises(DataError):
         fit_gmm(jax.random.key(0), x, 2)
 
 
-@pytest.mark.parametrize("kwargs", [
-    {"n_components": 0}, {"covariance": "tied"}, {"covariance": "bogus"}, {"n_init": 0},
-    {"max_iter": 0}, {"reg_covar": -1.0}, {"tol": float("nan")}, {"init": "spectral"},
-    {"n_components": 2.5},
-])
+@pytest.mark.parametrize(
+    "kwargs",
+    [
+        {"n_components": 0},
+        {"covariance": "tied"},
+        {"covariance": "bogus"},
+        {"n_init": 0},
+        {"max_iter": 0},
+        {"reg_covar": -1.0},
+        {"tol": float("nan")},
+        {"init": "spectral"},
+        {"n_components": 2.5},
+    ],
+)
 def test_bad_arguments_are_config_errors(kwargs):
     ((field, value),) = kwargs.items()
     with pytest.raises(ConfigError, match=rf"^{field}={value!r} is invalid: "):

@@ -32,7 +32,7 @@ def synthetic_dataset(n_train=320, n_test=160, n_classes=4, seed=0):
         images = rng.uniform(0, 80, size=(n, 8, 8, 1))
         for i, c in enumerate(labels):
             row, col = divmod(int(c), 2)
-            images[i, 4 * row:4 * row + 4, 4 * col:4 * col + 4] += 150
+            images[i, 4 * row : 4 * row + 4, 4 * col : 4 * col + 4] += 150
         return images.clip(0, 255).astype(np.uint8), labels.astype(np.int32)
 
     train_x, train_y = split(n_train)
@@ -61,13 +61,17 @@ def test_feature_network_learns_and_gives_features(dataset, trained_net):
     assert feats.dtype == np.float32 and np.all(np.isfinite(feats))
     # Batching pads the last batch: features must not depend on the batch a row lands in.
     np.testing.assert_allclose(trained_net.features(dataset.test_images[:7]), feats[:7], rtol=1e-5, atol=1e-6)
-    np.testing.assert_array_equal(trained_net.features(dataset.test_images_u8[:7]), trained_net.features(dataset.test_images[:7]))
+    np.testing.assert_array_equal(
+        trained_net.features(dataset.test_images_u8[:7]), trained_net.features(dataset.test_images[:7])
+    )
     # Train and test images of the same distribution are close; a shifted class mix is far.
     same = trained_net.frechet_distance(dataset.train_images, dataset.test_images)
     one_class = dataset.test_images[dataset.test_labels == 0]
     assert same < trained_net.frechet_distance(dataset.train_images, one_class)
     assert trained_net.metric_label.startswith("FD in classifier features (test acc")
-    with pytest.raises(DataError, match=r"images.shape=\(3, 28, 28, 1\) is invalid: the feature network expects images of shape"):
+    with pytest.raises(
+        DataError, match=r"images.shape=\(3, 28, 28, 1\) is invalid: the feature network expects images of shape"
+    ):
         trained_net.features(np.zeros((3, 28, 28, 1), np.float32))
     nan_images = dataset.test_images[:3].copy()
     nan_images[1, 2, 3, 0] = np.nan
@@ -134,7 +138,8 @@ def test_majority_warning_is_the_proportional_reduction_in_error():
     assert features.majority_warning(float("nan"), m) is None and features.majority_warning(0.5, float("nan")) is None
     # CelebA-like imbalance: 85% mean attribute accuracy is near a majority rule of 84%, 90% is not
     assert features.majority_warning(0.85, 0.84, "test mean attribute accuracy").startswith(
-        "the FD feature network is at or near the majority rule (test mean attribute accuracy 85.0%")
+        "the FD feature network is at or near the majority rule (test mean attribute accuracy 85.0%"
+    )
     assert features.majority_warning(0.90, 0.84) is None
 
 
@@ -174,13 +179,21 @@ def attribute_dataset(n_train=320, n_test=160, seed=1):
         images = rng.uniform(0, 80, size=(n, 8, 8, 1))
         for q in range(4):
             row, col = divmod(q, 2)
-            images[:, 4 * row:4 * row + 4, 4 * col:4 * col + 4] += 150 * attributes[:, q, None, None, None]
+            images[:, 4 * row : 4 * row + 4, 4 * col : 4 * col + 4] += 150 * attributes[:, q, None, None, None]
         return images.clip(0, 255).astype(np.uint8), np.zeros(n, np.int32), attributes
 
     train_x, train_y, train_a = split(n_train)
     test_x, test_y, test_a = split(n_test)
-    return make_dataset("attrs", train_x, train_y, test_x, test_y, train_attributes=train_a, test_attributes=test_a,
-                        attribute_names=["top_left", "top_right", "bottom_left", "bottom_right"])
+    return make_dataset(
+        "attrs",
+        train_x,
+        train_y,
+        test_x,
+        test_y,
+        train_attributes=train_a,
+        test_attributes=test_a,
+        attribute_names=["top_left", "top_right", "bottom_left", "bottom_right"],
+    )
 
 
 @pytest.fixture(scope="module")
@@ -220,8 +233,15 @@ def test_label_network_version_and_labels_winning_over_attributes(dataset, train
     assert 0.2 < trained_net.majority_accuracy < 0.4  # 4 roughly balanced classes
     # labels win over attributes when a data set has both
     attrs = np.zeros((dataset.n_train, 2), np.uint8)
-    both = make_dataset("both", dataset.train_images_u8, dataset.train_labels, dataset.test_images_u8,
-                        dataset.test_labels, train_attributes=attrs, test_attributes=attrs[:dataset.n_test])
+    both = make_dataset(
+        "both",
+        dataset.train_images_u8,
+        dataset.train_labels,
+        dataset.test_images_u8,
+        dataset.test_labels,
+        train_attributes=attrs,
+        test_attributes=attrs[: dataset.n_test],
+    )
     assert features.feature_target(both) == "labels"
 
 
@@ -252,9 +272,15 @@ def test_attribute_network_cache_round_trip(attr_dataset, attr_net, tmp_path, mo
 def test_no_labels_and_no_attributes_is_a_data_error(tmp_path):
     x = np.zeros((6, 8, 8, 1), np.uint8)
     unlabelled = make_dataset("tfds:unlabelled", x, np.zeros(6, np.int32), x, np.zeros(6, np.int32))
-    for call in (features.feature_target, features.train_feature_network,
-                 lambda ds: features.feature_network(ds, cache_dir=tmp_path)):
-        with pytest.raises(DataError, match=r"dataset='tfds:unlabelled' is invalid: cannot train the feature network"
-                                            r".*class labels.*attributes.*make_dataset"):
+    for call in (
+        features.feature_target,
+        features.train_feature_network,
+        lambda ds: features.feature_network(ds, cache_dir=tmp_path),
+    ):
+        with pytest.raises(
+            DataError,
+            match=r"dataset='tfds:unlabelled' is invalid: cannot train the feature network"
+            r".*class labels.*attributes.*make_dataset",
+        ):
             call(unlabelled)
     assert not (tmp_path / "feature_nets").exists()

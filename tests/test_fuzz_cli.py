@@ -31,19 +31,65 @@ from jaxrae.io import MARKER
 SETTINGS = settings(max_examples=150, deadline=None, derandomize=True, suppress_health_check=list(HealthCheck))
 
 #: Values a hostile user types: numbers out of every range, the wrong type, empty, odd text.
-WEIRD_TEXT = st.sampled_from(["", "0", "-1", "1", "2", "3", "1e12", "1e23", "1e20", "10000000000", "4294967296", "nan", "inf",
-                              "-0.5", "0.001", "x", "a,b", "0,0", "-1,0", "0,4294967296", "ae", "drae", "\u00e9", "1,2,3"])
+WEIRD_TEXT = st.sampled_from(
+    [
+        "",
+        "0",
+        "-1",
+        "1",
+        "2",
+        "3",
+        "1e12",
+        "1e23",
+        "1e20",
+        "10000000000",
+        "4294967296",
+        "nan",
+        "inf",
+        "-0.5",
+        "0.001",
+        "x",
+        "a,b",
+        "0,0",
+        "-1,0",
+        "0,4294967296",
+        "ae",
+        "drae",
+        "\u00e9",
+        "1,2,3",
+    ]
+)
 SMALL_INT = st.integers(min_value=-2, max_value=4)
 
 #: Flags whose values can make a run big are drawn from small values (the size bounds on steps,
 #: images and feature steps are TrainConfig's and the data layer's, tested there).
-SIZE_FLAGS = {"--steps": st.sampled_from(["1", "2", "0", "-1", "x", "1e12", "2.5"]),
-              "--feature-steps": st.sampled_from(["1", "2", "0", "-3", "y"]),
-              "--n-train": st.sampled_from(["100", "64", "0", "-5", "1", "abc"]),
-              "--batch-size": st.sampled_from(["8", "16", "0", "101", "1e3"])}
-OTHER_FLAGS = ["--seeds", "--lr", "--latent-dim", "--n-classes", "--beta", "--lam", "--tau", "--arch", "--estimator",
-               "--fsq-levels", "--n-test", "--n-eval", "--n-components", "--baseline", "--data", "--methods", "--chunk-size",
-               "--sweep", "--nonexistent-flag"]
+SIZE_FLAGS = {
+    "--steps": st.sampled_from(["1", "2", "0", "-1", "x", "1e12", "2.5"]),
+    "--feature-steps": st.sampled_from(["1", "2", "0", "-3", "y"]),
+    "--n-train": st.sampled_from(["100", "64", "0", "-5", "1", "abc"]),
+    "--batch-size": st.sampled_from(["8", "16", "0", "101", "1e3"]),
+}
+OTHER_FLAGS = [
+    "--seeds",
+    "--lr",
+    "--latent-dim",
+    "--n-classes",
+    "--beta",
+    "--lam",
+    "--tau",
+    "--arch",
+    "--estimator",
+    "--fsq-levels",
+    "--n-test",
+    "--n-eval",
+    "--n-components",
+    "--baseline",
+    "--data",
+    "--methods",
+    "--chunk-size",
+    "--sweep",
+    "--nonexistent-flag",
+]
 
 
 @st.composite
@@ -55,7 +101,9 @@ def flag_lists(draw):
         elif flag == "--methods":
             value = draw(st.sampled_from(["ae", "nope", "ae,ae", "", "ae,drae"]))
         elif flag == "--data":
-            value = draw(st.sampled_from(["digits", "idx:/nonexistent", "tfds:nope", "nonsense", "digits@image_size=0"]))
+            value = draw(
+                st.sampled_from(["digits", "idx:/nonexistent", "tfds:nope", "nonsense", "digits@image_size=0"])
+            )
         else:
             value = draw(SIZE_FLAGS.get(flag, WEIRD_TEXT))
         flags += [f"{flag}={value}"]
@@ -89,11 +137,17 @@ def toml_document(doc: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-SCALARS = st.one_of(SMALL_INT, st.sampled_from([2**32, 10**20, -(2**40)]), st.floats(allow_nan=True, width=32),
-                    st.booleans(), st.sampled_from(["ae", "drae", "nope", "", "mlp", "st", "x y"]))
+SCALARS = st.one_of(
+    SMALL_INT,
+    st.sampled_from([2**32, 10**20, -(2**40)]),
+    st.floats(allow_nan=True, width=32),
+    st.booleans(),
+    st.sampled_from(["ae", "drae", "nope", "", "mlp", "st", "x y"]),
+)
 VALUES = st.one_of(SCALARS, st.lists(st.one_of(SMALL_INT, st.sampled_from([8, 5, "a", 1.5])), max_size=4))
-CONFIG_KEYS = st.sampled_from(["latent_dim", "batch_size", "lr", "beta", "tau", "arch", "estimator", "fsq_levels", "n_classes",
-                               "method", "bogus"])
+CONFIG_KEYS = st.sampled_from(
+    ["latent_dim", "batch_size", "lr", "beta", "tau", "arch", "estimator", "fsq_levels", "n_classes", "method", "bogus"]
+)
 TABLE = st.dictionaries(CONFIG_KEYS, VALUES, max_size=3)
 DOCUMENTS = st.fixed_dictionaries(
     {},
@@ -107,8 +161,12 @@ DOCUMENTS = st.fixed_dictionaries(
         "bogus": SCALARS,
         "config": TABLE,
         "overrides": st.dictionaries(st.sampled_from(["ae", "nope"]), TABLE, max_size=2),
-        "variants": st.one_of(st.dictionaries(st.sampled_from(["v1", "bad/label", "ae"]),
-                                              TABLE.map(lambda t: {"method": "ae", **t}), max_size=2), SCALARS),
+        "variants": st.one_of(
+            st.dictionaries(
+                st.sampled_from(["v1", "bad/label", "ae"]), TABLE.map(lambda t: {"method": "ae", **t}), max_size=2
+            ),
+            SCALARS,
+        ),
     },
 )
 
@@ -146,8 +204,14 @@ def run_in_a_sandbox(argv_for, old_results: bool, *, subprocess_run: bool = Fals
         argv = argv_for(out)
         outside_before = {k: v for k, v in files_under(root).items() if not k.startswith("out")}
         if subprocess_run:
-            done = subprocess.run([sys.executable, "-m", "jaxrae.cli", *argv], capture_output=True, text=True, cwd=root,
-                                  env={**os.environ, "PYTHONWARNINGS": "ignore"}, timeout=600)
+            done = subprocess.run(
+                [sys.executable, "-m", "jaxrae.cli", *argv],
+                capture_output=True,
+                text=True,
+                cwd=root,
+                env={**os.environ, "PYTHONWARNINGS": "ignore"},
+                timeout=600,
+            )
             status, err = done.returncode, done.stderr
         else:
             cwd = os.getcwd()
@@ -174,17 +238,35 @@ def run_in_a_sandbox(argv_for, old_results: bool, *, subprocess_run: bool = Fals
 
 
 @SETTINGS
-@given(command=st.sampled_from(["train", "compare"]), flags=flag_lists(), old=st.booleans(),
-       mode=st.sampled_from([[], ["--resume"], ["--overwrite"], ["--resume", "--overwrite"]]))
+@given(
+    command=st.sampled_from(["train", "compare"]),
+    flags=flag_lists(),
+    old=st.booleans(),
+    mode=st.sampled_from([[], ["--resume"], ["--overwrite"], ["--resume", "--overwrite"]]),
+)
 def test_random_flags(command, flags, old, mode):
     extra = ["--method=ae"] if command == "train" else ["--methods=ae", "--n-test=40", "--seeds=1"]
-    run_in_a_sandbox(lambda out: [command, *extra, *TINY[3:], *([] if command == "train" else TINY[:3]),
-                                  *flags, *mode, f"--out={out}"], old)
+    run_in_a_sandbox(
+        lambda out: [
+            command,
+            *extra,
+            *TINY[3:],
+            *([] if command == "train" else TINY[:3]),
+            *flags,
+            *mode,
+            f"--out={out}",
+        ],
+        old,
+    )
 
 
 @SETTINGS
-@given(doc=DOCUMENTS, old=st.booleans(), mode=st.sampled_from([[], ["--overwrite"], ["--resume"]]),
-       corrupt=st.sampled_from([None, None, None, b"\xff\xfe", b"[config\n", b"\x00"]))
+@given(
+    doc=DOCUMENTS,
+    old=st.booleans(),
+    mode=st.sampled_from([[], ["--overwrite"], ["--resume"]]),
+    corrupt=st.sampled_from([None, None, None, b"\xff\xfe", b"[config\n", b"\x00"]),
+)
 def test_random_toml_documents(doc, old, mode, corrupt):
     def argv(out):
         path = out.parent / "experiment.toml"

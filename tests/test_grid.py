@@ -77,7 +77,9 @@ BOUNDED = grid.CodePath(
     stochastic=lambda code, estimator: False,
 )
 L1 = grid.LatentReg(frozenset({"z"}), lambda code, key: jnp.mean(jnp.sum(jnp.abs(code.latent["z"]), axis=-1)))
-DECODER_L1 = grid.DecoderReg(lambda params, decode, point: sum(jnp.sum(jnp.abs(w)) for w in jax.tree.leaves(params["decoder"])))
+DECODER_L1 = grid.DecoderReg(
+    lambda params, decode, point: sum(jnp.sum(jnp.abs(w)) for w in jax.tree.leaves(params["decoder"]))
+)
 
 
 @pytest.fixture
@@ -126,28 +128,42 @@ def test_a_new_encoder_kind_and_regularizers_are_one_entry_each(digits, toy_entr
     assert runs.sample_prior(jax.random.key(2), 3).shape == (2, 3, 8, 8, 1)
 
 
-
 @pytest.mark.parametrize("name,arch", [("ae", "mlp"), ("fsq", "mlp"), ("vqvae", "mlp"), ("rae", "conv-small")])
 def test_bernoulli_reconstruction_term_is_the_binary_cross_entropy_of_the_decoder_logits(digits, name, arch):
     """With likelihood="bernoulli" the decoder returns logits l and L_rec is
     mean_b sum_p -[x log sigmoid(l) + (1 - x) log(1 - sigmoid(l))], computed here by hand in float64
     from the decoder's output at the training code (noise-free code paths, so it is decode(encode(x)))."""
-    config = TrainConfig(method=name, arch=arch, likelihood="bernoulli", latent_dim=4, n_classes=5, code_dim=3,
-                         fsq_levels=(3, 4), batch_size=16)
+    config = TrainConfig(
+        method=name,
+        arch=arch,
+        likelihood="bernoulli",
+        latent_dim=4,
+        n_classes=5,
+        code_dim=3,
+        fsq_levels=(3, 4),
+        batch_size=16,
+    )
     trainer = make_train(config, digits.train_images_u8[:64])
     state = trainer.init(jax.random.key(0), default_hparams(config))
     x = (digits.train_images[:16] > 0.5).astype(np.float32)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    loss, (_, metrics) = grid.make_loss_fn(config, trainer.model)(state.params, state.batch_stats, jax.random.key(1), jnp.asarray(x),
-                                                                 state.hparams, jnp.int32(0))
+    loss, (_, metrics) = grid.make_loss_fn(config, trainer.model)(
+        state.params, state.batch_stats, jax.random.key(1), jnp.asarray(x), state.hparams, jnp.int32(0)
+    )
     logits = np.asarray(trainer.codec.decode_output(variables, trainer.codec.encode(variables, x)), np.float64)
     assert logits.min() < 0.0 or logits.max() > 1.0 or name != "ae"  # raw logits, not sigmoid outputs
     p = 1.0 / (1.0 + np.exp(-logits))
     by_hand = np.mean(np.sum(-(x * np.log(p) + (1 - x) * np.log1p(-p)), axis=(1, 2, 3)))
     np.testing.assert_allclose(float(metrics["rec"]), by_hand, rtol=1e-5)
-    np.testing.assert_allclose(float(loss), float(metrics["rec"] + config.beta * metrics["latent_reg"] + config.lam * metrics["decoder_reg"]), rtol=1e-6)
+    np.testing.assert_allclose(
+        float(loss),
+        float(metrics["rec"] + config.beta * metrics["latent_reg"] + config.lam * metrics["decoder_reg"]),
+        rtol=1e-6,
+    )
     # evaluation decodes to the decoder's mean image sigmoid(l) in [0, 1]
-    np.testing.assert_allclose(np.asarray(trainer.codec.decode(variables, trainer.codec.encode(variables, x))), p, rtol=1e-5, atol=1e-6)
+    np.testing.assert_allclose(
+        np.asarray(trainer.codec.decode(variables, trainer.codec.encode(variables, x))), p, rtol=1e-5, atol=1e-6
+    )
 
 
 def test_gaussian_likelihood_is_the_summed_squared_error_of_sigmoid_outputs(digits):
@@ -159,13 +175,16 @@ def test_gaussian_likelihood_is_the_summed_squared_error_of_sigmoid_outputs(digi
     state = trainer.init(jax.random.key(0), default_hparams(config))
     x = digits.train_images[:16]
     variables = {"params": state.params, "batch_stats": state.batch_stats}
-    _, (_, metrics) = grid.make_loss_fn(config, trainer.model)(state.params, state.batch_stats, jax.random.key(1), jnp.asarray(x),
-                                                              state.hparams, jnp.int32(0))
+    _, (_, metrics) = grid.make_loss_fn(config, trainer.model)(
+        state.params, state.batch_stats, jax.random.key(1), jnp.asarray(x), state.hparams, jnp.int32(0)
+    )
     x_hat = np.asarray(trainer.codec.decode_output(variables, trainer.codec.encode(variables, x)), np.float64)
     assert 0.0 <= x_hat.min() and x_hat.max() <= 1.0
     np.testing.assert_allclose(float(metrics["rec"]), np.mean(np.sum((x - x_hat) ** 2, axis=(1, 2, 3))), rtol=1e-5)
     log_n = grid.LIKELIHOODS["gaussian"].log_prob(x, x_hat.astype(np.float32), grid.GAUSSIAN_TRAINING_VARIANCE)
-    np.testing.assert_allclose(np.asarray(-log_n - 32 * np.log(np.pi)), np.sum((x - x_hat) ** 2, axis=(1, 2, 3)), rtol=1e-4)
+    np.testing.assert_allclose(
+        np.asarray(-log_n - 32 * np.log(np.pi)), np.sum((x - x_hat) ** 2, axis=(1, 2, 3)), rtol=1e-4
+    )
 
 
 def test_which_rows_have_a_posterior():

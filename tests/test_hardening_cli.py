@@ -27,16 +27,59 @@ from jaxrae.train import MAX_SEEDS, SEED_LIMIT, check_seeds, run_grid
 ENV = {**os.environ, "PYTHONWARNINGS": "ignore"}
 
 #: A compare run small enough to finish in seconds (one row, one seed, 2 steps).
-TINY_COMPARE = ["compare", "--methods", "ae", "--seeds", "1", "--n-train", "100", "--n-test", "40", "--n-eval", "20",
-                "--feature-steps", "2", "--n-components", "2", "--steps", "2", "--chunk-size", "2", "--batch-size", "16",
-                "--latent-dim", "2", "--quiet"]
-TINY_TRAIN = ["train", "--method", "ae", "--seeds", "1", "--steps", "2", "--chunk-size", "2", "--batch-size", "16",
-              "--latent-dim", "2", "--quiet"]
+TINY_COMPARE = [
+    "compare",
+    "--methods",
+    "ae",
+    "--seeds",
+    "1",
+    "--n-train",
+    "100",
+    "--n-test",
+    "40",
+    "--n-eval",
+    "20",
+    "--feature-steps",
+    "2",
+    "--n-components",
+    "2",
+    "--steps",
+    "2",
+    "--chunk-size",
+    "2",
+    "--batch-size",
+    "16",
+    "--latent-dim",
+    "2",
+    "--quiet",
+]
+TINY_TRAIN = [
+    "train",
+    "--method",
+    "ae",
+    "--seeds",
+    "1",
+    "--steps",
+    "2",
+    "--chunk-size",
+    "2",
+    "--batch-size",
+    "16",
+    "--latent-dim",
+    "2",
+    "--quiet",
+]
 
 
 def jaxrae(*args, cwd=None, env=None):
-    return subprocess.run([sys.executable, "-m", "jaxrae.cli", *map(str, args)], capture_output=True, text=True,
-                          env={**ENV, **(env or {})}, cwd=cwd, timeout=600)
+    return subprocess.run(
+        [sys.executable, "-m", "jaxrae.cli", *map(str, args)],
+        capture_output=True,
+        text=True,
+        env={**ENV, **(env or {})},
+        cwd=cwd,
+        timeout=600,
+    )
 
 
 def assert_one_line_error(done, *needles):
@@ -83,8 +126,16 @@ def test_second_process_on_a_claimed_out_is_refused_and_deletes_nothing(tmp_path
 
 def test_two_concurrent_compares_on_one_out_one_wins(tmp_path):
     out = tmp_path / "out"
-    procs = [subprocess.Popen([sys.executable, "-m", "jaxrae.cli", *TINY_COMPARE, "--out", str(out), "--lr", lr],
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV) for lr in ("1e-3", "2e-3")]
+    procs = [
+        subprocess.Popen(
+            [sys.executable, "-m", "jaxrae.cli", *TINY_COMPARE, "--out", str(out), "--lr", lr],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            env=ENV,
+        )
+        for lr in ("1e-3", "2e-3")
+    ]
     outcomes = [(p.wait(timeout=600), p.stderr.read()) for p in procs]
     codes = sorted(code for code, _ in outcomes)
     assert codes == [0, 2], outcomes
@@ -116,7 +167,9 @@ def test_overwrite_validates_everything_before_deleting(tmp_path, bad):
 
 def test_compare_overwrite_with_a_bad_data_spec_deletes_nothing(tmp_path):
     out = jaxrae_output(tmp_path / "old")
-    assert_one_line_error(jaxrae(*TINY_COMPARE, "--out", out, "--overwrite", "--data", "idx:/nonexistent"), "/nonexistent")
+    assert_one_line_error(
+        jaxrae(*TINY_COMPARE, "--out", out, "--overwrite", "--data", "idx:/nonexistent"), "/nonexistent"
+    )
     assert (out / "results.json").exists()
 
 
@@ -202,10 +255,17 @@ def test_check_seeds_accepts_the_key_range_and_nothing_else():
 
 
 @pytest.mark.parametrize("command", ["train", "compare"])
-@pytest.mark.parametrize("seeds, needle", [("0,4294967296", "[0, 4294967296)"), ("-1,0", "[0, 4294967296)"),
-                                           ("10000000000", f"between 1 and {MAX_SEEDS}"),
-                                           ("0,100000000000000000000", "[0, 4294967296)"), ("1e20", "a count"),
-                                           ("0,0", "no seed may repeat")])
+@pytest.mark.parametrize(
+    "seeds, needle",
+    [
+        ("0,4294967296", "[0, 4294967296)"),
+        ("-1,0", "[0, 4294967296)"),
+        ("10000000000", f"between 1 and {MAX_SEEDS}"),
+        ("0,100000000000000000000", "[0, 4294967296)"),
+        ("1e20", "a count"),
+        ("0,0", "no seed may repeat"),
+    ],
+)
 def test_bad_seeds_are_refused_the_same_by_train_and_compare_before_training(tmp_path, command, seeds, needle):
     base = TINY_TRAIN if command == "train" else TINY_COMPARE
     args = [a for a in base if a != "--seeds"]
@@ -215,8 +275,12 @@ def test_bad_seeds_are_refused_the_same_by_train_and_compare_before_training(tmp
 
 
 def test_toml_seeds_out_of_range_are_refused(tmp_path):
-    for text, needle in (("seeds = [0, 4294967296]", "4294967296"), ("seeds = [1e20]", "seeds"),
-                         ("seeds = 10000000000", "10000000000"), ("seeds = [-1]", "-1")):
+    for text, needle in (
+        ("seeds = [0, 4294967296]", "4294967296"),
+        ("seeds = [1e20]", "seeds"),
+        ("seeds = 10000000000", "10000000000"),
+        ("seeds = [-1]", "-1"),
+    ):
         path = tmp_path / "e.toml"
         path.write_text(f'methods = ["ae"]\n{text}\n')
         with pytest.raises(ConfigError, match=needle):
@@ -227,27 +291,33 @@ def test_toml_seeds_out_of_range_are_refused(tmp_path):
 # The whole experiment is validated before the first row trains
 
 
-@pytest.mark.parametrize("flags, needle", [
-    (["--n-test", "1"], "n_test=1"),
-    (["--n-test", "3"], "n_test=3"),
-    (["--n-components", "500"], "n_components=500"),
-    (["--batch-size", "101"], "batch_size=101"),
-])
+@pytest.mark.parametrize(
+    "flags, needle",
+    [
+        (["--n-test", "1"], "n_test=1"),
+        (["--n-test", "3"], "n_test=3"),
+        (["--n-components", "500"], "n_components=500"),
+        (["--batch-size", "101"], "batch_size=101"),
+    ],
+)
 def test_compare_refuses_before_training(tmp_path, flags, needle):
     out = tmp_path / "out"
     assert_one_line_error(jaxrae(*TINY_COMPARE, *flags, "--out", out), needle)
     assert not (out / "methods").exists() and not (out / "checkpoints").exists()
 
 
-@pytest.mark.parametrize("body, needle", [
-    ('methods = ["fsq"]\n[config]\nfsq_levels = 8\n', "config.fsq_levels=8"),
-    ('methods = ["ae"]\n[config]\nsteps = "ten"\n', "config.steps='ten'"),
-    ('methods = ["ae"]\n[overrides.ae]\narch = 3\n', "overrides.ae.arch=3"),
-    ('methods = 5\n', "methods=5"),
-    ('data = 3\nmethods = ["ae"]\n', "data=3"),
-    ('methods = ["ae"]\nn_test = 2.5\n', "n_test=2.5"),
-    ('methods = [1]\n', "methods=[1]"),
-])
+@pytest.mark.parametrize(
+    "body, needle",
+    [
+        ('methods = ["fsq"]\n[config]\nfsq_levels = 8\n', "config.fsq_levels=8"),
+        ('methods = ["ae"]\n[config]\nsteps = "ten"\n', "config.steps='ten'"),
+        ('methods = ["ae"]\n[overrides.ae]\narch = 3\n', "overrides.ae.arch=3"),
+        ("methods = 5\n", "methods=5"),
+        ('data = 3\nmethods = ["ae"]\n', "data=3"),
+        ('methods = ["ae"]\nn_test = 2.5\n', "n_test=2.5"),
+        ("methods = [1]\n", "methods=[1]"),
+    ],
+)
 def test_toml_values_of_the_wrong_type_are_one_line(tmp_path, body, needle):
     path = tmp_path / "e.toml"
     path.write_text(body)
@@ -264,8 +334,17 @@ def test_toml_that_is_not_utf8_is_one_line(tmp_path):
 # argparse's own errors
 
 
-@pytest.mark.parametrize("args", [[], ["nope"], ["train", "--no-such-flag"], ["compare", "--steps", "x"],
-                                  ["train", "--steps", "1e12", "--out", "o"], ["train"]])
+@pytest.mark.parametrize(
+    "args",
+    [
+        [],
+        ["nope"],
+        ["train", "--no-such-flag"],
+        ["compare", "--steps", "x"],
+        ["train", "--steps", "1e12", "--out", "o"],
+        ["train"],
+    ],
+)
 def test_argument_errors_are_one_line_exit_2(args):
     done = jaxrae(*args)
     assert_one_line_error(done)
@@ -278,10 +357,27 @@ def test_argument_errors_are_one_line_exit_2(args):
 
 def test_ctrl_c_exits_130_cleanly_and_the_run_resumes(tmp_path):
     out = tmp_path / "run"
-    args = ["train", "--method", "ae", "--seeds", "1", "--steps", "400", "--chunk-size", "10", "--batch-size", "16",
-            "--latent-dim", "2", "--quiet", "--out", str(out)]
-    proc = subprocess.Popen([sys.executable, "-m", "jaxrae.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=ENV)
+    args = [
+        "train",
+        "--method",
+        "ae",
+        "--seeds",
+        "1",
+        "--steps",
+        "400",
+        "--chunk-size",
+        "10",
+        "--batch-size",
+        "16",
+        "--latent-dim",
+        "2",
+        "--quiet",
+        "--out",
+        str(out),
+    ]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "jaxrae.cli", *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=ENV
+    )
     deadline = time.monotonic() + 300
     while not (out / "checkpoint.msgpack").exists() and proc.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -310,8 +406,16 @@ def test_a_swallowed_ctrl_c_still_ends_with_130(monkeypatch, capsys):
 
 
 def test_compare_stops_between_rows_when_asked(tmp_path):
-    experiment = Experiment(methods=("ae",), seeds=(0,), n_train=100, n_test=40, n_eval=20, feature_steps=2, n_components=2,
-                            config={"steps": 2, "chunk_size": 2, "batch_size": 16, "latent_dim": 2})
+    experiment = Experiment(
+        methods=("ae",),
+        seeds=(0,),
+        n_train=100,
+        n_test=40,
+        n_eval=20,
+        feature_steps=2,
+        n_components=2,
+        config={"steps": 2, "chunk_size": 2, "batch_size": 16, "latent_dim": 2},
+    )
     with pytest.raises(KeyboardInterrupt):
         run_compare(experiment, tmp_path / "out", progress=False, should_stop=lambda: True, log=lambda *_: None)
     assert not (tmp_path / "out" / "methods").exists()

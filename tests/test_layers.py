@@ -23,7 +23,10 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / PACKAGE
 
 #: Lowest first. A module is named by its first component below ``jaxrae`` (``jaxrae.data.idx`` -> ``data``).
 LAYERS: list[tuple[str, set[str]]] = [
-    ("foundation: errors, files, provenance, devices, live logs", {"errors", "io", "provenance", "distributed", "runlog"}),
+    (
+        "foundation: errors, files, provenance, devices, live logs",
+        {"errors", "io", "provenance", "distributed", "runlog"},
+    ),
     ("data sources", {"data"}),
     ("pure functions", {"nets", "relax", "losses", "density", "likelihood", "optim"}),
     ("the method grid", {"grid", "methods", "config"}),
@@ -66,7 +69,8 @@ def module_files(package_dir: Path, package: str = PACKAGE) -> dict[str, Path]:
 
 def _is_type_checking(test: ast.expr) -> bool:
     return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING"
+    )
 
 
 def _import_nodes(tree: ast.AST, in_function: bool = False):
@@ -78,7 +82,9 @@ def _import_nodes(tree: ast.AST, in_function: bool = False):
             continue
         if isinstance(child, (ast.Import, ast.ImportFrom)):
             yield child, in_function
-        yield from _import_nodes(child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda)))
+        yield from _import_nodes(
+            child, in_function or isinstance(child, (ast.FunctionDef, ast.AsyncFunctionDef, ast.Lambda))
+        )
 
 
 def imports_of(name: str, path: Path, modules: dict[str, Path]) -> list[tuple[str, int, bool]]:
@@ -142,8 +148,10 @@ def layer_violations(graph: dict[str, set[str]]) -> list[str]:
             if dest is None:
                 out.append(f"{name} imports the package root {target} (which imports every layer); import the module")
             elif layer_of(dest) > layer_of(source):
-                out.append(f"{name} (layer {LAYERS[layer_of(source)][0]!r}) imports {target} "
-                           f"(higher layer {LAYERS[layer_of(dest)][0]!r})")
+                out.append(
+                    f"{name} (layer {LAYERS[layer_of(source)][0]!r}) imports {target} "
+                    f"(higher layer {LAYERS[layer_of(dest)][0]!r})"
+                )
     return out
 
 
@@ -157,7 +165,7 @@ def find_cycle(graph: dict[str, set[str]]) -> list[str] | None:
         path.append(node)
         for nxt in sorted(graph.get(node, ())):
             if state.get(nxt) == 1:
-                return path[path.index(nxt):] + [nxt]
+                return path[path.index(nxt) :] + [nxt]
             if nxt not in state:
                 cycle = visit(nxt)
                 if cycle:
@@ -187,7 +195,19 @@ def test_every_module_has_a_layer():
     listed = set().union(*(members for _, members in LAYERS))
     assert PRESENT <= listed, f"add {sorted(PRESENT - listed)} to LAYERS in tests/test_layers.py"
     assert sum(len(members) for _, members in LAYERS) == len(listed), "a module is listed in two layers"
-    assert {"errors", "io", "relax", "losses", "density", "train", "evaluate", "experiment", "report", "compare", "cli"} <= PRESENT
+    assert {
+        "errors",
+        "io",
+        "relax",
+        "losses",
+        "density",
+        "train",
+        "evaluate",
+        "experiment",
+        "report",
+        "compare",
+        "cli",
+    } <= PRESENT
 
 
 @pytest.mark.parametrize("module", sorted(GRAPH), ids=str)
@@ -197,8 +217,11 @@ def test_no_module_imports_a_higher_layer(module):
 
 @pytest.mark.parametrize("top", ["cli", "compare", "report", "evaluate"])
 def test_only_higher_layers_import_the_top_modules(top):
-    importers = sorted(name for name, targets in GRAPH.items() if any(component(t) == top for t in targets)
-                       and component(name) not in (None, top))
+    importers = sorted(
+        name
+        for name, targets in GRAPH.items()
+        if any(component(t) == top for t in targets) and component(name) not in (None, top)
+    )
     assert all(layer_of(component(name)) > layer_of(top) for name in importers), importers
     if top == "cli":
         assert importers == []
@@ -207,7 +230,10 @@ def test_only_higher_layers_import_the_top_modules(top):
 
 
 def test_cli_imports_compare_at_module_level():
-    assert any(target == "jaxrae.compare" and not local for target, _, local in imports_of("jaxrae.cli", MODULES["jaxrae.cli"], MODULES))
+    assert any(
+        target == "jaxrae.compare" and not local
+        for target, _, local in imports_of("jaxrae.cli", MODULES["jaxrae.cli"], MODULES)
+    )
 
 
 @pytest.mark.parametrize("module", sorted(STANDALONE))
@@ -226,8 +252,9 @@ def test_import_graph_has_no_cycle():
 @pytest.mark.parametrize("module", sorted(MODULES), ids=str)
 def test_function_local_imports_are_optional_dependencies_only(module):
     local = [(target, line) for target, line, inside in imports_of(module, MODULES[module], MODULES) if inside]
-    unexpected = [f"line {line}: {target}" for target, line in local
-                  if target.split(".")[0] not in OPTIONAL_DEPENDENCIES]
+    unexpected = [
+        f"line {line}: {target}" for target, line in local if target.split(".")[0] not in OPTIONAL_DEPENDENCIES
+    ]
     assert unexpected == [], f"move these imports of {module} to module level"
 
 
@@ -244,25 +271,34 @@ def _package(tmp_path: Path, files: dict[str, str]) -> dict[str, Path]:
 
 
 def test_checker_flags_an_upward_import_a_cycle_and_a_local_import(tmp_path):
-    modules = _package(tmp_path, {
-        "errors.py": "",
-        "relax.py": "from jaxrae.errors import require\n",
-        "losses.py": "from jaxrae import relax\n",  # same layer: allowed by LAYERS, refused by STANDALONE
-        "train.py": "import jaxrae.cli\n",  # upward
-        "cli.py": "def main():\n    from jaxrae.train import train\n",  # local, and closes a cycle
-        "data/__init__.py": "from .spec import Dataset\n",
-        "data/spec.py": "from ..errors import invalid\nfrom typing import TYPE_CHECKING\n"
-                        "if TYPE_CHECKING:\n    from jaxrae.train import train\n",
-    })
+    modules = _package(
+        tmp_path,
+        {
+            "errors.py": "",
+            "relax.py": "from jaxrae.errors import require\n",
+            "losses.py": "from jaxrae import relax\n",  # same layer: allowed by LAYERS, refused by STANDALONE
+            "train.py": "import jaxrae.cli\n",  # upward
+            "cli.py": "def main():\n    from jaxrae.train import train\n",  # local, and closes a cycle
+            "data/__init__.py": "from .spec import Dataset\n",
+            "data/spec.py": "from ..errors import invalid\nfrom typing import TYPE_CHECKING\n"
+            "if TYPE_CHECKING:\n    from jaxrae.train import train\n",
+        },
+    )
     graph = internal_graph(modules)
     assert graph["jaxrae.data"] == {"jaxrae.data.spec"}
     assert graph["jaxrae.data.spec"] == {"jaxrae.errors"}  # relative import resolved; TYPE_CHECKING skipped
     assert graph["jaxrae.losses"] == {"jaxrae.relax"}
     violations = layer_violations(graph)
     assert len(violations) == 1 and violations[0].startswith("jaxrae.train (layer 'training') imports jaxrae.cli")
-    assert find_cycle(graph) in (["jaxrae.cli", "jaxrae.train", "jaxrae.cli"], ["jaxrae.train", "jaxrae.cli", "jaxrae.train"])
-    assert [(t, local) for t, _, local in imports_of("jaxrae.cli", modules["jaxrae.cli"], modules)] == [("jaxrae.train", True)]
+    assert find_cycle(graph) in (
+        ["jaxrae.cli", "jaxrae.train", "jaxrae.cli"],
+        ["jaxrae.train", "jaxrae.cli", "jaxrae.train"],
+    )
+    assert [(t, local) for t, _, local in imports_of("jaxrae.cli", modules["jaxrae.cli"], modules)] == [
+        ("jaxrae.train", True)
+    ]
     assert {component(t) for t in graph["jaxrae.losses"]} - STANDALONE["losses"] == {"relax"}
     root_import = internal_graph(_package(tmp_path / "b", {"metrics.py": "from jaxrae import load_data\n"}))
-    assert layer_violations(root_import) == ["jaxrae.metrics imports the package root jaxrae (which imports every layer); "
-                                             "import the module"]
+    assert layer_violations(root_import) == [
+        "jaxrae.metrics imports the package root jaxrae (which imports every layer); import the module"
+    ]

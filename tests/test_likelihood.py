@@ -40,8 +40,14 @@ def linear_gaussian(n_images, seed=0, model_seed=0):
     post_var = 1.0 / (1.0 + SINGULAR_VALUES**2 / S2)
     post_mean = ((x - b) @ w) * post_var / S2
     log_px = stats.multivariate_normal(mean=b, cov=w @ w.T + S2 * np.eye(D)).logpdf(x)
-    return {"w": w, "b": b, "x": x.reshape(n_images, D, 1, 1), "post_mean": post_mean,
-            "post_var": np.broadcast_to(post_var, post_mean.shape), "log_px": np.atleast_1d(log_px)}
+    return {
+        "w": w,
+        "b": b,
+        "x": x.reshape(n_images, D, 1, 1),
+        "post_mean": post_mean,
+        "post_var": np.broadcast_to(post_var, post_mean.shape),
+        "log_px": np.atleast_1d(log_px),
+    }
 
 
 def linear_decoder(w, b):
@@ -69,10 +75,15 @@ def replicate(fn, n, seed):
 
 def standard_normal_mixture(dtype=jnp.float32):
     """The N(0, I) prior written as a one-component GaussianMixture."""
-    return density.GaussianMixture(weights=jnp.ones((1,), dtype), means=jnp.zeros((1, LATENT), dtype),
-                                   precisions_cholesky=jnp.eye(LATENT, dtype=dtype)[None],
-                                   lower_bound=jnp.asarray(0.0, dtype), n_iter=jnp.asarray(0),
-                                   converged=jnp.asarray(True), covariance_type="full")
+    return density.GaussianMixture(
+        weights=jnp.ones((1,), dtype),
+        means=jnp.zeros((1, LATENT), dtype),
+        precisions_cholesky=jnp.eye(LATENT, dtype=dtype)[None],
+        lower_bound=jnp.asarray(0.0, dtype),
+        n_iter=jnp.asarray(0),
+        converged=jnp.asarray(True),
+        covariance_type="full",
+    )
 
 
 @pytest.mark.parametrize("fixed_variance", [None, 0.05], ids=["vae", "cv-vae"])
@@ -87,7 +98,9 @@ def test_linear_gaussian_elbo_matches_its_closed_form(fixed_variance):
             var = np.full_like(mean, fixed_variance)
             q = likelihood.GaussianProposal(jnp.asarray(mean), jnp.log(fixed_variance))
         f = linear_decoder(model["w"], model["b"])
-        estimate, se = replicate(lambda key: likelihood.elbo(key, model["x"], q, f, n_samples=500, chunk_size=128), 10, 1)
+        estimate, se = replicate(
+            lambda key: likelihood.elbo(key, model["x"], q, f, n_samples=500, chunk_size=128), 10, 1
+        )
         expected = closed_form_elbo(model, mean, var)
         assert np.all(np.abs(estimate - expected) < 4 * se + 1e-9), (estimate, expected, se)
         # the closed form is far below log p(x), so the comparison above pins the formula
@@ -105,7 +118,9 @@ def test_linear_gaussian_elbo_below_iwae_k_below_log_px_and_iwae_converges():
         log_px = model["log_px"]
         means, ses = {}, {}
         for k in (1, 10, 100, 1000):
-            means[k], ses[k] = replicate(lambda key, k=k: likelihood.iwae_bound(key, model["x"], q, f, k=k, chunk_size=250), 20, k)
+            means[k], ses[k] = replicate(
+                lambda key, k=k: likelihood.iwae_bound(key, model["x"], q, f, k=k, chunk_size=250), 20, k
+            )
         # IWAE-1 is an unbiased one-sample ELBO estimate (this fails if the -log k or log q is wrong)
         assert np.all(np.abs(means[1] - elbo) < 4 * ses[1]), (means[1], elbo, ses[1])
         ks = sorted(means)
@@ -140,11 +155,22 @@ def test_ex_post_estimator_with_the_prior_as_density_equals_iwae_and_approaches_
         codes = lambda model: jnp.asarray(model["post_mean"] * 0.9)
         prior = standard_normal_mixture(jnp.float64)
         grid = [0.01, 0.03, 0.1, 0.3, 1.0]
-        scale, grid_means = likelihood.select_proposal_scale(jax.random.key(0), train["x"], codes(train),
-                                                             prior.log_prob, f, grid, k=50)
-        independent = [np.mean(likelihood.importance_sampled_log_likelihood(
-            jax.random.key(0), train["x"], likelihood.gaussian_proposal(codes(train), s), prior.log_prob, f, k=50))
-            for s in grid]
+        scale, grid_means = likelihood.select_proposal_scale(
+            jax.random.key(0), train["x"], codes(train), prior.log_prob, f, grid, k=50
+        )
+        independent = [
+            np.mean(
+                likelihood.importance_sampled_log_likelihood(
+                    jax.random.key(0),
+                    train["x"],
+                    likelihood.gaussian_proposal(codes(train), s),
+                    prior.log_prob,
+                    f,
+                    k=50,
+                )
+            )
+            for s in grid
+        ]
         np.testing.assert_allclose(grid_means, independent, rtol=1e-10)
         assert float(scale) == grid[int(np.argmax(independent))]
         # the posterior stds are 0.24 and 0.58: an isotropic proposal narrower than the wide direction
@@ -154,8 +180,11 @@ def test_ex_post_estimator_with_the_prior_as_density_equals_iwae_and_approaches_
 
         q = likelihood.gaussian_proposal(codes(test), float(scale))
         key = jax.random.key(1)
-        np.testing.assert_allclose(likelihood.ex_post_log_likelihood(key, test["x"], q, prior, f, k=30),
-                                   likelihood.iwae_bound(key, test["x"], q, f, k=30), rtol=1e-12)
+        np.testing.assert_allclose(
+            likelihood.ex_post_log_likelihood(key, test["x"], q, prior, f, k=30),
+            likelihood.iwae_bound(key, test["x"], q, f, k=30),
+            rtol=1e-12,
+        )
         estimate, se = replicate(lambda k: likelihood.ex_post_log_likelihood(k, test["x"], q, prior, f, k=5000), 5, 2)
         assert np.all(np.abs(estimate - test["log_px"]) < 4 * se + 0.01), (estimate, test["log_px"], se)
 
@@ -174,7 +203,9 @@ def categorical_model(seed=0, n_images=4):
 
     def logits_of(codes):
         one_hot = jax.nn.one_hot(codes, N_CLASSES).reshape(codes.shape[0], -1)
-        return (one_hot @ jnp.asarray(weights, one_hot.dtype) + jnp.asarray(bias, one_hot.dtype)).reshape(-1, PIXELS, 1, 1)
+        return (one_hot @ jnp.asarray(weights, one_hot.dtype) + jnp.asarray(bias, one_hot.dtype)).reshape(
+            -1, PIXELS, 1, 1
+        )
 
     def log_px_given_z(x, codes):
         return likelihood.bernoulli_log_likelihood(x, logits_of(codes))
@@ -211,7 +242,9 @@ def test_categorical_iwae_with_uniform_prior_matches_enumeration():
     estimate = likelihood.iwae_bound(jax.random.key(0), model["x"], q, model["f"], k=k, chunk_size=1024)
     assert np.all(np.abs(np.asarray(estimate) - exact) < 5 * se + 1e-4), (estimate, exact, se)
     # and the bound is not trivially tight: IWAE-1 (the ELBO) is well below log p(x)
-    assert np.all(exact - np.asarray(likelihood.elbo(jax.random.key(1), model["x"], q, model["f"], n_samples=2000)) > 0.1)
+    assert np.all(
+        exact - np.asarray(likelihood.elbo(jax.random.key(1), model["x"], q, model["f"], n_samples=2000)) > 0.1
+    )
 
 
 def test_categorical_elbo_matches_enumeration():
@@ -233,19 +266,27 @@ def test_ex_post_categorical_mixture_estimate_matches_enumeration():
     rng = np.random.default_rng(7)
     raw = rng.normal(size=(2, N_VARS, N_CLASSES))
     mixture = density.CategoricalMixture(
-        weights=jnp.asarray([0.3, 0.7]), log_class_probs=jnp.asarray(raw - np.logaddexp.reduce(raw, axis=-1, keepdims=True), jnp.float32),
-        lower_bound=jnp.asarray(0.0), n_iter=jnp.asarray(0), converged=jnp.asarray(True))
+        weights=jnp.asarray([0.3, 0.7]),
+        log_class_probs=jnp.asarray(raw - np.logaddexp.reduce(raw, axis=-1, keepdims=True), jnp.float32),
+        lower_bound=jnp.asarray(0.0),
+        n_iter=jnp.asarray(0),
+        converged=jnp.asarray(True),
+    )
     log_prior = np.asarray(mixture.log_prob(jnp.asarray(ALL_CODES)), np.float64)
     # the mixture's log-probabilities, enumerated by hand
-    by_hand = np.log(0.3 * np.exp(np.sum(np.asarray(mixture.log_class_probs[0])[[0, 1], ALL_CODES], axis=1))
-                     + 0.7 * np.exp(np.sum(np.asarray(mixture.log_class_probs[1])[[0, 1], ALL_CODES], axis=1)))
+    by_hand = np.log(
+        0.3 * np.exp(np.sum(np.asarray(mixture.log_class_probs[0])[[0, 1], ALL_CODES], axis=1))
+        + 0.7 * np.exp(np.sum(np.asarray(mixture.log_class_probs[1])[[0, 1], ALL_CODES], axis=1))
+    )
     np.testing.assert_allclose(log_prior, by_hand, rtol=1e-5)
     # a deterministic encoder's saturated logits, widened by temperature and uniform mass
     q = likelihood.categorical_proposal(8.0 * model["encoder_logits"], temperature=4.0, uniform_weight=0.1)
     log_joint = model["log_lik"] + log_prior[None]
     k = 5000
     exact, se = delta_method_se(log_joint, proposal_probs_of_all_codes(q), k)
-    estimate = likelihood.ex_post_log_likelihood(jax.random.key(3), model["x"], q, mixture, model["f"], k=k, chunk_size=2000)
+    estimate = likelihood.ex_post_log_likelihood(
+        jax.random.key(3), model["x"], q, mixture, model["f"], k=k, chunk_size=2000
+    )
     assert np.all(np.abs(np.asarray(estimate) - exact) < 5 * se + 1e-4), (estimate, exact, se)
 
 
@@ -256,8 +297,11 @@ def test_categorical_proposal_mixes_tempered_softmax_with_uniform_over_the_suppo
     expected = 0.8 * tempered / tempered.sum() + 0.2 / 3
     np.testing.assert_allclose(np.exp(np.asarray(q.log_probs))[0, 0], np.append(expected, 0.0), rtol=1e-6)
     plain = likelihood.categorical_proposal(jnp.asarray(logits))
-    np.testing.assert_allclose(np.exp(np.asarray(plain.log_probs))[0, 0, :3],
-                               np.exp(logits[0, 0, :3]) / np.exp(logits[0, 0, :3]).sum(), rtol=1e-6)
+    np.testing.assert_allclose(
+        np.exp(np.asarray(plain.log_probs))[0, 0, :3],
+        np.exp(logits[0, 0, :3]) / np.exp(logits[0, 0, :3]).sum(),
+        rtol=1e-6,
+    )
 
 
 # --------------------------------------------------------------------------- decoder likelihoods
@@ -292,8 +336,12 @@ def test_bernoulli_reconstruction_loss_sums_pixels_and_averages_images():
     logits = rng.normal(size=(3, 4, 4, 2))
     p = 1 / (1 + np.exp(-logits))
     per_image = -np.sum(x * np.log(p) + (1 - x) * np.log(1 - p), axis=(1, 2, 3))
-    assert float(losses.bernoulli_reconstruction_loss(jnp.asarray(x), jnp.asarray(logits))) == pytest.approx(per_image.mean(), rel=1e-5)
-    np.testing.assert_allclose(likelihood.bernoulli_log_likelihood(jnp.asarray(x), jnp.asarray(logits)), -per_image, rtol=1e-5)
+    assert float(losses.bernoulli_reconstruction_loss(jnp.asarray(x), jnp.asarray(logits))) == pytest.approx(
+        per_image.mean(), rel=1e-5
+    )
+    np.testing.assert_allclose(
+        likelihood.bernoulli_log_likelihood(jnp.asarray(x), jnp.asarray(logits)), -per_image, rtol=1e-5
+    )
 
 
 def test_gaussian_log_likelihood_and_the_variance_of_the_squared_error():
@@ -301,11 +349,15 @@ def test_gaussian_log_likelihood_and_the_variance_of_the_squared_error():
     x, x_hat = rng.uniform(size=(4, 3, 3, 1)), rng.uniform(size=(4, 3, 3, 1))
     for variance in (0.5, 0.02):
         expected = stats.norm(loc=x_hat, scale=math.sqrt(variance)).logpdf(x).sum(axis=(1, 2, 3))
-        np.testing.assert_allclose(likelihood.gaussian_log_likelihood(jnp.asarray(x), jnp.asarray(x_hat), variance), expected, rtol=1e-5)
+        np.testing.assert_allclose(
+            likelihood.gaussian_log_likelihood(jnp.asarray(x), jnp.asarray(x_hat), variance), expected, rtol=1e-5
+        )
     # ||x - x_hat||^2 = -log N(x; x_hat, I/2) - (D/2) log pi, averaged over the batch
     n_dims = 9
     nll_half = -float(np.mean(likelihood.gaussian_log_likelihood(jnp.asarray(x), jnp.asarray(x_hat), 0.5)))
-    assert float(losses.reconstruction_loss(jnp.asarray(x), jnp.asarray(x_hat))) == pytest.approx(nll_half - 0.5 * n_dims * math.log(math.pi), rel=1e-5)
+    assert float(losses.reconstruction_loss(jnp.asarray(x), jnp.asarray(x_hat))) == pytest.approx(
+        nll_half - 0.5 * n_dims * math.log(math.pi), rel=1e-5
+    )
 
 
 def test_fit_observation_variance_maximizes_the_likelihood():
@@ -332,17 +384,25 @@ def test_chunked_evaluation_equals_unchunked():
     model = linear_gaussian(3, seed=6)
     f = linear_decoder(model["w"].astype(np.float32), model["b"].astype(np.float32))
     x = jnp.asarray(model["x"], jnp.float32)
-    q = likelihood.GaussianProposal(jnp.asarray(model["post_mean"] + 0.1, jnp.float32), jnp.float32(-2.0))  # CV-VAE: scalar
+    q = likelihood.GaussianProposal(
+        jnp.asarray(model["post_mean"] + 0.1, jnp.float32), jnp.float32(-2.0)
+    )  # CV-VAE: scalar
     key = jax.random.key(4)
     whole = likelihood.iwae_bound(key, x, q, f, k=50, chunk_size=50)
     for chunk in (1, 7, 64):
         chex.assert_trees_all_close(likelihood.iwae_bound(key, x, q, f, k=50, chunk_size=chunk), whole, rtol=1e-6)
-        chex.assert_trees_all_close(likelihood.elbo(key, x, q, f, n_samples=50, chunk_size=chunk),
-                                    likelihood.elbo(key, x, q, f, n_samples=50, chunk_size=50), rtol=1e-6)
+        chex.assert_trees_all_close(
+            likelihood.elbo(key, x, q, f, n_samples=50, chunk_size=chunk),
+            likelihood.elbo(key, x, q, f, n_samples=50, chunk_size=50),
+            rtol=1e-6,
+        )
     cat = categorical_model(3)
     qc = likelihood.categorical_proposal(cat["encoder_logits"], uniform_weight=0.05)
-    chex.assert_trees_all_close(likelihood.iwae_bound(key, cat["x"], qc, cat["f"], k=40, chunk_size=6),
-                                likelihood.iwae_bound(key, cat["x"], qc, cat["f"], k=40, chunk_size=40), rtol=1e-6)
+    chex.assert_trees_all_close(
+        likelihood.iwae_bound(key, cat["x"], qc, cat["f"], k=40, chunk_size=6),
+        likelihood.iwae_bound(key, cat["x"], qc, cat["f"], k=40, chunk_size=40),
+        rtol=1e-6,
+    )
 
 
 def test_vmap_over_three_runs_equals_three_separate_calls():
@@ -359,12 +419,17 @@ def test_vmap_over_three_runs_equals_three_separate_calls():
     def one_run(w, b, mean, log_var, gmm, key):
         f = lambda xi, z: likelihood.gaussian_log_likelihood(xi, (z @ w.T + b).reshape(-1, D, 1, 1), S2)
         q = likelihood.GaussianProposal(mean, log_var)
-        return (likelihood.iwae_bound(key, x, q, f, k=30, chunk_size=8),
-                likelihood.elbo(key, x, q, f, n_samples=3),
-                likelihood.ex_post_log_likelihood(key, x, likelihood.GaussianProposal(mean, log_var + 0.5), gmm, f, k=30, chunk_size=8))
+        return (
+            likelihood.iwae_bound(key, x, q, f, k=30, chunk_size=8),
+            likelihood.elbo(key, x, q, f, n_samples=3),
+            likelihood.ex_post_log_likelihood(
+                key, x, likelihood.GaussianProposal(mean, log_var + 0.5), gmm, f, k=30, chunk_size=8
+            ),
+        )
 
     batched = jax.jit(jax.vmap(one_run))(ws, bs, means, log_vars, gmms, keys)
     for r in range(3):
+
         def row(tree, r=r):
             return jax.tree.map(lambda leaf: leaf[r], tree)
 
@@ -381,28 +446,63 @@ def _gaussian_args():
     return x, f, likelihood.GaussianProposal(jnp.zeros((2, LATENT)), jnp.zeros((2, LATENT)))
 
 
-@pytest.mark.parametrize("call, field", [
-    (lambda x, f, q: likelihood.iwae_bound(jax.random.key(0), x, q, f, k=0), "k=0"),
-    (lambda x, f, q: likelihood.iwae_bound(jax.random.key(0), x, q, f, k=2.5), "k=2.5"),
-    (lambda x, f, q: likelihood.iwae_bound(jax.random.key(0), x, q, f, k=5, chunk_size=0), "chunk_size=0"),
-    (lambda x, f, q: likelihood.elbo(jax.random.key(0), x, q, f, n_samples=0), "n_samples=0"),
-    (lambda x, f, q: likelihood.iwae_bound(jax.random.key(0), x[:1], q, f, k=5), "proposal.mean="),
-    (lambda x, f, q: likelihood.iwae_bound(jax.random.key(0), x, q._replace(log_var=jnp.zeros((3,))), f, k=5), "proposal.log_var="),
-    (lambda x, f, q: likelihood.iwae_bound(jax.random.key(0), x, likelihood.CategoricalProposal(jnp.zeros((2, 3))), f, k=5),
-     "proposal.log_probs="),
-    (lambda x, f, q: likelihood.iwae_bound(jax.random.key(0), x, (q.mean, q.log_var), f, k=5), "proposal="),
-    (lambda x, f, q: likelihood.ex_post_log_likelihood(jax.random.key(0), x, q, "gmm", f, k=5), "density="),
-    (lambda x, f, q: likelihood.ex_post_log_likelihood(
-        jax.random.key(0), x, likelihood.CategoricalProposal(jnp.zeros((2, 2, 3))), standard_normal_mixture(), f, k=5), "proposal="),
-    (lambda x, f, q: likelihood.ex_post_log_likelihood(
-        jax.random.key(0), x, likelihood.GaussianProposal(jnp.zeros((2, 3)), 0.0), standard_normal_mixture(), f, k=5), "proposal.mean="),
-    (lambda x, f, q: likelihood.categorical_proposal(jnp.zeros((2, 2, 3)), temperature=0.0), "temperature=0.0"),
-    (lambda x, f, q: likelihood.categorical_proposal(jnp.zeros((2, 2, 3)), uniform_weight=1.0), "uniform_weight=1.0"),
-    (lambda x, f, q: likelihood.gaussian_proposal(jnp.zeros((2, LATENT)), -1.0), "scale=-1.0"),
-    (lambda x, f, q: likelihood.select_proposal_scale(jax.random.key(0), x, q.mean, likelihood.standard_normal_log_prob, f, []),
-     "scales="),
-    (lambda x, f, q: likelihood.nll_units(jnp.zeros(2), 0), "n_dims=0"),
-])
+@pytest.mark.parametrize(
+    "call, field",
+    [
+        (lambda x, f, q: likelihood.iwae_bound(jax.random.key(0), x, q, f, k=0), "k=0"),
+        (lambda x, f, q: likelihood.iwae_bound(jax.random.key(0), x, q, f, k=2.5), "k=2.5"),
+        (lambda x, f, q: likelihood.iwae_bound(jax.random.key(0), x, q, f, k=5, chunk_size=0), "chunk_size=0"),
+        (lambda x, f, q: likelihood.elbo(jax.random.key(0), x, q, f, n_samples=0), "n_samples=0"),
+        (lambda x, f, q: likelihood.iwae_bound(jax.random.key(0), x[:1], q, f, k=5), "proposal.mean="),
+        (
+            lambda x, f, q: likelihood.iwae_bound(jax.random.key(0), x, q._replace(log_var=jnp.zeros((3,))), f, k=5),
+            "proposal.log_var=",
+        ),
+        (
+            lambda x, f, q: likelihood.iwae_bound(
+                jax.random.key(0), x, likelihood.CategoricalProposal(jnp.zeros((2, 3))), f, k=5
+            ),
+            "proposal.log_probs=",
+        ),
+        (lambda x, f, q: likelihood.iwae_bound(jax.random.key(0), x, (q.mean, q.log_var), f, k=5), "proposal="),
+        (lambda x, f, q: likelihood.ex_post_log_likelihood(jax.random.key(0), x, q, "gmm", f, k=5), "density="),
+        (
+            lambda x, f, q: likelihood.ex_post_log_likelihood(
+                jax.random.key(0),
+                x,
+                likelihood.CategoricalProposal(jnp.zeros((2, 2, 3))),
+                standard_normal_mixture(),
+                f,
+                k=5,
+            ),
+            "proposal=",
+        ),
+        (
+            lambda x, f, q: likelihood.ex_post_log_likelihood(
+                jax.random.key(0),
+                x,
+                likelihood.GaussianProposal(jnp.zeros((2, 3)), 0.0),
+                standard_normal_mixture(),
+                f,
+                k=5,
+            ),
+            "proposal.mean=",
+        ),
+        (lambda x, f, q: likelihood.categorical_proposal(jnp.zeros((2, 2, 3)), temperature=0.0), "temperature=0.0"),
+        (
+            lambda x, f, q: likelihood.categorical_proposal(jnp.zeros((2, 2, 3)), uniform_weight=1.0),
+            "uniform_weight=1.0",
+        ),
+        (lambda x, f, q: likelihood.gaussian_proposal(jnp.zeros((2, LATENT)), -1.0), "scale=-1.0"),
+        (
+            lambda x, f, q: likelihood.select_proposal_scale(
+                jax.random.key(0), x, q.mean, likelihood.standard_normal_log_prob, f, []
+            ),
+            "scales=",
+        ),
+        (lambda x, f, q: likelihood.nll_units(jnp.zeros(2), 0), "n_dims=0"),
+    ],
+)
 def test_bad_input_raises_config_error_naming_the_field(call, field):
     x, f, q = _gaussian_args()
     with pytest.raises(ConfigError, match="^" + field.replace(".", r"\.").replace("[", r"\[")):

@@ -24,7 +24,9 @@ def test_reconstruction_loss_equals_the_reported_metric():
 
     rng = np.random.default_rng(1)
     x, x_hat = rng.uniform(size=(5, 4, 4, 1)), rng.uniform(size=(5, 4, 4, 1))
-    assert float(losses.reconstruction_loss(jnp.asarray(x), jnp.asarray(x_hat))) == pytest.approx(reconstruction_error(x, x_hat), rel=1e-5)
+    assert float(losses.reconstruction_loss(jnp.asarray(x), jnp.asarray(x_hat))) == pytest.approx(
+        reconstruction_error(x, x_hat), rel=1e-5
+    )
 
 
 def test_rae_latent_penalty_is_half_squared_norm():
@@ -52,8 +54,10 @@ def test_gaussian_kl_matches_monte_carlo():
 
 
 def test_decoder_l2_penalty_counts_kernels_only():
-    params = {"Dense_0": {"kernel": jnp.array([[1.0, 2.0]]), "bias": jnp.array([100.0])},
-              "SpectralNorm_0": {"layer_instance": {"kernel": jnp.array([3.0])}}}
+    params = {
+        "Dense_0": {"kernel": jnp.array([[1.0, 2.0]]), "bias": jnp.array([100.0])},
+        "SpectralNorm_0": {"layer_instance": {"kernel": jnp.array([3.0])}},
+    }
     assert float(losses.decoder_l2_penalty(params)) == pytest.approx(1 + 4 + 9)
 
 
@@ -63,7 +67,9 @@ def test_gradient_penalty_of_a_linear_decoder():
     z = jnp.array([[0.2, -0.4], [1.0, 0.5]])
     decode = lambda c: c @ w.T
     grads = 2.0 * z @ (w.T @ w)
-    assert float(losses.decoder_gradient_penalty(decode, z)) == pytest.approx(float(np.mean(np.square(grads))), rel=1e-6)
+    assert float(losses.decoder_gradient_penalty(decode, z)) == pytest.approx(
+        float(np.mean(np.square(grads))), rel=1e-6
+    )
 
 
 def _mmd_by_loops(z, p, scales):

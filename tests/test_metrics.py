@@ -180,17 +180,41 @@ def _with_nan(array, index):
 
 # (metric, arguments with one NaN, the field the message must name)
 NAN_CASES = {
-    "reconstruction_error(x)": (metrics.reconstruction_error, (_with_nan(_IMAGES, (1, 0, 1, 0)), _IMAGES), r"x\[1, 0, 1, 0\]=nan"),
-    "reconstruction_error(x_hat)": (metrics.reconstruction_error, (_IMAGES, _with_nan(_IMAGES, (3, 1, 1, 0))), r"x_hat\[3, 1, 1, 0\]=nan"),
+    "reconstruction_error(x)": (
+        metrics.reconstruction_error,
+        (_with_nan(_IMAGES, (1, 0, 1, 0)), _IMAGES),
+        r"x\[1, 0, 1, 0\]=nan",
+    ),
+    "reconstruction_error(x_hat)": (
+        metrics.reconstruction_error,
+        (_IMAGES, _with_nan(_IMAGES, (3, 1, 1, 0))),
+        r"x_hat\[3, 1, 1, 0\]=nan",
+    ),
     "gaussian_stats": (metrics.gaussian_stats, (_with_nan(_FEATS, (2, 1)),), r"feats\[2, 1\]=nan"),
     "frechet_distance(a)": (metrics.frechet_distance, (_with_nan(_FEATS, (0, 0)), _FEATS), r"feats_a\[0, 0\]=nan"),
     "frechet_distance(b)": (metrics.frechet_distance, (_FEATS, _with_nan(_FEATS, (11, 2))), r"feats_b\[11, 2\]=nan"),
-    "frechet_distance_from_stats(mu)": (metrics.frechet_distance_from_stats, (_MU, _COV, _with_nan(_MU, 1), _COV), r"mu_b\[1\]=nan"),
-    "frechet_distance_from_stats(cov)": (metrics.frechet_distance_from_stats, (_MU, _with_nan(_COV, (0, 2)), _MU, _COV), r"cov_a\[0, 2\]=nan"),
+    "frechet_distance_from_stats(mu)": (
+        metrics.frechet_distance_from_stats,
+        (_MU, _COV, _with_nan(_MU, 1), _COV),
+        r"mu_b\[1\]=nan",
+    ),
+    "frechet_distance_from_stats(cov)": (
+        metrics.frechet_distance_from_stats,
+        (_MU, _with_nan(_COV, (0, 2)), _MU, _COV),
+        r"cov_a\[0, 2\]=nan",
+    ),
     # Distances to a NaN row compare False with every radius, so without the check a NaN row
     # would quietly count as "outside the manifold" and give numbers.
-    "precision_recall(real)": (metrics.precision_recall, (_with_nan(_FEATS, (5, 0)), _FEATS), r"real_feats\[5, 0\]=nan"),
-    "precision_recall(fake)": (metrics.precision_recall, (_FEATS, _with_nan(_FEATS, (7, 2))), r"fake_feats\[7, 2\]=nan"),
+    "precision_recall(real)": (
+        metrics.precision_recall,
+        (_with_nan(_FEATS, (5, 0)), _FEATS),
+        r"real_feats\[5, 0\]=nan",
+    ),
+    "precision_recall(fake)": (
+        metrics.precision_recall,
+        (_FEATS, _with_nan(_FEATS, (7, 2))),
+        r"fake_feats\[7, 2\]=nan",
+    ),
     "code_usage": (metrics.code_usage, (_with_nan(np.zeros((3, 2)), (1, 1)), 4), r"indices.dtype='float64' is invalid"),
 }
 
@@ -205,4 +229,3 @@ def test_every_metric_given_nan_raises_data_error(case):
     metric, args, field = NAN_CASES[case]
     with pytest.raises(DataError, match=field):
         metric(*args)
-

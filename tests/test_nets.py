@@ -20,7 +20,9 @@ def test_shapes(arch, shape):
 
 def test_paper_architecture_filters_and_batch_norm():
     model = AutoEncoder("conv-paper", (28, 28, 1), encoder_out=16)
-    variables = jax.eval_shape(lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, 16)), False))
+    variables = jax.eval_shape(
+        lambda: model.init(jax.random.key(0), jnp.zeros((1, 28, 28, 1)), jnp.zeros((1, 16)), False)
+    )
     enc = variables["params"]["encoder"]
     filters = [enc[f"Conv_{i}"]["kernel"].shape[-1] for i in range(4)]
     assert filters == [128, 256, 512, 1024]

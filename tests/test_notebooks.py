@@ -24,8 +24,12 @@ TIMEOUT_S = 600  # per cell; the tiny sizes take seconds (compilation included) 
 
 
 def test_the_four_notebooks_exist_with_their_python_sources():
-    assert NOTEBOOKS == ["01_quickstart.ipynb", "02_table_and_figures.ipynb",
-                         "03_discrete_relaxations.ipynb", "04_interpolations.ipynb"]
+    assert NOTEBOOKS == [
+        "01_quickstart.ipynb",
+        "02_table_and_figures.ipynb",
+        "03_discrete_relaxations.ipynb",
+        "04_interpolations.ipynb",
+    ]
     assert sorted(p.name for p in NOTEBOOK_DIR.glob("0*.py")) == [n.replace(".ipynb", ".py") for n in NOTEBOOKS]
 
 
@@ -38,7 +42,8 @@ def test_committed_notebook_matches_its_python_source_and_has_no_outputs(name):
     committed = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
     assert [(c.cell_type, c.source) for c in committed.cells] == [(c.cell_type, c.source) for c in source.cells], (
         f"notebooks/{name} differs from its source notebooks/{name[:-6]}.py; "
-        "rerun `jupytext --update --to ipynb notebooks/0*.py` and commit both")
+        "rerun `jupytext --update --to ipynb notebooks/0*.py` and commit both"
+    )
     assert committed.metadata["kernelspec"]["name"] == "python3"
     for cell in committed.cells:
         if cell.cell_type == "code":
@@ -59,13 +64,19 @@ def test_notebook_runs_at_tiny_size(name, tmp_path, monkeypatch):
     monkeypatch.setenv("JAXRAE_CACHE", os.environ.get("JAXRAE_CACHE", str(ROOT / ".pytest_cache" / "jaxrae")))
 
     nb = nbformat.read(NOTEBOOK_DIR / name, as_version=4)
-    client = nbclient.NotebookClient(nb, kernel_name="python3", timeout=TIMEOUT_S,
-                                     resources={"metadata": {"path": str(tmp_path)}})
+    client = nbclient.NotebookClient(
+        nb, kernel_name="python3", timeout=TIMEOUT_S, resources={"metadata": {"path": str(tmp_path)}}
+    )
     client.execute()  # raises CellExecutionError, with the failing cell and traceback
 
     errors = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs if o.output_type == "error"]
     assert not errors
-    images = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs
-              if o.output_type in ("display_data", "execute_result") and "image/png" in o.get("data", {})]
+    images = [
+        o
+        for c in nb.cells
+        if c.cell_type == "code"
+        for o in c.outputs
+        if o.output_type in ("display_data", "execute_result") and "image/png" in o.get("data", {})
+    ]
     assert images, f"{name} displayed no figure"
     (tmp_path / "executed.json").write_text(json.dumps({"cells": len(nb.cells), "figures": len(images)}))

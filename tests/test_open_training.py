@@ -35,10 +35,14 @@ def _expected_lr(schedule: str, peak: float, t: int, steps: int, warmup: int, f:
     return peak * f ** (t / steps)
 
 
-@pytest.mark.parametrize(("schedule", "warmup", "fraction"),
-                         [("constant", 0, None), ("cosine", 0, 0.1), ("warmup-cosine", 5, 0.0), ("exponential", 0, 0.01)])
+@pytest.mark.parametrize(
+    ("schedule", "warmup", "fraction"),
+    [("constant", 0, None), ("cosine", 0, 0.1), ("warmup-cosine", 5, 0.0), ("exponential", 0, 0.01)],
+)
 def test_learning_rate_per_step_follows_the_schedule_and_a_frozen_run_stays_frozen(digits, schedule, warmup, fraction):
-    cfg = TrainConfig(method="rae", steps=STEPS, lr_schedule=schedule, warmup_steps=warmup, final_lr_fraction=fraction, **FAST)
+    cfg = TrainConfig(
+        method="rae", steps=STEPS, lr_schedule=schedule, warmup_steps=warmup, final_lr_fraction=fraction, **FAST
+    )
     runs = train(cfg, digits, seeds=[0], sweep={"lr": list(PEAKS)}, progress=False)
     f = cfg.final_lr_fraction if cfg.final_lr_fraction is not None else 0.0
     expected = np.array([[_expected_lr(schedule, peak, t, STEPS, warmup, f) for t in range(STEPS)] for peak in PEAKS])
@@ -61,24 +65,39 @@ def test_a_schedule_changes_the_trajectory(digits):
     assert not np.array_equal(constant.losses[:, 2:], cosine.losses[:, 2:])
 
 
-@pytest.mark.parametrize(("fields", "field"), [
-    ({"lr_schedule": "linear"}, "lr_schedule"),
-    ({"lr_schedule": "cosine", "warmup_steps": 3}, "warmup_steps"),
-    ({"lr_schedule": "warmup-cosine"}, "warmup_steps"),
-    ({"lr_schedule": "warmup-cosine", "warmup_steps": 20, "steps": 20}, "warmup_steps"),
-    ({"warmup_steps": -1}, "warmup_steps"),
-    ({"final_lr_fraction": 0.1}, "final_lr_fraction"),
-    ({"lr_schedule": "exponential"}, "final_lr_fraction"),
-    ({"lr_schedule": "exponential", "final_lr_fraction": 0.0}, "final_lr_fraction"),
-    ({"lr_schedule": "cosine", "final_lr_fraction": 1.5}, "final_lr_fraction"),
-])
+@pytest.mark.parametrize(
+    ("fields", "field"),
+    [
+        ({"lr_schedule": "linear"}, "lr_schedule"),
+        ({"lr_schedule": "cosine", "warmup_steps": 3}, "warmup_steps"),
+        ({"lr_schedule": "warmup-cosine"}, "warmup_steps"),
+        ({"lr_schedule": "warmup-cosine", "warmup_steps": 20, "steps": 20}, "warmup_steps"),
+        ({"warmup_steps": -1}, "warmup_steps"),
+        ({"final_lr_fraction": 0.1}, "final_lr_fraction"),
+        ({"lr_schedule": "exponential"}, "final_lr_fraction"),
+        ({"lr_schedule": "exponential", "final_lr_fraction": 0.0}, "final_lr_fraction"),
+        ({"lr_schedule": "cosine", "final_lr_fraction": 1.5}, "final_lr_fraction"),
+    ],
+)
 def test_invalid_schedule_settings_name_their_field(fields, field):
     with pytest.raises(ConfigError, match=f"^{field}="):
         TrainConfig(**fields)
 
 
 def test_schedule_flags_and_round_trip():
-    args = build_parser().parse_args(["train", "--out", "x", "--lr-schedule", "warmup-cosine", "--warmup-steps", "100", "--final-lr-fraction", "0.05"])
+    args = build_parser().parse_args(
+        [
+            "train",
+            "--out",
+            "x",
+            "--lr-schedule",
+            "warmup-cosine",
+            "--warmup-steps",
+            "100",
+            "--final-lr-fraction",
+            "0.05",
+        ]
+    )
     cfg = config_from_args(args)
     assert (cfg.lr_schedule, cfg.warmup_steps, cfg.final_lr_fraction) == ("warmup-cosine", 100, 0.05)
     assert TrainConfig.from_dict(cfg.to_dict()) == cfg
@@ -91,6 +110,8 @@ def test_schedule_flags_and_round_trip():
 
 
 def test_readme_bring_your_own_encoder():
+    # The README holds this text verbatim: the formatter leaves it alone.
+    # fmt: off
     # --- README snippet: bring your own encoder ---
     import flax.linen as nn
     import jax
@@ -131,6 +152,7 @@ def test_readme_bring_your_own_encoder():
     images = runs.decode(codes)  # (3, 10, 8, 8, 1), in [0, 1]
     samples = runs.sample_ex_post(jax.random.key(0), runs.fit_ex_post(jax.random.key(1), data.train_images), 10)
     # --- end of README snippet ---
+    # fmt: on
 
     assert codes.shape == (3, 10, 16) and images.shape == (3, 10, 8, 8, 1) and samples.shape == (3, 10, 8, 8, 1)
     assert np.all((images >= 0) & (images <= 1))
@@ -144,8 +166,14 @@ def test_readme_bring_your_own_encoder():
     state, _ = jax.jit(jax.vmap(trainer))(jax.vmap(jax.random.key)(np.arange(3)))
     chex.assert_trees_all_close(state.params, params, rtol=1e-5, atol=1e-6)
     # equal modules make equal configs, which share the compiled programs
-    again = jaxrae.TrainConfig(method="rae", arch=Arch(ConvEncoder(), ConvDecoder(), name="my-conv"),
-                               steps=60, batch_size=32, chunk_size=30, lr_schedule="cosine")
+    again = jaxrae.TrainConfig(
+        method="rae",
+        arch=Arch(ConvEncoder(), ConvDecoder(), name="my-conv"),
+        steps=60,
+        batch_size=32,
+        chunk_size=30,
+        lr_schedule="cosine",
+    )
     assert again == config and hash(again) == hash(config)
 
 
@@ -191,9 +219,13 @@ def test_user_module_contracts_are_config_errors(digits):
 
 
 def test_dataset_from_uint8_or_float_arrays_is_the_same_and_validated(digits):
-    u8 = jaxrae.make_dataset("d", digits.train_images_u8, digits.train_labels, digits.test_images_u8, digits.test_labels)
+    u8 = jaxrae.make_dataset(
+        "d", digits.train_images_u8, digits.train_labels, digits.test_images_u8, digits.test_labels
+    )
     f = jaxrae.make_dataset("d", digits.train_images, digits.train_labels, digits.test_images, digits.test_labels)
     np.testing.assert_array_equal(u8.train_images_u8, f.train_images_u8)
     assert u8.fingerprint == f.fingerprint == digits.fingerprint
     with pytest.raises(DataError, match="range"):
-        jaxrae.make_dataset("d", digits.train_images * 255.0, digits.train_labels, digits.test_images, digits.test_labels)
+        jaxrae.make_dataset(
+            "d", digits.train_images * 255.0, digits.train_labels, digits.test_images, digits.test_labels
+        )

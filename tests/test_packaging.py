@@ -54,7 +54,9 @@ def test_citation_cff_parses_with_the_required_keys_and_this_version():
 
 
 def test_changelog_has_an_entry_for_this_version():
-    headings = [line for line in (ROOT / "CHANGELOG.md").read_text(encoding="utf-8").splitlines() if line.startswith("## ")]
+    headings = [
+        line for line in (ROOT / "CHANGELOG.md").read_text(encoding="utf-8").splitlines() if line.startswith("## ")
+    ]
     assert headings[0] == "## Unreleased"
     assert any(h == f"## {jaxrae.__version__}" or h.startswith(f"## {jaxrae.__version__} - ") for h in headings)
 

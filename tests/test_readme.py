@@ -83,8 +83,16 @@ def parse_blocks(text: str) -> list[Block]:
         assert j < len(lines), f"README.md:{start + 1}: the fence opened here is never closed"
         above = next((lines[k].strip() for k in range(start - 1, -1, -1) if lines[k].strip()), "")
         note = _NOTE.match(above)
-        blocks.append(Block(language=m["lang"], code=textwrap.dedent("\n".join(lines[start + 1:j])) + "\n", line=start + 1,
-                            section=section, note_kind=note["kind"] if note else None, note=note["text"] if note else ""))
+        blocks.append(
+            Block(
+                language=m["lang"],
+                code=textwrap.dedent("\n".join(lines[start + 1 : j])) + "\n",
+                line=start + 1,
+                section=section,
+                note_kind=note["kind"] if note else None,
+                note=note["text"] if note else "",
+            )
+        )
         i = j + 1
     return blocks
 
@@ -118,9 +126,13 @@ def test_the_parser_finds_the_blocks_this_file_relies_on():
         assert needed in sections, f"no block run here under '## {needed}'"
     assert any(b.note_kind == "run by" for b in BLOCKS) and any(b.note_kind == "not run" for b in BLOCKS)
     # the parser itself: an indented fence, a note above, an unclosed fence
-    parsed = parse_blocks("## A\n\n<!-- not run: needs a GPU -->\n```bash\npip x\n```\n\n- item\n\n  ```toml\n  a = 1\n  ```\n")
+    parsed = parse_blocks(
+        "## A\n\n<!-- not run: needs a GPU -->\n```bash\npip x\n```\n\n- item\n\n  ```toml\n  a = 1\n  ```\n"
+    )
     assert [(b.language, b.section, b.note_kind, b.note, b.code) for b in parsed] == [
-        ("bash", "A", "not run", "needs a GPU", "pip x\n"), ("toml", "A", None, "", "a = 1\n")]
+        ("bash", "A", "not run", "needs a GPU", "pip x\n"),
+        ("toml", "A", None, "", "a = 1\n"),
+    ]
     with pytest.raises(AssertionError, match="never closed"):
         parse_blocks("```python\nx = 1\n")
 
@@ -134,7 +146,8 @@ def test_every_block_names_its_language_and_is_run_or_says_why_not():
             for line in _command_lines(block.code):
                 assert _is_jaxrae_command(line) or _SHELL_GLUE.match(line), (
                     f"{block.name}: `{line}` is not a jaxrae command line; run it here or mark the block "
-                    "<!-- not run: why -->")
+                    "<!-- not run: why -->"
+                )
 
 
 def test_snippets_use_typed_keys_and_jax_tree():
@@ -149,7 +162,11 @@ def test_snippets_use_typed_keys_and_jax_tree():
 
 def _test_functions(path: Path) -> dict[str, ast.FunctionDef]:
     tree = ast.parse(path.read_text(encoding="utf-8"))
-    return {node.name: node for node in ast.walk(tree) if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
+    return {
+        node.name: node
+        for node in ast.walk(tree)
+        if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")
+    }
 
 
 def test_every_test_the_guarantees_table_names_exists():
@@ -181,8 +198,10 @@ def _marked_snippet(test: str) -> str:
     path, name = test.split("::")
     source = (REPO / path).read_text(encoding="utf-8")
     function = _test_functions(REPO / path)[name]
-    body = "\n".join(source.splitlines()[function.lineno - 1:function.end_lineno])
-    m = re.search(r"\n[ \t]*# --- README snippet: [^\n]*---\n(.*?)\n[ \t]*# --- end of README snippet ---", body, re.DOTALL)
+    body = "\n".join(source.splitlines()[function.lineno - 1 : function.end_lineno])
+    m = re.search(
+        r"\n[ \t]*# --- README snippet: [^\n]*---\n(.*?)\n[ \t]*# --- end of README snippet ---", body, re.DOTALL
+    )
     assert m, f"{test} has no '# --- README snippet' markers"
     return textwrap.dedent(m[1])
 
@@ -210,18 +229,27 @@ def _environment(tmp: Path) -> dict:
     bin_dir = tmp / ".bin"
     bin_dir.mkdir()
     launcher = bin_dir / "jaxrae"
-    launcher.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -c "import sys; from jaxrae.cli import main; sys.exit(main())" "$@"\n')
+    launcher.write_text(
+        f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -c "import sys; from jaxrae.cli import main; sys.exit(main())" "$@"\n'
+    )
     launcher.chmod(0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith(("XLA_FLAGS", "JAX_", "JAXRAE_", "PYTHONPATH"))}
-    env.update(PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}", PYTHONPATH=str(REPO), JAX_PLATFORMS="cpu",
-               JAXRAE_CACHE=str(tmp / ".cache"), MPLBACKEND="Agg")
+    env.update(
+        PATH=f"{bin_dir}{os.pathsep}{env.get('PATH', '')}",
+        PYTHONPATH=str(REPO),
+        JAX_PLATFORMS="cpu",
+        JAXRAE_CACHE=str(tmp / ".cache"),
+        MPLBACKEND="Agg",
+    )
     return env
 
 
 def _run(argv: list[str], cwd: Path, env: dict, name: str) -> None:
     # A session of its own, so that a background process a snippet starts (the second process of
     # the multi-host block) is killed with it whatever happens.
-    proc = subprocess.Popen(argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    proc = subprocess.Popen(
+        argv, cwd=cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True
+    )
     try:
         out, _ = proc.communicate(timeout=TIMEOUT_S)
     except subprocess.TimeoutExpired:

@@ -49,6 +49,8 @@ def rng(seed):
 def normal(seed, shape):
     """Fixed test data, drawn with NumPy so that it costs no compilation."""
     return jnp.asarray(np.random.default_rng(seed).normal(size=shape), jnp.float32)
+
+
 N_DRAWS = 20_000
 SIGMAS = 5.0  # tolerance of frequency tests, in standard errors
 
@@ -78,10 +80,7 @@ class OneHotForwardTest(chex.TestCase):
 
         def codes(key):
             keys = jax.random.split(key, len(ESTIMATORS) + 1)
-            out = [
-                discrete_code(k, logits, name, 0.5, n_samples=3)
-                for k, name in zip(keys, ESTIMATORS)
-            ]
+            out = [discrete_code(k, logits, name, 0.5, n_samples=3) for k, name in zip(keys, ESTIMATORS)]
             out.append(gumbel_softmax(keys[-1], logits, 0.3, hard=True))
             return jnp.stack(out)
 
@@ -211,9 +210,7 @@ def test_conditional_gumbel_argmax_and_marginal():
     # Averaged over the class drawn from softmax(logits), logits + G is unconditionally Gumbel:
     # mean logits + gamma, std pi / sqrt(6).
     std_err = math.pi / math.sqrt(6 * N_DRAWS)
-    np.testing.assert_array_less(
-        np.abs(perturbed.mean(0) - (logits + EULER_GAMMA)), SIGMAS * std_err
-    )
+    np.testing.assert_array_less(np.abs(perturbed.mean(0) - (logits + EULER_GAMMA)), SIGMAS * std_err)
 
 
 def test_gumbel_rao_mean_gradient_equals_st_gumbel_mean_gradient():
@@ -224,9 +221,7 @@ def test_gumbel_rao_mean_gradient_equals_st_gumbel_mean_gradient():
 
     def per_key_grads(estimator):
         def grad_one(key):
-            return jax.grad(
-                lambda lg: jnp.dot(weights, discrete_code(key, lg, estimator, tau, n_samples=1))
-            )(logits)
+            return jax.grad(lambda lg: jnp.dot(weights, discrete_code(key, lg, estimator, tau, n_samples=1)))(logits)
 
         return jax.vmap(grad_one)(keys)
 
@@ -281,15 +276,12 @@ def test_log_prob_binary_matches_closed_form_and_normalizes():
     u = np.linspace(-60.0, 60.0, 24_001)  # x = sigmoid(u) spreads the density over R
     x = 1 / (1 + np.exp(-u))
     y = jnp.asarray(np.stack([x, 1 - x], -1), jnp.float32)
-    log_p = np.asarray(
-        jax.jit(relaxed_one_hot_log_prob)(y, jnp.broadcast_to(logits, y.shape), tau)
-    )
+    log_p = np.asarray(jax.jit(relaxed_one_hot_log_prob)(y, jnp.broadcast_to(logits, y.shape), tau))
     chex.assert_shape(log_p, (u.size,))
     # Binary Concrete density (Maddison et al. 2017, eq. 23), alpha = exp(logit), in float64.
     log_x, log_1mx = -np.logaddexp(0, -u), -np.logaddexp(0, u)
     closed = (
-        math.log(tau) + logit - (tau + 1) * (log_x + log_1mx)
-        - 2 * np.logaddexp(logit - tau * log_x, -tau * log_1mx)
+        math.log(tau) + logit - (tau + 1) * (log_x + log_1mx) - 2 * np.logaddexp(logit - tau * log_x, -tau * log_1mx)
     )
     inner = np.abs(u) < 15  # where float32 y still resolves both coordinates
     np.testing.assert_allclose(log_p[inner], closed[inner], rtol=1e-4, atol=1e-3)
@@ -335,9 +327,7 @@ def test_log_prob_matches_tfp_relaxed_one_hot_categorical():
 
 def test_categorical_kl_uniform_hand_values():
     logits = jnp.log(jnp.array([[[0.5, 0.25, 0.25], [1 / 3, 1 / 3, 1 / 3]]]))
-    kl, kl_one_hot = jax.jit(
-        lambda: (categorical_kl_uniform(logits), categorical_kl_uniform(jnp.array([0.0, 1e4])))
-    )()
+    kl, kl_one_hot = jax.jit(lambda: (categorical_kl_uniform(logits), categorical_kl_uniform(jnp.array([0.0, 1e4]))))()
     chex.assert_shape(kl, (1, 2))
     np.testing.assert_allclose(kl, [[math.log(3) - 1.5 * math.log(2), 0.0]], atol=1e-6)
     np.testing.assert_allclose(kl_one_hot, math.log(2), atol=1e-6)
@@ -356,9 +346,7 @@ def test_no_nan_at_small_temperature_with_many_classes():
         return jnp.stack(terms)
 
     # A NaN or inf in any term's gradient survives the sum, so one gradient checks them all.
-    values, grad = jax.jit(lambda lg: (objectives(lg), jax.grad(lambda m: objectives(m).sum())(lg)))(
-        logits
-    )
+    values, grad = jax.jit(lambda lg: (objectives(lg), jax.grad(lambda m: objectives(m).sum())(lg)))(logits)
     assert np.all(np.isfinite(values)) and np.all(np.isfinite(grad))
 
 
@@ -372,6 +360,7 @@ def test_masked_class_gets_no_sample_and_no_gradient(estimator):
 
     def grad_with(mask_value):
         masked = logits.at[:, 1].set(mask_value)
+
         def code(lg):
             return discrete_code(key, lg, estimator, 0.7, n_samples=4)
 
@@ -432,9 +421,7 @@ def test_vector_quantize_matches_brute_force():
     @jax.jit
     def quantize_and_grads(z_e, codebook):
         def grads(term):
-            return jax.grad(lambda z, c: jnp.sum(term(vector_quantize(z, c))), argnums=(0, 1))(
-                z_e, codebook
-            )
+            return jax.grad(lambda z, c: jnp.sum(term(vector_quantize(z, c))), argnums=(0, 1))(z_e, codebook)
 
         return vector_quantize(z_e, codebook), [
             grads(lambda out: weights * out.codes),
@@ -553,7 +540,8 @@ def test_gradient_moments_equal_mean_and_variance_of_per_key_gradients():
     chex.assert_trees_all_close(
         moments,
         GradientMoments(draws.mean(0), draws.var(0), jax.grad(expected_quadratic)(logits, quadratic, linear)),
-        rtol=1e-4, atol=1e-5,
+        rtol=1e-4,
+        atol=1e-5,
     )
 
 
@@ -583,7 +571,9 @@ def test_reinforce_moments_are_unbiased_and_vmap_over_temperatures():
 
     # One vmapped call over temperatures gives each temperature's own moments.
     taus = jnp.array([0.5, 2.0])
-    soft = jax.jit(jax.vmap(lambda t: estimator_gradient_moments(rng(45), logits, objective, "gumbel-softmax", t, 64)))(taus)
+    soft = jax.jit(jax.vmap(lambda t: estimator_gradient_moments(rng(45), logits, objective, "gumbel-softmax", t, 64)))(
+        taus
+    )
     for i, tau in enumerate(taus):
         one = estimator_gradient_moments(rng(45), logits, objective, "gumbel-softmax", tau, 64)
         chex.assert_trees_all_close(jax.tree.map(lambda x, i=i: x[i], soft), one, rtol=1e-5, atol=1e-6)

@@ -29,8 +29,27 @@ from jaxrae.io import (
 
 
 def _train_args(out):
-    return [sys.executable, "-m", "jaxrae.cli", "train", "--method", "vae", "--data", "digits", "--seeds", "2",
-            "--steps", "200", "--batch-size", "32", "--chunk-size", "10", "--out", str(out), "--quiet"]
+    return [
+        sys.executable,
+        "-m",
+        "jaxrae.cli",
+        "train",
+        "--method",
+        "vae",
+        "--data",
+        "digits",
+        "--seeds",
+        "2",
+        "--steps",
+        "200",
+        "--batch-size",
+        "32",
+        "--chunk-size",
+        "10",
+        "--out",
+        str(out),
+        "--quiet",
+    ]
 
 
 def _final_state(out):
@@ -137,4 +156,3 @@ def test_checkpoint_round_trip_and_structure_mismatch(tmp_path):
     chex.assert_trees_all_equal(restore_into(tree, saved["state"], path), tree)
     with pytest.raises(CheckpointError, match="does not match"):
         restore_into({**tree, "extra": np.zeros(2)}, saved["state"], path)  # a leaf the file lacks
-

@@ -63,8 +63,12 @@ def test_diverged_run_is_excluded_but_counted():
 
 def test_paired_difference_over_common_ok_seeds():
     d = report.paired_difference(
-        values=[1.0, 2.0, 3.0, 7.0], seeds=[0, 1, 2, 5], ok=[True, True, True, True],
-        baseline_values=[0.5, 1.0, 2.0, 100.0], baseline_seeds=[0, 1, 2, 3], baseline_ok=[True, True, True, True],
+        values=[1.0, 2.0, 3.0, 7.0],
+        seeds=[0, 1, 2, 5],
+        ok=[True, True, True, True],
+        baseline_values=[0.5, 1.0, 2.0, 100.0],
+        baseline_seeds=[0, 1, 2, 3],
+        baseline_ok=[True, True, True, True],
     )
     diffs = np.array([0.5, 1.0, 1.0])  # seeds 0, 1, 2 are common; 5 and 3 are not
     assert d["seeds"] == [0, 1, 2] and d["n"] == 3
@@ -72,7 +76,9 @@ def test_paired_difference_over_common_ok_seeds():
     half = stats.t.ppf(0.975, 2) * diffs.std(ddof=1) / math.sqrt(3)
     assert (d["ci_low"], d["ci_high"]) == pytest.approx((diffs.mean() - half, diffs.mean() + half))
     # a diverged baseline seed drops that pair
-    d2 = report.paired_difference([1.0, 2.0, 3.0], [0, 1, 2], [True] * 3, [0.5, 1.0, 2.0], [0, 1, 2], [True, False, True])
+    d2 = report.paired_difference(
+        [1.0, 2.0, 3.0], [0, 1, 2], [True] * 3, [0.5, 1.0, 2.0], [0, 1, 2], [True, False, True]
+    )
     assert d2["seeds"] == [0, 2] and d2["mean"] == pytest.approx(0.75)
 
 
@@ -83,11 +89,20 @@ def _fake_results():
         "eval": {"n_eval": 100},
         "feature_network": {"test_accuracy": 0.9},
         "methods": {
-            "a": {"seeds": [0, 1, 2], "ok": [True, True, True],
-                  "metrics": {"rec_error": [1.0, 2.0, 3.0], "fd_ex_post": [10.0, 11.0, 12.0]}},
-            "b": {"seeds": [0, 1, 2], "ok": [True, True, False],
-                  "metrics": {"rec_error": [2.0, 4.0, 1e6], "fd_ex_post": [9.0, 10.0, float("nan")],
-                              "perplexity": [3.0, 4.0, 1.0]}},
+            "a": {
+                "seeds": [0, 1, 2],
+                "ok": [True, True, True],
+                "metrics": {"rec_error": [1.0, 2.0, 3.0], "fd_ex_post": [10.0, 11.0, 12.0]},
+            },
+            "b": {
+                "seeds": [0, 1, 2],
+                "ok": [True, True, False],
+                "metrics": {
+                    "rec_error": [2.0, 4.0, 1e6],
+                    "fd_ex_post": [9.0, 10.0, float("nan")],
+                    "perplexity": [3.0, 4.0, 1.0],
+                },
+            },
         },
     }
 
@@ -134,7 +149,9 @@ def test_warnings_section_lists_feature_network_and_row_warnings():
     results["feature_network"] = {"test_accuracy": 0.11, "majority_accuracy": 0.1}  # removes 1% of the errors
     results["methods"]["b"]["notes"] = {"warnings": ["codes at the covariance floor"]}
     warned = report.result_warnings(results)
-    assert len(warned) == 2 and warned[0].startswith("the FD feature network is at or near the majority rule (test accuracy 11.0%")
+    assert len(warned) == 2 and warned[0].startswith(
+        "the FD feature network is at or near the majority rule (test accuracy 11.0%"
+    )
     assert warned[1] == "b: codes at the covariance floor"
     md = report.render_markdown(results)
     # under the summary table, before the paired differences and the per-metric detail
@@ -199,11 +216,15 @@ def test_show_figure_displays_one_png_and_closes_the_figure(monkeypatch):
 
 def test_toml_unknown_keys_are_config_errors(tmp_path):
     good = tmp_path / "good.toml"
-    good.write_text('data = "digits"\nmethods = ["ae", "drae"]\nseeds = 3\nbaseline = "ae"\n'
-                    "[config]\nsteps = 20\n[overrides.drae]\nbeta = 0.01\n")
+    good.write_text(
+        'data = "digits"\nmethods = ["ae", "drae"]\nseeds = 3\nbaseline = "ae"\n'
+        "[config]\nsteps = 20\n[overrides.drae]\nbeta = 0.01\n"
+    )
     exp = load_experiment(good)
     assert exp.seeds == (0, 1, 2) and exp.method_config("drae").beta == 0.01 and exp.method_config("ae").steps == 20
-    assert exp.method_config("ae").batch_size == DEFAULT_JOB_CONFIG["batch_size"]  # compare's shared default survives a partial [config]
+    assert (
+        exp.method_config("ae").batch_size == DEFAULT_JOB_CONFIG["batch_size"]
+    )  # compare's shared default survives a partial [config]
 
     for body, needle in [
         ('methods = ["ae"]\nsedes = 3\n', "sedes"),
@@ -223,11 +244,20 @@ def test_non_empty_out_without_resume_or_overwrite_exits_2_with_one_line(tmp_pat
     out = tmp_path / "out"
     out.mkdir()
     (out / "results.json").write_text("{}")
-    proc = subprocess.run([sys.executable, "-m", "jaxrae.cli", "compare", "--methods", "ae", "--out", str(out), "--quiet"],
-                          capture_output=True, text=True, timeout=120)
+    proc = subprocess.run(
+        [sys.executable, "-m", "jaxrae.cli", "compare", "--methods", "ae", "--out", str(out), "--quiet"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("jaxrae: error:") and "--resume" in lines[0] and "--overwrite" in lines[0]
+    assert (
+        len(lines) == 1
+        and lines[0].startswith("jaxrae: error:")
+        and "--resume" in lines[0]
+        and "--overwrite" in lines[0]
+    )
     assert (out / "results.json").read_text() == "{}"  # untouched
 
 
@@ -294,7 +324,11 @@ def test_holm_adjusted_p_reproduces_the_step_down_procedure_at_every_level():
     rng = np.random.default_rng(0)
     for m in range(1, 7):
         for _ in range(40):
-            p = rng.choice([0.001, 0.004, 0.01, 0.0125, 0.02, 0.03, 0.05, 0.2], size=m) if rng.random() < 0.5 else rng.random(m) * 0.1
+            p = (
+                rng.choice([0.001, 0.004, 0.01, 0.0125, 0.02, 0.03, 0.05, 0.2], size=m)
+                if rng.random() < 0.5
+                else rng.random(m) * 0.1
+            )
             adjusted = report.holm(p)
             for alpha in (0.001, 0.01, 0.025, 0.05, 0.1, 0.5):
                 assert {i for i in range(m) if adjusted[i] <= alpha} == _holm_step_down_rejections(list(p), alpha)
@@ -335,16 +369,34 @@ def test_tost_matches_the_closed_form_and_the_90_percent_interval_rule():
 def _contrast_results(primary=(), equivalence=None):
     rng = np.random.default_rng(3)
     base = rng.normal(10.0, 1.0, 6)
-    methods = {"base": {"seeds": list(range(6)), "ok": [True] * 6, "config": {"steps": 300, "batch_size": 50},
-                        "metrics": {"rec_error": list(base), "fd_ex_post": list(base + 20)}}}
+    methods = {
+        "base": {
+            "seeds": list(range(6)),
+            "ok": [True] * 6,
+            "config": {"steps": 300, "batch_size": 50},
+            "metrics": {"rec_error": list(base), "fd_ex_post": list(base + 20)},
+        }
+    }
     shifts = {"far": 3.0, "near": 0.0, "mid": 0.4}
     for name, shift in shifts.items():
-        methods[name] = {"seeds": list(range(6)), "ok": [True] * 6, "config": {"steps": 300, "batch_size": 50},
-                         "metrics": {"rec_error": list(base + shift + rng.normal(0, 0.05, 6)),
-                                     "fd_ex_post": list(base + 20 + rng.normal(0, 0.5, 6))}}
-    return {"data": "digits", "baseline": "base", "n_train": 1000, "eval": {"n_eval": 100},
-            "feature_network": {"test_accuracy": 0.9},
-            "experiment": {"primary": list(primary), "equivalence": equivalence or {}}, "methods": methods}
+        methods[name] = {
+            "seeds": list(range(6)),
+            "ok": [True] * 6,
+            "config": {"steps": 300, "batch_size": 50},
+            "metrics": {
+                "rec_error": list(base + shift + rng.normal(0, 0.05, 6)),
+                "fd_ex_post": list(base + 20 + rng.normal(0, 0.5, 6)),
+            },
+        }
+    return {
+        "data": "digits",
+        "baseline": "base",
+        "n_train": 1000,
+        "eval": {"n_eval": 100},
+        "feature_network": {"test_accuracy": 0.9},
+        "experiment": {"primary": list(primary), "equivalence": equivalence or {}},
+        "methods": methods,
+    }
 
 
 def test_stars_are_holm_within_the_table_family_and_primary_contrasts_have_their_own():
@@ -379,20 +431,29 @@ def test_equivalence_only_from_tost_at_the_stated_margin():
     base_mean = np.mean(results["methods"]["base"]["metrics"]["rec_error"])
     near = by[("near", "rec_error")]
     assert near["eq_margin"] == pytest.approx(0.05 * base_mean)
-    d = np.subtract(results["methods"]["near"]["metrics"]["rec_error"], results["methods"]["base"]["metrics"]["rec_error"])
+    d = np.subtract(
+        results["methods"]["near"]["metrics"]["rec_error"], results["methods"]["base"]["metrics"]["rec_error"]
+    )
     assert near["p_tost"] == pytest.approx(report.tost_paired(d, 0.05 * base_mean))
     assert near["equivalent"] and not by[("far", "rec_error")]["equivalent"]
     assert not by[("near", "fd_ex_post")]["equivalent"]  # a margin of 0.01 is far below the FD noise: inconclusive
     md = report.render_markdown(results, rows)
-    assert f"rec_error ±{report.fmt(0.05 * base_mean)}" in md and "(5% of the baseline mean)" in md and "fd_ex_post ±0.01" in md
+    assert (
+        f"rec_error ±{report.fmt(0.05 * base_mean)}" in md
+        and "(5% of the baseline mean)" in md
+        and "fd_ex_post ±0.01" in md
+    )
     assert "TOST p Holm" in md
     assert any(line.startswith("| near |") and "≈" in line for line in md.splitlines())
 
 
 def test_rerender_keeps_title_and_notes_and_is_idempotent():
     results = _contrast_results()
-    legacy = ("# my table\n\n" + "\n".join(f"- {line}" for line in report._provenance(results))
-              + "\n- note: written by hand\n- wall time: 3 min\n\n## jaxrae compare output\n\n- data: old caption\n")
+    legacy = (
+        "# my table\n\n"
+        + "\n".join(f"- {line}" for line in report._provenance(results))
+        + "\n- note: written by hand\n- wall time: 3 min\n\n## jaxrae compare output\n\n- data: old caption\n"
+    )
     md, table_csv = report.rerender(results, legacy, rendered_by="jaxrae report x")
     assert md.startswith("# my table\n") and "re-rendered from results.json alone by `jaxrae report x`" in md
     title, notes = report.table_notes(md, results)
@@ -420,8 +481,14 @@ def test_report_command_rerenders_from_results_json(tmp_path, capsys):
     for label, m in results["methods"].items():
         record = {"ok": m["ok"], "loss_curve": {"steps": [1, 2], "loss": [[2.0, 1.0]] * len(m["ok"])}}
         (tmp_path / "methods" / f"{label}.json").write_text(json.dumps(record))
-        np.savez(tmp_path / "methods" / f"{label}.npz", originals=imgs, reconstructions=imgs, prior=imgs, ex_post=imgs,
-                 interpolations=imgs.reshape(2, 2, 8, 8, 1))
+        np.savez(
+            tmp_path / "methods" / f"{label}.npz",
+            originals=imgs,
+            reconstructions=imgs,
+            prior=imgs,
+            ex_post=imgs,
+            interpolations=imgs.reshape(2, 2, 8, 8, 1),
+        )
     assert cli.main(["report", str(tmp_path / "results.json")]) == 0
     assert "and the figures" in capsys.readouterr().out
     for name in ("reconstructions", "samples", "interpolations", "metrics", "losses"):
@@ -438,7 +505,9 @@ def test_epochs_from_each_rows_config_and_p_formatting():
 
 
 def test_primary_and_equivalence_are_validated_when_the_experiment_is_built(tmp_path):
-    exp = Experiment(methods=("ae", "vae"), primary=["vae:fd_ex_post"], equivalence={"rec_error": "5%", "fd_ex_post": 1.0})
+    exp = Experiment(
+        methods=("ae", "vae"), primary=["vae:fd_ex_post"], equivalence={"rec_error": "5%", "fd_ex_post": 1.0}
+    )
     assert exp.to_dict()["primary"] == ["vae:fd_ex_post"] and exp.to_dict()["equivalence"]["rec_error"] == "5%"
     for kwargs, needle in [
         ({"primary": ["ae:fd_ex_post"]}, "ae:fd_ex_post"),  # the baseline against itself

@@ -25,8 +25,10 @@ CFG = TrainConfig(method="rae", steps=STEPS, batch_size=32, chunk_size=CHUNK)
 def _scalars(run_dir: Path) -> dict[str, tuple[list[int], np.ndarray]]:
     acc = event_accumulator.EventAccumulator(str(run_dir))
     acc.Reload()
-    return {tag: ([e.step for e in acc.Scalars(tag)], np.array([e.value for e in acc.Scalars(tag)]))
-            for tag in acc.Tags()["scalars"]}
+    return {
+        tag: ([e.step for e in acc.Scalars(tag)], np.array([e.value for e in acc.Scalars(tag)]))
+        for tag in acc.Tags()["scalars"]
+    }
 
 
 def test_crc32c_matches_the_standard_check_value_and_tensorboards_masked_crc():
@@ -69,9 +71,14 @@ def test_wandb_without_wandb_installed_is_one_config_error(tmp_path, monkeypatch
     monkeypatch.setitem(sys.modules, "wandb", None)  # import wandb raises ImportError
     with pytest.raises(ConfigError, match=r"^wandb=True is invalid: .*pip install wandb"):
         runlog.RunLogger(tmp_path, wandb=True)
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")])}
-    code = ("import sys; sys.modules['wandb'] = None; from jaxrae.cli import main; "
-            f"sys.exit(main(['train', '--out', {str(tmp_path / 'out')!r}, '--steps', '2', '--wandb']))")
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join([str(Path(__file__).parents[1]), os.environ.get("PYTHONPATH", "")]),
+    }
+    code = (
+        "import sys; sys.modules['wandb'] = None; from jaxrae.cli import main; "
+        f"sys.exit(main(['train', '--out', {str(tmp_path / 'out')!r}, '--steps', '2', '--wandb']))"
+    )
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env, check=False)
     assert proc.returncode == 2
     expected = "jaxrae: error: wandb=True is invalid: Weights & Biases is not installed; pip install wandb (or leave --wandb off)"
@@ -124,6 +131,8 @@ def test_cli_train_writes_logs_into_out_unless_told_not_to(tmp_path):
 
 def test_readme_watch_it_in_tensorboard(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
+    # The README holds this text verbatim: the formatter leaves it alone.
+    # fmt: off
     # --- README snippet: watch it in TensorBoard ---
     import jaxrae
 
@@ -133,6 +142,7 @@ def test_readme_watch_it_in_tensorboard(tmp_path, monkeypatch):
     # six runs, six curves: runs/demo/tensorboard/rae/seed0-beta0.0001/ ... seed2-beta0.001/
     # view them with:  tensorboard --logdir runs/demo/tensorboard
     # --- end of README snippet ---
+    # fmt: on
     run_dirs = sorted((tmp_path / "runs/demo/tensorboard/rae").iterdir())
     assert len(run_dirs) == runs.n_runs == 6
     for run_dir in run_dirs:
@@ -143,10 +153,25 @@ def test_compare_logs_training_curves_and_every_evaluation_metric_per_seed(tmp_p
     from jaxrae.compare import run_compare
     from jaxrae.experiment import Experiment
 
-    experiment = Experiment(data="digits", methods=("drae",), seeds=(0, 1), n_train=300, n_test=120, n_eval=40, feature_steps=30,
-                            n_components=3, config={"steps": 20, "chunk_size": 10, "batch_size": 32, "latent_dim": 4, "n_classes": 4})
-    results = run_compare(experiment, tmp_path / "out", progress=False, feature_cache_dir=tmp_path / "cache",
-                          log=lambda *_: None, figures=False)
+    experiment = Experiment(
+        data="digits",
+        methods=("drae",),
+        seeds=(0, 1),
+        n_train=300,
+        n_test=120,
+        n_eval=40,
+        feature_steps=30,
+        n_components=3,
+        config={"steps": 20, "chunk_size": 10, "batch_size": 32, "latent_dim": 4, "n_classes": 4},
+    )
+    results = run_compare(
+        experiment,
+        tmp_path / "out",
+        progress=False,
+        feature_cache_dir=tmp_path / "cache",
+        log=lambda *_: None,
+        figures=False,
+    )
     metrics = results["methods"]["drae"]["metrics"]
     for i, seed in enumerate((0, 1)):
         scalars = _scalars(tmp_path / "out" / "tensorboard" / "drae" / f"seed{seed}")

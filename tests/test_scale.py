@@ -95,7 +95,9 @@ def _env(**extra) -> dict:
 
 def _start(body: str, *args: str, **env) -> subprocess.Popen:
     code = textwrap.dedent(_HEAD) + textwrap.dedent(body)
-    return subprocess.Popen([sys.executable, "-c", code, *args], env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        [sys.executable, "-c", code, *args], env=_env(**env), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def _result(proc: subprocess.Popen) -> dict:
@@ -108,7 +110,7 @@ def _result(proc: subprocess.Popen) -> dict:
         out, err = proc.communicate()
     lines = [line for line in out.splitlines() if line.startswith("RESULT ")]
     assert proc.returncode == 0 and lines, f"child failed (rc={proc.returncode}):\n{err[-3000:]}"
-    proc.result = json.loads(lines[-1][len("RESULT "):])
+    proc.result = json.loads(lines[-1][len("RESULT ") :])
     return proc.result
 
 
@@ -129,8 +131,11 @@ def children(tmp_path_factory):
     }
     for pid in range(2):
         procs[f"process{pid}"] = _start(
-            _TWO_PROCESSES, str(tmp / "checkpoint.msgpack"),
-            JAXRAE_COORDINATOR=f"127.0.0.1:{port}", JAXRAE_NUM_PROCESSES="2", JAXRAE_PROCESS_ID=str(pid),
+            _TWO_PROCESSES,
+            str(tmp / "checkpoint.msgpack"),
+            JAXRAE_COORDINATOR=f"127.0.0.1:{port}",
+            JAXRAE_NUM_PROCESSES="2",
+            JAXRAE_PROCESS_ID=str(pid),
         )
     yield procs, tmp
     for proc in procs.values():
@@ -213,18 +218,51 @@ def test_two_process_compare_writes_once_and_matches_one_process(tmp_path):
     process's to the rounding bound of test_two_processes_match_one_process (two processes run a
     program of another shape; the evaluation's mixture fits and FDs can amplify that rounding, so
     the numbers compared are the final training losses)."""
-    args = ["compare", "--methods", "ae", "--seeds", "2", "--steps", "20", "--n-train", "200", "--n-test", "60",
-            "--likelihood-k", "4", "--no-tensorboard", "--quiet"]
+    args = [
+        "compare",
+        "--methods",
+        "ae",
+        "--seeds",
+        "2",
+        "--steps",
+        "20",
+        "--n-train",
+        "200",
+        "--n-test",
+        "60",
+        "--likelihood-k",
+        "4",
+        "--no-tensorboard",
+        "--quiet",
+    ]
     jaxrae = [sys.executable, "-m", "jaxrae.cli"]
     port = _free_port()
-    procs = [subprocess.Popen([*jaxrae, "--distributed", *args, "--out", str(tmp_path / "two")], cwd=tmp_path,
-                              env=_env(JAXRAE_COORDINATOR=f"127.0.0.1:{port}", JAXRAE_NUM_PROCESSES="2",
-                                       JAXRAE_PROCESS_ID=str(pid), PYTHONPATH=os.getcwd()),
-                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for pid in range(2)]
-    one = subprocess.run([*jaxrae, *args, "--out", str(tmp_path / "one")], cwd=tmp_path, env=_env(PYTHONPATH=os.getcwd()),
-                         capture_output=True, text=True, timeout=TIMEOUT)
+    procs = [
+        subprocess.Popen(
+            [*jaxrae, "--distributed", *args, "--out", str(tmp_path / "two")],
+            cwd=tmp_path,
+            env=_env(
+                JAXRAE_COORDINATOR=f"127.0.0.1:{port}",
+                JAXRAE_NUM_PROCESSES="2",
+                JAXRAE_PROCESS_ID=str(pid),
+                PYTHONPATH=os.getcwd(),
+            ),
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for pid in range(2)
+    ]
+    one = subprocess.run(
+        [*jaxrae, *args, "--out", str(tmp_path / "one")],
+        cwd=tmp_path,
+        env=_env(PYTHONPATH=os.getcwd()),
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
     outputs = [p.communicate(timeout=TIMEOUT) for p in procs]
-    for proc, (out, err) in zip(procs, outputs):
+    for proc, (_out, err) in zip(procs, outputs):
         assert proc.returncode == 0, err[-2000:]
     assert "rows (methods and variants)" in outputs[0][0] and "ok, train" in outputs[0][0]  # the primary reports
     assert "rows (methods and variants)" not in outputs[1][0] and "ok, train" not in outputs[1][0]

@@ -127,7 +127,10 @@ def test_equal_configs_share_one_traced_program(digits, monkeypatch):
     def counting(config, image_shape, dynamic=False):
         model, codec, init, step, run = cached(config, image_shape, dynamic)
         if run not in wrapped:  # a new function object per cache miss, one trace counter for all
-            wrapped[run] = (chex.assert_max_traces(run, n=1), codec._replace(encode=chex.assert_max_traces(codec.encode, n=1)))
+            wrapped[run] = (
+                chex.assert_max_traces(run, n=1),
+                codec._replace(encode=chex.assert_max_traces(codec.encode, n=1)),
+            )
         return model, wrapped[run][1], init, step, wrapped[run][0]
 
     chex.clear_trace_counter()
@@ -209,14 +212,18 @@ def test_ex_post_density_and_sampling(digits):
     # ex-post codes follow the fitted density: their mean is near the code mean, not 0
     codes = runs.sample_ex_post_codes(jax.random.key(2), gmm, 4000)
     train_codes = runs.encode(digits.train_images[:500])
-    np.testing.assert_allclose(codes.mean(axis=1), train_codes.mean(axis=1), atol=0.15 * float(np.abs(train_codes).max()))
+    np.testing.assert_allclose(
+        codes.mean(axis=1), train_codes.mean(axis=1), atol=0.15 * float(np.abs(train_codes).max())
+    )
 
 
 @pytest.fixture(scope="module")
 def adam_problem():
     key = jax.random.key(3)
     params = {"w": jax.random.normal(key, (8, 4)), "b": jax.numpy.zeros(4)}
-    grads = [jax.tree.map(lambda p, t=t: jax.random.normal(jax.random.fold_in(key, t), p.shape), params) for t in range(4)]
+    grads = [
+        jax.tree.map(lambda p, t=t: jax.random.normal(jax.random.fold_in(key, t), p.shape), params) for t in range(4)
+    ]
     return params, grads
 
 
@@ -300,7 +307,9 @@ def test_bernoulli_rows_train_on_binarized_digits(name, arch):
     from jaxrae.data import load_data
 
     data = load_data("digits@binarize=static", n_train=400, n_test=20)
-    runs = train(TrainConfig(method=name, arch=arch, likelihood="bernoulli", steps=30, **FAST), data, seeds=[0], progress=False)
+    runs = train(
+        TrainConfig(method=name, arch=arch, likelihood="bernoulli", steps=30, **FAST), data, seeds=[0], progress=False
+    )
     assert np.all(np.isfinite(runs.losses)) and np.all(runs.ok)
     assert runs.metrics["rec"][:, -5:].mean() < runs.metrics["rec"][:, :5].mean()
     images = runs.reconstruct(data.test_images)
@@ -351,7 +360,11 @@ def test_dynamic_binarization_keeps_seeds_independent_of_their_batch(dynamic_dig
     both = train(config, dynamic_digits, seeds=[0, 1], progress=False)
     alone = train(config, dynamic_digits, seeds=[1], progress=False)
     chex.assert_trees_all_close(alone.metrics["loss"][0], both.metrics["loss"][1], rtol=1e-5)
-    chex.assert_trees_all_close(jax.tree.map(lambda a: a[0], alone.state.params), jax.tree.map(lambda a: a[1], both.state.params),
-                                rtol=1e-5, atol=1e-6)
+    chex.assert_trees_all_close(
+        jax.tree.map(lambda a: a[0], alone.state.params),
+        jax.tree.map(lambda a: a[1], both.state.params),
+        rtol=1e-5,
+        atol=1e-6,
+    )
     grey = train(config, dataclasses.replace(dynamic_digits, binarize=None), seeds=[0, 1], progress=False)
     assert not np.any(np.isclose(grey.losses, both.losses, rtol=1e-3))

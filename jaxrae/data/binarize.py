@@ -65,8 +65,12 @@ def check_binarize_mode(value) -> str | None:
     """None, or one of :data:`BINARIZE_MODES`; anything else is a ConfigError naming ``binarize``."""
     if value is None:
         return None
-    require(isinstance(value, str) and value in BINARIZE_MODES, "binarize", value,
-            f"choose one of {', '.join(BINARIZE_MODES)} (or leave it out to keep grey images)")
+    require(
+        isinstance(value, str) and value in BINARIZE_MODES,
+        "binarize",
+        value,
+        f"choose one of {', '.join(BINARIZE_MODES)} (or leave it out to keep grey images)",
+    )
     return value
 
 
@@ -88,11 +92,20 @@ def binarize_static(images: np.ndarray, split: str, *, start: int = 0) -> np.nda
       DataError: ``images`` are not uint8 of shape (N, H, W, C).
     """
     require(split in BINARIZE_SPLITS, "split", split, f"choose one of {', '.join(BINARIZE_SPLITS)}")
-    require(isinstance(start, (int, np.integer)) and not isinstance(start, bool) and start >= 0, "start", start,
-            "must be an integer >= 0 (the index of images[0] in its split)")
+    require(
+        isinstance(start, (int, np.integer)) and not isinstance(start, bool) and start >= 0,
+        "start",
+        start,
+        "must be an integer >= 0 (the index of images[0] in its split)",
+    )
     images = np.asarray(images)
-    require(images.ndim == 4 and images.dtype == np.uint8, "images", f"{images.dtype} {images.shape}",
-            "expected uint8 images of shape (N, H, W, C)", DataError)
+    require(
+        images.ndim == 4 and images.dtype == np.uint8,
+        "images",
+        f"{images.dtype} {images.shape}",
+        "expected uint8 images of shape (N, H, W, C)",
+        DataError,
+    )
     flat = images.reshape(-1)
     out = np.empty(flat.shape, np.uint8)
     bits = np.random.Philox(key=np.array([STATIC_BINARIZE_SEED, BINARIZE_SPLITS.index(split)], np.uint64))
@@ -100,10 +113,10 @@ def binarize_static(images: np.ndarray, split: str, *, start: int = 0) -> np.nda
     bits.advance(position // 4)  # Philox-4x64 makes 4 raw outputs per counter step
     bits.random_raw(position % 4)
     for begin in range(0, flat.size, _STATIC_CHUNK_DRAWS):
-        x = flat[begin:begin + _STATIC_CHUNK_DRAWS]
+        x = flat[begin : begin + _STATIC_CHUNK_DRAWS]
         m = bits.random_raw(x.size) >> _MANTISSA_SHIFT
         on = m * np.uint64(255) < x.astype(np.uint64) << _MANTISSA_BITS
-        out[begin:begin + x.size] = on.astype(np.uint8) * np.uint8(255)
+        out[begin : begin + x.size] = on.astype(np.uint8) * np.uint8(255)
     return out.reshape(images.shape)
 
 
@@ -123,7 +136,9 @@ def binarize_batch(key: chex.PRNGKey, images: chex.Array) -> jax.Array:
     return jnp.where(on, jnp.uint8(255), jnp.uint8(0))
 
 
-def binarize_splits(mode: str | None, train_images: np.ndarray, test_images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+def binarize_splits(
+    mode: str | None, train_images: np.ndarray, test_images: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
     """(train, test) images as a data set of binarization ``mode`` stores them.
 
     ``None``: both grey, unchanged. ``"static"``: both through :func:`binarize_static` (each

@@ -121,8 +121,11 @@ def _read_idx_stream(path: pathlib.Path, f, size: int | None, *, compressed: boo
         raise fault("dimensions", ndim, f"an IDX file declares 1 to {IDX_MAX_DIMS} dimensions")
     dims_bytes = read(4 * ndim)
     if len(dims_bytes) < 4 * ndim:
-        raise fault("size bytes", len(dims_bytes),
-                    f"truncated {what}: the header declares {ndim} dimensions, which need {4 * ndim} size bytes")
+        raise fault(
+            "size bytes",
+            len(dims_bytes),
+            f"truncated {what}: the header declares {ndim} dimensions, which need {4 * ndim} size bytes",
+        )
     dims = struct.unpack(f">{ndim}I", dims_bytes)
     dtype = IDX_DTYPES[code]
     n_bytes = dtype.itemsize
@@ -132,22 +135,32 @@ def _read_idx_stream(path: pathlib.Path, f, size: int | None, *, compressed: boo
     if size is not None:
         # Plain file: compare with the size on disk before reading or allocating anything.
         if size - header < n_bytes:
-            raise fault("payload bytes", size - header,
-                        f"truncated IDX file: dims {dims} of {dtype.name} need {n_bytes} payload bytes")
+            raise fault(
+                "payload bytes",
+                size - header,
+                f"truncated IDX file: dims {dims} of {dtype.name} need {n_bytes} payload bytes",
+            )
         if size - header > n_bytes:
-            raise fault("payload bytes", size - header,
-                        f"{size - header - n_bytes} trailing bytes after the IDX payload "
-                        f"(dims {dims} of {dtype.name} need {n_bytes})")
+            raise fault(
+                "payload bytes",
+                size - header,
+                f"{size - header - n_bytes} trailing bytes after the IDX payload "
+                f"(dims {dims} of {dtype.name} need {n_bytes})",
+            )
     payload = read(n_bytes)
     if len(payload) < n_bytes:
-        raise fault("payload bytes", len(payload),
-                    f"truncated {what}: dims {dims} of {dtype.name} need {n_bytes} payload bytes")
+        raise fault(
+            "payload bytes", len(payload), f"truncated {what}: dims {dims} of {dtype.name} need {n_bytes} payload bytes"
+        )
     # Reading one more byte both detects trailing data and, for gzip, runs the decompressor to
     # the end of the stream, where it verifies the CRC and length.
     extra = read(1)
     if extra:
-        raise fault("payload bytes", f"more than {n_bytes}",
-                    f"trailing bytes after the IDX payload (dims {dims} of {dtype.name} need {n_bytes})")
+        raise fault(
+            "payload bytes",
+            f"more than {n_bytes}",
+            f"trailing bytes after the IDX payload (dims {dims} of {dtype.name} need {n_bytes})",
+        )
     return np.frombuffer(payload, dtype=dtype).reshape(dims).astype(dtype.newbyteorder("="))
 
 
@@ -162,19 +175,30 @@ def load_idx_dir(directory: pathlib.Path) -> tuple[np.ndarray, np.ndarray, np.nd
     """(train images, train labels, test images, test labels) from the :data:`IDX_FILES` in
     ``directory``: images uint8 (N, H, W, C), labels int32. Every fault is a DataError naming the file."""
     require(directory.exists(), "IDX directory", str(directory), "directory not found", DataError)
-    require(directory.is_dir(), "IDX directory", str(directory),
-            "not a directory; idx:<dir> needs a directory of IDX files", DataError)
+    require(
+        directory.is_dir(),
+        "IDX directory",
+        str(directory),
+        "not a directory; idx:<dir> needs a directory of IDX files",
+        DataError,
+    )
     paths = {k: _find_idx_file(directory, stem) for k, stem in IDX_FILES.items()}
     arrays = {k: read_idx(p) for k, p in paths.items()}
     # Check each file's role here, where its path is known, so the message names the file.
     for split in ("train", "test"):
         xp, yp = paths[f"{split}_images"], paths[f"{split}_labels"]
         x, y = arrays[f"{split}_images"], arrays[f"{split}_labels"]
-        require(x.ndim in (3, 4), f"{xp} shape", x.shape, "images must have 3 or 4 dimensions (N, H, W[, C])", DataError)
+        require(
+            x.ndim in (3, 4), f"{xp} shape", x.shape, "images must have 3 or 4 dimensions (N, H, W[, C])", DataError
+        )
         require(y.ndim == 1, f"{yp} shape", y.shape, "labels must have 1 dimension", DataError)
-        require(x.shape[0] == y.shape[0], f"{yp} labels", y.shape[0],
-                f"{xp} has {x.shape[0]} images: need one label per image", DataError)
+        require(
+            x.shape[0] == y.shape[0],
+            f"{yp} labels",
+            y.shape[0],
+            f"{xp} has {x.shape[0]} images: need one label per image",
+            DataError,
+        )
         arrays[f"{split}_images"] = as_images_u8(str(xp), "images", x)
         arrays[f"{split}_labels"] = as_labels(str(yp), "labels", y)
     return (arrays["train_images"], arrays["train_labels"], arrays["test_images"], arrays["test_labels"])
-

@@ -54,11 +54,16 @@ def center_crop(images: np.ndarray, crop: int | tuple[int, int], *, source: str 
     crop_h, crop_w = as_size("crop", crop)
     images = _check_nhwc(source, images)
     height, width = images.shape[1:3]
-    require(crop_h <= height and crop_w <= width, "crop", crop_h if crop_h == crop_w else (crop_h, crop_w),
-            f"larger than the {height}x{width} images of {source}; choose a crop of at most "
-            f"{height}x{width} (crop={min(height, width)} for a square one)", DataError)
+    require(
+        crop_h <= height and crop_w <= width,
+        "crop",
+        crop_h if crop_h == crop_w else (crop_h, crop_w),
+        f"larger than the {height}x{width} images of {source}; choose a crop of at most "
+        f"{height}x{width} (crop={min(height, width)} for a square one)",
+        DataError,
+    )
     top, left = (height - crop_h) // 2, (width - crop_w) // 2
-    return images[:, top:top + crop_h, left:left + crop_w, :]
+    return images[:, top : top + crop_h, left : left + crop_w, :]
 
 
 def area_resize(images: np.ndarray, image_size: int | tuple[int, int], *, source: str = "images") -> np.ndarray:
@@ -125,7 +130,7 @@ def preprocess_images(
     # The temporaries scale with the larger of the input and output images (upsampling).
     chunk = max(1, _PREPROCESS_CHUNK_BYTES // (8 * max(int(np.prod(images.shape[1:])), int(np.prod(first.shape[1:])))))
     for start in range(0, images.shape[0], chunk):
-        out[start:start + chunk] = prep.apply(images[start:start + chunk], source)
+        out[start : start + chunk] = prep.apply(images[start : start + chunk], source)
     return out
 
 
@@ -185,18 +190,31 @@ def as_size(field: str, value) -> tuple[int, int] | None:
     ):
         size = (int(value[0]), int(value[-1]))
         limit = _MAX_SIDE.get(field)
-        require(limit is None or max(size) <= limit, field, given,
-                f"at most {limit} pixels per side: jaxrae's networks hold whole images (a batch of 64 "
-                f"{limit}x{limit}x3 images is 800 MB as float32), and larger sizes exhaust memory while resizing")
+        require(
+            limit is None or max(size) <= limit,
+            field,
+            given,
+            f"at most {limit} pixels per side: jaxrae's networks hold whole images (a batch of 64 "
+            f"{limit}x{limit}x3 images is 800 MB as float32), and larger sizes exhaust memory while resizing",
+        )
         return size
-    raise invalid(field, given, f"must be a positive integer or (height, width), e.g. {field}=64, "
-                                f"{field}=(64, 48), or {field}=64x48 in a spec suffix")
+    raise invalid(
+        field,
+        given,
+        f"must be a positive integer or (height, width), e.g. {field}=64, "
+        f"{field}=(64, 48), or {field}=64x48 in a spec suffix",
+    )
 
 
 def _check_nhwc(source: str, images) -> np.ndarray:
     images = np.asarray(images)
-    require(images.ndim == 4 and images.dtype == np.uint8, f"{source} images", f"{images.dtype} {images.shape}",
-            "expected uint8 images of shape (N, H, W, C)", DataError)
+    require(
+        images.ndim == 4 and images.dtype == np.uint8,
+        f"{source} images",
+        f"{images.dtype} {images.shape}",
+        "expected uint8 images of shape (N, H, W, C)",
+        DataError,
+    )
     return images
 
 
@@ -216,21 +234,40 @@ def as_images_u8(source: str, what: str, x) -> np.ndarray:
     if np.issubdtype(x.dtype, np.integer):
         if x.size:
             low, high = x.min().item(), x.max().item()
-            require(low >= 0 and high <= 255, f"{source} {what} range", (low, high), "values must lie in [0, 255]", DataError)
+            require(
+                low >= 0 and high <= 255,
+                f"{source} {what} range",
+                (low, high),
+                "values must lie in [0, 255]",
+                DataError,
+            )
         return x.astype(np.uint8)
     if np.issubdtype(x.dtype, np.floating):
         finite = np.isfinite(x)
         if not finite.all():
             first = tuple(int(i) for i in np.argwhere(~finite)[0])
-            raise invalid(f"{source} {what}[{', '.join(map(str, first))}]", float(x[first]),
-                          f"values must be finite ({int(x.size - finite.sum())} NaN or inf in {what})", DataError)
+            raise invalid(
+                f"{source} {what}[{', '.join(map(str, first))}]",
+                float(x[first]),
+                f"values must be finite ({int(x.size - finite.sum())} NaN or inf in {what})",
+                DataError,
+            )
         if x.size:
             low, high = float(x.min()), float(x.max())
-            require(low >= 0.0 and high <= 1.0, f"{source} {what} range", (low, high),
-                    "float values must lie in [0, 1]", DataError)
+            require(
+                low >= 0.0 and high <= 1.0,
+                f"{source} {what} range",
+                (low, high),
+                "float values must lie in [0, 1]",
+                DataError,
+            )
         return np.rint(x.astype(np.float64) * 255.0).astype(np.uint8)
-    raise invalid(f"{source} {what} dtype", str(x.dtype),
-                  "unsupported: give integer images in [0, 255] or float images in [0, 1]", DataError)
+    raise invalid(
+        f"{source} {what} dtype",
+        str(x.dtype),
+        "unsupported: give integer images in [0, 255] or float images in [0, 1]",
+        DataError,
+    )
 
 
 def as_labels(source: str, what: str, y) -> np.ndarray:
@@ -240,20 +277,34 @@ def as_labels(source: str, what: str, y) -> np.ndarray:
     require(np.issubdtype(y.dtype, np.integer), f"{source} {what} dtype", str(y.dtype), "must be integers", DataError)
     if y.size:
         low, high = y.min().item(), y.max().item()
-        require(low >= 0 and high < MAX_CLASSES, f"{source} {what} range", (low, high),
-                f"must lie in [0, {MAX_CLASSES})", DataError)
+        require(
+            low >= 0 and high < MAX_CLASSES,
+            f"{source} {what} range",
+            (low, high),
+            f"must lie in [0, {MAX_CLASSES})",
+            DataError,
+        )
     return y.astype(np.int32)
 
 
 def as_attributes(source: str, what: str, a, n: int) -> np.ndarray:
     """An (n, A) matrix of 0/1 values (bool or integer) as uint8; anything else is a DataError."""
     a = np.asarray(a)
-    require(a.ndim == 2 and a.shape[0] == n, f"{source} {what} shape", a.shape,
-            f"must be a matrix of shape ({n}, n_attributes)", DataError)
-    require(a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer), f"{source} {what} dtype", str(a.dtype),
-            "must be boolean or 0/1 integers", DataError)
+    require(
+        a.ndim == 2 and a.shape[0] == n,
+        f"{source} {what} shape",
+        a.shape,
+        f"must be a matrix of shape ({n}, n_attributes)",
+        DataError,
+    )
+    require(
+        a.dtype == np.bool_ or np.issubdtype(a.dtype, np.integer),
+        f"{source} {what} dtype",
+        str(a.dtype),
+        "must be boolean or 0/1 integers",
+        DataError,
+    )
     if a.size:
         low, high = int(a.min()), int(a.max())
         require(low >= 0 and high <= 1, f"{source} {what} range", (low, high), "must be 0 or 1", DataError)
     return np.ascontiguousarray(a, dtype=np.uint8)
-

@@ -194,13 +194,20 @@ def load_data(
         ``image_size``/``binarize``, or a preprocessing key given both in the suffix and as an argument.
       DataError: a missing, corrupt or inconsistent source, or a crop larger than the images.
     """
-    require(isinstance(spec, str), "data", spec, f"the data spec must be a string; valid forms: {', '.join(VALID_SPECS)}")
+    require(
+        isinstance(spec, str), "data", spec, f"the data spec must be a string; valid forms: {', '.join(VALID_SPECS)}"
+    )
     _check_subset("n_train", n_train)
     _check_subset("n_test", n_test)
     base, options = _split_spec_options(spec)
     for key, value in (("crop", crop), ("image_size", image_size), ("binarize", binarize)):
         if value is not None:
-            require(key not in options, key, value, f"{key} is given twice, in the spec {spec!r} and as an argument; keep one")
+            require(
+                key not in options,
+                key,
+                value,
+                f"{key} is given twice, in the spec {spec!r} and as an argument; keep one",
+            )
             options[key] = value
     prep = Preprocess(as_size("crop", options.get("crop")), as_size("image_size", options.get("image_size")))
     binarize = check_binarize_mode(options.get("binarize"))
@@ -225,8 +232,14 @@ def load_data(
         train = (preprocess_images(train[0], crop=prep.crop, image_size=prep.image_size, source=name),) + train[1:]
         test = (preprocess_images(test[0], crop=prep.crop, image_size=prep.image_size, source=name),) + test[1:]
     return make_dataset(
-        name, train[0], train[1], test[0], test[1],
-        train_attributes=train[2], test_attributes=test[2], attribute_names=splits.attribute_names or None,
+        name,
+        train[0],
+        train[1],
+        test[0],
+        test[1],
+        train_attributes=train[2],
+        test_attributes=test[2],
+        attribute_names=splits.attribute_names or None,
         binarize=binarize,
     )
 
@@ -258,30 +271,58 @@ def make_dataset(
     train_y = as_labels(name, "train labels", train_labels)
     test_y = as_labels(name, "test labels", test_labels)
     for split, x, y in (("train", train_x, train_y), ("test", test_x, test_y)):
-        require(y.shape[0] == x.shape[0], f"{name} {split} labels", y.shape[0],
-                f"the {split} split has {x.shape[0]} images: need one label per image", DataError)
+        require(
+            y.shape[0] == x.shape[0],
+            f"{name} {split} labels",
+            y.shape[0],
+            f"the {split} split has {x.shape[0]} images: need one label per image",
+            DataError,
+        )
         require(x.shape[0] > 0, f"{name} {split} images", 0, f"the {split} split is empty", DataError)
-    require(test_x.shape[1:] == train_x.shape[1:], f"{name} test image shape", test_x.shape[1:],
-            f"train images are {train_x.shape[1:]}: both splits need one image shape", DataError)
+    require(
+        test_x.shape[1:] == train_x.shape[1:],
+        f"{name} test image shape",
+        test_x.shape[1:],
+        f"train images are {train_x.shape[1:]}: both splits need one image shape",
+        DataError,
+    )
     if (train_attributes is None) != (test_attributes is None):
-        raise invalid(f"{name} attributes", "train only" if test_attributes is None else "test only",
-                      "given for one split only; give both train and test attributes, or neither", DataError)
+        raise invalid(
+            f"{name} attributes",
+            "train only" if test_attributes is None else "test only",
+            "given for one split only; give both train and test attributes, or neither",
+            DataError,
+        )
     names: tuple[str, ...] = ()
     if train_attributes is not None:
         train_attributes = as_attributes(name, "train attributes", train_attributes, train_x.shape[0])
         test_attributes = as_attributes(name, "test attributes", test_attributes, test_x.shape[0])
         n_attr = train_attributes.shape[1]
-        require(test_attributes.shape[1] == n_attr, f"{name} test attributes", test_attributes.shape[1],
-                f"train images have {n_attr} attributes: both splits need the same", DataError)
+        require(
+            test_attributes.shape[1] == n_attr,
+            f"{name} test attributes",
+            test_attributes.shape[1],
+            f"train images have {n_attr} attributes: both splits need the same",
+            DataError,
+        )
         if attribute_names is None:
             names = tuple(f"attribute_{i}" for i in range(n_attr))
         else:
             names = tuple(str(a) for a in attribute_names)
-            require(len(names) == n_attr and len(set(names)) == n_attr, f"{name} attribute_names", list(names),
-                    f"{n_attr} attributes need {n_attr} distinct names", DataError)
+            require(
+                len(names) == n_attr and len(set(names)) == n_attr,
+                f"{name} attribute_names",
+                list(names),
+                f"{n_attr} attributes need {n_attr} distinct names",
+                DataError,
+            )
     elif attribute_names:
-        raise invalid(f"{name} attribute_names", attribute_names,
-                      "given without attributes; give train_attributes and test_attributes too", DataError)
+        raise invalid(
+            f"{name} attribute_names",
+            attribute_names,
+            "given without attributes; give train_attributes and test_attributes too",
+            DataError,
+        )
     train_x, test_x = binarize_splits(binarize, train_x, test_x)
     return Dataset(
         name=name,
@@ -289,8 +330,15 @@ def make_dataset(
         train_labels=train_y,
         test_images_u8=test_x,
         test_labels=test_y,
-        fingerprint=fingerprint(train_x, train_y, test_x, test_y,
-                                train_attributes=train_attributes, test_attributes=test_attributes, binarize=binarize),
+        fingerprint=fingerprint(
+            train_x,
+            train_y,
+            test_x,
+            test_y,
+            train_attributes=train_attributes,
+            test_attributes=test_attributes,
+            binarize=binarize,
+        ),
         train_attributes=train_attributes,
         test_attributes=test_attributes,
         attribute_names=names,
@@ -299,7 +347,13 @@ def make_dataset(
 
 
 def fingerprint(
-    train_images, train_labels, test_images, test_labels, *, train_attributes=None, test_attributes=None,
+    train_images,
+    train_labels,
+    test_images,
+    test_labels,
+    *,
+    train_attributes=None,
+    test_attributes=None,
     binarize: str | None = None,
 ) -> str:
     """SHA-256 hex digest over the shape, dtype and bytes of the arrays, in this order.
@@ -348,9 +402,13 @@ def _split_spec_options(spec: str) -> tuple[str, dict[str, str]]:
     options: dict[str, str] = {}
     for item in tail.split(","):
         key, eq, value = (t.strip() for t in item.partition("="))
-        require(eq and key in SPEC_OPTIONS and value, "data", spec,
-                f"cannot read {item!r} in its @ suffix; write <spec>@crop=<n>,image_size=<n>,binarize=<mode> "
-                f"(keys: {', '.join(SPEC_OPTIONS)}; values n or HxW, binarize {' or '.join(BINARIZE_MODES)})")
+        require(
+            eq and key in SPEC_OPTIONS and value,
+            "data",
+            spec,
+            f"cannot read {item!r} in its @ suffix; write <spec>@crop=<n>,image_size=<n>,binarize=<mode> "
+            f"(keys: {', '.join(SPEC_OPTIONS)}; values n or HxW, binarize {' or '.join(BINARIZE_MODES)})",
+        )
         require(key not in options, "data", spec, f"{key} is given twice in its @ suffix; keep one")
         options[key] = value
     return base, options
@@ -373,7 +431,9 @@ def _load_digits():
         with ref.open("rb") as f, np.load(f, allow_pickle=False) as z:
             return (z["train_images"], z["train_labels"], z["test_images"], z["test_labels"])
     except (OSError, KeyError, ValueError) as e:
-        raise invalid("embedded digits data", str(ref), f"missing or unreadable ({e}); reinstall jaxrae", DataError) from None
+        raise invalid(
+            "embedded digits data", str(ref), f"missing or unreadable ({e}); reinstall jaxrae", DataError
+        ) from None
 
 
 class _Splits(NamedTuple):
@@ -398,9 +458,14 @@ def _load_fashion_mnist(cache_dir, limits, prep: Preprocess, display: str) -> _S
         # Say what is missing first (the Debian package), then why the tfds fallback failed,
         # which may be a missing dependency rather than missing data.
         reason = str(e).partition(" is invalid: ")[2] or str(e)
-        raise invalid("data", display, f"Fashion-MNIST is not installed ({DEBIAN_FASHION_MNIST_DIR} is absent); run: "
-                      "apt-get install dataset-fashion-mnist (or pass idx:<dir> with its IDX files). "
-                      f"The tfds:fashion_mnist fallback failed too: {reason}", DataError) from None
+        raise invalid(
+            "data",
+            display,
+            f"Fashion-MNIST is not installed ({DEBIAN_FASHION_MNIST_DIR} is absent); run: "
+            "apt-get install dataset-fashion-mnist (or pass idx:<dir> with its IDX files). "
+            f"The tfds:fashion_mnist fallback failed too: {reason}",
+            DataError,
+        ) from None
 
 
 # --------------------------------------------------------------------------------------------

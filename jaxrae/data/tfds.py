@@ -37,8 +37,15 @@ TENSORFLOW_INSTALL = "pip install tensorflow"
 TFDS_LIST_NAMES = "python -c 'import tensorflow_datasets as tfds; print(tfds.list_builders())'"
 
 #: pip's name for a module tensorflow-datasets may import, where the two differ.
-_PIP_PACKAGES = {"PIL": "pillow", "cv2": "opencv-python", "apache_beam": "apache-beam", "skimage": "scikit-image",
-                 "sklearn": "scikit-learn", "tensorflow_io": "tensorflow-io", "yaml": "pyyaml"}
+_PIP_PACKAGES = {
+    "PIL": "pillow",
+    "cv2": "opencv-python",
+    "apache_beam": "apache-beam",
+    "skimage": "scikit-image",
+    "sklearn": "scikit-learn",
+    "tensorflow_io": "tensorflow-io",
+    "yaml": "pyyaml",
+}
 
 
 def load_tfds(name: str, cache_dir, limits=(None, None), prep: Preprocess | None = None, display: str | None = None):
@@ -54,8 +61,9 @@ def load_tfds(name: str, cache_dir, limits=(None, None), prep: Preprocess | None
     try:
         import tensorflow_datasets as tfds  # optional extra; imported only when asked for
     except ImportError:
-        raise invalid("data", f"tfds:{name}", f"needs tensorflow-datasets, which is not installed; run: {TFDS_INSTALL}",
-                      DataError) from None
+        raise invalid(
+            "data", f"tfds:{name}", f"needs tensorflow-datasets, which is not installed; run: {TFDS_INSTALL}", DataError
+        ) from None
     data_dir = None if cache_dir is None else os.fspath(cache_dir)
     split_names = ("train", "test")
     # tfds.data_source reads ArrayRecord files with numpy only (no TensorFlow); it is also what
@@ -78,11 +86,21 @@ def load_tfds(name: str, cache_dir, limits=(None, None), prep: Preprocess | None
             import tensorflow  # noqa: F401  (only to know whether the fallback can run)
         except ImportError:
             if "tfrecord" in str(first).lower() or _is_tensorflow(first):
-                raise invalid("data", f"tfds:{name}", "it is prepared in TFRecord format, which only TensorFlow reads, "
-                              f"and TensorFlow is not installed; run: {TENSORFLOW_INSTALL}", DataError) from None
-            raise invalid("data", f"tfds:{name}", f"tensorflow-datasets cannot read it ({_one_line(first)}); "
-                          f"prepare it first: tfds build {name} --file_format=array_record"
-                          + (f" --data_dir {data_dir}" if data_dir else ""), DataError) from None
+                raise invalid(
+                    "data",
+                    f"tfds:{name}",
+                    "it is prepared in TFRecord format, which only TensorFlow reads, "
+                    f"and TensorFlow is not installed; run: {TENSORFLOW_INSTALL}",
+                    DataError,
+                ) from None
+            raise invalid(
+                "data",
+                f"tfds:{name}",
+                f"tensorflow-datasets cannot read it ({_one_line(first)}); "
+                f"prepare it first: tfds build {name} --file_format=array_record"
+                + (f" --data_dir {data_dir}" if data_dir else ""),
+                DataError,
+            ) from None
         try:
             splits = []
             for split, limit in zip(split_names, limits):
@@ -97,7 +115,9 @@ def load_tfds(name: str, cache_dir, limits=(None, None), prep: Preprocess | None
         except Exception as e:
             raise invalid("data", f"tfds:{name}", f"cannot load it ({_one_line(e)})", DataError) from None
     (train_x, train_y, train_a, names), (test_x, test_y, test_a, test_names) = splits
-    require(names == test_names, "data", f"tfds:{name}", "its train and test splits have different attributes", DataError)
+    require(
+        names == test_names, "data", f"tfds:{name}", "its train and test splits have different attributes", DataError
+    )
     return train_x, train_y, test_x, test_y, train_a, test_a, names
 
 
@@ -122,19 +142,29 @@ def _unknown_name(tfds, name: str) -> DataError:
     except Exception:
         close = []
     hint = f" (did you mean {', '.join(close)}?)" if close else ""
-    return invalid("data", f"tfds:{name}", f"tensorflow-datasets has no data set named {base!r}{hint}; "
-                   f"list the names with: {TFDS_LIST_NAMES}", DataError)
+    return invalid(
+        "data",
+        f"tfds:{name}",
+        f"tensorflow-datasets has no data set named {base!r}{hint}; list the names with: {TFDS_LIST_NAMES}",
+        DataError,
+    )
 
 
 def _missing_module(name: str, error: ImportError) -> DataError:
     """A module tensorflow-datasets needs for this data set is missing: name it and the pip command."""
     module = (error.name or "").split(".")[0]
     if not module:
-        return invalid("data", f"tfds:{name}", f"tensorflow-datasets cannot import what it needs ({_one_line(error)})",
-                       DataError)
+        return invalid(
+            "data", f"tfds:{name}", f"tensorflow-datasets cannot import what it needs ({_one_line(error)})", DataError
+        )
     package = _PIP_PACKAGES.get(module, module)
-    return invalid("data", f"tfds:{name}", f"tensorflow-datasets needs the Python module {module!r} to read it, "
-                   f"which is not installed; run: pip install {package}", DataError)
+    return invalid(
+        "data",
+        f"tfds:{name}",
+        f"tensorflow-datasets needs the Python module {module!r} to read it, "
+        f"which is not installed; run: pip install {package}",
+        DataError,
+    )
 
 
 def _read_tfds_source(name: str, display: str, split: str, source, limit, prep: Preprocess):
@@ -157,11 +187,18 @@ def _read_tfds_source(name: str, display: str, split: str, source, limit, prep: 
 def _stack_examples(name: str, examples: list[dict]) -> dict:
     """Per-example dicts -> one batch dict of the features jaxrae uses (image, label, attributes)."""
     first = examples[0]
-    require("image" in first, f"tfds:{name} features", sorted(first), "no 'image' feature: jaxrae needs images", DataError)
+    require(
+        "image" in first, f"tfds:{name} features", sorted(first), "no 'image' feature: jaxrae needs images", DataError
+    )
     shapes = {np.shape(ex["image"]) for ex in examples}
-    require(len(shapes) == 1, f"tfds:{name} image shapes", sorted(shapes)[:3],
-            "images of different shapes; jaxrae needs one image shape: add @crop=<n> (at most the smallest side) "
-            "to the spec", DataError)
+    require(
+        len(shapes) == 1,
+        f"tfds:{name} image shapes",
+        sorted(shapes)[:3],
+        "images of different shapes; jaxrae needs one image shape: add @crop=<n> (at most the smallest side) "
+        "to the spec",
+        DataError,
+    )
     batch = {"image": np.stack([np.asarray(ex["image"]) for ex in examples])}
     if "label" in first:
         batch["label"] = np.stack([np.asarray(ex["label"]) for ex in examples])
@@ -176,7 +213,9 @@ def _stack_examples(name: str, examples: list[dict]) -> dict:
 
 def _split_from_batch(name: str, batch: dict):
     """A batch dict -> (images, labels, attributes (n, A) or None, attribute names)."""
-    require("image" in batch, f"tfds:{name} features", sorted(batch), "no 'image' feature: jaxrae needs images", DataError)
+    require(
+        "image" in batch, f"tfds:{name} features", sorted(batch), "no 'image' feature: jaxrae needs images", DataError
+    )
     x = np.asarray(batch["image"])
     if "label" in batch:
         y = np.asarray(batch["label"])
@@ -208,8 +247,13 @@ def _assemble_split(display: str, split: str, n: int, batches, prep: Preprocess)
         if prep:
             x = prep.apply(x, display)
         rows = x.shape[0]
-        require(pos + rows <= n, f"{display} {split} examples", f"more than {n}",
-                f"the {split} split holds more examples than the {n} it declares", DataError)
+        require(
+            pos + rows <= n,
+            f"{display} {split} examples",
+            f"more than {n}",
+            f"the {split} split holds more examples than the {n} it declares",
+            DataError,
+        )
         if out_x is None:
             out_x = np.empty((n, *x.shape[1:]), np.uint8)
             out_y = np.empty(n, np.asarray(y).dtype)
@@ -217,18 +261,27 @@ def _assemble_split(display: str, split: str, n: int, batches, prep: Preprocess)
             if attrs is not None:
                 out_a = np.empty((n, attrs.shape[1]), np.uint8)
         else:
-            require(x.shape[1:] == out_x.shape[1:], f"{display} {split} image shapes", [out_x.shape[1:], x.shape[1:]],
-                    "jaxrae needs one image shape: add @crop=<n> to the spec", DataError)
-        require((attrs is None) == (out_a is None) and batch_names == names, f"{display} {split} attributes",
-                list(batch_names), f"the {split} split's attributes differ between examples", DataError)
-        out_x[pos:pos + rows] = x
-        out_y[pos:pos + rows] = y
+            require(
+                x.shape[1:] == out_x.shape[1:],
+                f"{display} {split} image shapes",
+                [out_x.shape[1:], x.shape[1:]],
+                "jaxrae needs one image shape: add @crop=<n> to the spec",
+                DataError,
+            )
+        require(
+            (attrs is None) == (out_a is None) and batch_names == names,
+            f"{display} {split} attributes",
+            list(batch_names),
+            f"the {split} split's attributes differ between examples",
+            DataError,
+        )
+        out_x[pos : pos + rows] = x
+        out_y[pos : pos + rows] = y
         if out_a is not None:
-            out_a[pos:pos + rows] = attrs
+            out_a[pos : pos + rows] = attrs
         pos += rows
     require(out_x is not None and pos > 0, "data", display, f"the {split} split is empty", DataError)
     if pos < n:
         out_x, out_y = out_x[:pos], out_y[:pos]
         out_a = None if out_a is None else out_a[:pos]
     return out_x, out_y, out_a, names
-
