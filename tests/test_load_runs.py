@@ -263,6 +263,7 @@ def test_a_compare_row_reloads_and_evaluates_to_its_recorded_numbers(tmp_path, d
         n_eval=40,
         feature_steps=30,
         n_components=3,
+        likelihood_k=8,
         config={"steps": 20, "chunk_size": 10, "batch_size": 32, "latent_dim": 4, "n_classes": 4},
     )
     out = tmp_path / "out"
@@ -271,7 +272,7 @@ def test_a_compare_row_reloads_and_evaluates_to_its_recorded_numbers(tmp_path, d
     fnet = feature_network(data, steps=30)
     for label in ("ae", "drae"):
         runs = jaxrae.load_runs(out, row=label)
-        metrics, images, _ = evaluate(runs, data, fnet, n_eval=40, n_components=3)
+        metrics, images, _ = evaluate(runs, data, fnet, n_eval=40, n_components=3, likelihood_k=8)
         assert nonfinite_to_null(metrics) == results["methods"][label]["metrics"]  # every per-seed number, exactly
         with np.load(out / "methods" / f"{label}.npz") as saved:
             chex.assert_trees_all_equal(
