@@ -11,8 +11,8 @@ Fashion-MNIST, prints
   arguments + outputs + temporaries - donated/aliased buffers), which is what the device must
   hold, and the process's peak RSS measured in a fresh subprocess per S (which also counts the
   JAX runtime, the host copy of the data and the compiler);
-- the per-run increment (memory(S) - memory(1)) / (S - 1), next to the budget the issue allows
-  per run: one model's parameters, its Adam state (2x parameters) and its activations for a
+- the per-run increment (memory(S) - memory(1)) / (S - 1), next to the budget a run may need
+  at most: one model's parameters, its Adam state (2x parameters) and its activations for a
   batch (every layer's output, forward and its gradient backward). A gradient step also needs
   the parameters' gradient (1x parameters; the divergence test reads all of it before any
   parameter changes), so the script prints the budget with and without it. The images are an

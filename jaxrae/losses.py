@@ -5,8 +5,8 @@ Ghosh et al. (2020), "From Variational to Deterministic Autoencoders", Eq. (11):
     L_RAE = L_rec + beta * L_z + lambda * L_reg
 
 with L_rec the reconstruction error, L_z a latent regularizer and L_reg a decoder regularizer.
-Each term below is one entry of the method grid (DESIGN.md); :mod:`jaxrae.methods` picks and
-weights them. Every function returns a scalar averaged over the batch.
+Each term below is one entry of the method grid: :mod:`jaxrae.grid` picks a term per registry
+entry and weights it. Every function returns a scalar averaged over the batch.
 
 The reconstruction error is summed over an image's pixels (a log-likelihood, as in the official
 VAE loss of Ghosh et al.); :mod:`jaxrae.methods` converts the paper's beta and lambda to it.

@@ -542,8 +542,8 @@ def row_settings(results: Mapping) -> list[list[str]]:
     """[label, preset, settings] for every row that is not a preset at [config] alone.
 
     Those are the variants and the methods with ``[overrides.<method>]``; ``settings`` lists
-    the fields the row's own table set (``estimator=reinmax, tau=0.5``). Results written
-    before variants existed carry no ``preset`` and give no lines.
+    the fields the row's own table set (``estimator=reinmax, tau=0.5``). A results.json whose
+    rows carry no ``preset`` gives no lines.
     """
     lines = []
     for name, m in results["methods"].items():
