@@ -46,6 +46,13 @@ class TrainConfig:
     ``likelihood`` names the decoder's observation model, an entry of
     :data:`jaxrae.grid.LIKELIHOODS`: ``gaussian`` (sigmoid outputs, summed squared error) or
     ``bernoulli`` (logits, summed binary cross-entropy).
+    ``spectral_norm`` says which layers a spectral-norm decoder regularizer (``decoder_reg="sn"``:
+    rae-sn, drae-sn) normalizes, a key of :data:`jaxrae.grid.SPECTRAL_NORM_LAYERS`: ``decoder``
+    (the presets) or ``encoder+decoder`` (the official RAE configuration's
+    ``spec_norm_on_dec_only: False``); other methods take ``none``, their default.
+    ``decoder_norm`` (a key of :data:`jaxrae.grid.DECODER_NORMS`): ``batch`` puts batch norm after
+    every hidden decoder layer, ``none`` leaves it out; None keeps the architecture's own (conv-paper
+    has it, mlp and conv-small do not).
     """
 
     method: str = "rae"
@@ -68,6 +75,11 @@ class TrainConfig:
     gumbel_rao_samples: int = 10
     code_dim: int = 8
     fsq_levels: tuple[int, ...] = (8, 5, 5, 5)
+    # spectral-norm controls: which layers "sn" normalizes (None: the method's default, filled in
+    # below like beta); decoder batch norm (None: the architecture's own, left None so that a
+    # replace(arch=...) cannot carry one architecture's default to another)
+    spectral_norm: str | None = None
+    decoder_norm: str | None = None
     # learning-rate schedule (jaxrae.optim.scheduled_learning_rate); lr is its peak
     lr_schedule: str = "constant"
     warmup_steps: int = 0
@@ -127,6 +139,7 @@ class TrainConfig:
         if not levels or any(isinstance(v, bool) or not isinstance(v, int) or v < 2 for v in levels):
             raise invalid("fsq_levels", self.fsq_levels, "a non-empty list of integers >= 2")
         object.__setattr__(self, "fsq_levels", levels)
+        self._check_layers(method)
         self._check_schedule()
         # Fill the method's defaults so the config records what was run.
         if self.beta is None:
@@ -137,6 +150,39 @@ class TrainConfig:
             object.__setattr__(self, "tau", float(method.tau))
         if self.estimator is None:
             object.__setattr__(self, "estimator", method.estimator)
+
+    def _check_layers(self, method: methods.Method) -> None:
+        """Validate spectral_norm against the method's decoder regularizer (filling its default) and
+        decoder_norm against the architecture."""
+        uses_sn = grid.DECODER_REGS[method.decoder_reg].spectral_norm
+        places = grid.SPECTRAL_NORM_LAYERS
+        if self.spectral_norm is None:
+            object.__setattr__(self, "spectral_norm", "decoder" if uses_sn else "none")
+        if self.spectral_norm not in places:
+            raise invalid("spectral_norm", self.spectral_norm, f"choose one of {', '.join(places)}")
+        if places[self.spectral_norm].decoder != uses_sn:
+            fitting = [name for name, layers in places.items() if layers.decoder == uses_sn]
+            raise invalid(
+                "spectral_norm",
+                self.spectral_norm,
+                f"method {method.name!r} has decoder_reg={method.decoder_reg!r}, which "
+                + ("normalizes the decoder" if uses_sn else "uses no spectral norm")
+                + f"; choose {' or '.join(fitting)} (spectral norm is a decoder regularizer: use rae-sn or drae-sn)",
+            )
+        if self.decoder_norm is not None:
+            if self.decoder_norm not in grid.DECODER_NORMS:
+                raise invalid(
+                    "decoder_norm",
+                    self.decoder_norm,
+                    f"choose one of {', '.join(grid.DECODER_NORMS)}, or None for the architecture's own",
+                )
+            if isinstance(self.arch, Arch) and grid.DECODER_NORMS[self.decoder_norm]:
+                raise invalid(
+                    "decoder_norm",
+                    self.decoder_norm,
+                    "batch norm is added to the built-in decoders and cannot reach into arch.decoder; "
+                    "put it in your own decoder module",
+                )
 
     def _check_schedule(self) -> None:
         """Validate lr_schedule, warmup_steps and final_lr_fraction; a cosine's fraction defaults to 0."""

@@ -27,6 +27,11 @@ N(0, I)), ``mmd`` (WAE), ``kl-uniform`` (log K - H(q)), ``logit-l2`` (0.5 ||logi
 path is the regularizer), ``l2`` (on decoder weights), ``gp`` (gradient penalty), ``sn``
 (spectral norm, in the network).
 
+``SPECTRAL_NORM_LAYERS`` (which layers a spectral-norm regularizer normalizes: ``decoder``, or
+``encoder+decoder`` as the official RAE configuration; ``none`` for the other regularizers) and
+``DECODER_NORMS`` (``none`` or ``batch``: batch norm after the decoder's hidden layers) are the
+choices of ``TrainConfig.spectral_norm`` and ``TrainConfig.decoder_norm``.
+
 ``LIKELIHOODS`` (one :class:`Likelihood` each, the decoder's observation model p(x | z) that
 L_rec is the negative log of): ``gaussian`` (sigmoid outputs, summed squared error) and
 ``bernoulli`` (logits, summed binary cross-entropy). Every method and architecture takes either.
@@ -419,6 +424,28 @@ DECODER_REGS: dict[str, DecoderReg] = {
 }
 
 
+class Layers(NamedTuple):
+    """Which of the networks a layer-wise change (spectral norm) applies to."""
+
+    encoder: bool
+    decoder: bool
+
+
+#: TrainConfig.spectral_norm -> the networks whose every layer is spectrally normalized (Miyato et
+#: al. 2018). A regularizer with ``spectral_norm`` takes the entries whose ``decoder`` is True,
+#: every other one ``none``. The presets normalize the decoder only; Ghosh et al.'s official
+#: configuration (``spec_norm_on_dec_only: False``) normalizes both networks.
+SPECTRAL_NORM_LAYERS: dict[str, Layers] = {
+    "none": Layers(encoder=False, decoder=False),
+    "decoder": Layers(encoder=False, decoder=True),
+    "encoder+decoder": Layers(encoder=True, decoder=True),
+}
+
+#: TrainConfig.decoder_norm -> whether the decoder has batch norm after its hidden layers (None in
+#: the config: the architecture's own, :func:`jaxrae.nets.has_decoder_batch_norm`).
+DECODER_NORMS: dict[str, bool] = {"none": False, "batch": True}
+
+
 # ---------------------------------------------------------------------------------- likelihoods
 
 
@@ -500,9 +527,11 @@ def code_spec(config: TrainConfig) -> CodeSpec:
 
 
 def build_model(config: TrainConfig, image_shape) -> AutoEncoder:
-    """The Flax AutoEncoder that ``config``'s method needs (spectral norm and codebook included)."""
+    """The Flax AutoEncoder that ``config``'s method needs (spectral norm, decoder batch norm and
+    codebook included)."""
     method = config.method_spec
     path = CODE_PATHS[method.encoder]
+    sn_layers = SPECTRAL_NORM_LAYERS[config.spectral_norm]
     return AutoEncoder(
         arch=config.arch,
         image_shape=tuple(image_shape),
@@ -510,6 +539,8 @@ def build_model(config: TrainConfig, image_shape) -> AutoEncoder:
         spectral_norm=DECODER_REGS[method.decoder_reg].spectral_norm,
         codebook_shape=path.codebook_shape(config),
         sigmoid_output=LIKELIHOODS[config.likelihood].sigmoid_output,
+        encoder_spectral_norm=sn_layers.encoder,
+        decoder_batch_norm=None if config.decoder_norm is None else DECODER_NORMS[config.decoder_norm],
     )
 
 

@@ -15,6 +15,12 @@ Three architectures, chosen by name (``arch``):
 
 Your own modules: ``Arch(encoder=..., decoder=...)`` in place of a name (see :class:`Arch`).
 
+Two switches change the built-in networks for controls of the spectral-norm results: spectral
+normalization of every encoder layer (``Encoder.spectral_norm``; the official RAE configuration's
+``spec_norm_on_dec_only: False`` normalizes encoder and decoder) and batch norm after every hidden
+decoder layer (``Decoder.batch_norm``; ``None`` keeps the architecture's own: conv-paper has it,
+mlp and conv-small do not).
+
 The decoder ends in a sigmoid (images in [0, 1], the mean of a Gaussian decoder) or, with
 ``sigmoid_output=False``, returns the raw logits of a Bernoulli decoder. Batch-norm statistics and spectral-norm
 power-iteration vectors live in the ``batch_stats`` collection, so a model's whole state is the
@@ -51,31 +57,37 @@ def _maybe_spectral(layer: nn.Module, spectral_norm: bool, train: bool):
 
 
 class Encoder(nn.Module):
-    """x (B, H, W, C) in [0, 1] -> features (B, out_dim), linear output."""
+    """x (B, H, W, C) in [0, 1] -> features (B, out_dim), linear output.
+
+    ``spectral_norm``: every layer, the output layer included, is spectrally normalized
+    (W / sigma_max(W), Miyato et al. 2018), as the official RAE-SN with ``spec_norm_on_dec_only: False``.
+    """
 
     arch: str
     out_dim: int
+    spectral_norm: bool = False
 
     @nn.compact
     def __call__(self, x, train: bool):
         _check_arch(self.arch)
+        sn = lambda layer: _maybe_spectral(layer, self.spectral_norm, train)
         if self.arch == "mlp":
             h = x.reshape((x.shape[0], -1))
             for width in (512, 256):
-                h = nn.relu(nn.Dense(width)(h))
-            return nn.Dense(self.out_dim)(h)
+                h = nn.relu(sn(nn.Dense(width))(h))
+            return sn(nn.Dense(self.out_dim))(h)
         if self.arch == "conv-small":
             h = x
             for filters in (32, 64):
-                h = nn.relu(nn.Conv(filters, (4, 4), strides=(2, 2), padding="SAME")(h))
+                h = nn.relu(sn(nn.Conv(filters, (4, 4), strides=(2, 2), padding="SAME"))(h))
             h = h.reshape((h.shape[0], -1))
-            return nn.Dense(self.out_dim)(h)
+            return sn(nn.Dense(self.out_dim))(h)
         h = x  # conv-paper
         for filters in (128, 256, 512, 1024):
-            h = nn.Conv(filters, (4, 4), strides=(2, 2), padding="SAME", use_bias=False)(h)
+            h = sn(nn.Conv(filters, (4, 4), strides=(2, 2), padding="SAME", use_bias=False))(h)
             h = nn.relu(nn.BatchNorm(use_running_average=not train)(h))
         h = h.reshape((h.shape[0], -1))
-        return nn.Dense(self.out_dim)(h)
+        return sn(nn.Dense(self.out_dim))(h)
 
 
 def _paper_upsampling_steps(side: int) -> int:
@@ -83,38 +95,51 @@ def _paper_upsampling_steps(side: int) -> int:
     return max(0, math.ceil(math.log2(max(side, 8) / 8)))
 
 
+def has_decoder_batch_norm(arch: str) -> bool:
+    """Whether the built-in decoder ``arch`` has batch norm after its hidden layers by default."""
+    return arch == "conv-paper"
+
+
 class Decoder(nn.Module):
-    """code (B, D) -> image (B, H, W, C) in [0, 1], or its logits when ``sigmoid_output`` is False."""
+    """code (B, D) -> image (B, H, W, C) in [0, 1], or its logits when ``sigmoid_output`` is False.
+
+    ``batch_norm``: batch norm (Ioffe & Szegedy 2015; running averages at evaluation) after every
+    hidden layer, before its ReLU; None: the architecture's own (:func:`has_decoder_batch_norm`).
+    """
 
     arch: str
     image_shape: Sequence[int]
     spectral_norm: bool = False
     sigmoid_output: bool = True
+    batch_norm: bool | None = None
 
     @nn.compact
     def __call__(self, z, train: bool):
         _check_arch(self.arch)
         height, width, channels = self.image_shape
         sn = lambda layer: _maybe_spectral(layer, self.spectral_norm, train)
+        use_bn = has_decoder_batch_norm(self.arch) if self.batch_norm is None else self.batch_norm
+        bn = (lambda h: nn.BatchNorm(use_running_average=not train)(h)) if use_bn else (lambda h: h)
         out_fn = nn.sigmoid if self.sigmoid_output else (lambda logits: logits)
         if self.arch == "mlp":
             h = z
             for w in (256, 512):
-                h = nn.relu(sn(nn.Dense(w))(h))
+                h = nn.relu(bn(sn(nn.Dense(w))(h)))
             out = sn(nn.Dense(height * width * channels))(h)
             return out_fn(out.reshape((z.shape[0], height, width, channels)))
         if self.arch == "conv-small":
             h0, w0 = math.ceil(height / 4), math.ceil(width / 4)
-            h = nn.relu(sn(nn.Dense(h0 * w0 * 64))(z)).reshape((z.shape[0], h0, w0, 64))
-            h = nn.relu(sn(nn.ConvTranspose(32, (4, 4), strides=(2, 2), padding="SAME"))(h))
+            h = nn.relu(bn(sn(nn.Dense(h0 * w0 * 64))(z))).reshape((z.shape[0], h0, w0, 64))
+            h = nn.relu(bn(sn(nn.ConvTranspose(32, (4, 4), strides=(2, 2), padding="SAME"))(h)))
             out = sn(nn.ConvTranspose(channels, (4, 4), strides=(2, 2), padding="SAME"))(h)
             return out_fn(out[:, :height, :width, :])
         steps = _paper_upsampling_steps(max(height, width))  # conv-paper
         h = sn(nn.Dense(8 * 8 * 1024))(z).reshape((z.shape[0], 8, 8, 1024))
-        h = nn.relu(nn.BatchNorm(use_running_average=not train)(h))
+        h = nn.relu(bn(h))
         for i in range(steps):
-            h = sn(nn.ConvTranspose(512 >> i, (4, 4), strides=(2, 2), padding="SAME", use_bias=False))(h)
-            h = nn.relu(nn.BatchNorm(use_running_average=not train)(h))
+            # batch norm subtracts the batch mean, which would cancel a bias (the paper's layers have none)
+            h = sn(nn.ConvTranspose(512 >> i, (4, 4), strides=(2, 2), padding="SAME", use_bias=not use_bn))(h)
+            h = nn.relu(bn(h))
         out = sn(nn.ConvTranspose(channels, (4, 4), strides=(1, 1), padding="SAME"))(h)
         side = 8 << steps
         top, left = (side - height) // 2, (side - width) // 2
@@ -216,7 +241,9 @@ class AutoEncoder(nn.Module):
     ``encoder_out`` is the width of the encoder's output (d for a deterministic code, 2d for a
     Gaussian, N*K logits for categorical codes). Extra code-path parameters (a VQ codebook) are
     declared by the method layer through ``codebook_shape``; ``sigmoid_output`` is the decoder's
-    (False: logits of a Bernoulli decoder).
+    (False: logits of a Bernoulli decoder). ``spectral_norm`` normalizes the decoder's layers,
+    ``encoder_spectral_norm`` the encoder's; ``decoder_batch_norm`` is :class:`Decoder`'s
+    ``batch_norm`` (None: the architecture's own).
     """
 
     arch: str | Arch
@@ -225,22 +252,34 @@ class AutoEncoder(nn.Module):
     spectral_norm: bool = False
     codebook_shape: tuple[int, int] | None = None
     sigmoid_output: bool = True
+    encoder_spectral_norm: bool = False
+    decoder_batch_norm: bool | None = None
 
     def setup(self):
         if isinstance(self.arch, Arch):
             require(
-                not self.spectral_norm,
+                not (self.spectral_norm or self.encoder_spectral_norm),
                 "decoder_reg",
                 "spectral norm",
-                "spectral norm rewrites the built-in decoders' layers and cannot reach into arch.decoder; "
-                "choose another decoder regularizer",
+                "spectral norm rewrites the built-in networks' layers and cannot reach into arch.encoder or "
+                "arch.decoder; choose another decoder regularizer",
+                ConfigError,
+            )
+            require(
+                not self.decoder_batch_norm,
+                "decoder_norm",
+                "batch",
+                "batch norm is added to the built-in decoders' layers and cannot reach into arch.decoder; "
+                "put it in your decoder module",
                 ConfigError,
             )
             self.encoder = _UserEncoder(self.arch.encoder, self.encoder_out)
             self.decoder = _UserDecoder(self.arch.decoder, tuple(self.image_shape), self.sigmoid_output)
         else:
-            self.encoder = Encoder(self.arch, self.encoder_out)
-            self.decoder = Decoder(self.arch, tuple(self.image_shape), self.spectral_norm, self.sigmoid_output)
+            self.encoder = Encoder(self.arch, self.encoder_out, self.encoder_spectral_norm)
+            self.decoder = Decoder(
+                self.arch, tuple(self.image_shape), self.spectral_norm, self.sigmoid_output, self.decoder_batch_norm
+            )
         if self.codebook_shape is not None:
             # Uniform(-1/K, 1/K) as in van den Oord et al.'s implementation: entries start close
             # together, near the encoder's initial outputs, so small moves of z_e switch entries
