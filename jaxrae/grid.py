@@ -526,6 +526,18 @@ def code_spec(config: TrainConfig) -> CodeSpec:
     return CODE_PATHS[config.method_spec.encoder].spec(config)
 
 
+def code_bits(config: TrainConfig) -> float | None:
+    """Capacity of ``config``'s discrete code in bits, log2 of the number of distinct codes
+    (:func:`jaxrae.relax.code_capacity_bits` of the code path's spec): N log2 K for N categorical
+    variables of K classes, N log2 C for N VQ vectors from a C-entry codebook, N sum_j log2 L_j for
+    N FSQ groups of levels L_j. None for a continuous code."""
+    path = CODE_PATHS[config.method_spec.encoder]
+    if not path.discrete:
+        return None
+    spec = path.spec(config)
+    return relax.code_capacity_bits(spec.n_vars, spec.n_classes)
+
+
 def build_model(config: TrainConfig, image_shape) -> AutoEncoder:
     """The Flax AutoEncoder that ``config``'s method needs (spectral norm, decoder batch norm and
     codebook included)."""

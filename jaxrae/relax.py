@@ -36,11 +36,13 @@ __all__ = [
     "ScalarQuantized",
     "VectorQuantized",
     "categorical_kl_uniform",
+    "code_capacity_bits",
     "conditional_gumbel",
     "constant_temperature",
     "discrete_code",
     "exponential_temperature",
     "finite_scalar_quantize",
+    "fsq_capacity_bits",
     "fsq_codes_from_index",
     "gumbel_rao",
     "gumbel_softmax",
@@ -556,6 +558,45 @@ def fsq_codes_from_index(index: jax.Array, levels: Sequence[int], dtype=jnp.floa
     digits = (index // _fsq_basis(levels_array)) % levels_array.astype(np.int32)
     half_width = (levels_array // 2).astype(np.int32)
     return ((digits - half_width) / half_width).astype(dtype)
+
+
+# ----------------------------------------------------------------------------- code capacity
+
+
+def code_capacity_bits(n_vars: int, n_classes: int) -> float:
+    """Capacity of a discrete code in bits: log2 of the number of distinct codes it can take.
+
+    A code of N variables with K values each takes K^N values, so
+
+        bits = log2(K^N) = N log2 K
+
+    It covers every discrete code here: N categorical variables of K classes (Jang et al. 2017),
+    N VQ vectors each one of a C-entry codebook (van den Oord et al. 2017; K = C), and N FSQ
+    groups (Mentzer et al. 2023) whose K = prod_j L_j grid points are the group's values (see
+    :func:`fsq_capacity_bits`). It is an upper bound on the information a code carries, reached
+    only when every code is used equally often.
+    """
+    for name, value, least in (("n_vars", n_vars, 1), ("n_classes", n_classes, 2)):
+        require(
+            not isinstance(value, bool) and isinstance(value, (int, np.integer)) and value >= least,
+            name,
+            value,
+            f"must be an integer >= {least}",
+        )
+    return float(n_vars) * math.log2(int(n_classes))
+
+
+def fsq_capacity_bits(levels: Sequence[int], n_groups: int = 1) -> float:
+    """Capacity in bits of ``n_groups`` FSQ groups of ``levels``: each group takes prod_j L_j
+    grid points (:func:`finite_scalar_quantize`), so bits = n_groups * sum_j log2 L_j."""
+    levels_array = _check_levels(levels)
+    require(
+        not isinstance(n_groups, bool) and isinstance(n_groups, (int, np.integer)) and n_groups >= 1,
+        "n_groups",
+        n_groups,
+        "must be an integer >= 1",
+    )
+    return float(n_groups) * float(np.sum(np.log2(levels_array)))
 
 
 # ----------------------------------------------------------------------------- estimator diagnostics

@@ -39,6 +39,9 @@ from collections.abc import Iterable, Mapping, Sequence
 import numpy as np
 from scipy import stats
 
+from jaxrae import grid
+from jaxrae.config import TrainConfig
+from jaxrae.errors import ConfigError
 from jaxrae.features import majority_warning
 from jaxrae.io import atomic_write_bytes
 
@@ -553,11 +556,59 @@ def row_settings(results: Mapping) -> list[list[str]]:
     return lines
 
 
+def _code_shape(config: TrainConfig) -> str:
+    """A discrete code's shape in words: N variables x K classes, N VQ vectors, N FSQ groups."""
+    spec = grid.code_spec(config)
+    encoder = config.method_spec.encoder
+    if encoder == "vq":
+        return f"{spec.n_vars} vectors from a {spec.n_classes}-entry codebook"
+    if encoder == "fsq":
+        return f"{spec.n_vars} groups of levels {'-'.join(map(str, config.fsq_levels))} ({spec.n_classes} values each)"
+    return f"{spec.n_vars} variables x {spec.n_classes} classes"
+
+
+def code_capacity(results: Mapping) -> list[list[str]]:
+    """[row, code, bits per code] for every discrete row: the capacity ``N log2 K`` of its code
+    (:func:`jaxrae.grid.code_bits`), read from the row's config in results.json.
+
+    Codes of different capacity are not like for like (FSQ at 8-5-5-5 has 3x the bits of 16 x 10
+    categorical codes), so every discrete table states it. A row whose config no longer builds
+    (a preset that was renamed, say) gives ``not recorded``; the network does not enter the code,
+    so a row trained with your own modules is read as if its architecture were built in.
+    """
+    lines = []
+    for name, m in results["methods"].items():
+        if not m.get("discrete") or not isinstance(m.get("config"), Mapping):
+            continue
+        values = dict(m["config"])
+        if isinstance(values.get("arch"), Mapping):
+            values["arch"] = "mlp"
+        try:
+            config = TrainConfig.from_dict(values)
+        except (ConfigError, TypeError):
+            lines.append([name, "not recorded", "-"])
+            continue
+        lines.append([name, _code_shape(config), fmt(grid.code_bits(config))])
+    return lines
+
+
+#: Under the code-capacity table of table.md.
+CAPACITY_CAPTION = (
+    "bits per code = N log2 K, log2 of the number of distinct codes (jaxrae.relax.code_capacity_bits): "
+    "the most a code can carry, reached only when every code is used equally often."
+)
+
+
 def render_summary(results: Mapping, rows: list[dict] | None = None) -> str:
     """The one-screen summary printed at the end of ``jaxrae compare``."""
     rows = summary_table(results) if rows is None else rows
     out = _caption(results) + [""]
     out.append(_plain(*_grid(results, rows, _mean_pm)))
+    capacity = code_capacity(results)
+    if capacity:
+        bits = {line[2] for line in capacity}
+        spelled = ", ".join(f"{row} {b}" for row, _, b in capacity) if len(bits) > 1 else f"{bits.pop()} in every row"
+        out += ["", f"bits per code (discrete rows): {spelled}"]
     warned = result_warnings(results)
     if warned:
         out += ["", "WARNINGS (these numbers may mean little):"] + [f"  ! {w}" for w in warned]
@@ -671,6 +722,15 @@ def render_markdown(
             _markdown(["row", "preset", "settings"], settings, align_right_from=3),
             "",
         ]
+    capacity = code_capacity(results)
+    if capacity:
+        shared = {tuple(line[1:]) for line in capacity}
+        table = (
+            [f"every discrete row: {capacity[0][1]}, {capacity[0][2]} bits per code."]
+            if len(shared) == 1
+            else [_markdown(["row", "code", "bits per code"], capacity, align_right_from=2)]
+        )
+        parts += ["## Code capacity (discrete rows)", "", *table, "", CAPACITY_CAPTION, ""]
     parts += ["## Summary (mean ± 95% interval half-width)", "", _markdown(*_grid(results, rows, _mean_pm)), ""]
     warned = result_warnings(results)
     if warned:
