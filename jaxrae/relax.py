@@ -516,7 +516,9 @@ def finite_scalar_quantize(z: jax.Array, levels: Sequence[int]) -> ScalarQuantiz
         code = q / (L // 2)        in [-1, 1]
 
     Odd L gives the symmetric grid {-(L-1)/2, ..., (L-1)/2}; even L, thanks to the half-offset,
-    gives {-L/2, ..., L/2 - 1}. The shift makes bound(0) = 0 exactly; the paper's code uses tan
+    gives {-L/2, ..., L/2 - 1}. The shift makes bound(0) = 0 exactly for L >= 3; at L = 2 no
+    shift can (offset / half_l > 1), so that ratio is capped at 1 - eps and bound(0) =
+    -eps * (1 - eps) / 2, which rounds to the level 0 of the grid {-1, 0}; the paper's code uses tan
     where atanh is meant, which agrees to O((offset/half_l)^5). digits = q + L // 2 and the flat
     index is sum_j digits_j * prod_{i<j} levels[i] (a bijection onto [0, prod(levels))).
 
@@ -535,7 +537,9 @@ def finite_scalar_quantize(z: jax.Array, levels: Sequence[int]) -> ScalarQuantiz
     eps = 1e-3
     half_l = (levels_array - 1) * (1 - eps) / 2
     offset = np.where(levels_array % 2 == 0, 0.5, 0.0)
-    shift = np.arctanh(offset / half_l)
+    # bound(0) = 0 needs tanh(shift) = offset / half_l, which exceeds 1 at L = 2 (0.5 / 0.4995):
+    # there the ratio is capped at 1 - eps, so bound(0) = -eps * half_l rounds to the level 0.
+    shift = np.arctanh(np.minimum(offset / half_l, 1 - eps))
     half_width = levels_array // 2
     bounded = jnp.tanh(z + shift.astype(z.dtype)) * half_l.astype(z.dtype) - offset.astype(z.dtype)
     rounded = jnp.round(bounded)

@@ -488,6 +488,20 @@ def test_fsq_codes_lie_on_grid_and_index_is_a_bijection():
     np.testing.assert_allclose(grad, expected, rtol=1e-5)
 
 
+def test_fsq_two_levels_is_a_finite_binary_quantizer():
+    # At L = 2 no shift gives bound(0) = 0 (offset / half_l = 0.5 / 0.4995 > 1); the capped shift
+    # must still give finite codes on the grid {-1, 0}, both reached, z = 0 on level 0.
+    z = jnp.linspace(-6.0, 6.0, 241)[:, None]
+    out = finite_scalar_quantize(z, [2])
+    codes = np.asarray(out.codes)[:, 0]
+    assert np.all(np.isfinite(codes))
+    np.testing.assert_array_equal(np.unique(codes), [-1.0, 0.0])
+    assert float(finite_scalar_quantize(jnp.zeros((1,)), [2]).codes[0]) == 0.0
+    assert np.all(np.diff(codes) >= 0)  # monotone in z
+    grad = jax.grad(lambda v: jnp.sum(finite_scalar_quantize(v, [2]).codes))(jnp.zeros((1,)))
+    assert np.all(np.isfinite(grad)) and float(grad[0]) > 0
+
+
 # ----------------------------------------------------------------------------- estimator diagnostics
 
 
