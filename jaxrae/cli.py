@@ -331,7 +331,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--resume",
         action="store_true",
-        help="skip finished rows in --out, continue an interrupted one from its checkpoint",
+        help="skip finished rows in --out (re-evaluate their saved models when only evaluation settings "
+        "changed), continue an interrupted one from its checkpoint",
     )
     g.add_argument("--overwrite", action="store_true", help="delete what --out holds and start afresh")
     g.add_argument("--quiet", action="store_true", help="no progress bars (the summary table is still printed)")
