@@ -160,6 +160,7 @@ def cmd_train(args) -> int:
                 checkpoint_path=out / "checkpoint.msgpack",
                 progress=not args.quiet,
                 logger=logger,
+                should_stop=getattr(args, "interrupt_requested", None),
             )
             if primary:  # the final model, for jaxrae.load_runs(out)
                 save_runs(runs, out / TRAIN_MODEL_DIR)
@@ -330,7 +331,8 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
     g.add_argument(
         "--resume",
         action="store_true",
-        help="skip finished rows in --out, continue an interrupted one from its checkpoint",
+        help="skip finished rows in --out (re-evaluate their saved models when only evaluation settings "
+        "changed), continue an interrupted one from its checkpoint",
     )
     g.add_argument("--overwrite", action="store_true", help="delete what --out holds and start afresh")
     g.add_argument("--quiet", action="store_true", help="no progress bars (the summary table is still printed)")
@@ -564,20 +566,38 @@ def _use_compilation_cache() -> None:
         )
 
 
-class _InterruptRequest:
-    """The SIGINT handler of a command: raises KeyboardInterrupt, and remembers that it did.
+#: What the first Ctrl-C prints (one line, on stderr).
+STOPPING_MESSAGE = (
+    "jaxrae: stopping after this chunk (an evaluation under way finishes first); Ctrl-C again to abort now\n"
+)
 
-    Python delivers a signal as an exception wherever the main thread happens to be, which can be
-    a finalizer or a callback whose caller drops exceptions; the remembered request lets the
-    command stop at its next check (between rows of a comparison, and at its end) even then.
+
+class _InterruptRequest:
+    """The SIGINT handler of a command: the first Ctrl-C asks the command to stop at its next safe
+    point; a second one raises KeyboardInterrupt at once.
+
+    The first only sets a flag and says so: training asks it after every chunk, once that chunk's
+    checkpoint is written (``train(should_stop=...)``), and a comparison between rows and before
+    its outputs, so the command stops with every file complete and a ``--resume`` ends bitwise
+    where an uninterrupted run ends. An exception raised wherever the main thread happens to be
+    (inside a JAX call, a finalizer, a callback that drops exceptions) could instead lose the
+    chunk under way or be swallowed. A second Ctrl-C is for a user who will not wait: it raises
+    as before, and :func:`_interrupted` ends the process without finalization.
     """
 
     def __init__(self):
         self.requested = False
 
     def __call__(self, signum=None, frame=None):
+        if self.requested:
+            raise KeyboardInterrupt
         self.requested = True
-        raise KeyboardInterrupt
+        # os.write, not print: the handler may run while the main thread is inside a write to
+        # sys.stderr, and a buffered stream entered again raises RuntimeError (reentrant call).
+        try:
+            os.write(sys.stderr.fileno(), STOPPING_MESSAGE.encode())
+        except (OSError, ValueError, AttributeError):  # no file descriptor (a replaced sys.stderr)
+            sys.stderr.write(STOPPING_MESSAGE)
 
     def __bool__(self) -> bool:
         return self.requested
@@ -616,15 +636,16 @@ def main(argv: list[str] | None = None) -> int:
     """Run the ``jaxrae`` command (``argv``: the arguments, default ``sys.argv[1:]``); returns the exit status.
 
     0 on success, 2 for an error a user can cause (printed as one line, argument errors
-    included), 130 when interrupted (Ctrl-C). Called as the program (``argv=None``), an
-    interrupt ends the process at once with status 130 (:func:`_interrupted` says why).
+    included), 130 when interrupted (Ctrl-C: the first stops at the next chunk boundary, a second
+    at once; :class:`_InterruptRequest`). Called as the program (``argv=None``), an interrupt
+    ends the process at once with status 130 (:func:`_interrupted` says why).
     """
     as_program = argv is None
     interrupt = _InterruptRequest()
     try:
         with _sigint_handler(interrupt):
             status = _main(argv, interrupt)
-        if interrupt:  # an interrupt that something swallowed: the run did not finish as asked
+        if interrupt:  # asked to stop, but nothing checked the flag after: the run did not finish as asked
             return _interrupted(as_program)
         return status
     except KeyboardInterrupt:

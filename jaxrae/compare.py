@@ -5,7 +5,9 @@ The main job of the project (Ghosh et al. 2020, Table 1, carried to discrete cod
 row, all seeds train in one vmapped program (:func:`jaxrae.train.train`), then each seed is
 evaluated on the same draws (:func:`jaxrae.evaluate.evaluate`, whose docstring lists the
 metrics), and :mod:`jaxrae.report` turns the per-seed numbers into tables and figures. A row that
-finished is not rerun, and an interrupted one continues from its checkpoint.
+finished is not rerun, and an interrupted one continues from its checkpoint. A finished row whose
+evaluation settings alone changed (``n_eval``, ``n_components``, the feature network,
+``likelihood_k``, ...) is evaluated again from its saved model, not retrained.
 
 Output directory (all files written atomically: temp file + rename):
 
@@ -51,8 +53,17 @@ from jaxrae.io import (
     prepare_out_dir,
 )
 from jaxrae.provenance import environment
-from jaxrae.runlog import RunLogger, require_wandb
-from jaxrae.train import MODEL_FILE, MODEL_FORMAT, ROW_MODELS_DIR, make_train, save_runs, train
+from jaxrae.runlog import RunLogger, require_wandb, run_names
+from jaxrae.train import (
+    MODEL_FILE,
+    MODEL_FORMAT,
+    ROW_MODELS_DIR,
+    load_runs,
+    make_train,
+    save_runs,
+    stop_agreed,
+    train,
+)
 
 FORMAT = "jaxrae-compare-v1"
 
@@ -61,12 +72,18 @@ class CompareInterrupted(Exception):
     """Training stopped early on request (``stop_after_chunks``); rerun to resume."""
 
 
+#: The part of a row's header that only the evaluation reads: a finished row that differs from
+#: the current settings only there is evaluated again from its saved model instead of retrained.
+EVAL_HEADER_KEY = "eval"
+
+
 def _row_header(experiment: Experiment, label: str, data, fnet, n_eval: int) -> dict:
     """What a finished row's numbers depend on; a saved row is reused only if it matches.
 
     The header holds the row's full config (its preset and every field its table sets), not its
     label or the table that spelled it: ``[overrides.m]`` and a variant of ``m`` with the same
-    fields compute, and resume, the same numbers.
+    fields compute, and resume, the same numbers. Everything the training depends on lies
+    outside :data:`EVAL_HEADER_KEY`; everything under it changes the evaluation alone.
     """
     return {
         "format": FORMAT,
@@ -103,7 +120,7 @@ def _redo_hint(record_path: Path) -> str:
     return f"delete {record_path} to redo {record_path.stem}, or rerun with --overwrite"
 
 
-def _load_finished(path: Path, header: dict) -> dict | None:
+def _load_finished(path: Path, header: dict, *, reevaluate: bool = False) -> dict | None:
     """A finished row's record (``methods/<label>.json``) if it exists and matches ``header``, else None.
 
     The record and the images beside it (``methods/<label>.npz``) are both read and checked
@@ -111,6 +128,11 @@ def _load_finished(path: Path, header: dict) -> dict | None:
     JSON, or lacks the fields the tables and figures read, an image file that is missing,
     truncated or lacks an image, and a record of other settings each raise a one-line
     CheckpointError that says which file to delete.
+
+    With ``reevaluate``, a record that differs from ``header`` only in its evaluation settings
+    (:data:`EVAL_HEADER_KEY`) is returned too, with its old header (the caller tells it apart by
+    :func:`_eval_changes`), once its model passes :func:`_check_model` and was trained with this
+    header's config, data and seeds; its images are not read, since re-evaluating rewrites them.
     """
     if not path.exists():
         return None
@@ -137,19 +159,46 @@ def _load_finished(path: Path, header: dict) -> dict | None:
             f"or times); {_redo_hint(path)}"
         )
     saved = record["header"]
-    if saved != json_roundtrip(header):
-        diff = ", ".join(_differences(saved, json_roundtrip(header))[:6])
+    current = json_roundtrip(header)
+    model_path = path.parent.parent / ROW_MODELS_DIR / path.stem / MODEL_FILE
+    if reevaluate and saved != current and _eval_changes(saved, current) is not None:
+        model_header = _check_model(model_path, path)
+        trained = {"config": model_header.get("config"), "fingerprint": model_header.get("fingerprint")}
+        trained["seeds"] = [r.get("seed") for r in model_header.get("runs") or [] if isinstance(r, dict)]
+        if json_roundtrip(trained) != {k: current[k] for k in trained}:
+            raise CheckpointError(
+                f"{model_path} was not trained with the settings of {path} (its config, data or seeds differ); "
+                f"{_redo_hint(path)}"
+            )
+        return record
+    if saved != current:
+        diff = ", ".join(_differences(saved, current)[:6])
         raise CheckpointError(
             f"{path} was computed with other settings (differs in: {diff}); "
             "rerun with --overwrite or choose another --out"
         )
     _load_images(path.with_suffix(".npz"), path)
-    _check_model(path.parent.parent / ROW_MODELS_DIR / path.stem / MODEL_FILE, path)
+    _check_model(model_path, path)
     return record
 
 
-def _check_model(path: Path, record_path: Path) -> None:
-    """A finished row's model (``models/<label>/model.msgpack``) exists, is a jaxrae model and passes its SHA-256 checks.
+def _eval_changes(saved: dict, current: dict) -> list[str] | None:
+    """The evaluation settings (names under :data:`EVAL_HEADER_KEY`) in which two row headers differ,
+    or None when they differ anywhere else too (training: data, config, seeds, format).
+
+    An empty list means equal headers."""
+    rest = lambda h: {k: v for k, v in h.items() if k != EVAL_HEADER_KEY}
+    if rest(saved) != rest(current):
+        return None
+    return [
+        name.removeprefix(EVAL_HEADER_KEY + ".")
+        for name in _differences(saved.get(EVAL_HEADER_KEY), current.get(EVAL_HEADER_KEY), EVAL_HEADER_KEY + ".")
+    ]
+
+
+def _check_model(path: Path, record_path: Path) -> dict:
+    """A finished row's model (``models/<label>/model.msgpack``) exists, is a jaxrae model and passes its
+    SHA-256 checks; returns its header.
 
     Otherwise a one-line CheckpointError naming the record to delete, so that a resumed
     comparison never reports a row whose model :func:`jaxrae.load_runs` could not give back.
@@ -157,8 +206,9 @@ def _check_model(path: Path, record_path: Path) -> None:
     if not path.exists():
         raise CheckpointError(f"{path} is missing: a finished row keeps its model there; {_redo_hint(record_path)}")
     _, header = load_checkpoint(path, redo=_redo_hint(record_path))
-    if header.get("model_format") != MODEL_FORMAT:
+    if not isinstance(header, dict) or header.get("model_format") != MODEL_FORMAT:
         raise CheckpointError(f"{path} is not a {MODEL_FORMAT} model; {_redo_hint(record_path)}")
+    return header
 
 
 def _load_images(path: Path, record_path: Path) -> dict[str, np.ndarray]:
@@ -197,17 +247,20 @@ def run_method(
     progress: bool = True,
     progress_desc: str | None = None,
     stop_after_chunks: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
     tensorboard: bool = True,
     wandb: bool = False,
 ) -> dict:
     """Train all seeds of one row (a method or a variant; resuming its checkpoint), evaluate them,
     save the record ``out/methods/<label>.json``. Live logs (:mod:`jaxrae.runlog`): the training
     curves per chunk and every evaluation metric (``eval/<name>``, at the last step) per seed, as
-    TensorBoard files in ``out/tensorboard/<label>/seed<s>/`` and, with ``wandb``, W&B runs."""
+    TensorBoard files in ``out/tensorboard/<label>/seed<s>/`` and, with ``wandb``, W&B runs.
+
+    ``should_stop`` is asked after every training chunk (:func:`jaxrae.train.train`): when it
+    answers True, training raises KeyboardInterrupt once that chunk's checkpoint is written, and
+    rerunning resumes from it. An evaluation under way is not cut short: it is asked again after
+    the row (between rows in :func:`run_compare`)."""
     config = experiment.method_config(label)
-    n_eval = min(experiment.n_eval, data.n_test)
-    header = _row_header(experiment, label, data, fnet, n_eval)
-    record_path = out / "methods" / f"{label}.json"
     with RunLogger(
         out / "tensorboard" / label if tensorboard else None, wandb=wandb, group=label, config=config.to_dict()
     ) as logger:
@@ -220,6 +273,7 @@ def run_method(
             progress_desc=progress_desc or label,
             stop_after_chunks=stop_after_chunks,
             logger=logger,
+            should_stop=should_stop,
         )
         if int(np.asarray(runs.state.step).min()) < config.steps:
             raise CompareInterrupted(
@@ -227,18 +281,70 @@ def run_method(
             )
         if distributed.is_primary():  # before the evaluation: a crash there keeps the trained model
             save_runs(runs, out / ROW_MODELS_DIR / label)
-        t0 = time.perf_counter()
-        values, images, notes = evaluate(
-            runs,
-            data,
-            fnet,
-            n_eval=experiment.n_eval,
-            n_components=experiment.n_components,
-            likelihood_k=experiment.likelihood_k,
+        return _evaluate_row(label, experiment, data, fnet, out, runs, logger)
+
+
+def reevaluate_method(
+    label: str,
+    experiment: Experiment,
+    data,
+    fnet,
+    out: Path,
+    record: dict,
+    *,
+    tensorboard: bool = True,
+    wandb: bool = False,
+) -> dict:
+    """Evaluate a finished row again from its saved model (``out/models/<label>/``), without training.
+
+    For a row whose record (``record``, read from ``out/methods/<label>.json``) was computed with
+    other evaluation settings only (:func:`_eval_changes`): the model is read with
+    :func:`jaxrae.train.load_runs`, evaluated under the current settings, and the record and
+    images rewritten with the current header. The record keeps the training's times
+    (``train_s``, ``compile_s``) and loss curve from ``record``, with the new ``eval_s``; its
+    per-seed ok flags, divergence steps and final losses come from the model, which must agree
+    with ``record`` (otherwise a CheckpointError: the model is not the one the record describes).
+    """
+    record_path = out / "methods" / f"{label}.json"
+    runs = load_runs(out, row=label)
+    if runs.runs != record["runs"] or runs.diverged_at.tolist() != record["diverged_at"]:
+        raise CheckpointError(
+            f"{out / ROW_MODELS_DIR / label / MODEL_FILE} holds other runs than {record_path} describes "
+            f"(their seeds, swept values or divergence steps differ); {_redo_hint(record_path)}"
         )
-        eval_s = time.perf_counter() - t0
-        if logger.names is not None:  # the process that logs (the primary)
-            logger.log(config.steps, {f"eval/{name}": per_seed for name, per_seed in values.items()})
+    with RunLogger(
+        out / "tensorboard" / label if tensorboard else None, wandb=wandb, group=label, config=runs.config.to_dict()
+    ) as logger:
+        if distributed.is_primary():  # train() opens the logger of a row it trains; here nothing did
+            logger.open(run_names(runs.runs))
+        trained = {k: record["times"].get(k) for k in ("train_s", "compile_s")}
+        return _evaluate_row(label, experiment, data, fnet, out, runs, logger, trained=(trained, record["loss_curve"]))
+
+
+def _evaluate_row(
+    label: str, experiment: Experiment, data, fnet, out: Path, runs, logger: RunLogger, *, trained=None
+) -> dict:
+    """Evaluate one row's trained ``runs``, log the metrics, write its images and (last) its record; returns the record.
+
+    ``trained``: ``(times, loss_curve)`` of the training when ``runs`` were read from the row's
+    saved model rather than trained now (:func:`reevaluate_method`); None takes both from ``runs``.
+    """
+    config = runs.config
+    n_eval = min(experiment.n_eval, data.n_test)
+    header = _row_header(experiment, label, data, fnet, n_eval)
+    record_path = out / "methods" / f"{label}.json"
+    t0 = time.perf_counter()
+    values, images, notes = evaluate(
+        runs,
+        data,
+        fnet,
+        n_eval=experiment.n_eval,
+        n_components=experiment.n_components,
+        likelihood_k=experiment.likelihood_k,
+    )
+    eval_s = time.perf_counter() - t0
+    if logger.names is not None:  # the process that logs (the primary)
+        logger.log(config.steps, {f"eval/{name}": per_seed for name, per_seed in values.items()})
     record = {
         "header": header,
         "method": label,
@@ -255,6 +361,10 @@ def run_method(
         "notes": notes,
         "loss_curve": loss_curve(runs.losses),
     }
+    if trained is not None:
+        times, curve = trained
+        record["times"] = {**times, "eval_s": eval_s}
+        record["loss_curve"] = curve
     record = nonfinite_to_null(record)  # the same values a later resume reads back
     if distributed.is_primary():
         atomic_write_npz(out / "methods" / f"{label}.npz", {k: np.asarray(v, np.float32) for k, v in images.items()})
@@ -287,8 +397,12 @@ def run_compare(
     trains after that many chunks and raises :class:`CompareInterrupted` (for resume tests);
     ``figures=False`` writes the tables and results but no PNGs. ``command`` (the shell line
     that ran this, e.g. ``jaxrae compare --config ...``) heads table.md and is kept in results.json.
-    ``should_stop`` is asked before each row; when it answers True the comparison stops with
-    KeyboardInterrupt (the CLI passes whether Ctrl-C was pressed), leaving a resumable directory.
+    ``should_stop`` is asked after every training chunk (:func:`jaxrae.train.train`), between
+    rows and before the outputs are written; when it answers True the comparison stops with
+    KeyboardInterrupt (the CLI passes whether Ctrl-C was pressed), leaving a resumable directory:
+    the chunk's checkpoint, or the record of a row whose evaluation was under way, is written first.
+    A finished row whose evaluation settings alone changed is re-evaluated from its saved model
+    (:func:`reevaluate_method`) and says so in one line; any other change is a CheckpointError.
 
     Everything is validated before ``out`` is touched (the experiment when it was built; here the
     data and every row against it), then ``out`` is claimed for the whole run
@@ -371,11 +485,11 @@ def _run_claimed(
     feature_s = time.perf_counter() - t0
     n_eval = min(experiment.n_eval, data.n_test)
     labels = list(experiment.rows)
+    headers = {label: json_roundtrip(_row_header(experiment, label, data, fnet, n_eval)) for label in labels}
     # Every finished row's files are read and checked before any row trains: a damaged one stops
     # the run here, before new training is spent or an output is rewritten.
     finished = {
-        label: _load_finished(out / "methods" / f"{label}.json", _row_header(experiment, label, data, fnet, n_eval))
-        for label in labels
+        label: _load_finished(out / "methods" / f"{label}.json", headers[label], reevaluate=True) for label in labels
     }
 
     bar = None
@@ -385,10 +499,19 @@ def _run_claimed(
     records: dict[str, dict] = {}
     try:
         for index, label in enumerate(labels):
-            if should_stop is not None and should_stop():
+            if should_stop is not None and stop_agreed(should_stop):
                 raise KeyboardInterrupt
             record = finished[label]
-            if record is not None:
+            changed = None if record is None else _eval_changes(record["header"], headers[label])
+            if changed:
+                say(f"{label}: evaluation settings changed ({', '.join(changed)}); re-evaluating the saved model")
+                if bar is not None:
+                    bar.set_postfix_str(f"{label}: evaluation")
+                record = reevaluate_method(
+                    label, experiment, data, fnet, out, record, tensorboard=tensorboard, wandb=wandb
+                )
+                say(f"{label}: re-evaluated in {record['times']['eval_s']:.1f}s")
+            elif record is not None:
                 say(f"{label}: finished earlier, loaded from {out / 'methods' / (label + '.json')}")
             else:
                 if bar is not None:
@@ -402,6 +525,7 @@ def _run_claimed(
                     progress=progress,
                     progress_desc=f"{label} [{index + 1}/{len(labels)}]",
                     stop_after_chunks=stop_after_chunks,
+                    should_stop=should_stop,
                     tensorboard=tensorboard,
                     wandb=wandb,
                 )
@@ -416,7 +540,7 @@ def _run_claimed(
     finally:
         if bar is not None:
             bar.close()
-    if should_stop is not None and should_stop():
+    if should_stop is not None and stop_agreed(should_stop):
         raise KeyboardInterrupt
 
     results = assemble_results(experiment, data, fnet, records, n_eval)

@@ -36,6 +36,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.experimental import multihost_utils
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 from tqdm.auto import tqdm
 
@@ -412,6 +413,7 @@ def train(
     progress_desc: str | None = None,
     stop_after_chunks: int | None = None,
     logger: runlog.RunLogger | str | Path | None = None,
+    should_stop: Callable[[], bool] | None = None,
 ) -> Runs:
     """Train every (seed, swept value) run of ``config`` on ``data`` in one vmapped program.
 
@@ -420,6 +422,14 @@ def train(
     state and history are written atomically after every chunk, and an existing checkpoint of the
     same config, data and runs is resumed (same result as an uninterrupted run; a checkpoint of
     anything else is a CheckpointError). ``stop_after_chunks`` ends early (tests of resumption).
+
+    ``should_stop`` (e.g. "was Ctrl-C pressed?") is asked after every chunk, once that chunk's
+    checkpoint is written and logged, the last chunk included; when it answers True, training
+    stops there and ``train`` raises KeyboardInterrupt (never returns a partly trained Runs that
+    a caller could mistake for a finished one). With ``checkpoint_path`` the same call resumes
+    from that chunk and ends bitwise where an uninterrupted run ends; without one the work is
+    lost. With several processes the processes agree (any one asking stops all), so every
+    process leaves the loop at the same chunk.
 
     ``logger`` (a directory, or a :class:`jaxrae.runlog.RunLogger` the caller keeps open to add
     evaluation metrics) receives after every chunk, per run, each step metric averaged over the
@@ -504,6 +514,10 @@ def train(
                     done + sum(chunks[: n_chunks + 1]), {**means, "train/diverged": (diverged >= 0).astype(np.float32)}
                 )
             n_chunks += 1
+            if should_stop is not None and stop_agreed(should_stop):
+                raise KeyboardInterrupt(
+                    f"training stopped on request at step {done + sum(chunks[:n_chunks])} of {config.steps}"
+                )
             if stop_after_chunks is not None and n_chunks >= stop_after_chunks:
                 break
     finally:
@@ -529,6 +543,18 @@ def train(
         compile_s,
         data.fingerprint,
     )
+
+
+def stop_agreed(should_stop: Callable[[], bool]) -> bool:
+    """Whether ``should_stop()`` answers True in any process (in this one, with a single process).
+
+    A collective with several processes (every process must ask at the same point): a stop
+    that one process saw alone would leave the others waiting in the next chunk's all-gather.
+    """
+    stop = bool(should_stop())
+    if distributed.process_count() > 1:
+        stop = bool(np.any(multihost_utils.process_allgather(np.asarray(stop))))
+    return stop
 
 
 def _on_runs(state, sharding):
