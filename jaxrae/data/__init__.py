@@ -49,6 +49,7 @@ from jaxrae.data.spec import (
     fingerprint,
     load_data,
     make_dataset,
+    spec_options,
     validation_view,
 )
 from jaxrae.data.tfds import TFDS_READ_CHUNK
@@ -79,6 +80,7 @@ __all__ = [
     "make_dataset",
     "preprocess_images",
     "read_idx",
+    "spec_options",
     "validation_indices",
     "validation_view",
 ]

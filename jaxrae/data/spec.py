@@ -524,6 +524,11 @@ def fingerprint(
 # Spec suffix
 
 
+def spec_options(spec: str) -> dict[str, str]:
+    """The ``@key=value,...`` suffix of a data spec as a dict (``{}`` without one); ConfigError if malformed."""
+    return _split_spec_options(spec)[1]
+
+
 def _split_spec_options(spec: str) -> tuple[str, dict[str, str]]:
     """``"tfds:celeb_a@crop=140,image_size=64"`` -> ``("tfds:celeb_a", {"crop": "140", ...})``.
 

@@ -29,10 +29,10 @@ from jaxrae.errors import DataError, invalid, require
 VALIDATION_SEED = 0x76616C6964
 
 
-def check_validation_fraction(value) -> float | None:
+def check_validation_fraction(value, field: str = "validation") -> float | None:
     """``value`` as a fraction in (0, 1), or None for no validation split (None or 0).
 
-    ConfigError naming ``validation`` for anything else (a bool, a string, a negative number, 1 or more).
+    ConfigError naming ``field`` for anything else (a bool, a non-numeric string, a negative number, 1 or more).
     """
     if value is None:
         return None
@@ -40,12 +40,10 @@ def check_validation_fraction(value) -> float | None:
         try:
             value = float(value)
         except ValueError:
-            raise invalid(
-                "validation", value, "must be a fraction of the training images in [0, 1), e.g. 0.1"
-            ) from None
+            raise invalid(field, value, "must be a fraction of the training images in [0, 1), e.g. 0.1") from None
     require(
         isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value) and 0 <= value < 1,
-        "validation",
+        field,
         value,
         "must be a fraction of the training images in [0, 1), e.g. 0.1 (0: no validation split)",
     )
