@@ -591,14 +591,24 @@ def _tuning_config(experiment: Experiment, config):
 
 
 def _tuning_header(experiment: Experiment, label: str, data, fnet) -> dict:
-    """What a row's tuning record depends on; a saved one is reused only if it matches."""
+    """What a row's tuning record depends on; a saved one is reused only if it matches.
+
+    Only what reaches this row: its candidates (a grid of a weight its method does not read
+    changes nothing here), the criterion, the tuning seeds and config, the data and the evaluation.
+    """
+    tune, config = experiment.tune, experiment.method_config(label)
     return {
         "format": TUNING_FORMAT,
         "data": experiment.data,
         "fingerprint": data.fingerprint,
-        "config": experiment.method_config(label).to_dict(),
-        "tune": experiment.tune.to_dict(),
-        "tuning_config": _tuning_config(experiment, experiment.method_config(label)).to_dict(),
+        "config": config.to_dict(),
+        "tune": {
+            "candidates": tune.candidates(config),
+            "multipliers": {w: list(getattr(tune, w)) for w in tune.weights(config)},
+            "criterion": tune.criterion,
+            "seeds": list(tune.seeds),
+        },
+        "tuning_config": _tuning_config(experiment, config).to_dict(),
         "eval": {
             "n_val": data.n_val,
             "n_components": experiment.n_components,
