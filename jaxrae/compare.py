@@ -767,9 +767,12 @@ def tune_rows(
                 f"{w}={record['chosen'][w]:.4g} (x{record['chosen_multipliers'][w]:g})" for w in record["weights"]
             )
             score = record["candidates"][record["chosen_index"]]["score"]
-            log(f"{label}: tuned on validation, {chosen}; {record['criterion']} {score}")
+            shown = "not finite for any candidate: nearest the row's own weights" if score is None else f"{score:.4g}"
+            log(f"{label}: tuned on validation, {chosen}; validation {record['criterion']} {shown}")
         else:
-            log(f"{label}: nothing to tune ([tune] grids no weight that its method reads), own weights kept")
+            log(
+                f"{label}: nothing to tune (its method reads no weight that [tune] grids, or has it at 0); own weights kept"
+            )
     tuned = experiment.with_row_fields({label: r["chosen"] for label, r in rows.items()})
     return tuned, rows
 
