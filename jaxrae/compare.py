@@ -21,6 +21,15 @@ Output directory (all files written atomically: temp file + rename):
   checkpoints/<label>.msgpack  the training checkpoint (an interrupted row resumes from it)
   models/<label>/model.msgpack  every seed's final model (jaxrae.load_runs(out, row=label))
   tensorboard/<label>/seed<s>/ live logs: training curves per chunk, evaluation metrics (jaxrae.runlog)
+  tuning/<label>.json     tuned mode ([tune]): the row's candidates, validation scores and choice
+                          (reused on --resume); tuning/<label>.msgpack the tuning runs' checkpoint
+
+Tuned mode (an experiment with a ``[tune]`` block, :class:`jaxrae.experiment.Tune`): the data
+is loaded with a validation split carved from the training split (every row trains on the rest),
+and before any row trains, :func:`tune_rows` chooses each row's weights on the validation images
+(never the test images); the rows then train and are evaluated on test as usual at the chosen
+weights. results.json keeps the choice per row (``methods.<label>.tuning``) and the block
+(``tuning``); table.md's header says which mode ran.
 
 A row's label is the method's name for a plain method, the table key for a variant.
 """
@@ -28,7 +37,9 @@ A row's label is the method's name for a plain method, the table key for a varia
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
+import math
 import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
@@ -37,11 +48,11 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxrae import distributed, report
-from jaxrae.data import load_data
+from jaxrae.data import load_data, validation_view
 from jaxrae.density import check_mixture_size
 from jaxrae.errors import CheckpointError, ConfigError, require
 from jaxrae.evaluate import ELBO_SAMPLES, EVAL_SEED, LIKELIHOOD_CHUNK, PR_NEIGHBOURS, evaluate, loss_curve
-from jaxrae.experiment import Experiment
+from jaxrae.experiment import TUNE_CRITERIA, Experiment
 from jaxrae.features import FD_METRIC_NAME, feature_network
 from jaxrae.io import (
     atomic_write_json,
@@ -60,6 +71,7 @@ from jaxrae.train import (
     ROW_MODELS_DIR,
     load_runs,
     make_train,
+    run_grid,
     save_runs,
     stop_agreed,
     train,
@@ -413,8 +425,11 @@ def run_compare(
         require_wandb()  # before anything is written or trained
     t_start = time.perf_counter()
     out = Path(out)
-    data = load_data(experiment.data, n_train=experiment.n_train, n_test=experiment.n_test)
+    data = load_data(
+        experiment.data, n_train=experiment.n_train, n_test=experiment.n_test, validation=experiment.validation_fraction
+    )
     check_runnable(experiment, data)
+    check_tunable(experiment, data)
     # With several processes (jaxrae --distributed) the primary claims --out (shared storage) and
     # writes every file; the others train and evaluate their share of the runs and write nothing.
     primary = distributed.is_primary()
@@ -483,6 +498,8 @@ def _run_claimed(
     t0 = time.perf_counter()
     fnet = feature_network(data, cache_dir=feature_cache_dir, steps=experiment.feature_steps)
     feature_s = time.perf_counter() - t0
+    planned = experiment  # as written; with [tune], `experiment` becomes the same rows at their chosen weights
+    experiment, tuning = tune_rows(planned, data, fnet, out, progress=progress, log=log, should_stop=should_stop)
     n_eval = min(experiment.n_eval, data.n_test)
     labels = list(experiment.rows)
     headers = {label: json_roundtrip(_row_header(experiment, label, data, fnet, n_eval)) for label in labels}
@@ -546,9 +563,10 @@ def _run_claimed(
     results = assemble_results(experiment, data, fnet, records, n_eval)
     results["times"] = {"this_invocation_s": time.perf_counter() - t_start, "feature_network_s": feature_s}
     results["command"] = command
+    record_tuning(results, planned, tuning, data)
     if distributed.is_primary():
         write_outputs(results, records, out, figures=figures)
-        atomic_write_json(out / "experiment.json", experiment.to_dict())
+        atomic_write_json(out / "experiment.json", planned.to_dict())
     return results
 
 
@@ -657,3 +675,258 @@ def write_figures(results: Mapping, records: Mapping[str, dict], out: Path, rows
         for n, r in records.items()
     }
     report.plot_losses(out / "losses.png", curves)
+
+
+# --------------------------------------------------------------------------------------------
+# Tuned mode: each row's weights chosen on the validation split
+
+TUNING_FORMAT = "jaxrae-tuning-v1"
+
+
+def check_tunable(experiment: Experiment, data) -> None:
+    """ConfigError unless the ``[tune]`` block can run on ``data`` (nothing to check without one).
+
+    The validation split must hold at least ``k + 2`` images (precision/recall of the criterion's
+    evaluation), and every row's candidates must be valid configs that train on ``data`` at the
+    tuning budget. Run before anything trains, like :func:`check_runnable`.
+    """
+    tune = experiment.tune
+    if tune is None:
+        return
+    require(
+        data.n_val >= PR_NEIGHBOURS + 2,
+        "tune.validation",
+        data.validation,
+        f"the validation split of {data.name} holds {data.n_val} images; the evaluation of a candidate needs at "
+        f"least {PR_NEIGHBOURS + 2} (k={PR_NEIGHBOURS} nearest neighbours + 2): raise the fraction or n_train",
+    )
+    for label in experiment.rows:
+        config = experiment.method_config(label)
+        try:
+            run_grid(_tuning_config(experiment, config), tune.seeds, tune.candidates(config))
+            make_train(_tuning_config(experiment, config), data)
+        except ConfigError as e:
+            raise ConfigError(f"row {label}: [tune]: {e}") from None
+
+
+def _tuning_config(experiment: Experiment, config):
+    """The row's config at the tuning budget: ``tune.steps``, capped at the row's own steps."""
+    steps = config.steps if experiment.tune.steps is None else min(experiment.tune.steps, config.steps)
+    return config.replace(steps=steps)
+
+
+def _tuning_header(experiment: Experiment, label: str, data, fnet) -> dict:
+    """What a row's tuning record depends on; a saved one is reused only if it matches.
+
+    Only what reaches this row: its candidates (a grid of a weight its method does not read
+    changes nothing here), the criterion, the tuning seeds and config, the data and the evaluation.
+    """
+    tune, config = experiment.tune, experiment.method_config(label)
+    return {
+        "format": TUNING_FORMAT,
+        "data": experiment.data,
+        "fingerprint": data.fingerprint,
+        "config": config.to_dict(),
+        "tune": {
+            "candidates": tune.candidates(config),
+            "multipliers": {w: list(getattr(tune, w)) for w in tune.weights(config)},
+            "criterion": tune.criterion,
+            "seeds": list(tune.seeds),
+        },
+        "tuning_config": _tuning_config(experiment, config).to_dict(),
+        "eval": {
+            "n_val": data.n_val,
+            "n_components": experiment.n_components,
+            "k": PR_NEIGHBOURS,
+            "eval_seed": EVAL_SEED,
+            "feature_steps": fnet.steps,
+            "feature_version": fnet.version,
+        },
+    }
+
+
+def choose_candidate(scores: list[float | None], distances: list[float], better: str) -> int:
+    """Index of the best candidate: the best finite score (lowest, or highest when ``better`` is
+    ``"higher"``); ties (equal scores) go to the candidate nearest the row's own weights
+    (``distances``: sum over weights of ``|log multiplier|``), then to the first in grid order. A
+    candidate without a finite score (a diverged run) ranks last, so when none has one the choice
+    falls back to the candidate nearest the row's own weights."""
+    sign = -1.0 if better == "higher" else 1.0
+
+    def rank(i):
+        score = scores[i]
+        finite = score is not None and math.isfinite(score)
+        return (sign * score if finite else math.inf, distances[i], i)
+
+    return min(range(len(scores)), key=rank)
+
+
+def tune_row(
+    label: str,
+    experiment: Experiment,
+    data,
+    fnet,
+    out: Path,
+    *,
+    progress: bool = True,
+    should_stop: Callable[[], bool] | None = None,
+) -> dict:
+    """Choose one row's weights on the validation split; returns (and saves) its tuning record.
+
+    Every candidate (the product of :meth:`jaxrae.experiment.Tune.candidates`) and tuning seed
+    trains in one vmapped program (:func:`jaxrae.train.train` with ``sweep``) on ``data``'s
+    training split, at the tuning budget; :func:`jaxrae.evaluate.evaluate` then scores every run on
+    :func:`jaxrae.data.validation_view` (the validation images in the place of the test images, so
+    the test split is never read), and a candidate's score is the mean of ``tune.criterion`` over
+    its seeds (None if a seed has none: diverged). :func:`choose_candidate` picks. The record
+    (``out/tuning/<label>.json``, written atomically) holds every candidate's values, multipliers,
+    per-seed values and score, and the choice; a record of the same settings is reused, one of
+    other settings is a CheckpointError. A row whose method reads none of the grids' weights
+    trains nothing here and keeps its own weights. ``should_stop`` reaches the sweep's training
+    (:func:`jaxrae.train.train`): a stop request ends it at a chunk boundary, resumable.
+    """
+    tune = experiment.tune
+    config = experiment.method_config(label)
+    header = _tuning_header(experiment, label, data, fnet)
+    path = out / "tuning" / f"{label}.json"
+    saved = _load_tuning(path, header)
+    if saved is not None:
+        return saved
+    grid = tune.candidates(config)
+    weights = list(grid)
+    record = {
+        "header": header,
+        "method": label,
+        "criterion": tune.criterion,
+        "better": TUNE_CRITERIA[tune.criterion],
+        "weights": weights,
+        "own": {w: getattr(config, w) for w in weights},
+        "seeds": list(tune.seeds),
+        "steps": _tuning_config(experiment, config).steps,
+        "candidates": [],
+        "chosen": {},
+        "chosen_multipliers": {},
+        "chosen_index": None,
+    }
+    if weights:
+        runs = train(
+            _tuning_config(experiment, config),
+            data,
+            tune.seeds,
+            sweep=grid,
+            checkpoint_path=out / "tuning" / f"{label}.msgpack",
+            progress=progress,
+            progress_desc=f"{label} tuning",
+            should_stop=should_stop,
+        )
+        values, _, _ = evaluate(
+            runs, validation_view(data), fnet, n_eval=data.n_val, n_components=experiment.n_components
+        )
+        per_run = values[tune.criterion]
+        n_seeds = len(tune.seeds)
+        candidates = []
+        # run_grid's order: the product of the swept values (first weight slowest), seeds fastest
+        for c, index in enumerate(itertools.product(*(range(len(grid[w])) for w in weights))):
+            first = runs.runs[c * n_seeds]
+            assert all(first[w] == grid[w][i] for w, i in zip(weights, index)), (first, index)
+            per_seed = [None if not math.isfinite(v) else float(v) for v in per_run[c * n_seeds : (c + 1) * n_seeds]]
+            candidates.append(
+                {
+                    **{w: grid[w][i] for w, i in zip(weights, index)},
+                    "multipliers": {w: getattr(tune, w)[i] for w, i in zip(weights, index)},
+                    "per_seed": per_seed,
+                    "score": None if None in per_seed else float(np.mean(per_seed)),
+                }
+            )
+        distances = [sum(abs(math.log(m)) for m in cand["multipliers"].values()) for cand in candidates]
+        best = choose_candidate([cand["score"] for cand in candidates], distances, record["better"])
+        record["chosen"] = {w: candidates[best][w] for w in weights}
+        record["chosen_multipliers"] = dict(candidates[best]["multipliers"])
+        record["chosen_index"] = best
+        record["candidates"] = candidates
+        record["fallback"] = candidates[best]["score"] is None
+    record = nonfinite_to_null(record)
+    if distributed.is_primary():
+        atomic_write_json(path, record)
+    return record
+
+
+def _load_tuning(path: Path, header: dict) -> dict | None:
+    """A row's tuning record if it exists and matches ``header``, else None; a damaged record, or one
+    of other settings, is a one-line CheckpointError saying what to delete."""
+    if not path.exists():
+        return None
+    hint = f"delete {path} to tune {path.stem} again, or rerun with --overwrite"
+    try:
+        record = json.loads(path.read_text(encoding="utf-8"))
+        complete = isinstance(record["header"], dict) and isinstance(record["chosen"], dict)
+        complete = complete and isinstance(record["candidates"], list)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{path} is unreadable or truncated ({type(e).__name__}); {hint}") from None
+    except (KeyError, TypeError):
+        complete = False
+    if not complete:
+        raise CheckpointError(f"{path} lacks part of a tuning record (header, candidates or choice); {hint}")
+    if record["header"] != json_roundtrip(header):
+        diff = ", ".join(_differences(record["header"], json_roundtrip(header))[:6])
+        raise CheckpointError(f"{path} was computed with other settings (differs in: {diff}); {hint}")
+    return record
+
+
+def tune_rows(
+    experiment: Experiment,
+    data,
+    fnet,
+    out: Path,
+    *,
+    progress: bool = True,
+    log: Callable = print,
+    should_stop: Callable[[], bool] | None = None,
+) -> tuple[Experiment, dict | None]:
+    """The tuning stage: every row's weights chosen on validation (:func:`tune_row`), before any row trains.
+
+    Returns the experiment with each row's chosen weights set in its own table
+    (:meth:`jaxrae.experiment.Experiment.with_row_fields`, so the comparison then runs, resumes
+    and reports the rows as usual) and the tuning records by row; without ``[tune]``,
+    ``(experiment, None)``. ``should_stop`` is asked before each row, as in the comparison.
+    """
+    if experiment.tune is None:
+        return experiment, None
+    rows = {}
+    for label in experiment.rows:
+        if should_stop is not None and stop_agreed(should_stop):
+            raise KeyboardInterrupt
+        record = tune_row(label, experiment, data, fnet, out, progress=progress, should_stop=should_stop)
+        rows[label] = record
+        if record["weights"]:
+            chosen = ", ".join(
+                f"{w}={record['chosen'][w]:.4g} (x{record['chosen_multipliers'][w]:g})" for w in record["weights"]
+            )
+            score = record["candidates"][record["chosen_index"]]["score"]
+            shown = "not finite for any candidate: nearest the row's own weights" if score is None else f"{score:.4g}"
+            log(f"{label}: tuned on validation, {chosen}; validation {record['criterion']} {shown}")
+        else:
+            log(
+                f"{label}: nothing to tune (its method reads no weight that [tune] grids, or has it at 0); own weights kept"
+            )
+    tuned = experiment.with_row_fields({label: r["chosen"] for label, r in rows.items()})
+    return tuned, rows
+
+
+def record_tuning(results: dict, planned: Experiment, tuning: Mapping[str, dict] | None, data) -> None:
+    """Put the tuned mode into ``results``: the block and validation split (``tuning``), each row's
+    record without its header (``methods.<label>.tuning``), and the experiment as written (with
+    ``[tune]``, rows at their own weights). Without tuning, ``results`` is left as it is."""
+    if tuning is None:
+        return
+    results["experiment"] = planned.to_dict()
+    results["tuning"] = {
+        **planned.tune.to_dict(),
+        "validation": data.validation,  # the fraction carved, by [tune] or by the data spec
+        "better": TUNE_CRITERIA[planned.tune.criterion],
+        "n_val": data.n_val,
+        "n_train": data.n_train,
+    }
+    for label, record in tuning.items():
+        if label in results["methods"]:
+            results["methods"][label]["tuning"] = {k: v for k, v in record.items() if k != "header"}

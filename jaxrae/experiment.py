@@ -19,8 +19,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from jaxrae import grid
 from jaxrae import methods as presets
 from jaxrae.config import TrainConfig
+from jaxrae.data import check_validation_fraction, spec_options
 from jaxrae.errors import ConfigError, invalid, require
 from jaxrae.evaluate import LIKELIHOOD_K, METRIC_KEYS, PR_NEIGHBOURS, likelihood_kind
 from jaxrae.train import MAX_SEEDS, check_seeds
@@ -33,6 +35,27 @@ DEFAULT_SEEDS = 5
 DEFAULT_JOB_CONFIG: dict[str, Any] = {"steps": 500, "batch_size": 64}
 DEFAULT_N_EVAL = 1000
 DEFAULT_N_COMPONENTS = 10  # Ghosh et al. 2020, Sec. 4: a 10-component GMM
+
+#: The tuned mode (``[tune]``): see :class:`Tune`.
+TUNE_WEIGHTS = ("beta", "lam")  # the loss weights a [tune] grid may scale: beta * L_z, lambda * L_dec
+DEFAULT_TUNE_VALIDATION = 0.1
+DEFAULT_TUNE_CRITERION = "fd_ex_post"
+#: Criteria a [tune] block may minimise on the validation split: evaluation metrics that need no
+#: likelihood estimate, with the direction in which they are better.
+TUNE_CRITERIA = {
+    "fd_ex_post": "lower",
+    "fd_rec": "lower",
+    "fd_prior": "lower",
+    "fd_interp": "lower",
+    "rec_error": "lower",
+    "precision": "higher",
+    "recall": "higher",
+}
+#: Tuning runs use their own seeds, apart from the reported seeds 0, 1, ..., so that a weight is
+#: not chosen for the noise of the very runs the table then reports. ``seeds = n`` in [tune]
+#: means TUNE_SEED_BASE, ..., TUNE_SEED_BASE + n - 1.
+TUNE_SEED_BASE = 10_000
+DEFAULT_TUNE_SEEDS = 2
 
 #: A row label names files (methods/<label>.json, checkpoints/<label>.msgpack): no separators.
 ROW_LABEL = re.compile(r"[A-Za-z0-9_][A-Za-z0-9_.+-]*")
@@ -87,6 +110,7 @@ class Experiment:
     primary: tuple[str, ...] = ()
     equivalence: Mapping[str, float | str] = dataclasses.field(default_factory=dict)
     likelihood_k: int | None = LIKELIHOOD_K
+    tune: Tune | Mapping[str, Any] | None = None
 
     def __post_init__(self):
         object.__setattr__(self, "overrides", _tables("overrides", self.overrides))
@@ -231,6 +255,56 @@ class Experiment:
                 own = label in self.overrides or label in self.variants
                 where = f"[config] + {self.row_table(label)}" if own else "[config]"
                 raise ConfigError(f"{where}: {e}") from None
+        self._check_tune()
+
+    def _check_tune(self) -> None:
+        """The ``[tune]`` block: its own fields (:class:`Tune`), and against the rows and the data spec."""
+        if self.tune is None:
+            return
+        if not isinstance(self.tune, Tune):
+            object.__setattr__(self, "tune", Tune.from_dict(self.tune))
+        tune = self.tune
+        for weight in TUNE_WEIGHTS:
+            grid_values = getattr(tune, weight)
+            require(
+                not grid_values or any(weight in tune.weights(self.method_config(label)) for label in self.rows),
+                f"tune.{weight}",
+                list(grid_values),
+                f"no row's method reads {weight} (with a nonzero value) ({_WEIGHT_TERMS[weight]}), so the grid "
+                f"would tune nothing; drop tune.{weight}",
+            )
+        if tune.validation is not None:
+            require(
+                "validation" not in spec_options(self.data),
+                "tune.validation",
+                tune.validation,
+                f"the data spec {self.data!r} carves a validation split already; set the fraction in one place",
+            )
+
+    @property
+    def validation_fraction(self) -> float | None:
+        """The validation fraction that loading the data must be given: [tune]'s (default
+        :data:`DEFAULT_TUNE_VALIDATION` unless the spec carries ``@validation=``), None without [tune]."""
+        if self.tune is None:
+            return None
+        if self.tune.validation is None and "validation" in spec_options(self.data):
+            return None  # the spec's suffix carves it
+        return DEFAULT_TUNE_VALIDATION if self.tune.validation is None else self.tune.validation
+
+    def with_row_fields(self, fields: Mapping[str, Mapping[str, Any]]) -> Experiment:
+        """A copy whose rows set ``fields[label]`` in their own tables (a plain method's
+        ``[overrides.m]``, a variant's ``[variants.<label>]``) on top of what they set: how the tuned
+        mode trains each row at its chosen weights, with the same labels, headers and resume."""
+        overrides = {k: dict(v) for k, v in self.overrides.items()}
+        variants = {k: dict(v) for k, v in self.variants.items()}
+        for label, values in fields.items():
+            if not values:
+                continue
+            if label in variants:
+                variants[label].update(values)
+            else:
+                overrides[label] = {**overrides.get(label, {}), **values}
+        return dataclasses.replace(self, overrides=overrides, variants=variants)
 
     def _check_contrasts(self) -> None:
         """``primary`` entries name a row other than the baseline and a metric; margins are positive."""
@@ -310,7 +384,7 @@ class Experiment:
             "primary": list(self.primary),
             "equivalence": dict(self.equivalence),
             "likelihood_k": self.likelihood_k,
-        }
+        } | ({} if self.tune is None else {"tune": self.tune.to_dict()})
 
     @classmethod
     def from_dict(cls, data: Mapping, source: str = "experiment") -> Experiment:
@@ -333,12 +407,154 @@ class Experiment:
             )
             if isinstance(values.get("methods"), str):
                 values["methods"] = tuple(s.strip() for s in values["methods"].split(",") if s.strip())
+            if values.get("tune") is not None:
+                require(isinstance(values["tune"], Mapping), "tune", values["tune"], "must be a table ([tune])")
             if "config" in values:  # compare's defaults hold unless the file sets the field
                 require(isinstance(values["config"], Mapping), "config", values["config"], "must be a table ([config])")
                 values["config"] = {**DEFAULT_JOB_CONFIG, **values["config"]}
             return cls(**values)
         except ConfigError as e:
             raise ConfigError(f"{source}: {e}") from None
+
+
+_WEIGHT_TERMS = {"beta": "the latent regularizer's weight", "lam": "the decoder penalty's weight (l2, gp)"}
+
+
+@dataclasses.dataclass(frozen=True)
+class Tune:
+    """The tuned mode of a comparison (TOML ``[tune]``): each row's weights chosen on validation images.
+
+    For every row, the candidates are the product of the grids below over the weights the row's
+    method reads (:meth:`weights`); each is trained for ``steps`` on the training split minus the
+    validation split, all candidates and ``seeds`` in one vmapped program, scored by ``criterion``
+    on the validation images, and the best becomes the row's weight for the reported training and
+    test evaluation (:func:`jaxrae.compare.tune_rows`). The test split is never read to choose.
+
+    - ``validation``: the fraction of the training images held out (:mod:`jaxrae.data.validation`);
+      None: the data spec's ``@validation=`` if it has one, else :data:`DEFAULT_TUNE_VALIDATION`.
+      Every row, tuned or not, then trains on the rest, so rows stay comparable.
+    - ``beta``, ``lam``: grids of *multipliers* of each row's own value (``[0.1, 1.0, 10.0]``
+      tries a tenth, the row's value and ten times it). Multipliers, not absolute values, because
+      the rows' weights differ by orders of magnitude (wae's beta is hundreds of times rae's): one
+      grid then means "around each row's default". Positive, finite, no repeats; give at least one.
+    - ``criterion``: the metric minimised (or, for precision and recall, maximised) on validation,
+      a key of :data:`TUNE_CRITERIA`, evaluated by :func:`jaxrae.evaluate.evaluate` with the
+      validation images in the place of test images. Default ``fd_ex_post``, the FD of ex-post
+      samples to validation images: the regularizers exist for generation, and reconstruction
+      error alone would favour the smallest weight every time.
+    - ``steps``: training steps per candidate (a shorter budget), at most the row's own; None:
+      the row's own.
+    - ``seeds``: the tuning runs' seeds, a count ``n`` (:data:`TUNE_SEED_BASE` + 0 .. n-1, apart
+      from the reported seeds) or a list. A candidate's score is the mean over them.
+    """
+
+    validation: float | None = None
+    beta: tuple[float, ...] = ()
+    lam: tuple[float, ...] = ()
+    criterion: str = DEFAULT_TUNE_CRITERION
+    steps: int | None = None
+    seeds: tuple[int, ...] = tuple(range(TUNE_SEED_BASE, TUNE_SEED_BASE + DEFAULT_TUNE_SEEDS))
+
+    def __post_init__(self):
+        if self.validation is not None:
+            fraction = check_validation_fraction(self.validation, "tune.validation")
+            require(fraction is not None, "tune.validation", self.validation, "a fraction in (0, 1), e.g. 0.1")
+            object.__setattr__(self, "validation", fraction)
+        for weight in TUNE_WEIGHTS:
+            values = getattr(self, weight)
+            require(
+                isinstance(values, (list, tuple))
+                and all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in values),
+                f"tune.{weight}",
+                values,
+                "a list of multipliers of each row's own value, e.g. [0.1, 1.0, 10.0]",
+            )
+            require(
+                all(math.isfinite(v) and v > 0 for v in values) and len(set(values)) == len(values),
+                f"tune.{weight}",
+                list(values),
+                "multipliers must be positive finite numbers, none repeated",
+            )
+            object.__setattr__(self, weight, tuple(float(v) for v in values))
+        require(
+            any(getattr(self, w) for w in TUNE_WEIGHTS),
+            "tune",
+            {w: list(getattr(self, w)) for w in TUNE_WEIGHTS},
+            "give at least one grid of multipliers, beta = [0.1, 1.0, 10.0] and/or lam = [...]",
+        )
+        require(
+            self.criterion in TUNE_CRITERIA,
+            "tune.criterion",
+            self.criterion,
+            f"choose one of {', '.join(TUNE_CRITERIA)} (the validation metric to optimise)",
+        )
+        require(
+            self.steps is None
+            or (not isinstance(self.steps, bool) and isinstance(self.steps, int) and self.steps >= 1),
+            "tune.steps",
+            self.steps,
+            "must be an integer >= 1 (training steps per candidate), or absent for the row's own",
+        )
+        require(
+            not isinstance(self.seeds, bool) and isinstance(self.seeds, (int, list, tuple)),
+            "tune.seeds",
+            self.seeds,
+            "a count of tuning seeds (2) or a list of integers",
+        )
+        if isinstance(self.seeds, int):
+            require(1 <= self.seeds <= MAX_SEEDS, "tune.seeds", self.seeds, f"a count between 1 and {MAX_SEEDS}")
+            object.__setattr__(self, "seeds", tuple(range(TUNE_SEED_BASE, TUNE_SEED_BASE + self.seeds)))
+        else:
+            object.__setattr__(self, "seeds", check_seeds(self.seeds, "tune.seeds"))
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> Tune:
+        """The ``[tune]`` table; unknown keys and missing grids are ConfigErrors naming ``tune.<key>``."""
+        require(isinstance(data, Mapping), "tune", data, "must be a table ([tune])")
+        known = [f.name for f in dataclasses.fields(cls)]
+        unknown = sorted(set(data) - set(known))
+        require(not unknown, "tune", unknown, f"unknown keys; allowed: {', '.join(known)}")
+        values = {k: v for k, v in data.items() if v is not None}
+        for weight in TUNE_WEIGHTS:
+            if weight in values:
+                require(
+                    isinstance(values[weight], (list, tuple)) and len(values[weight]) > 0,
+                    f"tune.{weight}",
+                    values[weight],
+                    "a non-empty list of multipliers of each row's own value, e.g. [0.1, 1.0, 10.0]",
+                )
+                values[weight] = tuple(values[weight])
+        return cls(**values)
+
+    def weights(self, config: TrainConfig) -> tuple[str, ...]:
+        """The weights of :data:`TUNE_WEIGHTS` this block tunes for a row of ``config``: those with a
+        grid that the row's method reads, read off the registries of :mod:`jaxrae.grid` (beta: a
+        latent regularizer other than ``none``; lambda: a decoder regularizer with a penalty term,
+        ``l2`` or ``gp``, not ``noise``, ``sn`` or ``none``), and whose row value is nonzero
+        (multiples of 0 are 0: nothing to choose)."""
+        method = config.method_spec
+        reads = {
+            "beta": grid.LATENT_REGS[method.latent_reg].penalty is not grid.LATENT_REGS["none"].penalty,
+            "lam": grid.DECODER_REGS[method.decoder_reg].penalty is not grid.DECODER_REGS["none"].penalty,
+        }
+        return tuple(w for w in TUNE_WEIGHTS if getattr(self, w) and reads[w] and getattr(config, w) > 0)
+
+    def candidates(self, config: TrainConfig) -> dict[str, list[float]]:
+        """Absolute candidate values per tuned weight of a row: its own value times each multiplier.
+
+        The ``sweep`` of :func:`jaxrae.train.train` (product over weights, in this order); ``{}``
+        when the row tunes nothing."""
+        return {w: [getattr(config, w) * m for m in getattr(self, w)] for w in self.weights(config)}
+
+    def to_dict(self) -> dict:
+        return {
+            "validation": self.validation,
+            "beta": list(self.beta),
+            "lam": list(self.lam),
+            "criterion": self.criterion,
+            "steps": self.steps,
+            "seeds": list(self.seeds),
+        }
 
 
 def _tables(name: str, value) -> dict[str, dict[str, Any]]:
@@ -423,6 +639,7 @@ def load_experiment(path: str | Path) -> Experiment:
 
     Top-level keys: ``data, methods, seeds, baseline, n_eval, n_train, n_test, feature_steps,
     n_components, likelihood_k, primary``; tables ``[equivalence]`` (TOST margins per metric key),
+    ``[tune]`` (the tuned mode: weights chosen per row on a validation split, :class:`Tune`),
     ``[config]`` (TrainConfig fields for every row),
     ``[overrides.<method>]`` (fields for one method of ``methods``) and ``[variants.<label>]``
     (a row of its own: ``method = "<preset>"`` plus TrainConfig fields; see :class:`Experiment`).

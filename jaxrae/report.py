@@ -406,7 +406,23 @@ def _provenance(results: Mapping) -> list[str]:
             f"machine: {env.get('backend')} backend, {len(devices)} x {devices[0] if devices else '?'}{cpus}, "
             f"{env.get('process_count', 1)} process(es), {env.get('platform')}; finished {env.get('time_utc')}"
         )
+    lines.append(mode_line(results))
     return lines
+
+
+def mode_line(results: Mapping) -> str:
+    """How the rows' weights were set: "mode: fixed weights", or "mode: tuned on validation (...)"
+    with the criterion, the grids of multipliers, the tuning budget and the validation split."""
+    tune = results.get("tuning")
+    if not tune:
+        return "mode: fixed weights (each row's own beta and lambda; no tuning)"
+    grids = "; ".join(f"{w} x {tune[w]}" for w in ("beta", "lam") if tune.get(w))
+    steps = f"{tune['steps']} steps" if tune.get("steps") else "each row's steps"
+    return (
+        f"mode: tuned on validation (criterion {tune['criterion']}, {tune.get('better', 'lower')} better; "
+        f"grid of multipliers of each row's own value: {grids}; {steps}, seeds {tune.get('seeds')}; "
+        f"validation {tune.get('n_val')} images ({tune.get('validation')} of train), never test)"
+    )
 
 
 def epochs(results: Mapping) -> str:

@@ -23,6 +23,15 @@ splits, the same in every run, process and reload. ``dynamic``: the test split g
 draw, the training split stays grey and a trainer draws each batch afresh from its run's key
 (:func:`~jaxrae.data.binarize.binarize_batch`). :attr:`Dataset.binarize` records the mode.
 
+The suffix may also hold ``validation=<fraction>`` (e.g. ``digits@validation=0.1``), the same as
+``load_data(spec, validation=...)``: the last step, :func:`carve_validation` moves a fixed
+``floor(fraction * n)`` of the ``n`` training images (after ``n_train``, crop, resize and any
+binarization; which ones: :mod:`jaxrae.data.validation`, seeded apart from every run) into the
+Dataset's validation split (``validation_images_u8``, ``n_val``); training sees only the rest, and
+the fingerprint covers both. Under ``binarize=dynamic`` the validation images get the static draw
+of their place in the training split, as test images get theirs. Without it (or with 0) nothing
+changes, to the byte.
+
 Images stay uint8 (N, H, W, C) so that a data set lives on the accelerator once, at a quarter of
 the float32 size; the trainer converts each batch to float32 in [0, 1]. Labels are int32; a data
 set without a class label (celeb_a) gets label 0 everywhere. Binary attributes, where the source
@@ -62,7 +71,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from jaxrae.data.binarize import BINARIZE_MODES, binarize_splits, check_binarize_mode
+from jaxrae.data.binarize import BINARIZE_MODES, binarize_splits, binarize_static, check_binarize_mode
 from jaxrae.data.idx import load_idx_dir
 from jaxrae.data.preprocess import (
     Preprocess,
@@ -73,6 +82,7 @@ from jaxrae.data.preprocess import (
     preprocess_images,
 )
 from jaxrae.data.tfds import load_tfds
+from jaxrae.data.validation import check_validation_fraction, validation_indices
 from jaxrae.errors import DataError, invalid, require
 
 
@@ -87,6 +97,10 @@ class Dataset:
     ``binarize`` is None (grey images), ``"static"`` (both splits hold a fixed binarization,
     values {0, 255}) or ``"dynamic"`` (the test split does; the training split is grey and meant
     to be binarized per batch with :func:`~jaxrae.data.binarize.binarize_batch`).
+    ``validation`` is None (no validation split; the three ``validation_*`` arrays are None) or the
+    fraction of the loaded training images that :func:`carve_validation` moved into
+    ``validation_images_u8``/``validation_labels``/``validation_attributes``, held out of training
+    (``train_*`` hold only the rest) for choosing hyperparameters, never the test split.
     """
 
     name: str
@@ -99,6 +113,10 @@ class Dataset:
     test_attributes: np.ndarray | None = None
     attribute_names: tuple[str, ...] = ()
     binarize: str | None = None
+    validation_images_u8: np.ndarray | None = None
+    validation_labels: np.ndarray | None = None
+    validation_attributes: np.ndarray | None = None
+    validation: float | None = None
 
     @property
     def train_images(self) -> np.ndarray:
@@ -109,6 +127,13 @@ class Dataset:
     def test_images(self) -> np.ndarray:
         """Test images as float32 in [0, 1], shape (N, H, W, C)."""
         return self.test_images_u8.astype(np.float32) / 255.0
+
+    @property
+    def validation_images(self) -> np.ndarray:
+        """Validation images as float32 in [0, 1], shape (n_val, H, W, C) (n_val = 0 without a split)."""
+        if self.validation_images_u8 is None:
+            return np.zeros((0, *self.image_shape), np.float32)
+        return self.validation_images_u8.astype(np.float32) / 255.0
 
     @property
     def image_shape(self) -> tuple[int, int, int]:
@@ -122,6 +147,11 @@ class Dataset:
     @property
     def n_test(self) -> int:
         return int(self.test_images_u8.shape[0])
+
+    @property
+    def n_val(self) -> int:
+        """Images in the validation split (0 without one)."""
+        return 0 if self.validation_images_u8 is None else int(self.validation_images_u8.shape[0])
 
     @property
     def n_classes(self) -> int:
@@ -149,7 +179,7 @@ VALID_SPECS = (
 )
 
 #: Keys of a spec's ``@key=value,...`` suffix: the preprocessing arguments of :func:`load_data`.
-SPEC_OPTIONS = ("crop", "image_size", "binarize")
+SPEC_OPTIONS = ("crop", "image_size", "binarize", "validation")
 
 
 # --------------------------------------------------------------------------------------------
@@ -165,6 +195,7 @@ def load_data(
     crop: int | tuple[int, int] | None = None,
     image_size: int | tuple[int, int] | None = None,
     binarize: str | None = None,
+    validation: float | None = None,
 ) -> Dataset:
     """Load a data set by spec: ``digits``, ``fashion_mnist``, ``mnist``, ``idx:<dir>``, ``tfds:<name>``.
 
@@ -183,6 +214,8 @@ def load_data(
       binarize: ``"static"`` or ``"dynamic"``, applied last (:mod:`jaxrae.data.binarize`): static
         binarizes both splits with one fixed draw, dynamic only the test split (the trainer
         draws training batches afresh). ``None``: grey images.
+      validation: a fraction in [0, 1) of the loaded training images to hold out as the
+        validation split, last of all (:func:`carve_validation`). ``None`` or 0: no split.
 
     Returns:
       A :class:`Dataset` with uint8 NHWC images, int32 labels, the source's binary attributes if
@@ -191,8 +224,9 @@ def load_data(
 
     Raises:
       ConfigError: unknown spec, a malformed suffix, an invalid ``n_train``/``n_test``/``crop``/
-        ``image_size``/``binarize``, or a preprocessing key given both in the suffix and as an argument.
-      DataError: a missing, corrupt or inconsistent source, or a crop larger than the images.
+        ``image_size``/``binarize``/``validation``, or a preprocessing key given both in the suffix and as an argument.
+      DataError: a missing, corrupt or inconsistent source, a crop larger than the images, or a
+        validation fraction that leaves no validation or no training image.
     """
     require(
         isinstance(spec, str), "data", spec, f"the data spec must be a string; valid forms: {', '.join(VALID_SPECS)}"
@@ -200,7 +234,7 @@ def load_data(
     _check_subset("n_train", n_train)
     _check_subset("n_test", n_test)
     base, options = _split_spec_options(spec)
-    for key, value in (("crop", crop), ("image_size", image_size), ("binarize", binarize)):
+    for key, value in (("crop", crop), ("image_size", image_size), ("binarize", binarize), ("validation", validation)):
         if value is not None:
             require(
                 key not in options,
@@ -211,7 +245,8 @@ def load_data(
             options[key] = value
     prep = Preprocess(as_size("crop", options.get("crop")), as_size("image_size", options.get("image_size")))
     binarize = check_binarize_mode(options.get("binarize"))
-    name = base + _with_binarize(prep.suffix(), binarize)
+    validation = check_validation_fraction(options.get("validation"))
+    name = base + _with_option(_with_option(prep.suffix(), "binarize", binarize), "validation", validation)
 
     if base == "digits":
         splits = _Splits(*_load_digits())
@@ -231,7 +266,7 @@ def load_data(
     if not splits.preprocessed:  # in-memory sources: crop and resize after subsetting
         train = (preprocess_images(train[0], crop=prep.crop, image_size=prep.image_size, source=name),) + train[1:]
         test = (preprocess_images(test[0], crop=prep.crop, image_size=prep.image_size, source=name),) + test[1:]
-    return make_dataset(
+    data = make_dataset(
         name,
         train[0],
         train[1],
@@ -241,6 +276,97 @@ def load_data(
         test_attributes=test[2],
         attribute_names=splits.attribute_names or None,
         binarize=binarize,
+    )
+    return carve_validation(data, validation, name=name)
+
+
+def carve_validation(data: Dataset, validation: float | None, *, name: str | None = None) -> Dataset:
+    """``data`` with a fixed ``validation`` fraction of its training images moved to a validation split.
+
+    Which images: :func:`jaxrae.data.validation.validation_indices` (a seeded Philox stream,
+    independent of run seeds; both splits keep their order). Labels and attributes go with their
+    images. Under ``binarize="dynamic"`` the validation images get the static draw of their index
+    in ``data``'s training split (:func:`~jaxrae.data.binarize.binarize_static`), as a model is
+    evaluated on fixed binary images; the training images stay grey. The fingerprint covers the
+    validation arrays too (:func:`fingerprint`). ``validation`` None or 0 returns ``data`` itself;
+    ``name`` (default ``data.name``) names the result. ConfigError for a bad fraction or a ``data``
+    that already has a validation split; DataError when the fraction leaves a split empty.
+    """
+    validation = check_validation_fraction(validation)
+    if validation is None:
+        return data
+    require(
+        data.validation is None,
+        "validation",
+        validation,
+        f"{data.name} already holds a validation split ({data.validation}); carve one split only",
+    )
+    keep, held = validation_indices(data.n_train, validation)
+    val_x = data.train_images_u8[held]
+    if data.binarize == "dynamic":
+        val_x = np.concatenate([binarize_static(val_x[j : j + 1], "train", start=int(i)) for j, i in enumerate(held)])
+    train_x, train_y = data.train_images_u8[keep], data.train_labels[keep]
+    val_y = data.train_labels[held]
+    train_a = val_a = None
+    if data.train_attributes is not None:
+        train_a, val_a = data.train_attributes[keep], data.train_attributes[held]
+    return dataclasses.replace(
+        data,
+        name=data.name if name is None else name,
+        train_images_u8=train_x,
+        train_labels=train_y,
+        train_attributes=train_a,
+        validation_images_u8=val_x,
+        validation_labels=val_y,
+        validation_attributes=val_a,
+        validation=validation,
+        fingerprint=fingerprint(
+            train_x,
+            train_y,
+            data.test_images_u8,
+            data.test_labels,
+            train_attributes=train_a,
+            test_attributes=data.test_attributes,
+            binarize=data.binarize,
+            validation_images=val_x,
+            validation_labels=val_y,
+            validation_attributes=val_a,
+        ),
+    )
+
+
+def validation_view(data: Dataset) -> Dataset:
+    """``data`` with its validation split in the place of the test split: what choosing hyperparameters
+    may evaluate on (any function that reads ``test_*`` then reads validation images, never test ones).
+
+    Its name ends in ``#validation`` and its fingerprint is that of (training, validation) arrays
+    as if the validation split were the test split. ConfigError when ``data`` has no validation split.
+    """
+    require(
+        data.validation_images_u8 is not None,
+        "validation",
+        None,
+        f"{data.name} has no validation split; load it with validation=<fraction> (e.g. 0.1)",
+    )
+    return dataclasses.replace(
+        data,
+        name=f"{data.name}#validation",
+        test_images_u8=data.validation_images_u8,
+        test_labels=data.validation_labels,
+        test_attributes=data.validation_attributes,
+        validation_images_u8=None,
+        validation_labels=None,
+        validation_attributes=None,
+        validation=None,
+        fingerprint=fingerprint(
+            data.train_images_u8,
+            data.train_labels,
+            data.validation_images_u8,
+            data.validation_labels,
+            train_attributes=data.train_attributes,
+            test_attributes=data.validation_attributes,
+            binarize=data.binarize,
+        ),
     )
 
 
@@ -355,11 +481,15 @@ def fingerprint(
     train_attributes=None,
     test_attributes=None,
     binarize: str | None = None,
+    validation_images=None,
+    validation_labels=None,
+    validation_attributes=None,
 ) -> str:
     """SHA-256 hex digest over the shape, dtype and bytes of the arrays, in this order.
 
     Attributes enter only when given, so a data set without attributes is digested from its
-    images and labels alone. Nothing else enters (no name, no path, no preprocessing
+    images and labels alone; likewise the validation split's images, labels (and attributes, if
+    any) enter after the others only when given, so a data set without one digests as before. Nothing else enters (no name, no path, no preprocessing
     settings) but a dynamic binarization, so equal content gives an equal fingerprint whatever
     the source; a crop, a resize or a static binarization changes the image bytes (and shape),
     hence the fingerprint. ``binarize="dynamic"`` enters the digest last, since the training
@@ -375,6 +505,10 @@ def fingerprint(
     ]
     if train_attributes is not None or test_attributes is not None:
         arrays += [("train_attributes", train_attributes), ("test_attributes", test_attributes)]
+    if validation_images is not None:
+        arrays += [("validation_images", validation_images), ("validation_labels", validation_labels)]
+        if validation_attributes is not None:
+            arrays += [("validation_attributes", validation_attributes)]
     for tag, a in arrays:
         a = np.ascontiguousarray(a)
         # dtype.str includes byte order, so '<i4' and '>i4' holding the same numbers differ, as
@@ -388,6 +522,11 @@ def fingerprint(
 
 # --------------------------------------------------------------------------------------------
 # Spec suffix
+
+
+def spec_options(spec: str) -> dict[str, str]:
+    """The ``@key=value,...`` suffix of a data spec as a dict (``{}`` without one); ConfigError if malformed."""
+    return _split_spec_options(spec)[1]
 
 
 def _split_spec_options(spec: str) -> tuple[str, dict[str, str]]:
@@ -406,19 +545,21 @@ def _split_spec_options(spec: str) -> tuple[str, dict[str, str]]:
             eq and key in SPEC_OPTIONS and value,
             "data",
             spec,
-            f"cannot read {item!r} in its @ suffix; write <spec>@crop=<n>,image_size=<n>,binarize=<mode> "
-            f"(keys: {', '.join(SPEC_OPTIONS)}; values n or HxW, binarize {' or '.join(BINARIZE_MODES)})",
+            f"cannot read {item!r} in its @ suffix; write <spec>@crop=<n>,image_size=<n>,binarize=<mode>,"
+            f"validation=<fraction> (keys: {', '.join(SPEC_OPTIONS)}; values n or HxW, binarize "
+            f"{' or '.join(BINARIZE_MODES)}, validation a fraction such as 0.1)",
         )
         require(key not in options, "data", spec, f"{key} is given twice in its @ suffix; keep one")
         options[key] = value
     return base, options
 
 
-def _with_binarize(suffix: str, binarize: str | None) -> str:
-    """The canonical suffix: ``prep``'s ``@crop=...,image_size=...`` then ``binarize=<mode>``."""
-    if binarize is None:
+def _with_option(suffix: str, key: str, value) -> str:
+    """The canonical suffix: ``prep``'s ``@crop=...,image_size=...``, then ``binarize=<mode>``, then
+    ``validation=<fraction>`` (each only when set; ``repr`` of a float reads back as the same float)."""
+    if value is None:
         return suffix
-    return f"{suffix}{',' if suffix else '@'}binarize={binarize}"
+    return f"{suffix}{',' if suffix else '@'}{key}={value}"
 
 
 # --------------------------------------------------------------------------------------------
