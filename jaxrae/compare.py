@@ -82,6 +82,8 @@ def _row_header(experiment: Experiment, label: str, data, fnet, n_eval: int) -> 
             "feature_steps": fnet.steps,
             "feature_version": fnet.version,
             "likelihood_k": experiment.likelihood_k,
+            "n_init": experiment.n_init,
+            "ex_post_refits": experiment.ex_post_refits,
         },
     }
 
@@ -235,6 +237,8 @@ def run_method(
             n_eval=experiment.n_eval,
             n_components=experiment.n_components,
             likelihood_k=experiment.likelihood_k,
+            n_init=experiment.n_init,
+            ex_post_refits=experiment.ex_post_refits,
         )
         eval_s = time.perf_counter() - t0
         if logger.names is not None:  # the process that logs (the primary)
@@ -467,6 +471,8 @@ def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, d
             "n_components": experiment.n_components,
             "k": PR_NEIGHBOURS,
             "eval_seed": EVAL_SEED,
+            "n_init": experiment.n_init,
+            "ex_post_refits": experiment.ex_post_refits,
             "likelihood": likelihood_settings(experiment, records),
         },
         "metric_names": {k: v[1] for k, v in report.METRICS.items()},

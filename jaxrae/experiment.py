@@ -22,7 +22,7 @@ from typing import Any
 from jaxrae import methods as presets
 from jaxrae.config import TrainConfig
 from jaxrae.errors import ConfigError, invalid, require
-from jaxrae.evaluate import LIKELIHOOD_K, METRIC_KEYS, PR_NEIGHBOURS, likelihood_kind
+from jaxrae.evaluate import EX_POST_REFITS, LIKELIHOOD_K, METRIC_KEYS, N_INIT, PR_NEIGHBOURS, likelihood_kind
 from jaxrae.train import MAX_SEEDS, check_seeds
 
 #: The README's main job: a representative set of continuous and discrete methods on ``digits``.
@@ -63,6 +63,9 @@ class Experiment:
     :func:`jaxrae.features.feature_network`). ``likelihood_k`` is the number of importance
     samples per test image of the test likelihoods (-ELBO and IWAE-k for VAEs, the ex-post
     importance-sampled NLL otherwise; :func:`jaxrae.evaluate.evaluate_likelihoods`), None for none.
+    ``n_init`` is the number of initializations of every ex-post fit (the best kept) and
+    ``ex_post_refits`` the number of independent ex-post fits and sample draws per trained model,
+    whose spread is the evaluation noise (:func:`jaxrae.evaluate.evaluate`).
 
     Declared before the run, recorded in results.json, read by :mod:`jaxrae.report`:
     ``primary`` lists the primary contrasts against the baseline as ``"<row label>:<metric key>"``
@@ -87,6 +90,8 @@ class Experiment:
     primary: tuple[str, ...] = ()
     equivalence: Mapping[str, float | str] = dataclasses.field(default_factory=dict)
     likelihood_k: int | None = LIKELIHOOD_K
+    n_init: int = N_INIT
+    ex_post_refits: int = EX_POST_REFITS
 
     def __post_init__(self):
         object.__setattr__(self, "overrides", _tables("overrides", self.overrides))
@@ -200,7 +205,13 @@ class Experiment:
             f"neither a method nor a variant label; choose one of {list(self.rows)} (`--baseline` on the command "
             "line, `baseline` in the file)",
         )
-        for field, minimum in (("n_eval", PR_NEIGHBOURS + 2), ("feature_steps", 1), ("n_components", 1)):
+        for field, minimum in (
+            ("n_eval", PR_NEIGHBOURS + 2),
+            ("feature_steps", 1),
+            ("n_components", 1),
+            ("n_init", 1),
+            ("ex_post_refits", 1),
+        ):
             value = getattr(self, field)
             if field == "feature_steps" and value is None:
                 continue  # the feature network's own default (jaxrae.metrics)
@@ -310,6 +321,8 @@ class Experiment:
             "primary": list(self.primary),
             "equivalence": dict(self.equivalence),
             "likelihood_k": self.likelihood_k,
+            "n_init": self.n_init,
+            "ex_post_refits": self.ex_post_refits,
         }
 
     @classmethod
@@ -422,7 +435,7 @@ def load_experiment(path: str | Path) -> Experiment:
     """Read an experiment TOML (see ``experiments/``); any unknown key is a ConfigError.
 
     Top-level keys: ``data, methods, seeds, baseline, n_eval, n_train, n_test, feature_steps,
-    n_components, likelihood_k, primary``; tables ``[equivalence]`` (TOST margins per metric key),
+    n_components, likelihood_k, n_init, ex_post_refits, primary``; tables ``[equivalence]`` (TOST margins per metric key),
     ``[config]`` (TrainConfig fields for every row),
     ``[overrides.<method>]`` (fields for one method of ``methods``) and ``[variants.<label>]``
     (a row of its own: ``method = "<preset>"`` plus TrainConfig fields; see :class:`Experiment`).
