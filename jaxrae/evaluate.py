@@ -35,6 +35,13 @@ Midpoint of two discrete codes: each categorical variable is copied from one end
 a fair coin (the same coins for every method and seed). Its expectation is the average of the two
 one-hot codes, the discrete counterpart of the continuous midpoint, and it stays a valid code.
 
+Evaluation noise: the ex-post density is fitted (best of ``n_init`` k-means++ starts, default
+:data:`N_INIT`) and samples drawn ``ex_post_refits`` = R times per trained model (default
+:data:`EX_POST_REFITS`), with independent keys. Every metric that reads the fit or draws
+(:data:`REFIT_METRICS`) is reported per seed as the mean over the R refits, and its SD over them
+is kept in ``notes["refits"]``: the within-model evaluation noise, which :mod:`jaxrae.report`
+prints next to the between-seed SD. Refits ride on the run axis of the same vmapped programs.
+
 Evaluation randomness is keyed by the seed *value* (``fold_in(key, seed)``), never by its position
 in the seed list, so seed s gets identical numbers alone or among other seeds, and every method's
 seed s sees the same test pairs and coins: the paired comparison in :mod:`jaxrae.report` relies
@@ -62,6 +69,7 @@ EVAL_SEED = 2020
 N_FIGURE_IMAGES = 10  # test images in reconstructions.png
 N_FIGURE_SAMPLES = 32  # per sample grid
 N_FIGURE_PAIRS, N_FIGURE_STEPS = 4, 8  # interpolation strips
+DECODE_BATCH = 1000  # codes per decode call (Runs.decode's default)
 MAX_LOSS_POINTS = 500  # loss curves are block-averaged down to this many points
 #: Every per-seed metric :func:`evaluate` can return (perplexity and distinct_codes for discrete
 #: codes only): the names experiment files use in ``primary`` and ``[equivalence]``.
@@ -377,7 +385,10 @@ def evaluate(
             ("prior", runs.codec.sample_prior, n_eval), lambda: jax.vmap(lambda k: runs.codec.sample_prior(k, n_eval))
         )(_refit_seed_keys("prior", seeds, refits))
     )
-    prior = runs.decode(_runs_major(prior_codes, refits, n_runs))  # (runs, refits * n_eval, ...)
+    # Every image set (and each refit's) decodes in chunks of n_eval codes: one compiled decode
+    # shared by all of them, and refit 0's chunks are those of an evaluation without refits.
+    decode_batch = n_eval if n_eval <= DECODE_BATCH else DECODE_BATCH
+    prior = runs.decode(_runs_major(prior_codes, refits, n_runs), decode_batch)  # (runs, refits * n_eval, ...)
 
     train_images = training_images(data)
     train_codes = runs.encode(train_images)
@@ -392,7 +403,7 @@ def evaluate(
         sample = _compiled(("sample", type(fitted), n_eval), lambda: jax.vmap(lambda d, k: d.sample(k, n_eval)))
         ex_codes = np.asarray(sample(fitted, _refit_seed_keys("ex_post", seeds, refits)))
         ex_codes = ex_codes.astype(np.int32) if discrete else ex_codes.astype(np.float32)
-        ex_post = runs.decode(_runs_major(ex_codes, refits, n_runs))
+        ex_post = runs.decode(_runs_major(ex_codes, refits, n_runs), decode_batch)
         log_prob = _compiled(("log_prob", type(fitted)), lambda: jax.vmap(lambda d, c: d.log_prob(c)))
         stacked_test = test_codes if refits == 1 else np.concatenate([test_codes] * refits)
         code_ll = np.asarray(log_prob(fitted, stacked_test), np.float64).mean(axis=1).reshape(refits, n_runs)
@@ -471,7 +482,11 @@ def evaluate(
         [interpolate_codes(test_codes[:, strip_i], test_codes[:, strip_j], t, discrete, order=order) for t in steps],
         axis=2,
     )  # (runs, pairs, steps, ...)
-    strips = runs.decode(strip_codes.reshape(n_runs, N_FIGURE_PAIRS * N_FIGURE_STEPS, *strip_codes.shape[3:]))
+    n_strip = N_FIGURE_PAIRS * N_FIGURE_STEPS
+    strip_codes = strip_codes.reshape(n_runs, n_strip, *strip_codes.shape[3:])
+    if n_strip < n_eval <= DECODE_BATCH:  # padded to the shape of the other decodes: no compile of its own
+        strip_codes = np.concatenate([strip_codes, np.repeat(strip_codes[:, :1], n_eval - n_strip, axis=1)], axis=1)
+    strips = runs.decode(strip_codes)[:, :n_strip]
     images = {
         "originals": test[:N_FIGURE_IMAGES],
         "reconstructions": recon[rep, :N_FIGURE_IMAGES],
