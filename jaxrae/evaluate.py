@@ -155,7 +155,8 @@ def _refit_seed_keys(purpose: str, seeds: Sequence[int], refits: int):
     Row ``r * n_seeds + i`` is seed i's key in refit r; with one refit this is ``_seed_keys`` of
     the evaluation's key, so an evaluation without refits draws exactly as before.
     """
-    return jnp.concatenate([_seed_keys(_eval_keys(r)[purpose], seeds) for r in range(refits)])
+    # numpy, not jnp: an eager jnp.concatenate compiles a program of its own per shape
+    return np.concatenate([np.asarray(_seed_keys(_eval_keys(r)[purpose], seeds)) for r in range(refits)])
 
 
 def training_images(data) -> np.ndarray:
@@ -666,13 +667,17 @@ def _likelihood_refits(
     else:
         variance = np.full(runs.n_runs, np.nan)
 
-    def repeat(a):  # the run axis R times, refit-major (the identity for one refit)
-        return a if refits == 1 else jnp.concatenate([a] * refits)
+    def repeat(a):  # the run axis R times, refit-major (the identity for one refit); numpy: no eager program
+        return a if refits == 1 else np.concatenate([np.asarray(a)] * refits)
 
     variables = jax.tree.map(repeat, runs.variables)
-    variance_arg = repeat(jnp.asarray(variance, jnp.float32))
+    variance_arg = repeat(np.asarray(variance, np.float32))
     choose, estimate = _likelihood_programs(runs, k, kind)
-    seed_keys = jnp.concatenate([_seed_keys(key, runs.seeds) for key in keys])
+    seed_keys = (
+        _seed_keys(keys[0], runs.seeds)  # typed keys too
+        if refits == 1
+        else np.concatenate([np.asarray(_seed_keys(key, runs.seeds)) for key in keys])
+    )
     density_arg = fitted if kind == "ex_post" else jnp.zeros(refits * runs.n_runs)
     fold = _compiled(("fold_keys",), lambda: jax.vmap(jax.random.fold_in, in_axes=(0, None)))
     if kind == "ex_post":
