@@ -310,6 +310,19 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         help=f"components of the ex-post mixture (default {DEFAULT_N_COMPONENTS}, as Ghosh et al.)",
     )
     g.add_argument(
+        "--n-init",
+        type=int,
+        default=None,
+        help="k-means++ starts of every ex-post fit, the best kept (default 4)",
+    )
+    g.add_argument(
+        "--ex-post-refits",
+        type=int,
+        default=None,
+        help="independent ex-post fits and sample draws per trained model; per-seed numbers are their mean, "
+        "table.md's 'eval SD' their spread (default 3)",
+    )
+    g.add_argument(
         "--feature-steps",
         type=int,
         default=None,
@@ -365,7 +378,17 @@ def experiment_from_args(args) -> Experiment:
         values["methods"] = args.methods  # "a,b,c": Experiment.from_dict splits it
     if args.seeds is not None:
         values["seeds"] = parse_seeds(args.seeds)
-    for flag in ("baseline", "n_eval", "n_train", "n_test", "feature_steps", "n_components", "likelihood_k"):
+    for flag in (
+        "baseline",
+        "n_eval",
+        "n_train",
+        "n_test",
+        "feature_steps",
+        "n_components",
+        "likelihood_k",
+        "n_init",
+        "ex_post_refits",
+    ):
         if getattr(args, flag) is not None:
             values[flag] = getattr(args, flag)
     given = {

@@ -111,6 +111,8 @@ def _row_header(experiment: Experiment, label: str, data, fnet, n_eval: int) -> 
             "feature_steps": fnet.steps,
             "feature_version": fnet.version,
             "likelihood_k": experiment.likelihood_k,
+            "n_init": experiment.n_init,
+            "ex_post_refits": experiment.ex_post_refits,
         },
     }
 
@@ -353,6 +355,8 @@ def _evaluate_row(
         n_eval=experiment.n_eval,
         n_components=experiment.n_components,
         likelihood_k=experiment.likelihood_k,
+        n_init=experiment.n_init,
+        ex_post_refits=experiment.ex_post_refits,
     )
     eval_s = time.perf_counter() - t0
     if logger.names is not None:  # the process that logs (the primary)
@@ -609,6 +613,8 @@ def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, d
             "n_components": experiment.n_components,
             "k": PR_NEIGHBOURS,
             "eval_seed": EVAL_SEED,
+            "n_init": experiment.n_init,
+            "ex_post_refits": experiment.ex_post_refits,
             "likelihood": likelihood_settings(experiment, records),
         },
         "metric_names": {k: v[1] for k, v in report.METRICS.items()},
@@ -741,6 +747,8 @@ def _tuning_header(experiment: Experiment, label: str, data, fnet) -> dict:
             "eval_seed": EVAL_SEED,
             "feature_steps": fnet.steps,
             "feature_version": fnet.version,
+            "n_init": experiment.n_init,
+            "ex_post_refits": experiment.ex_post_refits,
         },
     }
 
@@ -820,7 +828,13 @@ def tune_row(
             should_stop=should_stop,
         )
         values, _, _ = evaluate(
-            runs, validation_view(data), fnet, n_eval=data.n_val, n_components=experiment.n_components
+            runs,
+            validation_view(data),
+            fnet,
+            n_eval=data.n_val,
+            n_components=experiment.n_components,
+            n_init=experiment.n_init,
+            ex_post_refits=experiment.ex_post_refits,
         )
         per_run = values[tune.criterion]
         n_seeds = len(tune.seeds)

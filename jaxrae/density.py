@@ -549,7 +549,10 @@ def fit_gmm(
       reg_covar: non-negative value added to the covariance diagonal; keeps Sigma_k invertible
         for duplicate points, constant columns, or components with a single point.
       n_init: number of initializations (each with its own key, run in parallel); the one with
-        the highest final lower bound is kept.
+        the highest final lower bound is kept. The default 1 is scikit-learn's (so a fit here and
+        a GaussianMixture() there are compared like for like, and means_init needs it); EM from
+        one start can stop in a clearly worse local optimum, so jaxrae's evaluation asks for
+        jaxrae.evaluate.N_INIT = 4, and a result worth reporting should too.
       init: "kmeans++" (greedy k-means++ seeding, Arthur & Vassilvitskii 2007, then Lloyd's
         iterations until the labels settle; responsibilities are the hard k-means labels) or "random" (uniform random
         responsibilities).
@@ -776,7 +779,8 @@ def fit_categorical_mixture(
       n_classes: number of classes per variable.
       n_components: number of latent classes c >= 1.
       alpha: Dirichlet pseudo-count per class, > 0.
-      max_iter, tol, n_init: as for fit_gmm.
+      max_iter, tol, n_init: as for fit_gmm (n_init defaults to 1 there and here; jaxrae's
+        evaluation uses jaxrae.evaluate.N_INIT = 4).
 
     Returns:
       A CategoricalMixture (fields stacked over seeds for stacked codes). Its arrays use the

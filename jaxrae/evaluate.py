@@ -35,6 +35,13 @@ Midpoint of two discrete codes: each categorical variable is copied from one end
 a fair coin (the same coins for every method and seed). Its expectation is the average of the two
 one-hot codes, the discrete counterpart of the continuous midpoint, and it stays a valid code.
 
+Evaluation noise: the ex-post density is fitted (best of ``n_init`` k-means++ starts, default
+:data:`N_INIT`) and samples drawn ``ex_post_refits`` = R times per trained model (default
+:data:`EX_POST_REFITS`), with independent keys. Every metric that reads the fit or draws
+(:data:`REFIT_METRICS`) is reported per seed as the mean over the R refits, and its SD over them
+is kept in ``notes["refits"]``: the within-model evaluation noise, which :mod:`jaxrae.report`
+prints next to the between-seed SD. Refits ride on the run axis of the same vmapped programs.
+
 Evaluation randomness is keyed by the seed *value* (``fold_in(key, seed)``), never by its position
 in the seed list, so seed s gets identical numbers alone or among other seeds, and every method's
 seed s sees the same test pairs and coins: the paired comparison in :mod:`jaxrae.report` relies
@@ -62,6 +69,7 @@ EVAL_SEED = 2020
 N_FIGURE_IMAGES = 10  # test images in reconstructions.png
 N_FIGURE_SAMPLES = 32  # per sample grid
 N_FIGURE_PAIRS, N_FIGURE_STEPS = 4, 8  # interpolation strips
+DECODE_BATCH = 1000  # codes per decode call (Runs.decode's default)
 MAX_LOSS_POINTS = 500  # loss curves are block-averaged down to this many points
 #: Every per-seed metric :func:`evaluate` can return (perplexity and distinct_codes for discrete
 #: codes only): the names experiment files use in ``primary`` and ``[equivalence]``.
@@ -94,18 +102,61 @@ PROPOSAL_SCALES = (0.01, 0.03, 0.1, 0.3, 1.0)  # std of N(E(x), s^2 I) around co
 PROPOSAL_TEMPERATURES = (0.1, 0.3, 1.0, 3.0)  # T of the discrete proposal's softmax(scores / T)
 PROPOSAL_UNIFORM_WEIGHT = 0.01  # uniform mass of the discrete proposal (covers the mixture's support)
 
+#: Initializations of every ex-post fit (the best final lower bound is kept): EM from one
+#: k-means++ start lands in a visibly worse local optimum often enough to move code LL and the
+#: ex-post FD between seeds for reasons unrelated to the model. The library's fit_gmm and
+#: fit_categorical_mixture keep scikit-learn's default of 1; the evaluation asks for 4.
+N_INIT = 4
+#: Independent ex-post fits and sample draws per trained model (the evaluation noise, see evaluate).
+EX_POST_REFITS = 3
+#: fold_in(PRNGKey(EVAL_SEED), REFIT_STREAM + r) roots refit r > 0 (apart from the fold_in 12 of the likelihood key).
+REFIT_STREAM = 1000
+#: The metrics that depend on the ex-post fit or on sample draws: computed once per refit.
+REFIT_METRICS = (
+    "fd_prior",
+    "fd_ex_post",
+    "precision",
+    "recall",
+    "code_loglik",
+    "neg_elbo",
+    "nll_iwae",
+    "nll_ex_post",
+    "neg_elbo_bpd",
+    "nll_iwae_bpd",
+    "nll_ex_post_bpd",
+)
+
 
 def _seed_keys(key, seeds: Sequence[int]):
-    """One key per seed, derived from the seed's value (not its position)."""
-    return jnp.stack([jax.random.fold_in(key, int(s)) for s in seeds])
+    """One key per seed, derived from the seed's value (not its position): (n_seeds, ...)."""
+    fold = _compiled(("seed_keys",), lambda: jax.vmap(jax.random.fold_in, in_axes=(None, 0)))
+    return fold(key, jnp.asarray([int(s) for s in seeds], jnp.uint32))
 
 
-def _eval_keys():
-    """The evaluation's keys by purpose, from :data:`EVAL_SEED`: the same for every method and seed."""
+def _eval_keys(refit: int = 0):
+    """The evaluation's keys by purpose for refit ``refit``: the same for every method and seed.
+
+    Refit 0 draws from :data:`EVAL_SEED` exactly as an evaluation without refits always did (its
+    numbers are unchanged); refit r > 0 from ``fold_in(PRNGKey(EVAL_SEED), REFIT_STREAM + r)``,
+    a stream of its own, so refits are independent draws and refit r is the same in every row.
+    """
+    root = jax.random.PRNGKey(EVAL_SEED)
+    if refit:
+        root = jax.random.fold_in(root, REFIT_STREAM + refit)
     names = ("prior", "fit", "ex_post", "strip")
-    keys = dict(zip(names, jax.random.split(jax.random.PRNGKey(EVAL_SEED), len(names))))
-    keys["likelihood"] = jax.random.fold_in(jax.random.PRNGKey(EVAL_SEED), 12)  # apart, so the others stay as they were
+    keys = dict(zip(names, jax.random.split(root, len(names))))
+    keys["likelihood"] = jax.random.fold_in(root, 12)  # apart, so the others stay as they were
     return keys
+
+
+def _refit_seed_keys(purpose: str, seeds: Sequence[int], refits: int):
+    """Keys of ``purpose`` for every (refit, seed), refit-major: (refits * n_seeds, ...).
+
+    Row ``r * n_seeds + i`` is seed i's key in refit r; with one refit this is ``_seed_keys`` of
+    the evaluation's key, so an evaluation without refits draws exactly as before.
+    """
+    # numpy, not jnp: an eager jnp.concatenate compiles a program of its own per shape
+    return np.concatenate([np.asarray(_seed_keys(_eval_keys(r)[purpose], seeds)) for r in range(refits)])
 
 
 def training_images(data) -> np.ndarray:
@@ -165,9 +216,11 @@ def finite_or_nan(fn: Callable, *arrays) -> float:
     return float(fn(*arrays))
 
 
-def _fit_ex_post(runs, train_codes: np.ndarray, keys, n_components: int):
+def _fit_ex_post(runs, train_codes: np.ndarray, keys, n_components: int, n_init: int = 1):
     """One vmapped density fit over runs; runs whose codes are not finite get a stand-in.
 
+    ``train_codes`` has a leading run axis (runs, or refits x runs stacked refit-major) and
+    ``keys`` one key per entry of it; ``n_init`` initializations per fit, the best kept.
     A diverged run can leave non-finite codes, which the density fit rejects for the whole
     stack. Such a run fits the first finite run's codes instead (so the others are unchanged)
     and is returned in ``bad`` so that its ex-post numbers are reported as nan.
@@ -180,10 +233,43 @@ def _fit_ex_post(runs, train_codes: np.ndarray, keys, n_components: int):
         train_codes = train_codes.copy()
         train_codes[bad] = train_codes[np.argmax(finite)]
     if runs.codec.discrete:
-        fitted = density.fit_categorical_mixture(keys, train_codes, runs.codec.n_classes, n_components)
+        fitted = density.fit_categorical_mixture(keys, train_codes, runs.codec.n_classes, n_components, n_init=n_init)
     else:
-        fitted = density.fit_gmm(keys, train_codes, n_components)
+        fitted = density.fit_gmm(keys, train_codes, n_components, n_init=n_init)
     return fitted, bad
+
+
+def _runs_major(stacked: np.ndarray, refits: int, n_runs: int) -> np.ndarray:
+    """(refits * n_runs, n, ...) refit-major -> (n_runs, refits * n, ...): every refit's draws of
+    one run side by side, so one decode call serves all refits (the identity for one refit)."""
+    if refits == 1:
+        return stacked
+    per = stacked.reshape(refits, n_runs, *stacked.shape[1:])
+    return np.swapaxes(per, 0, 1).reshape(n_runs, refits * stacked.shape[1], *stacked.shape[2:])
+
+
+def _set_features(fnet, sets: dict) -> dict:
+    """Features of every finite image set in ONE feature-network call.
+
+    ``sets[name]`` is (n_runs, n_sets, n, H, W, C); returns ``name -> [run][set]`` -> (n, F)
+    features, or None for a set holding a non-finite image (a diverged run). The network maps
+    fixed-size batches, one compiled program, and each image's features depend on that image
+    alone, so they are those of a call per set.
+    """
+    chunks, where = [], []
+    for name, images in sets.items():
+        finite = np.isfinite(images).reshape(*images.shape[:2], -1).all(axis=-1)
+        for r, j in zip(*np.nonzero(finite)):
+            chunks.append(images[r, j])
+            where.append((name, r, j, images.shape[2]))
+    out = {name: [[None] * images.shape[1] for _ in range(images.shape[0])] for name, images in sets.items()}
+    if chunks:
+        feats = fnet.features(np.concatenate(chunks))
+        start = 0
+        for name, r, j, n in where:
+            out[name][r][j] = feats[start : start + n]
+            start += n
+    return out
 
 
 def _by_seed(values: dict) -> str:
@@ -240,7 +326,15 @@ def ex_post_warnings(
 
 
 def evaluate(
-    runs, data, fnet, *, n_eval: int, n_components: int, likelihood_k: int | None = None
+    runs,
+    data,
+    fnet,
+    *,
+    n_eval: int,
+    n_components: int,
+    likelihood_k: int | None = None,
+    n_init: int = N_INIT,
+    ex_post_refits: int = EX_POST_REFITS,
 ) -> tuple[dict, dict, dict]:
     """Every metric of every run of one row; returns (metrics, figure images, notes).
 
@@ -253,8 +347,31 @@ def evaluate(
     ``likelihood_k`` importance samples per test image for the test likelihoods (None: none).
     ``metrics[key]`` is a list with one float per run (seed). See the module docstring for the
     definitions; all draws are keyed by seed value and shared across methods.
+
+    Evaluation noise. Each ex-post fit keeps the best of ``n_init`` initializations, and each run
+    is evaluated ``ex_post_refits`` = R times with independent keys (:func:`_eval_keys`): the
+    metrics of :data:`REFIT_METRICS` (those that read the ex-post fit or draw samples: FD of prior
+    and ex-post samples, precision/recall, code LL, the test likelihoods) get R values per seed,
+    and ``metrics[key]`` holds their mean, ``x_s = (1/R) sum_r x_{s,r}``. ``notes["refits"]``
+    keeps ``n`` (R), ``n_init``, ``values[key]`` (per seed, the R values) and ``sd[key]`` (per
+    seed, ``sqrt(sum_r (x_{s,r} - x_s)^2 / (R - 1))``, nan for R = 1): the within-model spread
+    that refitting and redrawing alone cause, apart from the between-seed spread of
+    ``metrics[key]`` (:mod:`jaxrae.report` shows both). The other metrics (reconstruction error,
+    FD of reconstructions and interpolation midpoints, code usage) are deterministic given the
+    model: fixed test images, pairs and coins.
+
+    Cost: all R x runs fits are one vmapped program, all R x runs sample draws one, their decodes
+    one call per image set, and every image set's features one feature-network call; refit 0
+    draws with the keys an evaluation without refits always used, so R = 1 reproduces it.
     """
-    keys = _eval_keys()
+    for field, value in (("n_init", n_init), ("ex_post_refits", ex_post_refits)):
+        require(
+            isinstance(value, (int, np.integer)) and not isinstance(value, bool) and value >= 1,
+            field,
+            value,
+            "must be an integer >= 1",
+        )
+    refits = int(ex_post_refits)
     seeds = runs.seeds
     n_runs = runs.n_runs
     discrete = runs.codec.discrete
@@ -267,29 +384,52 @@ def evaluate(
     prior_codes = np.asarray(
         _compiled(
             ("prior", runs.codec.sample_prior, n_eval), lambda: jax.vmap(lambda k: runs.codec.sample_prior(k, n_eval))
-        )(_seed_keys(keys["prior"], seeds))
+        )(_refit_seed_keys("prior", seeds, refits))
     )
-    prior = runs.decode(prior_codes)
+    # Every image set (and each refit's) decodes in chunks of n_eval codes: one compiled decode
+    # shared by all of them, and refit 0's chunks are those of an evaluation without refits.
+    decode_batch = n_eval if n_eval <= DECODE_BATCH else DECODE_BATCH
+    prior = runs.decode(_runs_major(prior_codes, refits, n_runs), decode_batch)  # (runs, refits * n_eval, ...)
 
     train_images = training_images(data)
     train_codes = runs.encode(train_images)
     row_warnings = ex_post_warnings(train_codes, seeds, n_components, discrete)
-    fitted, bad_fit = _fit_ex_post(runs, train_codes, _seed_keys(keys["fit"], seeds), n_components)
+    # Every (refit, run) fit in one vmapped program, refit-major: entry r * n_runs + i is run i's refit r.
+    stacked_codes = train_codes if refits == 1 else np.concatenate([train_codes] * refits)
+    fitted, bad_stacked = _fit_ex_post(
+        runs, stacked_codes, _refit_seed_keys("fit", seeds, refits), n_components, n_init=n_init
+    )
+    bad_fit = bad_stacked[:n_runs]
     if fitted is not None:
         sample = _compiled(("sample", type(fitted), n_eval), lambda: jax.vmap(lambda d, k: d.sample(k, n_eval)))
-        ex_codes = np.asarray(sample(fitted, _seed_keys(keys["ex_post"], seeds)))
+        ex_codes = np.asarray(sample(fitted, _refit_seed_keys("ex_post", seeds, refits)))
         ex_codes = ex_codes.astype(np.int32) if discrete else ex_codes.astype(np.float32)
-        ex_post = runs.decode(ex_codes)
+        ex_post = runs.decode(_runs_major(ex_codes, refits, n_runs), decode_batch)
         log_prob = _compiled(("log_prob", type(fitted)), lambda: jax.vmap(lambda d, c: d.log_prob(c)))
-        code_ll = np.asarray(log_prob(fitted, test_codes), np.float64).mean(axis=1)
+        stacked_test = test_codes if refits == 1 else np.concatenate([test_codes] * refits)
+        code_ll = np.asarray(log_prob(fitted, stacked_test), np.float64).mean(axis=1).reshape(refits, n_runs)
     else:
         ex_post = np.full_like(prior, np.nan)
-        code_ll = np.full(n_runs, np.nan)
+        code_ll = np.full((refits, n_runs), np.nan)
 
     i, j = interpolation_pairs(n_eval, n_eval)
     coins = np.random.default_rng(EVAL_SEED + 2).random((n_eval, test_codes.shape[-1])) < 0.5 if discrete else None
     midpoints = interpolate_codes(test_codes[:, i], test_codes[:, j], 0.5, discrete, coins=coins)
     interp = runs.decode(midpoints)
+
+    per_refit = (n_runs, refits, n_eval, *prior.shape[2:])
+    feats = _set_features(
+        fnet,
+        {
+            "rec": recon[:, None],
+            "prior": prior.reshape(per_refit),
+            "ex_post": ex_post.reshape(per_refit),
+            "interp": interp[:, None],
+        },
+    )
+
+    def fd(f):
+        return math.nan if f is None else M.frechet_distance(ref_feats, f)
 
     out: dict[str, list[float]] = {
         k: []
@@ -297,42 +437,44 @@ def evaluate(
     }
     if discrete:
         out["perplexity"], out["distinct_codes"] = [], []
-    for r in range(n_runs):
-        feats = {
-            name: fnet.features(images[r]) if np.all(np.isfinite(images[r])) else None
-            for name, images in (("rec", recon), ("prior", prior), ("ex_post", ex_post), ("interp", interp))
-        }
-        fd = lambda name, feats=feats: math.nan if feats[name] is None else M.frechet_distance(ref_feats, feats[name])
+    drawn = {
+        k: np.full((refits, n_runs), np.nan) for k in ("fd_prior", "fd_ex_post", "precision", "recall", "code_loglik")
+    }
+    for r in range(n_runs):  # numpy statistics of features already computed: no JAX program per run
         out["rec_error"].append(finite_or_nan(M.reconstruction_error, test, recon[r]))
-        out["fd_rec"].append(fd("rec"))
-        out["fd_prior"].append(fd("prior"))
-        out["fd_interp"].append(fd("interp"))
-        if bad_fit[r] or feats["ex_post"] is None:
-            out["fd_ex_post"].append(math.nan)
-            out["precision"].append(math.nan)
-            out["recall"].append(math.nan)
-            out["code_loglik"].append(math.nan)
-        else:
-            out["fd_ex_post"].append(fd("ex_post"))
-            p, rc = M.precision_recall(ref_feats, feats["ex_post"], k=PR_NEIGHBOURS)
-            out["precision"].append(float(p))
-            out["recall"].append(float(rc))
-            out["code_loglik"].append(float(code_ll[r]))
+        out["fd_rec"].append(fd(feats["rec"][r][0]))
+        out["fd_interp"].append(fd(feats["interp"][r][0]))
+        for t in range(refits):
+            drawn["fd_prior"][t, r] = fd(feats["prior"][r][t])
+            if bad_fit[r] or feats["ex_post"][r][t] is None:
+                continue
+            drawn["fd_ex_post"][t, r] = fd(feats["ex_post"][r][t])
+            drawn["precision"][t, r], drawn["recall"][t, r] = M.precision_recall(
+                ref_feats, feats["ex_post"][r][t], k=PR_NEIGHBOURS
+            )
+            drawn["code_loglik"][t, r] = code_ll[t, r]
         if discrete:
             usage = M.code_usage(test_codes[r].reshape(n_eval, -1), runs.codec.n_classes)
             out["perplexity"].append(usage.mean_perplexity)
             out["distinct_codes"].append(float(usage.n_distinct_codes))
 
+    notes_likelihood = None
     if likelihood_k is not None:
-        values, lik_notes = evaluate_likelihoods(
-            runs, test, train_images, fitted, bad_fit, k=likelihood_k, key=keys["likelihood"]
+        lik_values, notes_likelihood = _likelihood_refits(
+            runs,
+            test,
+            train_images,
+            fitted,
+            bad_stacked,
+            k=likelihood_k,
+            keys=[_eval_keys(t)["likelihood"] for t in range(refits)],
+            train_codes=train_codes,
         )
-        out.update(values)
-        notes_likelihood = lik_notes
-    else:
-        notes_likelihood = None
+        drawn.update(lik_values)
+    for name, values in drawn.items():
+        out[name] = [float(v) for v in values.mean(axis=0)]  # one refit: the value itself, bitwise
 
-    # Figures show one representative run: the first that did not diverge.
+    # Figures show one representative run: the first that did not diverge; samples of refit 0.
     rep = int(np.argmax(runs.ok)) if runs.ok.any() else 0
     strip_i, strip_j = i[:N_FIGURE_PAIRS], j[:N_FIGURE_PAIRS]
     order = np.random.default_rng(EVAL_SEED + 1).permutation(test_codes.shape[-1])
@@ -341,12 +483,16 @@ def evaluate(
         [interpolate_codes(test_codes[:, strip_i], test_codes[:, strip_j], t, discrete, order=order) for t in steps],
         axis=2,
     )  # (runs, pairs, steps, ...)
-    strips = runs.decode(strip_codes.reshape(n_runs, N_FIGURE_PAIRS * N_FIGURE_STEPS, *strip_codes.shape[3:]))
+    n_strip = N_FIGURE_PAIRS * N_FIGURE_STEPS
+    strip_codes = strip_codes.reshape(n_runs, n_strip, *strip_codes.shape[3:])
+    if n_strip < n_eval <= DECODE_BATCH:  # padded to the shape of the other decodes: no compile of its own
+        strip_codes = np.concatenate([strip_codes, np.repeat(strip_codes[:, :1], n_eval - n_strip, axis=1)], axis=1)
+    strips = runs.decode(strip_codes)[:, :n_strip]
     images = {
         "originals": test[:N_FIGURE_IMAGES],
         "reconstructions": recon[rep, :N_FIGURE_IMAGES],
-        "prior": prior[rep, :N_FIGURE_SAMPLES],
-        "ex_post": ex_post[rep, :N_FIGURE_SAMPLES],
+        "prior": prior[rep, : min(N_FIGURE_SAMPLES, n_eval)],
+        "ex_post": ex_post[rep, : min(N_FIGURE_SAMPLES, n_eval)],
         "interpolations": strips[rep].reshape(N_FIGURE_PAIRS, N_FIGURE_STEPS, *strips.shape[2:]),
     }
     notes = {
@@ -354,13 +500,29 @@ def evaluate(
         "n_eval": n_eval,
         "ex_post_fit_failed": bad_fit.tolist(),
         "warnings": row_warnings,
+        "refits": refit_notes(drawn, refits, n_init),
     }
     if notes_likelihood is not None:
         notes["likelihood"] = notes_likelihood
     if fitted is not None:
-        notes["ex_post_converged"] = np.asarray(fitted.converged).tolist()
-        notes["ex_post_iterations"] = np.asarray(fitted.n_iter).tolist()
+        # Per run: converged in every refit, and the most EM iterations any refit took.
+        notes["ex_post_converged"] = np.asarray(fitted.converged).reshape(refits, n_runs).all(axis=0).tolist()
+        notes["ex_post_iterations"] = np.asarray(fitted.n_iter).reshape(refits, n_runs).max(axis=0).tolist()
     return out, images, notes
+
+
+def refit_notes(drawn: dict, refits: int, n_init: int) -> dict:
+    """``notes["refits"]`` of :func:`evaluate` from the (refits, runs) values of each refit metric."""
+    values = {name: np.asarray(v, np.float64) for name, v in drawn.items()}
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # nan refits give nan SDs, on purpose
+        sd = {name: v.std(axis=0, ddof=1) if refits > 1 else np.full(v.shape[1], np.nan) for name, v in values.items()}
+    return {
+        "n": refits,
+        "n_init": n_init,
+        "values": {name: v.T.tolist() for name, v in values.items()},
+        "sd": {name: s.tolist() for name, s in sd.items()},
+    }
 
 
 def likelihood_kind(config) -> str:
@@ -382,13 +544,17 @@ def likelihood_kind(config) -> str:
     return "ex_post"
 
 
-def fit_observation_variances(runs, train_images: np.ndarray, batch: int = 1000) -> np.ndarray:
+def fit_observation_variances(
+    runs, train_images: np.ndarray, batch: int = 1000, codes: np.ndarray | None = None
+) -> np.ndarray:
     """Per run, sigma^2 = mean over training images and pixels of (x - D(E(x)))^2
-    (:func:`jaxrae.likelihood.fit_observation_variance`, accumulated in batches): (n_runs,)."""
+    (:func:`jaxrae.likelihood.fit_observation_variance`, accumulated in batches): (n_runs,).
+    ``codes``: the runs' codes of ``train_images`` (``runs.encode(train_images)``), when at hand."""
     total = np.zeros(runs.n_runs)
     for i in range(0, len(train_images), batch):
         x = train_images[i : i + batch]
-        total += np.sum(np.square(runs.reconstruct(x, batch).astype(np.float64) - x[None]), axis=(1, 2, 3, 4))
+        recon = runs.reconstruct(x, batch) if codes is None else runs.decode(codes[:, i : i + batch], batch)
+        total += np.sum(np.square(recon.astype(np.float64) - x[None]), axis=(1, 2, 3, 4))
     return total / train_images.size
 
 
@@ -464,45 +630,67 @@ def evaluate_likelihoods(
     proposal width of each run (ex-post rows). Keys are folded from the seed values, so seed s
     gets the same numbers alone or among other seeds.
     """
+    values, notes = _likelihood_refits(runs, test, train_images, fitted, bad_fit, k=k, keys=[key])
+    return {name: [float(v) for v in vals[0]] for name, vals in values.items()}, notes
+
+
+def _likelihood_refits(
+    runs, test: np.ndarray, train_images: np.ndarray, fitted, bad_fit: np.ndarray, *, k: int, keys, train_codes=None
+) -> tuple[dict, dict]:
+    """:func:`evaluate_likelihoods` for R = ``len(keys)`` refits at once: values (R, n_runs).
+
+    ``fitted`` and ``bad_fit`` are stacked refit-major (entry r * n_runs + i: run i's refit r,
+    as :func:`evaluate` fits them); refit r draws from ``keys[r]``. The R x runs estimates run in
+    the compiled, run-vmapped programs of one refit with the run axis R times longer (the model's
+    variables repeated R times), so refits add no program and no Python loop; with one refit the
+    call is exactly the single-refit one. ``train_codes`` (the runs' codes of ``train_images``),
+    when given, spare re-encoding the training images for the observation variance.
+    """
     require(
         isinstance(k, (int, np.integer)) and not isinstance(k, bool) and k >= 1,
         "likelihood_k",
         k,
         "must be an integer >= 1",
     )
+    refits = len(keys)
     config = runs.config
     kind = likelihood_kind(config)
     observation = grid.LIKELIHOODS[config.likelihood]
     n_dims = int(np.prod(test.shape[1:]))
     if kind == "ex_post" and fitted is None:  # no run has finite codes to fit a density on
         return (
-            {name: [math.nan] * runs.n_runs for name in ("nll_ex_post", "nll_ex_post_bpd")},
+            {name: np.full((refits, runs.n_runs), np.nan) for name in ("nll_ex_post", "nll_ex_post_bpd")},
             {"k": k, "likelihood": config.likelihood, "kind": kind},
         )
     if observation.fits_variance:
-        variance = fit_observation_variances(runs, train_images)
+        variance = fit_observation_variances(runs, train_images, codes=train_codes)
     else:
         variance = np.full(runs.n_runs, np.nan)
-    variance_arg = jnp.asarray(variance, jnp.float32)
+
+    def repeat(a):  # the run axis R times, refit-major (the identity for one refit); numpy: no eager program
+        return a if refits == 1 else np.concatenate([np.asarray(a)] * refits)
+
+    variables = jax.tree.map(repeat, runs.variables)
+    variance_arg = repeat(np.asarray(variance, np.float32))
     choose, estimate = _likelihood_programs(runs, k, kind)
-    seed_keys = _seed_keys(key, runs.seeds)
-    density_arg = fitted if kind == "ex_post" else jnp.zeros(runs.n_runs)
+    seed_keys = (
+        _seed_keys(keys[0], runs.seeds)  # typed keys too
+        if refits == 1
+        else np.concatenate([np.asarray(_seed_keys(key, runs.seeds)) for key in keys])
+    )
+    density_arg = fitted if kind == "ex_post" else jnp.zeros(refits * runs.n_runs)
+    fold = _compiled(("fold_keys",), lambda: jax.vmap(jax.random.fold_in, in_axes=(0, None)))
     if kind == "ex_post":
-        width = choose(
-            runs.variables,
-            jax.vmap(jax.random.fold_in, in_axes=(0, None))(seed_keys, 0),
-            jnp.asarray(train_images[:PROPOSAL_IMAGES]),
-            variance_arg,
-            fitted,
-        )
+        width = choose(variables, fold(seed_keys, 0), jnp.asarray(train_images[:PROPOSAL_IMAGES]), variance_arg, fitted)
     else:
-        width = jnp.full(runs.n_runs, jnp.nan)
+        width = jnp.full(refits * runs.n_runs, jnp.nan)
     first, second = [], []
+    # Image batches bound the memory of the k samples per image; each image's samples come from
+    # split(batch key, batch size), so the batches (and the last one's shape) are kept as they were.
     for b, i in enumerate(range(0, len(test), LIKELIHOOD_IMAGE_BATCH)):
-        batch_keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(seed_keys, 1 + b)
         a, c = estimate(
-            runs.variables,
-            batch_keys,
+            variables,
+            fold(seed_keys, 1 + b),
             jnp.asarray(test[i : i + LIKELIHOOD_IMAGE_BATCH]),
             variance_arg,
             density_arg,
@@ -538,8 +726,10 @@ def evaluate_likelihoods(
         notes["elbo_samples"] = min(ELBO_SAMPLES, k)
     else:
         notes["proposal"] = "temperature" if runs.codec.discrete else "scale"
-        notes["proposal_width"] = np.asarray(width, np.float64).tolist()
-    return {name: [float(v) for v in vals] for name, vals in values.items()}, notes
+        widths = np.asarray(width, np.float64).reshape(refits, runs.n_runs)
+        # per run: its width (one refit), or the width of each refit
+        notes["proposal_width"] = widths[0].tolist() if refits == 1 else widths.T.tolist()
+    return {name: np.asarray(v, np.float64).reshape(refits, runs.n_runs) for name, v in values.items()}, notes
 
 
 def loss_curve(losses: np.ndarray, max_points: int = MAX_LOSS_POINTS) -> dict:

@@ -24,8 +24,12 @@ from jaxrae import methods as presets
 from jaxrae.config import TrainConfig
 from jaxrae.data import check_validation_fraction, spec_options
 from jaxrae.errors import ConfigError, invalid, require
-from jaxrae.evaluate import LIKELIHOOD_K, METRIC_KEYS, PR_NEIGHBOURS, likelihood_kind
+from jaxrae.evaluate import EX_POST_REFITS, LIKELIHOOD_K, METRIC_KEYS, N_INIT, PR_NEIGHBOURS, likelihood_kind
 from jaxrae.train import MAX_SEEDS, check_seeds
+
+#: Bounds of the evaluation's repeat counts (each multiplies the vmapped ex-post fits).
+MAX_N_INIT = 64
+MAX_EX_POST_REFITS = 100
 
 #: The README's main job: a representative set of continuous and discrete methods on ``digits``.
 DEFAULT_DATA = "digits"
@@ -86,6 +90,9 @@ class Experiment:
     :func:`jaxrae.features.feature_network`). ``likelihood_k`` is the number of importance
     samples per test image of the test likelihoods (-ELBO and IWAE-k for VAEs, the ex-post
     importance-sampled NLL otherwise; :func:`jaxrae.evaluate.evaluate_likelihoods`), None for none.
+    ``n_init`` is the number of initializations of every ex-post fit (the best kept) and
+    ``ex_post_refits`` the number of independent ex-post fits and sample draws per trained model,
+    whose spread is the evaluation noise (:func:`jaxrae.evaluate.evaluate`).
 
     Declared before the run, recorded in results.json, read by :mod:`jaxrae.report`:
     ``primary`` lists the primary contrasts against the baseline as ``"<row label>:<metric key>"``
@@ -111,6 +118,8 @@ class Experiment:
     equivalence: Mapping[str, float | str] = dataclasses.field(default_factory=dict)
     likelihood_k: int | None = LIKELIHOOD_K
     tune: Tune | Mapping[str, Any] | None = None
+    n_init: int = N_INIT
+    ex_post_refits: int = EX_POST_REFITS
 
     def __post_init__(self):
         object.__setattr__(self, "overrides", _tables("overrides", self.overrides))
@@ -224,15 +233,26 @@ class Experiment:
             f"neither a method nor a variant label; choose one of {list(self.rows)} (`--baseline` on the command "
             "line, `baseline` in the file)",
         )
-        for field, minimum in (("n_eval", PR_NEIGHBOURS + 2), ("feature_steps", 1), ("n_components", 1)):
+        # Upper bounds where a value multiplies the evaluation's memory and time (every fit is
+        # vmapped over n_init x ex_post_refits x runs): a typo fails here, not after training.
+        for field, minimum, maximum in (
+            ("n_eval", PR_NEIGHBOURS + 2, None),
+            ("feature_steps", 1, None),
+            ("n_components", 1, None),
+            ("n_init", 1, MAX_N_INIT),
+            ("ex_post_refits", 1, MAX_EX_POST_REFITS),
+        ):
             value = getattr(self, field)
             if field == "feature_steps" and value is None:
                 continue  # the feature network's own default (jaxrae.metrics)
             require(
-                not isinstance(value, bool) and isinstance(value, int) and value >= minimum,
+                not isinstance(value, bool)
+                and isinstance(value, int)
+                and value >= minimum
+                and (maximum is None or value <= maximum),
                 field,
                 value,
-                f"must be an integer >= {minimum}",
+                f"must be an integer >= {minimum}" + ("" if maximum is None else f" and <= {maximum}"),
             )
         self._check_contrasts()
         require(
@@ -384,6 +404,8 @@ class Experiment:
             "primary": list(self.primary),
             "equivalence": dict(self.equivalence),
             "likelihood_k": self.likelihood_k,
+            "n_init": self.n_init,
+            "ex_post_refits": self.ex_post_refits,
         } | ({} if self.tune is None else {"tune": self.tune.to_dict()})
 
     @classmethod
@@ -638,8 +660,9 @@ def load_experiment(path: str | Path) -> Experiment:
     """Read an experiment TOML (see ``experiments/``); any unknown key is a ConfigError.
 
     Top-level keys: ``data, methods, seeds, baseline, n_eval, n_train, n_test, feature_steps,
-    n_components, likelihood_k, primary``; tables ``[equivalence]`` (TOST margins per metric key),
-    ``[tune]`` (the tuned mode: weights chosen per row on a validation split, :class:`Tune`),
+    n_components, likelihood_k, n_init, ex_post_refits, primary``; tables ``[equivalence]`` (TOST
+    margins per metric key), ``[tune]`` (the tuned mode: weights chosen per row on a validation
+    split, :class:`Tune`),
     ``[config]`` (TrainConfig fields for every row),
     ``[overrides.<method>]`` (fields for one method of ``methods``) and ``[variants.<label>]``
     (a row of its own: ``method = "<preset>"`` plus TrainConfig fields; see :class:`Experiment`).

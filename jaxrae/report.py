@@ -23,6 +23,13 @@ Tests on the paired differences (one family per table, see :func:`summary_table`
   (Schuirmann 1987, J. Pharmacokinet. Biopharm. 15:657-680) with delta stated in the experiment
   file; without a margin a contrast with no star is inconclusive, never "no difference".
 
+Two standard deviations (:func:`summary_table`): ``std``, between seeds, of the per-seed values,
+which for a metric that reads the ex-post density or draws samples are each the mean over R
+independent refits of the evaluation (:func:`jaxrae.evaluate.evaluate`); and ``eval SD``
+(:func:`evaluation_sd`), within one trained model, over those R refits, pooled over seeds. The
+first is what the intervals and tests use; the second says how much of it is evaluation noise
+(about ``eval SD / sqrt(R)`` of it, for the mean of R refits).
+
 Diverged runs (``ok`` false: the loss became non-finite and the run was frozen) keep their numbers
 in ``results.json`` but never enter a mean: every summary carries ``n`` (values used) next to
 ``n_ok/n_total`` (runs that trained without diverging / runs started).
@@ -229,12 +236,37 @@ def method_metric_keys(method_results: Mapping) -> list[str]:
     return [k for k in METRICS if k in method_results["metrics"]]
 
 
+def evaluation_sd(method_results: Mapping, key: str) -> float | None:
+    """The within-model SD of a metric over the evaluation's refits, pooled over seeds; None without refits.
+
+    :func:`jaxrae.evaluate.evaluate` fits the ex-post density and draws samples R times per
+    trained model and records, per seed s, the SD of the R values ``sd_s`` (``notes["refits"]``).
+    Pooled over the seeds whose run is ok and whose value and SD are finite:
+    ``sqrt(mean_s sd_s^2)``, the spread that refitting and redrawing alone cause for one model.
+    Rows recorded without refits (older results, or R = 1) give None.
+    """
+    refits = (method_results.get("notes") or {}).get("refits") or {}
+    sds = (refits.get("sd") or {}).get(key)
+    if sds is None or (refits.get("n") or 1) < 2:
+        return None
+    values = method_results["metrics"][key]
+    used = [
+        as_float(sd) ** 2
+        for sd, v, ok in zip(sds, values, method_results["ok"])
+        if ok and math.isfinite(as_float(v)) and math.isfinite(as_float(sd))
+    ]
+    return math.sqrt(sum(used) / len(used)) if used else math.nan
+
+
 def summary_table(results: Mapping) -> list[dict]:
     """One row per (method, metric): the summary across seeds, the paired difference and its tests.
 
     ``results`` is the ``results.json`` structure: ``results["methods"][name]`` holds ``seeds``,
     ``ok`` and ``metrics[key]`` (one value per seed); ``results["baseline"]`` names the baseline
-    (or is None). Rows of the baseline itself carry no difference. ``name`` is the row label of
+    (or is None). Rows of the baseline itself carry no difference. ``std`` is the spread between
+    seeds of the per-seed values (each already the mean over the evaluation's refits), ``eval_sd``
+    the spread of one model's value over refits (:func:`evaluation_sd`; None for a metric that
+    does not depend on the ex-post fit or on sample draws, or a row recorded without refits). ``name`` is the row label of
     :mod:`jaxrae.compare`: a preset's name, or a variant's label such as ``reinmax-tau0.5``.
 
     Every (row, metric) difference against the baseline is a *contrast* with its paired t-test
@@ -257,6 +289,7 @@ def summary_table(results: Mapping) -> list[dict]:
     for name, m in methods.items():
         for key in method_metric_keys(m):
             row = {"method": name, "metric": key, **summarize(m["metrics"][key], m["ok"])}
+            row["eval_sd"] = evaluation_sd(m, key)
             row["baseline"] = baseline
             diff = None
             # Code log-likelihoods are densities (nats) for continuous codes and log-probabilities
@@ -706,6 +739,15 @@ def _diff_interval(row: Mapping) -> str:
     return f"{fmt(row['diff_mean'])} [{fmt(row['diff_ci_low'], 2)}, {fmt(row['diff_ci_high'], 2)}]{_marks(row)}"
 
 
+#: Said once above the per-metric tables of a result with evaluation refits.
+EVAL_SD_NOTE = (
+    "std is the spread between seeds of the per-seed values, each the mean over R independent ex-post fits "
+    "and sample draws; eval SD is the spread of one model's value over those R refits (pooled over seeds), "
+    "the evaluation noise alone: it adds about eval SD / sqrt(R) to a per-seed value, so a std not well above "
+    "that is evaluation noise rather than a difference between trained models."
+)
+
+
 def render_markdown(
     results: Mapping,
     rows: list[dict] | None = None,
@@ -760,17 +802,21 @@ def render_markdown(
             "",
         ]
     parts += ["## Per metric", ""]
+    if any(r.get("eval_sd") is not None for r in rows):
+        parts += [EVAL_SD_NOTE, ""]
     for key, (_short, long, better) in METRICS.items():
         metric_rows = [r for r in rows if r["metric"] == key]
         if not metric_rows:
             continue
         parts += [f"### {long} ({better} is better)", ""]
         with_tost = any(r["p_tost"] is not None for r in metric_rows)
+        with_eval_sd = any(r.get("eval_sd") is not None for r in metric_rows)
         header = [
             "method",
             "n/ok/total",
             "mean",
             "std",
+            *(["eval SD"] if with_eval_sd else []),
             "95% interval",
             f"diff vs {baseline}" if baseline else "diff",
             "pairs",
@@ -783,6 +829,7 @@ def render_markdown(
                 f"{r['n']}/{r['n_ok']}/{r['n_total']}",
                 fmt(r["mean"]),
                 fmt(r["std"]),
+                *([fmt(r.get("eval_sd"))] if with_eval_sd else []),
                 f"[{fmt(r['ci_low'])}, {fmt(r['ci_high'])}]",
                 _diff_interval(r),
                 "-" if r["diff_n"] is None else str(r["diff_n"]),
@@ -865,11 +912,14 @@ def rerender(results: Mapping, existing_markdown: str | None = None, rendered_by
 
 def render_csv(rows: Iterable[Mapping]) -> str:
     """table.csv: one row per (method, metric), full precision (repr of the float)."""
+    rows = list(rows)
+    # eval_sd only where some row has it: results recorded without refits keep their columns
+    fields = CSV_FIELDS + (["eval_sd"] if any(r.get("eval_sd") is not None for r in rows) else [])
     buf = io.StringIO()
-    writer = csv.DictWriter(buf, fieldnames=CSV_FIELDS, lineterminator="\n")
+    writer = csv.DictWriter(buf, fieldnames=fields, lineterminator="\n")
     writer.writeheader()
     for r in rows:
-        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in CSV_FIELDS})
+        writer.writerow({k: ("" if r.get(k) is None else r.get(k)) for k in fields})
     return buf.getvalue()
 
 
