@@ -26,6 +26,10 @@ LIMIT_REASONS = {
     "steps": "the loss history keeps a float per step and run",
     "gumbel_rao_samples": "it sizes a sample axis of every step",
 }
+#: How :func:`jaxrae.train.train` runs a chunk of steps: ``scan`` (one compiled ``lax.scan``),
+#: ``loop`` (a Python loop of one compiled, state-donating step) or ``auto`` (the rule of
+#: :func:`jaxrae.train.resolve_chunk_runner`: the loop for convolutional networks on the CPU).
+CHUNK_RUNNERS = ("auto", "scan", "loop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +50,10 @@ class TrainConfig:
     ``likelihood`` names the decoder's observation model, an entry of
     :data:`jaxrae.grid.LIKELIHOODS`: ``gaussian`` (sigmoid outputs, summed squared error) or
     ``bernoulli`` (logits, summed binary cross-entropy).
+    ``chunk_runner`` says how ``train()`` executes a chunk of ``chunk_size`` steps (an entry of
+    :data:`CHUNK_RUNNERS`; ``auto`` decides by backend and network, see
+    :func:`jaxrae.train.resolve_chunk_runner`); both runners take the same steps with the same
+    keys, so it changes speed, and the numbers only by float rounding where XLA fuses differently.
     """
 
     method: str = "rae"
@@ -73,6 +81,7 @@ class TrainConfig:
     warmup_steps: int = 0
     final_lr_fraction: float | None = None
     likelihood: str = "gaussian"
+    chunk_runner: str = "auto"
 
     def __post_init__(self):
         method = self.method if isinstance(self.method, methods.Method) else methods.get(self.method)
@@ -96,6 +105,8 @@ class TrainConfig:
             )
         if self.likelihood not in grid.LIKELIHOODS:
             raise invalid("likelihood", self.likelihood, f"choose one of {', '.join(grid.LIKELIHOODS)}")
+        if not isinstance(self.chunk_runner, str) or self.chunk_runner not in CHUNK_RUNNERS:
+            raise invalid("chunk_runner", self.chunk_runner, f"choose one of {', '.join(CHUNK_RUNNERS)}")
         if self.optimizer not in OPTIMIZERS:
             raise invalid("optimizer", self.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
         if self.max_grad_norm is not None and (

@@ -3,9 +3,11 @@
 The pattern is PureJaxRL's (Lu et al. 2022): everything about a run lives in one pytree
 (:class:`TrainState`: step, parameters, batch statistics, optimizer state, the run's key, its
 per-run hyperparameters and a divergence flag), a step is a pure function
-``(state, key, batch) -> (state, metrics)``, and the loop is ``jax.lax.scan``. Many seeds (and
-swept hyperparameters) are ``jax.vmap`` over the leading axis of the state; over several devices
-that axis is laid on a 1-D mesh named ``"runs"`` with :class:`jax.sharding.NamedSharding`.
+``(state, key, batch) -> (state, metrics)``, and the loop is ``jax.lax.scan`` (or, where XLA runs
+a step slower inside a loop than alone, a Python loop of the compiled step:
+:func:`resolve_chunk_runner`). Many seeds (and swept hyperparameters) are ``jax.vmap`` over the
+leading axis of the state; over several devices that axis is laid on a 1-D mesh named ``"runs"``
+with :class:`jax.sharding.NamedSharding`.
 
 Randomness: the key of step t is ``fold_in(run_key, t)``, so a run's result does not depend on
 how the steps are chunked, on resuming from a checkpoint, or on which other runs share the
@@ -199,12 +201,89 @@ def _training_functions(config: TrainConfig, image_shape: tuple, dynamic: bool =
 
 @functools.lru_cache(maxsize=64)
 def _vmapped_programs(config: TrainConfig, image_shape: tuple, dynamic: bool = False):
-    """jit(vmap(init)) and jit(vmap(run)) over the run axis, shared by every train() call."""
+    """jit(vmap(init)) and jit(vmap(run)) over the run axis, shared by every train() call.
+
+    The third element caches train()'s compiled chunk programs: under the scan runner one per
+    chunk length (``run(state, images, length)``), under the loop runner the one-step program
+    ``run(state, images, 1)`` (XLA drops its loop of one trip) that :func:`_run_chunk` calls once
+    per step."""
     _, _, init, _, run = _training_functions(config, image_shape, dynamic)
     # Donating the state lets XLA update the stacked parameters and Adam moments in place
     # instead of holding an input and an output copy of every run's state.
     run_jit = jax.jit(jax.vmap(run, in_axes=(0, None, None)), static_argnums=2, donate_argnums=0)
     return jax.jit(jax.vmap(init)), run_jit, {}
+
+
+#: The primitives that make XLA:CPU slow inside a loop: a step with one of them runs as a loop of
+#: compiled steps under ``chunk_runner="auto"`` on the CPU (see :func:`resolve_chunk_runner`).
+_LOOP_SLOW_ON_CPU = frozenset({"conv_general_dilated"})
+
+
+def resolve_chunk_runner(config: TrainConfig, image_shape: tuple, backend: str | None = None) -> str:
+    """``"scan"`` or ``"loop"``: how :func:`train` executes a chunk of ``config.chunk_size`` steps.
+
+    ``scan`` compiles the chunk as one ``jax.lax.scan`` over the step: one program per chunk, the
+    fastest form wherever XLA runs a step inside a loop as fast as alone (the MLP on every
+    backend; everything on GPU and TPU, where one launch per chunk also saves the per-step
+    dispatch). ``loop`` calls the compiled one-step program (state donated, so parameters and Adam
+    moments are updated in place) once per step from Python and stacks the per-step metrics; the
+    steps are dispatched asynchronously, so the host waits once per chunk, as for the scan.
+
+    An explicit ``config.chunk_runner`` is obeyed. ``"auto"`` picks ``loop`` on the CPU backend
+    (``backend``, default :func:`jax.default_backend`) when the model's forward pass contains a
+    convolution (the built-in ``conv-small`` and ``conv-paper``, or an :class:`~jaxrae.nets.Arch`
+    of your own modules with one), and ``scan`` otherwise. The measurement behind the rule (issue
+    15, one seed, Fashion-MNIST 28x28, batch 100, ``conv-small``): 669 ms per step inside the
+    scan, 81 ms per step for the same donated step in a Python loop, 8.2x: XLA:CPU runs
+    convolutions (and their transposes in the gradient) inside a while loop far slower than at top
+    level (jax-ml/jax#12868). The MLP has no convolution and keeps the scan, so its numbers are
+    bitwise those of the scan. ``benchmarks/train_throughput.py`` measures all three forms.
+
+    Both runners take the same steps with the same keys (step t draws from
+    ``fold_in(run_key, t)``); the results agree up to the float rounding of differently fused
+    programs (bitwise where XLA compiles the step alike, as ``tests/test_chunk_runner.py`` shows).
+    """
+    if config.chunk_runner != "auto":
+        return config.chunk_runner
+    if (backend or jax.default_backend()) != "cpu":
+        return "scan"
+    return "loop" if _model_primitives(config, tuple(image_shape)) & _LOOP_SLOW_ON_CPU else "scan"
+
+
+@functools.lru_cache(maxsize=64)
+def _model_primitives(config: TrainConfig, image_shape: tuple) -> frozenset:
+    """The names of the primitives in the model's forward pass (traced once, never run)."""
+    model = build_model(config, image_shape)
+    x = jnp.zeros((1, *image_shape), jnp.float32)
+    z = jnp.zeros((1, code_spec(config).decoder_in), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda key: model.init(key, x, z, False))(jax.random.key(0))
+    return frozenset(_primitive_names(jaxpr.jaxpr))
+
+
+def _primitive_names(jaxpr):
+    """Every primitive name in ``jaxpr`` and the jaxprs nested in its equations' parameters."""
+    for eqn in jaxpr.eqns:
+        yield eqn.primitive.name
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds its Jaxpr in .jaxpr
+                if hasattr(inner, "eqns"):
+                    yield from _primitive_names(inner)
+
+
+def _run_chunk(program, state, images, repeats: int):
+    """``repeats`` calls of a compiled chunk ``program`` (state donated), metrics stacked over steps.
+
+    One call is the whole chunk (the scan runner, returned as it comes); the loop runner calls the
+    one-step program once per step and joins the (n_runs, 1) metrics into (n_runs, steps), so the
+    history, checkpoints, loggers and the divergence freeze see the same arrays under both."""
+    if repeats == 1:
+        return program(state, images)
+    history = []
+    for _ in range(repeats):
+        state, metrics = program(state, images)
+        history.append(metrics)
+    return state, jax.tree.map(lambda *steps: jnp.concatenate(steps, axis=1), *history)
 
 
 # --------------------------------------------------------------------------------------------
@@ -415,8 +494,9 @@ def train(
 ) -> Runs:
     """Train every (seed, swept value) run of ``config`` on ``data`` in one vmapped program.
 
-    Runs in chunks of ``config.chunk_size`` steps: one compiled ``lax.scan`` per chunk, a Python
-    loop over chunks for the progress bar and the checkpoint. With ``checkpoint_path`` the stacked
+    Runs in chunks of ``config.chunk_size`` steps: one compiled ``lax.scan`` per chunk (or, where
+    :func:`resolve_chunk_runner` says so, a loop of one compiled, donated step), a Python loop over
+    chunks for the progress bar and the checkpoint. With ``checkpoint_path`` the stacked
     state and history are written atomically after every chunk, and an existing checkpoint of the
     same config, data and runs is resumed (same result as an uninterrupted run; a checkpoint of
     anything else is a CheckpointError). ``stop_after_chunks`` ends early (tests of resumption).
@@ -449,6 +529,7 @@ def train(
     # init leaves key-independent leaves (zero biases, Adam moments) replicated; lay every leaf
     # on the run axis so each chunk is compiled for, and returns, one layout.
     state = _on_runs(init(keys, hparams), run_sharding)
+    loop = resolve_chunk_runner(config, tuple(trainer.images_u8.shape[1:])) == "loop"
 
     history: dict[str, list[np.ndarray]] = {}
     header = _header(config, data, runs)
@@ -476,14 +557,15 @@ def train(
     compile_s, t0, n_chunks = 0.0, time.perf_counter(), 0
     try:
         for length in chunks:
-            # Compile ahead of time (once per chunk length and layout) so compile time is
-            # reported apart from run time.
-            exe_key = (length, n_padded, n_dev, images.shape)
+            # Compile ahead of time (once per chunk length and layout; the loop runner's one-step
+            # program once) so compile time is reported apart from run time.
+            steps_per_call = 1 if loop else length
+            exe_key = (steps_per_call, n_padded, n_dev, images.shape)
             if exe_key not in executables:
                 t_compile = time.perf_counter()
-                executables[exe_key] = run_chunk.lower(state, images, length).compile()
+                executables[exe_key] = run_chunk.lower(state, images, steps_per_call).compile()
                 compile_s += time.perf_counter() - t_compile
-            state, metrics = executables[exe_key](state, images)
+            state, metrics = _run_chunk(executables[exe_key], state, images, length // steps_per_call)
             # to_host all-gathers across processes (a collective: every process calls it at the
             # same points), so each process holds every run's history and the state it saves.
             for name, value in distributed.to_host(metrics).items():
