@@ -203,13 +203,18 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (a custom Method is stored as its fields)."""
+        """JSON-ready dict (a custom Method is stored as its fields; ``chunk_runner`` only when not ``auto``)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if isinstance(self.arch, Arch):
             out["arch"] = self.arch.to_dict()
         if isinstance(self.method, methods.Method):
             out["method"] = dataclasses.asdict(self.method)
         out["fsq_levels"] = list(self.fsq_levels)
+        if self.chunk_runner == "auto":
+            # How chunks execute is not what a run computes (the runners agree, bitwise on the
+            # CPU); left at its default it is not written, so checkpoints, finished comparison
+            # rows and results written before the field existed still match their configs.
+            del out["chunk_runner"]
         return out
 
     @classmethod
