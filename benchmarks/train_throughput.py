@@ -52,7 +52,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common
 
 import jaxrae
-from jaxrae.train import _vmapped_programs, default_hparams, make_train, resolve_chunk_runner, train
+from jaxrae.train import (
+    _one_step_program,
+    _vmapped_programs,
+    default_hparams,
+    make_train,
+    resolve_chunk_runner,
+    train,
+)
 
 
 def step_cost_flops(config, data, n_seeds: int) -> float:
@@ -137,8 +144,8 @@ def runner_step_seconds(config, data, n_seeds: int, rounds: int) -> dict:
     """Median seconds per step of the scanned chunk, the loop of donated steps and train() (auto).
 
     The scan and the loop run train()'s own compiled programs (``_vmapped_programs``: the chunk
-    scan, and the same scan of one step, whose loop XLA drops); each is compiled and called once
-    before timing, so the rounds time execution only."""
+    scan; ``_one_step_program``: the unrolled step, no while loop); each is compiled and called
+    once before timing, so the rounds time execution only."""
     image_shape = tuple(data.train_images_u8.shape[1:])
     init, run_chunk, _ = _vmapped_programs(config, image_shape, False)
     images = jax.numpy.asarray(data.train_images_u8)
@@ -146,7 +153,7 @@ def runner_step_seconds(config, data, n_seeds: int, rounds: int) -> dict:
     hp = jax.tree_util.tree_map(lambda v: np.full((n_seeds,), v, np.float32), default_hparams(config))
     n = config.steps
     scan = run_chunk.lower(init(keys, hp), images, n).compile()
-    step = run_chunk.lower(init(keys, hp), images, 1).compile()
+    step = _one_step_program(config, image_shape, False).lower(init(keys, hp), images).compile()
 
     def time_scan():
         state = init(keys, hp)

@@ -211,9 +211,9 @@ class TrainConfig:
             out["method"] = dataclasses.asdict(self.method)
         out["fsq_levels"] = list(self.fsq_levels)
         if self.chunk_runner == "auto":
-            # How chunks execute is not what a run computes (the runners agree, bitwise on the
-            # CPU); left at its default it is not written, so checkpoints, finished comparison
-            # rows and results written before the field existed still match their configs.
+            # How chunks execute is not what a run computes (the runners agree to float
+            # rounding); left at its default it is not written, so checkpoints, finished
+            # comparison rows and results written before the field existed still match.
             del out["chunk_runner"]
         return out
 

@@ -185,7 +185,7 @@ def _training_functions(config: TrainConfig, image_shape: tuple, dynamic: bool =
         )
         return new_state, dict(metrics, lr=learning_rate)
 
-    def run(state: TrainState, images: chex.Array, n_steps: int):
+    def run(state: TrainState, images: chex.Array, n_steps: int, unrolled: bool = False):
         def body(state, _):
             batch_key, step_key = jax.random.split(jax.random.fold_in(state.key, state.step))
             idx = jax.random.randint(batch_key, (config.batch_size,), 0, images.shape[0])
@@ -194,6 +194,12 @@ def _training_functions(config: TrainConfig, image_shape: tuple, dynamic: bool =
                 batch = binarize_batch(jax.random.fold_in(step_key, DYNAMIC_BINARIZE_STREAM), batch)
             return step(state, step_key, batch)
 
+        if unrolled:  # straight-line steps: no while loop, which lax.scan keeps even for one trip
+            history = []
+            for _ in range(n_steps):
+                state, metrics = body(state, None)
+                history.append(metrics)
+            return state, jax.tree.map(lambda *steps: jnp.stack(steps), *history)
         return jax.lax.scan(body, state, None, length=n_steps)
 
     return model, codec, init, step, run
@@ -204,14 +210,24 @@ def _vmapped_programs(config: TrainConfig, image_shape: tuple, dynamic: bool = F
     """jit(vmap(init)) and jit(vmap(run)) over the run axis, shared by every train() call.
 
     The third element caches train()'s compiled chunk programs: under the scan runner one per
-    chunk length (``run(state, images, length)``), under the loop runner the one-step program
-    ``run(state, images, 1)`` (XLA drops its loop of one trip) that :func:`_run_chunk` calls once
-    per step."""
+    chunk length, under the loop runner the one-step program of :func:`_one_step_program`."""
     _, _, init, _, run = _training_functions(config, image_shape, dynamic)
     # Donating the state lets XLA update the stacked parameters and Adam moments in place
     # instead of holding an input and an output copy of every run's state.
     run_jit = jax.jit(jax.vmap(run, in_axes=(0, None, None)), static_argnums=2, donate_argnums=0)
     return jax.jit(jax.vmap(init)), run_jit, {}
+
+
+@functools.lru_cache(maxsize=64)
+def _one_step_program(config: TrainConfig, image_shape: tuple, dynamic: bool = False):
+    """jit(vmap(one step)), state donated: the loop runner's program, ``(state, images) -> (state, metrics)``.
+
+    It is the chunk's step unrolled (``run(..., 1, unrolled=True)``): the program holds no while
+    loop (``lax.scan`` of one trip keeps one, and with it XLA:CPU's slowness), and its metrics
+    have the scan's (n_runs, 1) shape."""
+    _, _, _, _, run = _training_functions(config, image_shape, dynamic)
+    one_step = functools.partial(run, n_steps=1, unrolled=True)
+    return jax.jit(jax.vmap(one_step, in_axes=(0, None)), donate_argnums=0)
 
 
 #: The primitives that make XLA:CPU slow inside a loop: a step with one of them runs as a loop of
@@ -236,12 +252,19 @@ def resolve_chunk_runner(config: TrainConfig, image_shape: tuple, backend: str |
     15, one seed, Fashion-MNIST 28x28, batch 100, ``conv-small``): 669 ms per step inside the
     scan, 81 ms per step for the same donated step in a Python loop, 8.2x: XLA:CPU runs
     convolutions (and their transposes in the gradient) inside a while loop far slower than at top
-    level (jax-ml/jax#12868). The MLP has no convolution and keeps the scan, so its numbers are
-    bitwise those of the scan. ``benchmarks/train_throughput.py`` measures all three forms.
+    level (jax-ml/jax#12868). What we found: the compiled step inside and outside the loop holds
+    the same convolutions, NHWC layouts and fusions, so the cost is in executing them inside a
+    while loop: a ``lax.scan`` of one trip keeps its loop and, called once per step, was as slow
+    as the full scan, while the same step as straight-line code (and a fully unrolled scan) ran
+    about 5x faster (conv-small, batch 100, 28x28, on a loaded 2-core CPU): hence the loop's step
+    has no loop in it (:func:`_one_step_program`). The MLP has no convolution and keeps the
+    scan, so its numbers are bitwise those of the scan. ``benchmarks/train_throughput.py``
+    measures all three forms.
 
     Both runners take the same steps with the same keys (step t draws from
-    ``fold_in(run_key, t)``); the results agree up to the float rounding of differently fused
-    programs (bitwise where XLA compiles the step alike, as ``tests/test_chunk_runner.py`` shows).
+    ``fold_in(run_key, t)``); XLA fuses the straight-line step and the loop body differently, so
+    the results agree to float32 rounding (``tests/test_chunk_runner.py`` bounds it from the
+    arithmetic), not bitwise; each runner alone is deterministic, and resumes bitwise.
     """
     if config.chunk_runner != "auto":
         return config.chunk_runner
@@ -530,6 +553,9 @@ def train(
     # on the run axis so each chunk is compiled for, and returns, one layout.
     state = _on_runs(init(keys, hparams), run_sharding)
     loop = resolve_chunk_runner(config, tuple(trainer.images_u8.shape[1:])) == "loop"
+    one_step = (
+        _one_step_program(config, tuple(trainer.images_u8.shape[1:]), dynamic_binarization(data)) if loop else None
+    )
 
     history: dict[str, list[np.ndarray]] = {}
     header = _header(config, data, runs)
@@ -559,13 +585,13 @@ def train(
         for length in chunks:
             # Compile ahead of time (once per chunk length and layout; the loop runner's one-step
             # program once) so compile time is reported apart from run time.
-            steps_per_call = 1 if loop else length
-            exe_key = (steps_per_call, n_padded, n_dev, images.shape)
+            exe_key = ("one step" if loop else length, n_padded, n_dev, images.shape)
             if exe_key not in executables:
                 t_compile = time.perf_counter()
-                executables[exe_key] = run_chunk.lower(state, images, steps_per_call).compile()
+                lowered = one_step.lower(state, images) if loop else run_chunk.lower(state, images, length)
+                executables[exe_key] = lowered.compile()
                 compile_s += time.perf_counter() - t_compile
-            state, metrics = _run_chunk(executables[exe_key], state, images, length // steps_per_call)
+            state, metrics = _run_chunk(executables[exe_key], state, images, length if loop else 1)
             # to_host all-gathers across processes (a collective: every process calls it at the
             # same points), so each process holds every run's history and the state it saves.
             for name, value in distributed.to_host(metrics).items():
