@@ -17,16 +17,32 @@ counted both analytically (matmuls only, :func:`_common.mlp_train_flops_per_imag
 cost analysis of the compiled vmapped step (all ops); the fraction uses the analytic count, the
 conservative one (it credits only the dense math a matmul-bound program must do).
 
+Then the chunk runners (``TrainConfig.chunk_runner``, :func:`jaxrae.train.resolve_chunk_runner`):
+for ``mlp``, ``conv-small`` and ``conv-paper`` (``--runner-seeds`` seeds, batch 100, on
+``--runner-data``), the time per step of
+
+- the scanned chunk: train()'s compiled ``lax.scan`` of ``--runner-steps`` steps, called once,
+- the loop: train()'s compiled one-step program (state donated) called once per step from Python,
+- ``train()`` itself with ``chunk_runner="auto"`` (one chunk of ``--runner-steps`` steps; its
+  ``wall_time_s``, compilation excluded), and which runner auto chose,
+
+with the ratios scan / loop and train() / loop. Each round measures the three back to back; the
+table holds medians over rounds.
+
 Targets on a 2-core CPU: vmapped never slower than sequential (ratio >= 1.0); MLP preset at
->= 60 % of the matmul rate.
+>= 60 % of the matmul rate; train() on the convolutional networks at most the loop's step time
+(train() / loop <= 1.0 within run-to-run spread), and on the MLP at most the scan's.
 
     python benchmarks/train_throughput.py [--seeds 8] [--steps 200] [--rounds 3] [--out FILE]
+        [--runner-archs mlp,conv-small,conv-paper] [--runner-data fashion_mnist] [--runner-steps 20]
+        [--sections throughput,runners]
 """
 
 from __future__ import annotations
 
 import argparse
 import sys
+import time
 from pathlib import Path
 
 import jax
@@ -36,7 +52,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common
 
 import jaxrae
-from jaxrae.train import default_hparams, make_train, train
+from jaxrae.train import (
+    _one_step_program,
+    _vmapped_programs,
+    default_hparams,
+    make_train,
+    resolve_chunk_runner,
+    train,
+)
 
 
 def step_cost_flops(config, data, n_seeds: int) -> float:
@@ -67,20 +90,8 @@ def measure(config, data, n_seeds: int, rounds: int, matmul_n: int | None):
     return out
 
 
-def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    parser.add_argument("--seeds", type=int, default=8)
-    parser.add_argument("--steps", type=int, default=200)
-    parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--method", default="rae")
-    parser.add_argument("--data", default="digits,fashion_mnist")
-    parser.add_argument("--matmul-n", type=int, default=2048)
-    parser.add_argument("--out", help="also write the table to this file")
-    args = parser.parse_args(argv)
-
-    lines = [_common.machine_header(["benchmarks/train_throughput.py", *(argv if argv is not None else sys.argv[1:])])]
-    print(lines[0], flush=True)
-    emit = lambda s="": (print(s, flush=True), lines.append(s))
+def throughput_tables(args, emit) -> None:
+    """The MLP tables: 1 seed, S seeds vmapped and S sequential per data set; the preset's FLOP/s."""
     S = args.seeds
     emit(
         f"# {args.method}, arch=mlp, batch 100, {args.steps} steps per run (one chunk), {args.rounds} rounds, medians\n"
@@ -127,6 +138,105 @@ def main(argv=None) -> int:
         emit(
             f"- **MLP preset / matmul = {_common.median(fractions):.0%}** (per round: {', '.join(f'{f:.0%}' for f in fractions)}; target >= 60%)"
         )
+
+
+def runner_step_seconds(config, data, n_seeds: int, rounds: int) -> dict:
+    """Median seconds per step of the scanned chunk, the loop of donated steps and train() (auto).
+
+    The scan and the loop run train()'s own compiled programs (``_vmapped_programs``: the chunk
+    scan; ``_one_step_program``: the unrolled step, no while loop); each is compiled and called
+    once before timing, so the rounds time execution only."""
+    image_shape = tuple(data.train_images_u8.shape[1:])
+    init, run_chunk, _ = _vmapped_programs(config, image_shape, False)
+    images = jax.numpy.asarray(data.train_images_u8)
+    keys = jax.random.split(jax.random.PRNGKey(0), n_seeds)
+    hp = jax.tree_util.tree_map(lambda v: np.full((n_seeds,), v, np.float32), default_hparams(config))
+    n = config.steps
+    scan = run_chunk.lower(init(keys, hp), images, n).compile()
+    step = _one_step_program(config, image_shape, False).lower(init(keys, hp), images).compile()
+
+    def time_scan():
+        state = init(keys, hp)
+        jax.block_until_ready(state)
+        t = time.perf_counter()
+        jax.block_until_ready(scan(state, images))
+        return (time.perf_counter() - t) / n
+
+    def time_loop():
+        state = init(keys, hp)
+        jax.block_until_ready(state)
+        t = time.perf_counter()
+        for _ in range(n):
+            state, metrics = step(state, images)  # the state is donated: updated in place
+        jax.block_until_ready((state, metrics))
+        return (time.perf_counter() - t) / n
+
+    seeds = list(range(n_seeds))
+    time_train = lambda: train(config, data, seeds, progress=False).wall_time_s / n
+    for measure_once in (time_scan, time_loop, time_train):  # warm-up: compile, touch buffers
+        measure_once()
+    per_round = [(time_scan(), time_loop(), time_train()) for _ in range(rounds)]
+    return dict(
+        scan=_common.median([r[0] for r in per_round]),
+        loop=_common.median([r[1] for r in per_round]),
+        train=_common.median([r[2] for r in per_round]),
+        scan_over_loop=_common.median([r[0] / r[1] for r in per_round]),
+        train_over_loop=_common.median([r[2] / r[1] for r in per_round]),
+        auto=resolve_chunk_runner(config, image_shape),
+    )
+
+
+def runner_table(args, emit) -> None:
+    """The chunk runners' table: ms per step of scan, loop and train() per architecture."""
+    data = jaxrae.load_data(args.runner_data)
+    S = args.runner_seeds
+    shape = "x".join(map(str, data.train_images_u8.shape[1:3]))
+    emit(
+        f"\n## Chunk runners: {args.method}, {S} seed(s), batch {args.runner_batch}, {data.name} {shape}, "
+        f"{args.runner_steps} steps per chunk, {args.rounds} rounds, medians (backend {jax.default_backend()})\n"
+    )
+    emit("| arch | scan ms/step | loop ms/step | train() ms/step | auto chose | scan / loop | train() / loop |")
+    emit("|---|---:|---:|---:|---|---:|---:|")
+    for arch in args.runner_archs.split(","):
+        config = jaxrae.TrainConfig(
+            method=args.method,
+            arch=arch,
+            batch_size=args.runner_batch,
+            steps=args.runner_steps,
+            chunk_size=args.runner_steps,
+        )
+        r = runner_step_seconds(config, data, S, args.rounds)
+        emit(
+            f"| {arch} | {1e3 * r['scan']:,.2f} | {1e3 * r['loop']:,.2f} | {1e3 * r['train']:,.2f} | {r['auto']} "
+            f"| **{r['scan_over_loop']:.2f}** | **{r['train_over_loop']:.2f}** |"
+        )
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seeds", type=int, default=8)
+    parser.add_argument("--steps", type=int, default=200)
+    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--method", default="rae")
+    parser.add_argument("--data", default="digits,fashion_mnist")
+    parser.add_argument("--matmul-n", type=int, default=2048)
+    parser.add_argument("--out", help="also write the table to this file")
+    parser.add_argument("--sections", default="throughput,runners", help="which tables: throughput, runners")
+    parser.add_argument("--runner-archs", default="mlp,conv-small,conv-paper")
+    parser.add_argument("--runner-data", default="fashion_mnist")
+    parser.add_argument("--runner-steps", type=int, default=20)
+    parser.add_argument("--runner-seeds", type=int, default=1)
+    parser.add_argument("--runner-batch", type=int, default=100)
+    args = parser.parse_args(argv)
+    sections = set(args.sections.split(","))
+
+    lines = [_common.machine_header(["benchmarks/train_throughput.py", *(argv if argv is not None else sys.argv[1:])])]
+    print(lines[0], flush=True)
+    emit = lambda s="": (print(s, flush=True), lines.append(s))
+    if "throughput" in sections:
+        throughput_tables(args, emit)
+    if "runners" in sections:
+        runner_table(args, emit)
     _common.write_table(args.out, lines)
     return 0
 

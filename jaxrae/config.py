@@ -26,6 +26,10 @@ LIMIT_REASONS = {
     "steps": "the loss history keeps a float per step and run",
     "gumbel_rao_samples": "it sizes a sample axis of every step",
 }
+#: How :func:`jaxrae.train.train` runs a chunk of steps: ``scan`` (one compiled ``lax.scan``),
+#: ``loop`` (a Python loop of one compiled, state-donating step) or ``auto`` (the rule of
+#: :func:`jaxrae.train.resolve_chunk_runner`: the loop for convolutional networks on the CPU).
+CHUNK_RUNNERS = ("auto", "scan", "loop")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +57,10 @@ class TrainConfig:
     ``decoder_norm`` (a key of :data:`jaxrae.grid.DECODER_NORMS`): ``batch`` puts batch norm after
     every hidden decoder layer, ``none`` leaves it out; None keeps the architecture's own (conv-paper
     has it, mlp and conv-small do not).
+    ``chunk_runner`` says how ``train()`` executes a chunk of ``chunk_size`` steps (an entry of
+    :data:`CHUNK_RUNNERS`; ``auto`` decides by backend and network, see
+    :func:`jaxrae.train.resolve_chunk_runner`); both runners take the same steps with the same
+    keys, so it changes speed, and the numbers only by float rounding where XLA fuses differently.
     """
 
     method: str = "rae"
@@ -85,6 +93,7 @@ class TrainConfig:
     warmup_steps: int = 0
     final_lr_fraction: float | None = None
     likelihood: str = "gaussian"
+    chunk_runner: str = "auto"
 
     def __post_init__(self):
         method = self.method if isinstance(self.method, methods.Method) else methods.get(self.method)
@@ -108,6 +117,8 @@ class TrainConfig:
             )
         if self.likelihood not in grid.LIKELIHOODS:
             raise invalid("likelihood", self.likelihood, f"choose one of {', '.join(grid.LIKELIHOODS)}")
+        if not isinstance(self.chunk_runner, str) or self.chunk_runner not in CHUNK_RUNNERS:
+            raise invalid("chunk_runner", self.chunk_runner, f"choose one of {', '.join(CHUNK_RUNNERS)}")
         if self.optimizer not in OPTIMIZERS:
             raise invalid("optimizer", self.optimizer, f"choose one of {', '.join(OPTIMIZERS)}")
         if self.max_grad_norm is not None and (
@@ -238,13 +249,18 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (a custom Method is stored as its fields)."""
+        """JSON-ready dict (a custom Method is stored as its fields; ``chunk_runner`` only when not ``auto``)."""
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if isinstance(self.arch, Arch):
             out["arch"] = self.arch.to_dict()
         if isinstance(self.method, methods.Method):
             out["method"] = dataclasses.asdict(self.method)
         out["fsq_levels"] = list(self.fsq_levels)
+        if self.chunk_runner == "auto":
+            # How chunks execute is not what a run computes (the runners agree to float
+            # rounding); left at its default it is not written, so checkpoints, finished
+            # comparison rows and results written before the field existed still match.
+            del out["chunk_runner"]
         return out
 
     @classmethod

@@ -3,9 +3,11 @@
 The pattern is PureJaxRL's (Lu et al. 2022): everything about a run lives in one pytree
 (:class:`TrainState`: step, parameters, batch statistics, optimizer state, the run's key, its
 per-run hyperparameters and a divergence flag), a step is a pure function
-``(state, key, batch) -> (state, metrics)``, and the loop is ``jax.lax.scan``. Many seeds (and
-swept hyperparameters) are ``jax.vmap`` over the leading axis of the state; over several devices
-that axis is laid on a 1-D mesh named ``"runs"`` with :class:`jax.sharding.NamedSharding`.
+``(state, key, batch) -> (state, metrics)``, and the loop is ``jax.lax.scan`` (or, where XLA runs
+a step slower inside a loop than alone, a Python loop of the compiled step:
+:func:`resolve_chunk_runner`). Many seeds (and swept hyperparameters) are ``jax.vmap`` over the
+leading axis of the state; over several devices that axis is laid on a 1-D mesh named ``"runs"``
+with :class:`jax.sharding.NamedSharding`.
 
 Randomness: the key of step t is ``fold_in(run_key, t)``, so a run's result does not depend on
 how the steps are chunked, on resuming from a checkpoint, or on which other runs share the
@@ -184,7 +186,7 @@ def _training_functions(config: TrainConfig, image_shape: tuple, dynamic: bool =
         )
         return new_state, dict(metrics, lr=learning_rate)
 
-    def run(state: TrainState, images: chex.Array, n_steps: int):
+    def run(state: TrainState, images: chex.Array, n_steps: int, unrolled: bool = False):
         def body(state, _):
             batch_key, step_key = jax.random.split(jax.random.fold_in(state.key, state.step))
             idx = jax.random.randint(batch_key, (config.batch_size,), 0, images.shape[0])
@@ -193,6 +195,12 @@ def _training_functions(config: TrainConfig, image_shape: tuple, dynamic: bool =
                 batch = binarize_batch(jax.random.fold_in(step_key, DYNAMIC_BINARIZE_STREAM), batch)
             return step(state, step_key, batch)
 
+        if unrolled:  # straight-line steps: no while loop, which lax.scan keeps even for one trip
+            history = []
+            for _ in range(n_steps):
+                state, metrics = body(state, None)
+                history.append(metrics)
+            return state, jax.tree.map(lambda *steps: jnp.stack(steps), *history)
         return jax.lax.scan(body, state, None, length=n_steps)
 
     return model, codec, init, step, run
@@ -200,12 +208,106 @@ def _training_functions(config: TrainConfig, image_shape: tuple, dynamic: bool =
 
 @functools.lru_cache(maxsize=64)
 def _vmapped_programs(config: TrainConfig, image_shape: tuple, dynamic: bool = False):
-    """jit(vmap(init)) and jit(vmap(run)) over the run axis, shared by every train() call."""
+    """jit(vmap(init)) and jit(vmap(run)) over the run axis, shared by every train() call.
+
+    The third element caches train()'s compiled chunk programs: under the scan runner one per
+    chunk length, under the loop runner the one-step program of :func:`_one_step_program`."""
     _, _, init, _, run = _training_functions(config, image_shape, dynamic)
     # Donating the state lets XLA update the stacked parameters and Adam moments in place
     # instead of holding an input and an output copy of every run's state.
     run_jit = jax.jit(jax.vmap(run, in_axes=(0, None, None)), static_argnums=2, donate_argnums=0)
     return jax.jit(jax.vmap(init)), run_jit, {}
+
+
+@functools.lru_cache(maxsize=64)
+def _one_step_program(config: TrainConfig, image_shape: tuple, dynamic: bool = False):
+    """jit(vmap(one step)), state donated: the loop runner's program, ``(state, images) -> (state, metrics)``.
+
+    It is the chunk's step unrolled (``run(..., 1, unrolled=True)``): the program holds no while
+    loop (``lax.scan`` of one trip keeps one, and with it XLA:CPU's slowness), and its metrics
+    have the scan's (n_runs, 1) shape."""
+    _, _, _, _, run = _training_functions(config, image_shape, dynamic)
+    one_step = functools.partial(run, n_steps=1, unrolled=True)
+    return jax.jit(jax.vmap(one_step, in_axes=(0, None)), donate_argnums=0)
+
+
+#: The primitives that make XLA:CPU slow inside a loop: a step with one of them runs as a loop of
+#: compiled steps under ``chunk_runner="auto"`` on the CPU (see :func:`resolve_chunk_runner`).
+_LOOP_SLOW_ON_CPU = frozenset({"conv_general_dilated"})
+
+
+def resolve_chunk_runner(config: TrainConfig, image_shape: tuple, backend: str | None = None) -> str:
+    """``"scan"`` or ``"loop"``: how :func:`train` executes a chunk of ``config.chunk_size`` steps.
+
+    ``scan`` compiles the chunk as one ``jax.lax.scan`` over the step: one program per chunk, the
+    fastest form wherever XLA runs a step inside a loop as fast as alone (the MLP on every
+    backend; everything on GPU and TPU, where one launch per chunk also saves the per-step
+    dispatch). ``loop`` calls the compiled one-step program (state donated, so parameters and Adam
+    moments are updated in place) once per step from Python and stacks the per-step metrics; the
+    steps are dispatched asynchronously, so the host waits once per chunk, as for the scan.
+
+    An explicit ``config.chunk_runner`` is obeyed. ``"auto"`` picks ``loop`` on the CPU backend
+    (``backend``, default :func:`jax.default_backend`) when the model's forward pass contains a
+    convolution (the built-in ``conv-small`` and ``conv-paper``, or an :class:`~jaxrae.nets.Arch`
+    of your own modules with one), and ``scan`` otherwise. The measurement behind the rule (issue
+    15, one seed, Fashion-MNIST 28x28, batch 100, ``conv-small``): 669 ms per step inside the
+    scan, 81 ms per step for the same donated step in a Python loop, 8.2x: XLA:CPU runs
+    convolutions (and their transposes in the gradient) inside a while loop far slower than at top
+    level (jax-ml/jax#12868). What we found: the compiled step inside and outside the loop holds
+    the same convolutions, NHWC layouts and fusions, so the cost is in executing them inside a
+    while loop: a ``lax.scan`` of one trip keeps its loop and, called once per step, was as slow
+    as the full scan, while the same step as straight-line code (and a fully unrolled scan) ran
+    about 5x faster (conv-small, batch 100, 28x28, on a loaded 2-core CPU): hence the loop's step
+    has no loop in it (:func:`_one_step_program`). The MLP has no convolution and keeps the
+    scan, so its numbers are bitwise those of the scan. ``benchmarks/train_throughput.py``
+    measures all three forms.
+
+    Both runners take the same steps with the same keys (step t draws from
+    ``fold_in(run_key, t)``); XLA fuses the straight-line step and the loop body differently, so
+    the results agree to float32 rounding (``tests/test_chunk_runner.py`` bounds it from the
+    arithmetic), not bitwise; each runner alone is deterministic, and resumes bitwise.
+    """
+    if config.chunk_runner != "auto":
+        return config.chunk_runner
+    if (backend or jax.default_backend()) != "cpu":
+        return "scan"
+    return "loop" if _model_primitives(config, tuple(image_shape)) & _LOOP_SLOW_ON_CPU else "scan"
+
+
+@functools.lru_cache(maxsize=64)
+def _model_primitives(config: TrainConfig, image_shape: tuple) -> frozenset:
+    """The names of the primitives in the model's forward pass (traced once, never run)."""
+    model = build_model(config, image_shape)
+    x = jnp.zeros((1, *image_shape), jnp.float32)
+    z = jnp.zeros((1, code_spec(config).decoder_in), jnp.float32)
+    jaxpr = jax.make_jaxpr(lambda key: model.init(key, x, z, False))(jax.random.key(0))
+    return frozenset(_primitive_names(jaxpr.jaxpr))
+
+
+def _primitive_names(jaxpr):
+    """Every primitive name in ``jaxpr`` and the jaxprs nested in its equations' parameters."""
+    for eqn in jaxpr.eqns:
+        yield eqn.primitive.name
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                inner = getattr(sub, "jaxpr", sub)  # a ClosedJaxpr holds its Jaxpr in .jaxpr
+                if hasattr(inner, "eqns"):
+                    yield from _primitive_names(inner)
+
+
+def _run_chunk(program, state, images, repeats: int):
+    """``repeats`` calls of a compiled chunk ``program`` (state donated), metrics stacked over steps.
+
+    One call is the whole chunk (the scan runner, returned as it comes); the loop runner calls the
+    one-step program once per step and joins the (n_runs, 1) metrics into (n_runs, steps), so the
+    history, checkpoints, loggers and the divergence freeze see the same arrays under both."""
+    if repeats == 1:
+        return program(state, images)
+    history = []
+    for _ in range(repeats):
+        state, metrics = program(state, images)
+        history.append(metrics)
+    return state, jax.tree.map(lambda *steps: jnp.concatenate(steps, axis=1), *history)
 
 
 # --------------------------------------------------------------------------------------------
@@ -417,8 +519,9 @@ def train(
 ) -> Runs:
     """Train every (seed, swept value) run of ``config`` on ``data`` in one vmapped program.
 
-    Runs in chunks of ``config.chunk_size`` steps: one compiled ``lax.scan`` per chunk, a Python
-    loop over chunks for the progress bar and the checkpoint. With ``checkpoint_path`` the stacked
+    Runs in chunks of ``config.chunk_size`` steps: one compiled ``lax.scan`` per chunk (or, where
+    :func:`resolve_chunk_runner` says so, a loop of one compiled, donated step), a Python loop over
+    chunks for the progress bar and the checkpoint. With ``checkpoint_path`` the stacked
     state and history are written atomically after every chunk, and an existing checkpoint of the
     same config, data and runs is resumed (same result as an uninterrupted run; a checkpoint of
     anything else is a CheckpointError). ``stop_after_chunks`` ends early (tests of resumption).
@@ -459,6 +562,10 @@ def train(
     # init leaves key-independent leaves (zero biases, Adam moments) replicated; lay every leaf
     # on the run axis so each chunk is compiled for, and returns, one layout.
     state = _on_runs(init(keys, hparams), run_sharding)
+    loop = resolve_chunk_runner(config, tuple(trainer.images_u8.shape[1:])) == "loop"
+    one_step = (
+        _one_step_program(config, tuple(trainer.images_u8.shape[1:]), dynamic_binarization(data)) if loop else None
+    )
 
     history: dict[str, list[np.ndarray]] = {}
     header = _header(config, data, runs)
@@ -486,14 +593,15 @@ def train(
     compile_s, t0, n_chunks = 0.0, time.perf_counter(), 0
     try:
         for length in chunks:
-            # Compile ahead of time (once per chunk length and layout) so compile time is
-            # reported apart from run time.
-            exe_key = (length, n_padded, n_dev, images.shape)
+            # Compile ahead of time (once per chunk length and layout; the loop runner's one-step
+            # program once) so compile time is reported apart from run time.
+            exe_key = ("one step" if loop else length, n_padded, n_dev, images.shape)
             if exe_key not in executables:
                 t_compile = time.perf_counter()
-                executables[exe_key] = run_chunk.lower(state, images, length).compile()
+                lowered = one_step.lower(state, images) if loop else run_chunk.lower(state, images, length)
+                executables[exe_key] = lowered.compile()
                 compile_s += time.perf_counter() - t_compile
-            state, metrics = executables[exe_key](state, images)
+            state, metrics = _run_chunk(executables[exe_key], state, images, length if loop else 1)
             # to_host all-gathers across processes (a collective: every process calls it at the
             # same points), so each process holds every run's history and the state it saves.
             for name, value in distributed.to_host(metrics).items():
