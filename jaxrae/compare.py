@@ -38,7 +38,15 @@ from jaxrae import distributed, report
 from jaxrae.data import load_data
 from jaxrae.density import check_mixture_size
 from jaxrae.errors import CheckpointError, ConfigError, require
-from jaxrae.evaluate import ELBO_SAMPLES, EVAL_SEED, LIKELIHOOD_CHUNK, PR_NEIGHBOURS, evaluate, loss_curve
+from jaxrae.evaluate import (
+    ELBO_SAMPLES,
+    EVAL_SEED,
+    LIKELIHOOD_CHUNK,
+    PR_NEIGHBOURS,
+    evaluate,
+    loss_convergence,
+    loss_curve,
+)
 from jaxrae.experiment import Experiment
 from jaxrae.features import FD_METRIC_NAME, feature_network
 from jaxrae.io import (
@@ -254,6 +262,7 @@ def run_method(
         "times": {"train_s": runs.wall_time_s, "compile_s": runs.compile_time_s, "eval_s": eval_s},
         "notes": notes,
         "loss_curve": loss_curve(runs.losses),
+        "convergence": row_convergence(runs.losses, runs.ok, experiment.convergence, "per-step losses"),
     }
     record = nonfinite_to_null(record)  # the same values a later resume reads back
     if distributed.is_primary():
@@ -407,7 +416,8 @@ def _run_claimed(
                 )
                 t = record["times"]
                 say(
-                    f"{label}: {sum(record['ok'])}/{len(record['ok'])} ok, train {t['train_s']:.1f}s "
+                    f"{label}: {sum(record['ok'])}/{len(record['ok'])} ok, "
+                    f"{report.convergence_text(record['convergence'])}, train {t['train_s']:.1f}s "
                     f"+ compile {t['compile_s']:.1f}s + eval {t['eval_s']:.1f}s"
                 )
             records[label] = record
@@ -428,11 +438,30 @@ def _run_claimed(
     return results
 
 
+def row_convergence(losses, ok, settings: Mapping[str, float], source: str) -> dict:
+    """A row's ``convergence`` entry: :func:`jaxrae.evaluate.loss_convergence` of every seed's
+    training losses under the experiment's ``settings``, with those settings and where the losses
+    came from (``source``)."""
+    return {**loss_convergence(losses, ok, **settings), "settings": dict(settings), "source": source}
+
+
+def _recorded_convergence(record: Mapping, settings: Mapping[str, float]) -> dict:
+    """A finished row's convergence under ``settings``: its own entry when it was judged by them,
+    else judged now from its loss curve (a record of an older jaxrae, or another criterion);
+    that curve is block-averaged over at most MAX_LOSS_POINTS points, so the window is counted in points."""
+    saved = record.get("convergence")
+    if saved is not None and saved.get("settings") == dict(settings):
+        return saved
+    curve = np.array([[np.nan if v is None else v for v in row] for row in record["loss_curve"]["loss"]], np.float64)
+    return row_convergence(curve, record["ok"], settings, f"loss curve of {curve.shape[1]} block means")
+
+
 def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, dict], n_eval: int) -> dict:
     """The results.json structure from the per-row records (no loss curves: see methods/*.json).
 
     ``methods`` maps each row label to its record: per-seed numbers, ``preset``, ``overrides``
-    (the fields the row's own table set) and the full ``config`` it trained with.
+    (the fields the row's own table set), the full ``config`` it trained with and ``convergence``
+    (:func:`row_convergence` under the experiment's criterion).
     """
     methods = {}
     for label, r in records.items():
@@ -441,6 +470,7 @@ def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, d
         methods[label] = {
             **{k: v for k, v in r.items() if k not in ("header", "loss_curve")},
             **_row_description(experiment, label),
+            "convergence": _recorded_convergence(r, experiment.convergence),
         }
     return {
         "format": FORMAT,

@@ -22,7 +22,7 @@ from typing import Any
 from jaxrae import methods as presets
 from jaxrae.config import TrainConfig
 from jaxrae.errors import ConfigError, invalid, require
-from jaxrae.evaluate import LIKELIHOOD_K, METRIC_KEYS, PR_NEIGHBOURS, likelihood_kind
+from jaxrae.evaluate import CONVERGENCE, LIKELIHOOD_K, METRIC_KEYS, PR_NEIGHBOURS, likelihood_kind
 from jaxrae.train import MAX_SEEDS, check_seeds
 
 #: The README's main job: a representative set of continuous and discrete methods on ``digits``.
@@ -70,6 +70,14 @@ class Experiment:
     ``equivalence`` maps a metric key to the TOST margin for "no difference" verdicts on it,
     a positive number in the metric's units (``fd_ex_post = 1.0``) or a string percentage of the
     baseline row's mean (``rec_error = "5%"``). A metric without a margin gets no equivalence verdict.
+
+    ``convergence`` (TOML ``convergence = {window = 0.1, tol = 0.01}``, or a ``[convergence]``
+    table; keys left out keep :data:`jaxrae.evaluate.CONVERGENCE`) is the criterion by which every
+    seed of every row is judged converged from its per-step training loss
+    (:func:`jaxrae.evaluate.loss_convergence`: the mean loss of the last ``window / 2`` of the steps
+    against the ``window / 2`` before, a change of at most ``tol`` up to ``z`` standard errors of
+    minibatch noise). It judges, it does not change training: results.json records it, and every
+    row's record holds the verdict per seed.
     """
 
     data: str = DEFAULT_DATA
@@ -87,6 +95,8 @@ class Experiment:
     primary: tuple[str, ...] = ()
     equivalence: Mapping[str, float | str] = dataclasses.field(default_factory=dict)
     likelihood_k: int | None = LIKELIHOOD_K
+    # the convergence criterion (a block of its own: it judges training, it does not change it)
+    convergence: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(CONVERGENCE))
 
     def __post_init__(self):
         object.__setattr__(self, "overrides", _tables("overrides", self.overrides))
@@ -211,6 +221,7 @@ class Experiment:
                 f"must be an integer >= {minimum}",
             )
         self._check_contrasts()
+        self._check_convergence()
         require(
             self.likelihood_k is None
             or (
@@ -269,6 +280,34 @@ class Experiment:
                 'a positive number in the metric\'s units (1.0) or a positive percentage of the baseline mean ("5%")',
             )
 
+    def _check_convergence(self) -> None:
+        """``convergence`` holds only ``window`` in (0, 1], ``tol`` >= 0 and ``z`` >= 0; absent keys take the defaults."""
+        require(
+            isinstance(self.convergence, Mapping),
+            "convergence",
+            self.convergence,
+            "a table such as {window = 0.1, tol = 0.01}: the fraction of the steps read and the relative change allowed",
+        )
+        unknown = sorted(set(self.convergence) - set(CONVERGENCE))
+        require(not unknown, "convergence", unknown, f"unknown key; allowed: {', '.join(CONVERGENCE)}")
+        settings = {**CONVERGENCE, **self.convergence}
+        for key, value in settings.items():
+            require(
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                f"convergence.{key}",
+                value,
+                "must be a finite number",
+            )
+        require(
+            0 < settings["window"] <= 1,
+            "convergence.window",
+            settings["window"],
+            "the fraction of the steps whose two halves are compared, in (0, 1] (0.1: the last 10%)",
+        )
+        require(settings["tol"] >= 0, "convergence.tol", settings["tol"], "a relative change >= 0 (0.01: 1%)")
+        require(settings["z"] >= 0, "convergence.z", settings["z"], "standard errors of minibatch noise, >= 0")
+        object.__setattr__(self, "convergence", {k: float(v) for k, v in settings.items()})
+
     @property
     def rows(self) -> dict[str, dict[str, Any]]:
         """Row label -> ``{"method": preset, **fields it sets on top of config}``, methods first.
@@ -310,6 +349,7 @@ class Experiment:
             "primary": list(self.primary),
             "equivalence": dict(self.equivalence),
             "likelihood_k": self.likelihood_k,
+            "convergence": dict(self.convergence),
         }
 
     @classmethod
@@ -423,6 +463,7 @@ def load_experiment(path: str | Path) -> Experiment:
 
     Top-level keys: ``data, methods, seeds, baseline, n_eval, n_train, n_test, feature_steps,
     n_components, likelihood_k, primary``; tables ``[equivalence]`` (TOST margins per metric key),
+    ``[convergence]`` (the convergence criterion: ``window``, ``tol``, ``z``; see :class:`Experiment`),
     ``[config]`` (TrainConfig fields for every row),
     ``[overrides.<method>]`` (fields for one method of ``methods``) and ``[variants.<label>]``
     (a row of its own: ``method = "<preset>"`` plus TrainConfig fields; see :class:`Experiment`).
