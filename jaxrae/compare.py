@@ -35,6 +35,7 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxrae import distributed, report
+from jaxrae.config import TrainConfig
 from jaxrae.data import load_data
 from jaxrae.density import check_mixture_size
 from jaxrae.errors import CheckpointError, ConfigError, require
@@ -80,7 +81,7 @@ def _row_header(experiment: Experiment, label: str, data, fnet, n_eval: int) -> 
         "format": FORMAT,
         "data": experiment.data,
         "fingerprint": data.fingerprint,
-        "config": experiment.method_config(label).to_dict(),
+        "config": row_config(experiment, label, data).to_dict(),
         "seeds": list(experiment.seeds),
         "eval": {
             "n_eval": n_eval,
@@ -91,6 +92,24 @@ def _row_header(experiment: Experiment, label: str, data, fnet, n_eval: int) -> 
             "feature_version": fnet.version,
             "likelihood_k": experiment.likelihood_k,
         },
+    }
+
+
+def row_config(experiment: Experiment, label: str, data) -> TrainConfig:
+    """The TrainConfig a row trains with on ``data``: its weights resolved for the data's image size
+    (:meth:`jaxrae.config.TrainConfig.for_images`), as its record and header hold them."""
+    return experiment.method_config(label).for_images(data.image_shape)
+
+
+def row_weights(experiment: Experiment, label: str, data) -> dict:
+    """A row's regularizer weights as trained, the pixels per image they were resolved for, and per
+    weight the pixels it is stated for (None: taken as given), for results.json and the table."""
+    config = row_config(experiment, label, data)
+    return {
+        "pixels": int(np.prod(data.image_shape)),
+        "beta": config.beta,
+        "lam": config.lam,
+        "stated_pixels": experiment.method_config(label).weight_sizes(),
     }
 
 
@@ -212,7 +231,7 @@ def run_method(
     save the record ``out/methods/<label>.json``. Live logs (:mod:`jaxrae.runlog`): the training
     curves per chunk and every evaluation metric (``eval/<name>``, at the last step) per seed, as
     TensorBoard files in ``out/tensorboard/<label>/seed<s>/`` and, with ``wandb``, W&B runs."""
-    config = experiment.method_config(label)
+    config = row_config(experiment, label, data)
     n_eval = min(experiment.n_eval, data.n_test)
     header = _row_header(experiment, label, data, fnet, n_eval)
     record_path = out / "methods" / f"{label}.json"
@@ -253,6 +272,7 @@ def run_method(
         **_row_description(experiment, label),
         "discrete": bool(runs.codec.discrete),
         "config": config.to_dict(),
+        "weights": row_weights(experiment, label, data),
         "seeds": list(runs.seeds),
         "runs": runs.runs,
         "ok": runs.ok.tolist(),
@@ -470,6 +490,7 @@ def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, d
         methods[label] = {
             **{k: v for k, v in r.items() if k not in ("header", "loss_curve")},
             **_row_description(experiment, label),
+            "weights": row_weights(experiment, label, data),
             "convergence": _recorded_convergence(r, experiment.convergence),
         }
     return {
@@ -479,6 +500,7 @@ def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, d
         "fingerprint": data.fingerprint,
         "n_train": data.n_train,
         "n_test": data.n_test,
+        "image_shape": list(data.image_shape),
         "experiment": experiment.to_dict(),
         "baseline": experiment.baseline_label if len(records) > 1 else None,
         "feature_network": {

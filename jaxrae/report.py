@@ -550,9 +550,35 @@ def _caption(results: Mapping) -> list[str]:
         "cells: mean ± half-width of the 95% Student t interval across seeds; ok = n_ok/n_total "
         "(diverged runs are recorded but excluded from every mean).",
     ]
+    lines += weights_caption(results)
     lines += convergence_caption(results)
     lines += _likelihood_caption(results.get("eval", {}).get("likelihood"))
     return lines
+
+
+def weights_caption(results: Mapping) -> list[str]:
+    """Every row's regularizer weights as trained, beta (latent) / lambda (decoder), with ``^`` on a
+    non-zero weight scaled from the image size it is stated for (:meth:`jaxrae.config.TrainConfig.for_images`);
+    nothing for a results.json that does not record them."""
+    rows = {label: m["weights"] for label, m in results["methods"].items() if m.get("weights")}
+    if not rows:
+        return []
+    pixels = sorted({w["pixels"] for w in rows.values()})
+    shape = results.get("image_shape")
+    size = f"{pixels[0]} values per image" + (f" ({'x'.join(map(str, shape))})" if shape else "")
+    stated = sorted({p for w in rows.values() for f, p in (w.get("stated_pixels") or {}).items() if p and w[f]})
+    cells = []
+    for label, w in rows.items():
+        marks = {f: "^" if (w.get("stated_pixels") or {}).get(f) and w[f] else "" for f in ("beta", "lam")}
+        cells.append(f"{label} {fmt(w['beta'])}{marks['beta']}/{fmt(w['lam'])}{marks['lam']}")
+    factor = f"{pixels[0]}/{stated[0]}" if len(stated) == 1 else "P/P_stated"
+    scaled = (
+        f"; ^ = a weight stated for images of {' or '.join(map(str, stated))} pixels, scaled by {factor} "
+        "(w(P) = w_stated * P / P_stated, jaxrae.methods)"
+        if stated
+        else ""
+    )
+    return [f"weights beta/lambda as trained, on {size}{scaled}: {', '.join(cells)}."]
 
 
 def _likelihood_caption(settings: Mapping | None) -> list[str]:

@@ -202,3 +202,22 @@ def test_resume_judges_an_older_record_from_its_loss_curve(compared, tmp_path):
         conv = again["methods"][label]["convergence"]
         assert conv["settings"]["tol"] == 0.5 and conv["source"] == "loss curve of 20 block means"
         assert conv["change"] == pytest.approx(results["methods"][label]["convergence"]["change"])
+
+
+def test_compare_records_and_states_the_resolved_weights(compared):
+    """The weights each row trained with on 8x8 digits (64 pixels): drae's 0.01, stated for 784-pixel
+    images, is scaled by 64/784; results.json and the table's header say so per row."""
+    out, results, _ = compared
+    assert results["image_shape"] == [8, 8, 1]
+    drae = results["methods"]["drae"]
+    assert drae["config"]["beta"] == 0.01 * (64 / 784) and drae["weights"]["beta"] == drae["config"]["beta"]
+    assert drae["weights"]["stated_pixels"] == {"beta": 784, "lam": 784} and drae["weights"]["pixels"] == 64
+    assert results["methods"]["ae"]["weights"]["stated_pixels"] == {"beta": None, "lam": None}
+    record = json.loads((out / "methods" / "drae.json").read_text())
+    assert record["header"]["config"]["beta"] == drae["config"]["beta"]  # resume compares resolved weights
+    table = (out / "table.md").read_text()
+    assert (
+        "weights beta/lambda as trained, on 64 values per image (8x8x1); ^ = a weight stated for images of 784 pixels, scaled by 64/784"
+        in table
+    )
+    assert f"ae 0/0, drae {report.fmt(drae['config']['beta'])}^/0." in table

@@ -292,7 +292,7 @@ def test_config_chooses_the_optimizer(digits):
     assert len(clipped.state.opt_state) == 2  # the chain's state: (clipping, sgd)
     assert not np.allclose(adam.losses[0, 1:], sgd.losses[0, 1:])
     trainer = make_train(cfg, digits)
-    start = trainer.init(jax.random.key(0), default_hparams(cfg)).params
+    start = trainer.init(jax.random.key(0), default_hparams(trainer.config)).params
     moved = lambda runs: float(optax.tree.norm(jax.tree.map(lambda a, b: a[0] - b, runs.state.params, start)))
     assert 0 < moved(clipped) <= 6 * 1e-3 * (1 + 1e-5) < moved(sgd)
     # lr 1e30 times a gradient of norm 1e-3 still moves the parameters by 1e27: frozen, finite
@@ -334,7 +334,7 @@ def test_dynamic_binarization_draws_each_batch_from_the_step_key(dynamic_digits)
     images = jax.numpy.asarray(dynamic_digits.train_images_u8)
 
     def batches(run_key, t):
-        state = trainer.init(run_key, default_hparams(config))
+        state = trainer.init(run_key, default_hparams(trainer.config))
         batch_key, step_key = jax.random.split(jax.random.fold_in(state.key, t))
         grey = images[jax.random.randint(batch_key, (config.batch_size,), 0, images.shape[0])]
         return state, step_key, grey, binarize_batch(jax.random.fold_in(step_key, DYNAMIC_BINARIZE_STREAM), grey)
