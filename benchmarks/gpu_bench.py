@@ -268,7 +268,7 @@ def step_flops(config, data) -> float:
     from jaxrae.train import default_hparams, make_train
 
     trainer = make_train(config, data)
-    state = trainer.init(jax.random.key(0), default_hparams(config))
+    state = trainer.init(jax.random.key(0), default_hparams(trainer.config))
     batch = jnp.zeros((config.batch_size, *data.train_images_u8.shape[1:]), jnp.uint8)
     lowered = jax.jit(trainer.step).lower(state, jax.random.key(1), batch)
     for analyse in (lowered.cost_analysis, lambda: lowered.compile().cost_analysis()):

@@ -50,9 +50,9 @@ def program_memory(config, data, n_runs: int) -> dict:
     from jaxrae.train import _vmapped_programs  # the programs train() itself runs (state donated)
 
     trainer = make_train(config, data)
-    init, run_chunk, _ = _vmapped_programs(config, tuple(data.train_images_u8.shape[1:]))
+    init, run_chunk, _ = _vmapped_programs(trainer.config, tuple(data.train_images_u8.shape[1:]))
     keys = jax.random.split(jax.random.PRNGKey(0), n_runs)
-    hp = jax.tree_util.tree_map(lambda v: np.full((n_runs,), v, np.float32), default_hparams(config))
+    hp = jax.tree_util.tree_map(lambda v: np.full((n_runs,), v, np.float32), default_hparams(trainer.config))
     state = init(keys, hp)
     m = run_chunk.lower(state, jax.numpy.asarray(trainer.images_u8), config.chunk_size).compile().memory_analysis()
     if m is None:  # a backend without the analysis
@@ -71,7 +71,7 @@ def per_run_budget(config, data) -> dict:
     """Bytes one extra run may add: parameters + Adam (2x parameters) + one batch's activations,
     and the same plus the parameters' gradient (``total_with_grads``)."""
     trainer = make_train(config, data)
-    state = trainer.init(jax.random.PRNGKey(0), default_hparams(config))
+    state = trainer.init(jax.random.PRNGKey(0), default_hparams(trainer.config))
     params = _common.tree_bytes(state.params)
     adam = 2 * params
     n_in = int(np.prod(data.train_images_u8.shape[1:]))

@@ -66,7 +66,7 @@ def step_cost_flops(config, data, n_seeds: int) -> float:
     """XLA's FLOP count of one vmapped training step for ``n_seeds`` runs (all ops)."""
     trainer = make_train(config, data)
     keys = jax.random.split(jax.random.PRNGKey(0), n_seeds)
-    hp = jax.tree_util.tree_map(lambda v: np.full((n_seeds,), v, np.float32), default_hparams(config))
+    hp = jax.tree_util.tree_map(lambda v: np.full((n_seeds,), v, np.float32), default_hparams(trainer.config))
     state = jax.vmap(trainer.init)(keys, hp)
     batch = np.zeros((n_seeds, config.batch_size, *data.train_images_u8.shape[1:]), np.uint8)
     compiled = jax.jit(jax.vmap(trainer.step)).lower(state, keys, batch).compile()

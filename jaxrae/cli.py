@@ -131,8 +131,9 @@ def cmd_train(args) -> int:
     config = config_from_args(args)
     seeds = parse_seeds(args.seeds)
     sweep = parse_sweep(args.sweep)
-    run_grid(config, seeds, sweep)  # every sweep name and value, before --out is touched
     data = load_data(args.data)
+    config = config.for_images(data.image_shape)  # the presets' weights for this image size
+    run_grid(config, seeds, sweep)  # every sweep name and value, before --out is touched
     make_train(config, data)  # the config against the data (batch size, image shape)
     out = Path(args.out)
     logger = RunLogger(

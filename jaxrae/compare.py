@@ -48,10 +48,19 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from jaxrae import distributed, report
+from jaxrae.config import TrainConfig
 from jaxrae.data import load_data, validation_view
 from jaxrae.density import check_mixture_size
 from jaxrae.errors import CheckpointError, ConfigError, require
-from jaxrae.evaluate import ELBO_SAMPLES, EVAL_SEED, LIKELIHOOD_CHUNK, PR_NEIGHBOURS, evaluate, loss_curve
+from jaxrae.evaluate import (
+    ELBO_SAMPLES,
+    EVAL_SEED,
+    LIKELIHOOD_CHUNK,
+    PR_NEIGHBOURS,
+    evaluate,
+    loss_convergence,
+    loss_curve,
+)
 from jaxrae.experiment import TUNE_CRITERIA, Experiment
 from jaxrae.features import FD_METRIC_NAME, feature_network
 from jaxrae.io import (
@@ -101,7 +110,7 @@ def _row_header(experiment: Experiment, label: str, data, fnet, n_eval: int) -> 
         "format": FORMAT,
         "data": experiment.data,
         "fingerprint": data.fingerprint,
-        "config": experiment.method_config(label).to_dict(),
+        "config": row_config(experiment, label, data).to_dict(),
         "seeds": list(experiment.seeds),
         "eval": {
             "n_eval": n_eval,
@@ -114,6 +123,24 @@ def _row_header(experiment: Experiment, label: str, data, fnet, n_eval: int) -> 
             "n_init": experiment.n_init,
             "ex_post_refits": experiment.ex_post_refits,
         },
+    }
+
+
+def row_config(experiment: Experiment, label: str, data) -> TrainConfig:
+    """The TrainConfig a row trains with on ``data``: its weights resolved for the data's image size
+    (:meth:`jaxrae.config.TrainConfig.for_images`), as its record and header hold them."""
+    return experiment.method_config(label).for_images(data.image_shape)
+
+
+def row_weights(experiment: Experiment, label: str, data) -> dict:
+    """A row's regularizer weights as trained, the pixels per image they were resolved for, and per
+    weight the pixels it is stated for (None: taken as given), for results.json and the table."""
+    config = row_config(experiment, label, data)
+    return {
+        "pixels": int(np.prod(data.image_shape)),
+        "beta": config.beta,
+        "lam": config.lam,
+        "stated_pixels": experiment.method_config(label).weight_sizes(),
     }
 
 
@@ -274,7 +301,7 @@ def run_method(
     answers True, training raises KeyboardInterrupt once that chunk's checkpoint is written, and
     rerunning resumes from it. An evaluation under way is not cut short: it is asked again after
     the row (between rows in :func:`run_compare`)."""
-    config = experiment.method_config(label)
+    config = row_config(experiment, label, data)
     with RunLogger(
         out / "tensorboard" / label if tensorboard else None, wandb=wandb, group=label, config=config.to_dict()
     ) as logger:
@@ -367,6 +394,7 @@ def _evaluate_row(
         **_row_description(experiment, label),
         "discrete": bool(runs.codec.discrete),
         "config": config.to_dict(),
+        "weights": row_weights(experiment, label, data),
         "seeds": list(runs.seeds),
         "runs": runs.runs,
         "ok": runs.ok.tolist(),
@@ -376,6 +404,7 @@ def _evaluate_row(
         "times": {"train_s": runs.wall_time_s, "compile_s": runs.compile_time_s, "eval_s": eval_s},
         "notes": notes,
         "loss_curve": loss_curve(runs.losses),
+        "convergence": row_convergence(runs.losses, runs.ok, experiment.convergence, "per-step losses"),
     }
     if trained is not None:
         times, curve = trained
@@ -552,7 +581,8 @@ def _run_claimed(
                 )
                 t = record["times"]
                 say(
-                    f"{label}: {sum(record['ok'])}/{len(record['ok'])} ok, train {t['train_s']:.1f}s "
+                    f"{label}: {sum(record['ok'])}/{len(record['ok'])} ok, "
+                    f"{report.convergence_text(record['convergence'])}, train {t['train_s']:.1f}s "
                     f"+ compile {t['compile_s']:.1f}s + eval {t['eval_s']:.1f}s"
                 )
             records[label] = record
@@ -574,11 +604,30 @@ def _run_claimed(
     return results
 
 
+def row_convergence(losses, ok, settings: Mapping[str, float], source: str) -> dict:
+    """A row's ``convergence`` entry: :func:`jaxrae.evaluate.loss_convergence` of every seed's
+    training losses under the experiment's ``settings``, with those settings and where the losses
+    came from (``source``)."""
+    return {**loss_convergence(losses, ok, **settings), "settings": dict(settings), "source": source}
+
+
+def _recorded_convergence(record: Mapping, settings: Mapping[str, float]) -> dict:
+    """A finished row's convergence under ``settings``: its own entry when it was judged by them,
+    else judged now from its loss curve (a record of an older jaxrae, or another criterion);
+    that curve is block-averaged over at most MAX_LOSS_POINTS points, so the window is counted in points."""
+    saved = record.get("convergence")
+    if saved is not None and saved.get("settings") == dict(settings):
+        return saved
+    curve = np.array([[np.nan if v is None else v for v in row] for row in record["loss_curve"]["loss"]], np.float64)
+    return row_convergence(curve, record["ok"], settings, f"loss curve of {curve.shape[1]} block means")
+
+
 def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, dict], n_eval: int) -> dict:
     """The results.json structure from the per-row records (no loss curves: see methods/*.json).
 
     ``methods`` maps each row label to its record: per-seed numbers, ``preset``, ``overrides``
-    (the fields the row's own table set) and the full ``config`` it trained with.
+    (the fields the row's own table set), the full ``config`` it trained with and ``convergence``
+    (:func:`row_convergence` under the experiment's criterion).
     """
     methods = {}
     for label, r in records.items():
@@ -587,6 +636,8 @@ def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, d
         methods[label] = {
             **{k: v for k, v in r.items() if k not in ("header", "loss_curve")},
             **_row_description(experiment, label),
+            "weights": row_weights(experiment, label, data),
+            "convergence": _recorded_convergence(r, experiment.convergence),
         }
     return {
         "format": FORMAT,
@@ -595,6 +646,7 @@ def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, d
         "fingerprint": data.fingerprint,
         "n_train": data.n_train,
         "n_test": data.n_test,
+        "image_shape": list(data.image_shape),
         "experiment": experiment.to_dict(),
         "baseline": experiment.baseline_label if len(records) > 1 else None,
         "feature_network": {
@@ -707,7 +759,7 @@ def check_tunable(experiment: Experiment, data) -> None:
         f"least {PR_NEIGHBOURS + 2} (k={PR_NEIGHBOURS} nearest neighbours + 2): raise the fraction or n_train",
     )
     for label in experiment.rows:
-        config = experiment.method_config(label)
+        config = row_config(experiment, label, data)
         try:
             run_grid(_tuning_config(experiment, config), tune.seeds, tune.candidates(config))
             make_train(_tuning_config(experiment, config), data)
@@ -727,7 +779,7 @@ def _tuning_header(experiment: Experiment, label: str, data, fnet) -> dict:
     Only what reaches this row: its candidates (a grid of a weight its method does not read
     changes nothing here), the criterion, the tuning seeds and config, the data and the evaluation.
     """
-    tune, config = experiment.tune, experiment.method_config(label)
+    tune, config = experiment.tune, row_config(experiment, label, data)
     return {
         "format": TUNING_FORMAT,
         "data": experiment.data,
@@ -794,7 +846,7 @@ def tune_row(
     (:func:`jaxrae.train.train`): a stop request ends it at a chunk boundary, resumable.
     """
     tune = experiment.tune
-    config = experiment.method_config(label)
+    config = row_config(experiment, label, data)
     header = _tuning_header(experiment, label, data, fnet)
     path = out / "tuning" / f"{label}.json"
     saved = _load_tuning(path, header)

@@ -3,8 +3,11 @@
 A :class:`TrainConfig` names a method of the grid (:mod:`jaxrae.methods`), an optimizer
 (:mod:`jaxrae.optim`) and the training settings; ``beta``, ``lam``, ``tau`` and ``estimator``
 left at ``None`` take the method's defaults, so a config always holds the values that were
-actually used. Every invalid value raises :class:`~jaxrae.errors.ConfigError` naming the field,
-the value and what is allowed.
+actually used. The default weights of the presets converted from per-pixel losses depend on the
+image size (:meth:`jaxrae.methods.Method.weights`), so they are filled only once the data is
+known: :meth:`TrainConfig.for_images`, which :func:`jaxrae.train.make_train` and
+:func:`jaxrae.train.train` call, the one place a config's weights are resolved. Every invalid value
+raises :class:`~jaxrae.errors.ConfigError` naming the field, the value and what is allowed.
 """
 
 from __future__ import annotations
@@ -61,6 +64,14 @@ class TrainConfig:
     :data:`CHUNK_RUNNERS`; ``auto`` decides by backend and network, see
     :func:`jaxrae.train.resolve_chunk_runner`); both runners take the same steps with the same
     keys, so it changes speed, and the numbers only by float rounding where XLA fuses differently.
+
+    ``beta``/``lam`` left None take the method's weights: at once for a method whose weights mean
+    the same on every image size, otherwise (``Method.weight_pixels`` set: Ghosh et al.'s RAE, WAE
+    and the discrete RAEs) when :meth:`for_images` resolves them for the data's pixels per image,
+    ``w(P) = w_stated * P / weight_pixels``. A ``beta``/``lam`` given here is taken as given on
+    every image size, unless ``weight_pixels`` states the image size it was meant for: then it is
+    scaled by the same rule (a variant that keeps a preset's weight stated at 784 pixels, e.g.
+    ``beta = 0.0098, weight_pixels = 784``, follows that preset to every image size).
     """
 
     method: str = "rae"
@@ -94,6 +105,8 @@ class TrainConfig:
     final_lr_fraction: float | None = None
     likelihood: str = "gaussian"
     chunk_runner: str = "auto"
+    # pixels per image at which a beta/lam given above is stated (None: as given on every size)
+    weight_pixels: int | None = None
 
     def __post_init__(self):
         method = self.method if isinstance(self.method, methods.Method) else methods.get(self.method)
@@ -135,6 +148,19 @@ class TrainConfig:
             value = getattr(self, field)
             if value is not None and (not _is_number(value) or not value >= 0 or not math.isfinite(value)):
                 raise invalid(field, value, "must be a finite number >= 0 (or None for the method's default)")
+        if self.weight_pixels is not None and (
+            isinstance(self.weight_pixels, bool) or not isinstance(self.weight_pixels, int) or self.weight_pixels < 1
+        ):
+            raise invalid(
+                "weight_pixels", self.weight_pixels, "the pixels per image beta/lam are stated for: an integer >= 1"
+            )
+        if self.weight_pixels is not None and self.beta is None and self.lam is None:
+            raise invalid(
+                "weight_pixels",
+                self.weight_pixels,
+                "states the image size of a beta or lam you give; set beta or lam too, or leave it out "
+                "(the method's own weights carry their size)",
+            )
         if self.tau is not None and (not _is_number(self.tau) or not self.tau > 0):
             raise invalid("tau", self.tau, "the temperature must be > 0 (or None for the method's default)")
         if self.estimator is not None:
@@ -152,11 +178,13 @@ class TrainConfig:
         object.__setattr__(self, "fsq_levels", levels)
         self._check_layers(method)
         self._check_schedule()
-        # Fill the method's defaults so the config records what was run.
-        if self.beta is None:
-            object.__setattr__(self, "beta", float(method.beta))
-        if self.lam is None:
-            object.__setattr__(self, "lam", float(method.lam))
+        # Fill the method's defaults so the config records what was run; while a weight depends
+        # on the image size (the method's or one given with weight_pixels), both wait for the data.
+        if method.weight_pixels is None and self.weight_pixels is None:
+            if self.beta is None:
+                object.__setattr__(self, "beta", float(method.beta))
+            if self.lam is None:
+                object.__setattr__(self, "lam", float(method.lam))
         if self.tau is None:
             object.__setattr__(self, "tau", float(method.tau))
         if self.estimator is None:
@@ -233,6 +261,43 @@ class TrainConfig:
         object.__setattr__(self, "final_lr_fraction", float(fraction))
 
     @property
+    def weights_resolved(self) -> bool:
+        """True when beta and lam are the numbers training uses (none waits for the image size)."""
+        return self.beta is not None and self.lam is not None and self.weight_pixels is None
+
+    def for_images(self, image_shape) -> TrainConfig:
+        """This config for images of ``image_shape`` (H, W, C): ``beta`` and ``lam`` resolved.
+
+        With P = H * W * C values per image (what the reconstruction error sums over), a weight
+        left None becomes the method's weight at P (:meth:`jaxrae.methods.Method.weights`:
+        ``w * P / Method.weight_pixels`` for the presets converted from per-pixel losses), a
+        weight given here stays as given, or, with ``weight_pixels`` set, becomes
+        ``w * P / weight_pixels``. The result has ``weight_pixels=None``, so resolving it again
+        changes nothing; a resolved config is returned as it is. At P equal to the size a weight
+        is stated for, the factor is exactly 1.0 and the weight bit for bit the stated one.
+        """
+        if self.weights_resolved:
+            return self
+        shape = tuple(image_shape)
+        if not shape or any(isinstance(n, bool) or not isinstance(n, int) or n < 1 for n in shape):
+            raise invalid("image_shape", image_shape, "the shape of one image, (H, W, C), of integers >= 1")
+        pixels = math.prod(shape)
+        defaults = dict(zip(("beta", "lam"), self._method().weights(pixels)))
+        scale = 1.0 if self.weight_pixels is None else pixels / self.weight_pixels
+        resolved = {f: defaults[f] if getattr(self, f) is None else getattr(self, f) * scale for f in ("beta", "lam")}
+        return self.replace(**{f: float(v) for f, v in resolved.items()}, weight_pixels=None)
+
+    def weight_sizes(self) -> dict[str, int | None]:
+        """For ``beta`` and ``lam``: the pixels per image the weight is stated for, which
+        :meth:`for_images` scales it from, or None where it is taken as given on every image size.
+        (A resolved config says None for both: read this before resolving.)"""
+        method_size = None if self.weights_resolved else self._method().weight_pixels
+        return {f: method_size if getattr(self, f) is None else self.weight_pixels for f in ("beta", "lam")}
+
+    def _method(self) -> methods.Method:
+        return self.method if isinstance(self.method, methods.Method) else methods.get(self.method)
+
+    @property
     def method_spec(self) -> methods.Method:
         """The grid row this config trains, with its estimator and temperature settings."""
         base = self.method if isinstance(self.method, methods.Method) else methods.get(self.method)
@@ -249,12 +314,22 @@ class TrainConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict:
-        """JSON-ready dict (a custom Method is stored as its fields; ``chunk_runner`` only when not ``auto``)."""
+        """JSON-ready dict (a custom Method is stored as its fields).
+
+        ``chunk_runner`` is written only when not ``auto``, and ``weight_pixels`` is left out while
+        None (always, once the weights are resolved), here and in a custom Method: the configs that
+        results, checkpoints and their headers hold read as they did before these fields existed,
+        so runs written then still resume.
+        """
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if isinstance(self.arch, Arch):
             out["arch"] = self.arch.to_dict()
         if isinstance(self.method, methods.Method):
             out["method"] = dataclasses.asdict(self.method)
+            if out["method"]["weight_pixels"] is None:
+                del out["method"]["weight_pixels"]
+        if out["weight_pixels"] is None:
+            del out["weight_pixels"]
         out["fsq_levels"] = list(self.fsq_levels)
         if self.chunk_runner == "auto":
             # How chunks execute is not what a run computes (the runners agree to float

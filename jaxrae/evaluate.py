@@ -747,3 +747,83 @@ def loss_curve(losses: np.ndarray, max_points: int = MAX_LOSS_POINTS) -> dict:
             mean = np.nanmean(blocks, axis=2)
     steps = np.minimum(np.arange(n_blocks) * block + (block + 1) / 2, n_steps)
     return {"steps": steps.tolist(), "loss": [[None if not np.isfinite(v) else float(v) for v in row] for row in mean]}
+
+
+# --------------------------------------------------------------------------------------------
+# Convergence of the training loss
+
+#: The default convergence criterion of :func:`loss_convergence` (experiment files: ``convergence``).
+CONVERGENCE = {"window": 0.1, "tol": 0.01, "z": 1.645}
+#: Fewer steps than this in each half of the window: too short to judge (the noise estimate needs steps).
+MIN_HALF_WINDOW = 10
+
+
+def loss_convergence(
+    losses: np.ndarray,
+    ok: Sequence[bool] | None = None,
+    *,
+    window: float = CONVERGENCE["window"],
+    tol: float = CONVERGENCE["tol"],
+    z: float = CONVERGENCE["z"],
+) -> dict:
+    """Whether each run's training loss had settled by its last step.
+
+    ``losses`` is (runs, steps), every step's loss (a 1-D array is one run). With ``n`` steps and
+    ``h = floor(window * n / 2)``, the last ``window`` of the steps is cut in two halves of ``h``:
+    ``a`` = mean loss of steps ``[n - 2h, n - h)``, ``b`` = mean of ``[n - h, n)``, and
+
+        change = (a - b) / max(|a|, |b|)        (> 0: still falling; the scale makes negative losses work)
+        noise  = sqrt(s_a^2 / h + s_b^2 / h) / max(|a|, |b|)
+
+    ``noise`` is the standard error of ``change`` from the step-to-step spread of the minibatch
+    losses in each half (``s^2``, sample variances; Welch's form). A run has converged when
+
+        |change| <= tol + z * noise,
+
+    i.e. unless the data show, by a one-sided test at 5 % (``z = 1.645``, the normal quantile), that
+    the mean loss moved by more than ``tol`` (1 %) between the two halves: a flat but noisy loss is
+    not called unconverged by chance, and a loss still falling by more than ``tol`` plus its
+    noise is. (Minibatch losses of consecutive steps are nearly independent draws; a trend within
+    a half only widens ``s``, so the test errs towards "converged".) It has not converged when
+    a non-finite loss occurs anywhere in its history or ``ok`` is False (the run diverged and was
+    frozen: its later losses say nothing about convergence), or when ``h < MIN_HALF_WINDOW``
+    (too few steps to judge). Pure numpy; ``window``, ``tol`` and ``z`` are the experiment's
+    ``convergence`` settings.
+
+    Returns JSON-ready lists, one entry per run: ``converged`` (bool), ``change`` and ``noise``
+    (floats; None where not measured), and ``status``, one of ``converged``, ``falling``,
+    ``rising``, ``diverged``, ``too short``.
+    """
+    losses = np.asarray(losses, np.float64)
+    if losses.ndim == 1:
+        losses = losses[None]
+    require(losses.ndim == 2, "losses", losses.shape, "an array (runs, steps) of per-step training losses")
+    require(0 < window <= 1, "convergence.window", window, "the fraction of the steps it reads, in (0, 1]")
+    require(tol >= 0 and math.isfinite(tol), "convergence.tol", tol, "a relative change >= 0, e.g. 0.01")
+    require(z >= 0 and math.isfinite(z), "convergence.z", z, "a number of standard errors >= 0, e.g. 2")
+    n_runs, n = losses.shape
+    ok = np.ones(n_runs, bool) if ok is None else np.asarray(ok, bool)
+    h = int(window * n / 2)
+    out = {"converged": [], "change": [], "noise": [], "status": []}
+    for run, alive in zip(losses, ok):
+        change = noise = None
+        if not alive or not np.all(np.isfinite(run)):
+            status = "diverged"
+        elif h < MIN_HALF_WINDOW:
+            status = "too short"
+        else:
+            before, last = run[n - 2 * h : n - h], run[n - h :]
+            a, b = before.mean(), last.mean()
+            scale = max(abs(a), abs(b))
+            if scale == 0:  # both halves exactly zero: nothing moves
+                change = noise = 0.0
+            else:
+                change = float((a - b) / scale)
+                noise = float(math.sqrt(before.var(ddof=1) / h + last.var(ddof=1) / h) / scale)
+            bound = tol + z * noise
+            status = "converged" if abs(change) <= bound else "falling" if change > 0 else "rising"
+        out["converged"].append(status == "converged")
+        out["change"].append(change)
+        out["noise"].append(noise)
+        out["status"].append(status)
+    return out

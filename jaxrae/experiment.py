@@ -24,7 +24,15 @@ from jaxrae import methods as presets
 from jaxrae.config import TrainConfig
 from jaxrae.data import check_validation_fraction, spec_options
 from jaxrae.errors import ConfigError, invalid, require
-from jaxrae.evaluate import EX_POST_REFITS, LIKELIHOOD_K, METRIC_KEYS, N_INIT, PR_NEIGHBOURS, likelihood_kind
+from jaxrae.evaluate import (
+    CONVERGENCE,
+    EX_POST_REFITS,
+    LIKELIHOOD_K,
+    METRIC_KEYS,
+    N_INIT,
+    PR_NEIGHBOURS,
+    likelihood_kind,
+)
 from jaxrae.train import MAX_SEEDS, check_seeds
 
 #: Bounds of the evaluation's repeat counts (each multiplies the vmapped ex-post fits).
@@ -100,6 +108,14 @@ class Experiment:
     ``equivalence`` maps a metric key to the TOST margin for "no difference" verdicts on it,
     a positive number in the metric's units (``fd_ex_post = 1.0``) or a string percentage of the
     baseline row's mean (``rec_error = "5%"``). A metric without a margin gets no equivalence verdict.
+
+    ``convergence`` (TOML ``convergence = {window = 0.1, tol = 0.01}``, or a ``[convergence]``
+    table; keys left out keep :data:`jaxrae.evaluate.CONVERGENCE`) is the criterion by which every
+    seed of every row is judged converged from its per-step training loss
+    (:func:`jaxrae.evaluate.loss_convergence`: the mean loss of the last ``window / 2`` of the steps
+    against the ``window / 2`` before, a change of at most ``tol`` up to ``z`` standard errors of
+    minibatch noise). It judges, it does not change training: results.json records it, and every
+    row's record holds the verdict per seed.
     """
 
     data: str = DEFAULT_DATA
@@ -120,6 +136,8 @@ class Experiment:
     tune: Tune | Mapping[str, Any] | None = None
     n_init: int = N_INIT
     ex_post_refits: int = EX_POST_REFITS
+    # the convergence criterion (a block of its own: it judges training, it does not change it)
+    convergence: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(CONVERGENCE))
 
     def __post_init__(self):
         object.__setattr__(self, "overrides", _tables("overrides", self.overrides))
@@ -255,6 +273,7 @@ class Experiment:
                 f"must be an integer >= {minimum}" + ("" if maximum is None else f" and <= {maximum}"),
             )
         self._check_contrasts()
+        self._check_convergence()
         require(
             self.likelihood_k is None
             or (
@@ -363,6 +382,34 @@ class Experiment:
                 'a positive number in the metric\'s units (1.0) or a positive percentage of the baseline mean ("5%")',
             )
 
+    def _check_convergence(self) -> None:
+        """``convergence`` holds only ``window`` in (0, 1], ``tol`` >= 0 and ``z`` >= 0; absent keys take the defaults."""
+        require(
+            isinstance(self.convergence, Mapping),
+            "convergence",
+            self.convergence,
+            "a table such as {window = 0.1, tol = 0.01}: the fraction of the steps read and the relative change allowed",
+        )
+        unknown = sorted(set(self.convergence) - set(CONVERGENCE))
+        require(not unknown, "convergence", unknown, f"unknown key; allowed: {', '.join(CONVERGENCE)}")
+        settings = {**CONVERGENCE, **self.convergence}
+        for key, value in settings.items():
+            require(
+                isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value),
+                f"convergence.{key}",
+                value,
+                "must be a finite number",
+            )
+        require(
+            0 < settings["window"] <= 1,
+            "convergence.window",
+            settings["window"],
+            "the fraction of the steps whose two halves are compared, in (0, 1] (0.1: the last 10%)",
+        )
+        require(settings["tol"] >= 0, "convergence.tol", settings["tol"], "a relative change >= 0 (0.01: 1%)")
+        require(settings["z"] >= 0, "convergence.z", settings["z"], "standard errors of minibatch noise, >= 0")
+        object.__setattr__(self, "convergence", {k: float(v) for k, v in settings.items()})
+
     @property
     def rows(self) -> dict[str, dict[str, Any]]:
         """Row label -> ``{"method": preset, **fields it sets on top of config}``, methods first.
@@ -406,6 +453,7 @@ class Experiment:
             "likelihood_k": self.likelihood_k,
             "n_init": self.n_init,
             "ex_post_refits": self.ex_post_refits,
+            "convergence": dict(self.convergence),
         } | ({} if self.tune is None else {"tune": self.tune.to_dict()})
 
     @classmethod
@@ -553,13 +601,20 @@ class Tune:
         grid that the row's method reads, read off the registries of :mod:`jaxrae.grid` (beta: a
         latent regularizer other than ``none``; lambda: a decoder regularizer with a penalty term,
         ``l2`` or ``gp``, not ``noise``, ``sn`` or ``none``), and whose row value is nonzero
-        (multiples of 0 are 0: nothing to choose)."""
+        (multiples of 0 are 0: nothing to choose). A weight that waits for the data's image size
+        (None until :meth:`jaxrae.config.TrainConfig.for_images`) is judged by the method's stated
+        value, which the resolution only rescales."""
         method = config.method_spec
+
+        def value(weight):
+            own = getattr(config, weight)
+            return getattr(method, weight) if own is None else own
+
         reads = {
             "beta": grid.LATENT_REGS[method.latent_reg].penalty is not grid.LATENT_REGS["none"].penalty,
             "lam": grid.DECODER_REGS[method.decoder_reg].penalty is not grid.DECODER_REGS["none"].penalty,
         }
-        return tuple(w for w in TUNE_WEIGHTS if getattr(self, w) and reads[w] and getattr(config, w) > 0)
+        return tuple(w for w in TUNE_WEIGHTS if getattr(self, w) and reads[w] and value(w) > 0)
 
     def candidates(self, config: TrainConfig) -> dict[str, list[float]]:
         """Absolute candidate values per tuned weight of a row: its own value times each multiplier.
@@ -661,8 +716,9 @@ def load_experiment(path: str | Path) -> Experiment:
 
     Top-level keys: ``data, methods, seeds, baseline, n_eval, n_train, n_test, feature_steps,
     n_components, likelihood_k, n_init, ex_post_refits, primary``; tables ``[equivalence]`` (TOST
-    margins per metric key), ``[tune]`` (the tuned mode: weights chosen per row on a validation
-    split, :class:`Tune`),
+    margins per metric key), ``[convergence]`` (the convergence criterion: ``window``, ``tol``,
+    ``z``; see :class:`Experiment`), ``[tune]`` (the tuned mode: weights chosen per row on a
+    validation split, :class:`Tune`),
     ``[config]`` (TrainConfig fields for every row),
     ``[overrides.<method>]`` (fields for one method of ``methods``) and ``[variants.<label>]``
     (a row of its own: ``method = "<preset>"`` plus TrainConfig fields; see :class:`Experiment`).

@@ -15,7 +15,8 @@ decoder regularizer (the noise of the reparameterization). A method here is ther
     decoder_reg  a key of :data:`jaxrae.grid.DECODER_REGS`: ``none``, ``noise`` (the stochastic
                  code path is the regularizer), ``l2``, ``gp``, ``sn``
 
-plus default weights beta (latent) and lambda (decoder). A custom method is a new
+plus default weights beta (latent) and lambda (decoder), stated for images of ``weight_pixels``
+pixels (see below; None: the same on every image size). A custom method is a new
 :class:`Method` value; no class hierarchy. Which choices fit together is read from the registry
 entries (:mod:`jaxrae.grid`), so a newly registered encoder kind or regularizer is a valid
 choice here at once.
@@ -26,15 +27,28 @@ to this code's normalisation: the reconstruction error is the squared error summ
 pixels of an image (the Gaussian log-likelihood up to constants, as in the official VAE loss),
 the latent term is 0.5 * ||z||^2 summed over the d code dimensions (paper, Eq. 11), KL terms are
 summed over dimensions. The official VAE/CV-VAE losses already use these sums, so their KL weights
-carry over unchanged (0.312, 0.039). The official RAE/WAE losses average the reconstruction over
-the P pixels and the latent term over the d dimensions, so multiplying their loss by P gives
+carry over unchanged (0.312, 0.039) on every image size: the ELBO is a likelihood. The official
+RAE/WAE losses average the reconstruction over the P pixels and the latent term over the d
+dimensions, so multiplying their loss by P gives
 
     beta_here = beta_official * 2 * P / d,   lambda_here = lambda_official * P,
 
-evaluated at P = 784 (28x28 MNIST) and d = 16. For other image sizes the balance shifts; sweep
-beta and lambda (``--sweep``) rather than trusting a default. The discrete presets have no
-published settings: KL-based ones take the VAE's weight, RAE-like ones the matching continuous
-lambda, and their beta is chosen on the same scale; they are what the experiments study.
+with d = 16 (the official MNIST latent size) and P the pixels per image of the data at hand,
+P = H * W * C, the number of terms the reconstruction error sums over. The table below states
+these weights at P = 784 (28x28 MNIST) and marks them ``weight_pixels=784``; for data with P
+pixels per image a config resolves them (:meth:`Method.weights`,
+:meth:`jaxrae.config.TrainConfig.for_images`, which training calls once the data is known) as
+
+    w(P) = w_784 * (P / 784)      (= beta_official * 2 * P / d, or lambda_official * P),
+
+so a preset keeps the official balance between its regularizers and the summed squared error on
+any image size (8x8 digits: P = 64, weights 64/784 of the MNIST ones), and on 784-pixel data
+the weights are exactly the stated ones (P / 784 = 1.0). A beta or lambda you set yourself is
+taken as given and never rescaled (unless you state the size it is meant for:
+``TrainConfig.weight_pixels``). The discrete presets have no published settings: KL-based ones
+take the VAE's weight (unscaled, as the VAE's), RAE-like ones the matching continuous lambda, and
+their beta (0.01, about rae-l2's 0.0098 at 784 pixels) is chosen on the same scale, so they are
+stated at 784 pixels and scaled like the continuous RAEs; they are what the experiments study.
 """
 
 from __future__ import annotations
@@ -61,6 +75,9 @@ class Method:
     anneal: bool = False  # tau_t = max(tau_min, tau * exp(-rate * t)), Jang et al. (2017)
     estimator: str = "st"  # gradient estimator of an ``argmax`` code
     summary: str = ""
+    # pixels per image at which beta and lam are stated (scaled by P / weight_pixels on images of P
+    # pixels: Method.weights); None: they mean the same on every image size (the VAE's KL weight)
+    weight_pixels: int | None = None
 
     def __post_init__(self):
         where = f"(method {self.name!r})"
@@ -98,6 +115,23 @@ class Method:
         for field in ("noise_std", "tau"):
             if not getattr(self, field) > 0:
                 raise invalid(field, getattr(self, field), f"must be > 0 {where}")
+        if self.weight_pixels is not None and not _is_count(self.weight_pixels):
+            raise invalid("weight_pixels", self.weight_pixels, f"an integer >= 1, or None {where}")
+
+    def weights(self, pixels: int) -> tuple[float, float]:
+        """(beta, lam) for images of ``pixels`` values each (P = H * W * C).
+
+        ``w(P) = w * (P / weight_pixels)`` for both weights when ``weight_pixels`` is set (the
+        presets converted from Ghosh et al.'s per-pixel losses: see the module docstring), else
+        ``(beta, lam)`` unchanged. At ``P == weight_pixels`` the factor is exactly 1.0, so the
+        stated weights come back bit for bit.
+        """
+        if not _is_count(pixels):
+            raise invalid("pixels", pixels, "the values per image, H * W * C: an integer >= 1")
+        if self.weight_pixels is None:
+            return float(self.beta), float(self.lam)
+        scale = pixels / self.weight_pixels
+        return float(self.beta) * scale, float(self.lam) * scale
 
     @property
     def discrete(self) -> bool:
@@ -110,7 +144,11 @@ class Method:
         return grid.CODE_PATHS[self.encoder].stochastic(self.code, self.estimator)
 
 
-_PIXELS, _DIMS = 784, 16  # MNIST, at which the official weights are converted (see above)
+def _is_count(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= 1
+
+
+_PIXELS, _DIMS = 784, 16  # MNIST, at which the official weights are converted and stated (see above)
 _VAE_BETA = 0.312  # official VAE kl_weight, on a summed KL and a per-image squared error
 
 
@@ -139,14 +177,19 @@ PRESETS: dict[str, Method] = {
         Method("cv-vae", "deterministic", "fixed-noise", "kl", "noise", beta=0.039,
                summary="constant-variance VAE, sigma=0.7; official KL weight 0.039"),
         Method("rae", "deterministic", "identity", "l2", "none", beta=_from_official(0.5e-3),
+               weight_pixels=_PIXELS,
                summary="RAE without decoder regularizer; official beta 0.5e-3"),
         Method("rae-l2", "deterministic", "identity", "l2", "l2", beta=_from_official(1e-4), lam=_lambda_from_official(1e-7),
+               weight_pixels=_PIXELS,
                summary="RAE + L2 on decoder weights; official beta 1e-4, lambda 1e-7"),
         Method("rae-gp", "deterministic", "identity", "l2", "gp", beta=_from_official(1e-4), lam=_lambda_from_official(0.5e-7),
+               weight_pixels=_PIXELS,
                summary="RAE + decoder gradient penalty; official beta 1e-4, lambda 0.5e-7"),
         Method("rae-sn", "deterministic", "identity", "l2", "sn", beta=_from_official(0.009),
+               weight_pixels=_PIXELS,
                summary="RAE + spectral norm on the decoder; official beta 0.009"),
         Method("wae", "deterministic", "identity", "mmd", "none", beta=3e-2 * _PIXELS,
+               weight_pixels=_PIXELS,
                summary="WAE-MMD, IMQ kernel (Tolstikhin et al. 2018); official weight 3e-2 on a per-pixel error"),
         # ---- discrete: the same reading carried to categorical codes ----
         Method("dae", "categorical", "argmax", "none", "none",
@@ -156,14 +199,19 @@ PRESETS: dict[str, Method] = {
         Method("dvae-st", "categorical", "argmax", "kl-uniform", "noise", beta=_VAE_BETA, anneal=True,
                estimator="st-gumbel", summary="straight-through Gumbel-softmax VAE, annealed tau"),
         Method("drae", "categorical", "argmax", "kl-uniform", "none", beta=_DRAE_BETA,
+               weight_pixels=_PIXELS,
                summary="discrete RAE: deterministic code + KL(q||uniform)"),
         Method("drae-noise", "categorical", "relaxed", "kl-uniform", "noise", beta=_DRAE_BETA, tau=1.0,
+               weight_pixels=_PIXELS,
                summary="discrete CV-VAE: Gumbel perturbation at fixed tau as the decoder regularizer"),
         Method("drae-l2", "categorical", "argmax", "kl-uniform", "l2", beta=_DRAE_BETA, lam=_lambda_from_official(1e-7),
+               weight_pixels=_PIXELS,
                summary="discrete RAE + L2 on decoder weights (lambda as rae-l2)"),
         Method("drae-gp", "categorical", "argmax", "kl-uniform", "gp", beta=_DRAE_BETA, lam=_lambda_from_official(0.5e-7),
+               weight_pixels=_PIXELS,
                summary="discrete RAE + gradient penalty at the relaxed code (lambda as rae-gp)"),
         Method("drae-sn", "categorical", "argmax", "kl-uniform", "sn", beta=_DRAE_BETA,
+               weight_pixels=_PIXELS,
                summary="discrete RAE + spectral norm on the decoder"),
         Method("vqvae", "vq", "nearest", "vq", "none", beta=1.0,
                summary="VQ-VAE (van den Oord et al. 2017): nearest codebook entry, commitment 0.25"),

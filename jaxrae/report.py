@@ -381,15 +381,83 @@ def _diff_cell(row: Mapping | None, interval: bool = True) -> str:
 
 
 def _grid(results: Mapping, rows: list[dict], cell, with_ok: bool = True) -> tuple[list[str], list[list[str]]]:
-    """Methods x metrics cells, plus the n_ok/n_total column."""
+    """Methods x metrics cells, plus the n_ok/n_total column and, where recorded, the converged one."""
     keys = [k for k in METRICS if any(r["metric"] == k for r in rows)]
     by = {(r["method"], r["metric"]): r for r in rows}
-    header = ["method"] + (["ok"] if with_ok else []) + [METRICS[k][0] for k in keys]
+    judged = with_ok and any(m.get("convergence") for m in results["methods"].values())
+    header = (
+        ["method"] + (["ok"] if with_ok else []) + (["converged"] if judged else []) + [METRICS[k][0] for k in keys]
+    )
     body = []
     for name, m in results["methods"].items():
         n_ok, n_total = int(np.sum(m["ok"])), len(m["ok"])
-        body.append([name] + ([f"{n_ok}/{n_total}"] if with_ok else []) + [cell(by.get((name, k))) for k in keys])
+        status = [convergence_cell(m.get("convergence"))] if judged else []
+        body.append(
+            [name] + ([f"{n_ok}/{n_total}"] if with_ok else []) + status + [cell(by.get((name, k))) for k in keys]
+        )
     return header, body
+
+
+# --------------------------------------------------------------------------------------------
+# Convergence of the training loss (jaxrae.evaluate.loss_convergence, recorded per row by compare)
+
+
+def convergence_cell(convergence: Mapping | None) -> str:
+    """``5/5``; ``2/5 !`` when some seed did not converge; ``-`` for a row judged by no criterion."""
+    if not convergence:
+        return "-"
+    flags = convergence["converged"]
+    return f"{sum(flags)}/{len(flags)}" + ("" if all(flags) else " !")
+
+
+def convergence_text(convergence: Mapping | None) -> str:
+    """One row's verdict in words: ``converged 5/5``, or ``NOT converged 2/5 (3 seeds: loss still
+    falling 2.5%-3.6% over the last 10% of steps)``, naming diverged, rising and too-short seeds."""
+    if not convergence:
+        return "convergence not recorded"
+    flags, status, change = convergence["converged"], convergence["status"], convergence["change"]
+    verdict = f"{sum(flags)}/{len(flags)}"
+    if all(flags):
+        return f"converged {verdict}"
+    window = (convergence.get("settings") or {}).get("window")
+    over = f" over the last {_percent(window)} of steps" if window else ""
+    parts = []
+    for kind, words in (("falling", "loss still falling"), ("rising", "loss rising")):
+        moved = sorted(abs(c) for c, s in zip(change, status) if s == kind)
+        if moved:
+            size = f"{moved[0]:.1%}" if len(moved) == 1 else f"{moved[0]:.1%}-{moved[-1]:.1%}"
+            parts.append(f"{_seeds(len(moved))}: {words} {size}{over}")
+    for kind, words in (("diverged", "diverged"), ("too short", "too few steps to judge")):
+        n = status.count(kind)
+        if n:
+            parts.append(f"{_seeds(n)}: {words}")
+    return f"NOT converged {verdict} ({'; '.join(parts)})"
+
+
+def _percent(fraction: float) -> str:
+    return f"{100 * fraction:.3g}%"
+
+
+def _seeds(n: int) -> str:
+    return f"{n} seed" + ("" if n == 1 else "s")
+
+
+def convergence_caption(results: Mapping) -> list[str]:
+    """The criterion behind the ``converged`` column, stated once (nothing for results without it)."""
+    judged = [m["convergence"] for m in results["methods"].values() if m.get("convergence")]
+    if not judged:
+        return []
+    settings = {**((results.get("experiment") or {}).get("convergence") or judged[0].get("settings") or {})}
+    window, tol, z = settings.get("window"), settings.get("tol"), settings.get("z")
+    if None in (window, tol, z):
+        return ["converged = seeds whose training loss had settled (criterion not recorded in results.json)."]
+    sources = sorted({c.get("source") or "per-step losses" for c in judged})
+    return [
+        f"converged = seeds whose training loss had settled: the mean loss of the last {_percent(window / 2)} of the "
+        f"steps differs from the mean of the {_percent(window / 2)} before by at most {_percent(tol)}, up to "
+        f"{z:g} standard errors of minibatch noise (jaxrae.evaluate.loss_convergence; from {', '.join(sources)}); "
+        "! = some seed did not converge, a diverged run never does."
+    ]
 
 
 def _markdown(header: list[str], body: list[list[str]], align_right_from: int = 1) -> str:
@@ -534,8 +602,35 @@ def _caption(results: Mapping) -> list[str]:
         "cells: mean ± half-width of the 95% Student t interval across seeds; ok = n_ok/n_total "
         "(diverged runs are recorded but excluded from every mean).",
     ]
+    lines += weights_caption(results)
+    lines += convergence_caption(results)
     lines += _likelihood_caption(results.get("eval", {}).get("likelihood"))
     return lines
+
+
+def weights_caption(results: Mapping) -> list[str]:
+    """Every row's regularizer weights as trained, beta (latent) / lambda (decoder), with ``^`` on a
+    non-zero weight scaled from the image size it is stated for (:meth:`jaxrae.config.TrainConfig.for_images`);
+    nothing for a results.json that does not record them."""
+    rows = {label: m["weights"] for label, m in results["methods"].items() if m.get("weights")}
+    if not rows:
+        return []
+    pixels = sorted({w["pixels"] for w in rows.values()})
+    shape = results.get("image_shape")
+    size = f"{pixels[0]} values per image" + (f" ({'x'.join(map(str, shape))})" if shape else "")
+    stated = sorted({p for w in rows.values() for f, p in (w.get("stated_pixels") or {}).items() if p and w[f]})
+    cells = []
+    for label, w in rows.items():
+        marks = {f: "^" if (w.get("stated_pixels") or {}).get(f) and w[f] else "" for f in ("beta", "lam")}
+        cells.append(f"{label} {fmt(w['beta'])}{marks['beta']}/{fmt(w['lam'])}{marks['lam']}")
+    factor = f"{pixels[0]}/{stated[0]}" if len(stated) == 1 else "P/P_stated"
+    scaled = (
+        f"; ^ = a weight stated for images of {' or '.join(map(str, stated))} pixels, scaled by {factor} "
+        "(w(P) = w_stated * P / P_stated, jaxrae.methods)"
+        if stated
+        else ""
+    )
+    return [f"weights beta/lambda as trained, on {size}{scaled}: {', '.join(cells)}."]
 
 
 def _likelihood_caption(settings: Mapping | None) -> list[str]:
@@ -573,7 +668,8 @@ def result_warnings(results: Mapping) -> list[str]:
     First the feature network's (:func:`jaxrae.features.majority_warning` of its test and
     majority-rule accuracies: its FDs mean little when it is no better than the majority rule),
     then each row's ``notes["warnings"]`` (:func:`jaxrae.evaluate.ex_post_warnings`: codes at the
-    covariance floor, fewer distinct codes than mixture components), prefixed by the row label.
+    covariance floor, fewer distinct codes than mixture components) and the rows some of whose seeds
+    did not converge (:func:`convergence_text`), prefixed by the row label.
     Computed from the per-seed record alone, so an older results.json gets them too.
     """
     fnet = results.get("feature_network") or {}
@@ -587,6 +683,8 @@ def result_warnings(results: Mapping) -> list[str]:
         found.append(network)
     for label, m in results["methods"].items():
         found += [f"{label}: {message}" for message in (m.get("notes") or {}).get("warnings") or []]
+        if m.get("convergence") and not all(m["convergence"]["converged"]):
+            found.append(f"{label}: {convergence_text(m['convergence'])}")
     return found
 
 

@@ -67,7 +67,12 @@ class TrainState(NamedTuple):
 
 
 def default_hparams(config: TrainConfig) -> HParams:
-    """The config's hyperparameters as float32 scalars."""
+    """The config's hyperparameters as float32 scalars (its weights resolved: ``make_train(...).config``)."""
+    if not config.weights_resolved:
+        raise ConfigError(
+            f"{config.method_name}'s beta/lam depend on the image size and are not resolved yet: pass the "
+            "trainer's config (make_train(config, data).config) or config.for_images(image_shape)"
+        )
     return HParams(*(jnp.float32(getattr(config, name)) for name in SWEEPABLE))
 
 
@@ -99,13 +104,15 @@ def make_train(config: TrainConfig, data: Dataset | np.ndarray) -> Trainer:
 
     ``make_train(config, data)(jax.random.key(0))`` trains one run and returns its final
     :class:`TrainState` and per-step metrics; ``jax.vmap`` of it over
-    ``jax.random.split(jax.random.key(0), n)`` trains n runs in one program.
+    ``jax.random.split(jax.random.key(0), n)`` trains n runs in one program. The trainer's
+    ``config`` has its weights resolved for the images' size (:meth:`TrainConfig.for_images`).
     """
     images_u8 = data.train_images_u8 if isinstance(data, Dataset) else np.asarray(data)
     if images_u8.dtype != np.uint8 or images_u8.ndim != 4:
         raise ConfigError(
             f"training images must be uint8 of shape (N, H, W, C), got {images_u8.dtype} {images_u8.shape}"
         )
+    config = config.for_images(images_u8.shape[1:])  # the presets' weights for this image size
     n_train = images_u8.shape[0]
     if config.batch_size > n_train:
         raise ConfigError(
@@ -539,7 +546,12 @@ def train(
     chunk's steps (``train/loss``, ``train/rec``, ..., ``train/lr``, ``train/tau`` for Gumbel
     codes) and ``train/diverged`` (1 once the run froze), at the chunk's last step count; a
     directory gets one TensorBoard event directory per run (:func:`jaxrae.runlog.run_names`).
+
+    ``config``'s weights are resolved for the data's image size first
+    (:meth:`TrainConfig.for_images`); the returned ``Runs.config`` and the checkpoint hold the
+    resolved values. Swept values are used as given.
     """
+    config = config.for_images(data.image_shape)
     runs = run_grid(config, seeds, sweep)
     trainer = make_train(config, data)
     n_runs = len(runs)

@@ -343,10 +343,12 @@ def test_every_shipped_experiment_file_loads_and_validates(path):
 
 def test_decoder_regularizers_toml_varies_only_the_decoder_term_at_one_latent_weight():
     exp = load_experiment(Path(__file__).resolve().parents[1] / "experiments" / "decoder_regularizers.toml")
-    configs = {label: exp.method_config(label) for label in exp.rows}
     assert exp.baseline_label == "rae-beta0.0098"
-    same_weight = [label for label in configs if label != "rae"]
-    assert {configs[label].beta for label in same_weight} == {configs["rae-l2"].beta}
+    for shape in ((8, 8, 1), (28, 28, 1)):  # digits, and Fashion-MNIST from the command line
+        configs = {label: exp.method_config(label).for_images(shape) for label in exp.rows}
+        same_weight = [label for label in configs if label != "rae"]
+        assert {configs[label].beta for label in same_weight} == {configs["rae-l2"].beta}
+    assert configs["rae-l2"].beta == 0.0098  # at 784 pixels as before
     decoder_terms = {configs[label].method_spec.decoder_reg for label in same_weight}
     assert decoder_terms == {"none", "l2", "gp", "sn"}
 

@@ -18,12 +18,12 @@ def test_presets_cover_the_grid():
 
 
 def test_defaults_are_the_paper_settings():
-    cfg = TrainConfig(method="rae-l2")
+    cfg = TrainConfig(method="rae-l2").for_images((28, 28, 1))
     assert (cfg.latent_dim, cfg.batch_size, cfg.lr) == (16, 100, 5e-4)
     # official: beta 1e-4 on mean_j z_j^2 next to a per-pixel error; here 0.5 * ||z||^2 next to a
     # per-image error of P = 784 pixels, d = 16: 1e-4 * 2 * 784 / 16; lambda 1e-7 * 784
     assert cfg.beta == pytest.approx(0.0098) and cfg.lam == pytest.approx(7.84e-5)
-    assert TrainConfig(method="rae-gp").lam == pytest.approx(0.5e-7 * 784)
+    assert TrainConfig(method="rae-gp").for_images((28, 28, 1)).lam == pytest.approx(0.5e-7 * 784)
     assert TrainConfig(method="vae").beta == pytest.approx(0.312)  # official losses already sum
     assert TrainConfig(method="ae").beta == 0.0
     # explicit values win over the preset's

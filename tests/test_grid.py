@@ -103,7 +103,7 @@ def test_a_new_encoder_kind_and_regularizers_are_one_entry_each(digits, toy_entr
 
     # one step's loss is rec + beta * L1(tanh(E(x))) + lambda * |decoder weights|_1, computed here
     trainer = make_train(config, digits)
-    state = trainer.init(jax.random.key(0), default_hparams(config))
+    state = trainer.init(jax.random.key(0), default_hparams(trainer.config))
     batch = digits.train_images_u8[:32]
     _, metrics = jax.jit(trainer.step)(state, jax.random.key(1), batch)
     x = batch.astype(np.float32) / 255.0
@@ -144,7 +144,7 @@ def test_bernoulli_reconstruction_term_is_the_binary_cross_entropy_of_the_decode
         batch_size=16,
     )
     trainer = make_train(config, digits.train_images_u8[:64])
-    state = trainer.init(jax.random.key(0), default_hparams(config))
+    state = trainer.init(jax.random.key(0), default_hparams(trainer.config))
     x = (digits.train_images[:16] > 0.5).astype(np.float32)
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     loss, (_, metrics) = grid.make_loss_fn(config, trainer.model)(
@@ -157,7 +157,9 @@ def test_bernoulli_reconstruction_term_is_the_binary_cross_entropy_of_the_decode
     np.testing.assert_allclose(float(metrics["rec"]), by_hand, rtol=1e-5)
     np.testing.assert_allclose(
         float(loss),
-        float(metrics["rec"] + config.beta * metrics["latent_reg"] + config.lam * metrics["decoder_reg"]),
+        float(
+            metrics["rec"] + trainer.config.beta * metrics["latent_reg"] + trainer.config.lam * metrics["decoder_reg"]
+        ),
         rtol=1e-6,
     )
     # evaluation decodes to the decoder's mean image sigmoid(l) in [0, 1]
@@ -172,7 +174,7 @@ def test_gaussian_likelihood_is_the_summed_squared_error_of_sigmoid_outputs(digi
     config = TrainConfig(method="ae", latent_dim=4, batch_size=16)
     assert config.likelihood == "gaussian" and grid.GAUSSIAN_TRAINING_VARIANCE == 0.5
     trainer = make_train(config, digits.train_images_u8[:64])
-    state = trainer.init(jax.random.key(0), default_hparams(config))
+    state = trainer.init(jax.random.key(0), default_hparams(trainer.config))
     x = digits.train_images[:16]
     variables = {"params": state.params, "batch_stats": state.batch_stats}
     _, (_, metrics) = grid.make_loss_fn(config, trainer.model)(
