@@ -4,6 +4,10 @@ Compilation dominates the run time on CPU, so fits that several tests inspect ar
 fixtures, and data shapes repeat wherever a test allows it (one shape, one compile).
 """
 
+import subprocess
+import sys
+import textwrap
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -401,3 +405,24 @@ def test_collapsed_directions_counts_eigenvalues_at_the_floor():
     assert collapsed_directions(just_below) == 1 and collapsed_directions(just_above) == 0
     stacked = collapsed_directions(np.stack([x, np.zeros_like(x), rng.normal(size=x.shape)]))
     np.testing.assert_array_equal(stacked, [1, 3, 0])
+
+
+def test_many_runs_and_starts_fit_without_hanging():
+    # jaxlib 0.10.2's CPU runtime hung forever on a GMM's EM vmapped over 18 runs (or 15 runs x 4
+    # starts) of this size; fit_gmm maps over runs and starts instead (density._map_over_runs).
+    # In a subprocess with a deadline, so a hang fails the test instead of stalling the suite.
+    script = textwrap.dedent(
+        """
+        import jax, numpy as np
+        from jaxrae import density
+        rng = np.random.default_rng(0)
+        x = rng.normal(size=(15, 1438, 16)).astype(np.float32) * rng.uniform(0.1, 3, (15, 1, 16)).astype(np.float32)
+        fitted = density.fit_gmm(jax.random.split(jax.random.key(0), 15), x, 10, n_init=4)
+        alone = density.fit_gmm(jax.random.split(jax.random.key(0), 15)[7], x[7], 10, n_init=4)
+        np.testing.assert_allclose(fitted.lower_bound[7], alone.lower_bound, rtol=1e-5)
+        print("fitted", fitted.means.shape)
+        """
+    )
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    assert "fitted (15, 10, 16)" in done.stdout
