@@ -123,12 +123,16 @@ def test_mlp_keeps_one_compiled_scan_per_chunk(digits):
     """auto on the MLP is the scan itself: the chunk programs train() compiles are the scan's."""
     config = TrainConfig(method="rae", steps=7, batch_size=8, chunk_size=3, latent_dim=4)
     train(config, digits, SEEDS, progress=False)
-    lengths = sorted(key[0] for key in T._vmapped_programs(config, SHAPE, False)[2])
+    # train() compiles for the config with its weights resolved for the images
+    lengths = sorted(key[0] for key in T._vmapped_programs(config.for_images(SHAPE), SHAPE, False)[2])
     assert lengths == [1, 3]  # the full chunk and the remainder, one program each
     train(CONV, digits, SEEDS, progress=False)
-    assert [key[0] for key in T._vmapped_programs(CONV, SHAPE, False)[2]] == ["one step"]  # the loop's program
+    assert [key[0] for key in T._vmapped_programs(CONV.for_images(SHAPE), SHAPE, False)[2]] == [
+        "one step"
+    ]  # the loop's program
     # ...which holds no training loop (the while loops left are the PRNG's, on uint32 only)
-    text = T._one_step_program(CONV, SHAPE, False).lower(*_example(CONV)).as_text()
+    resolved = CONV.for_images(SHAPE)
+    text = T._one_step_program(resolved, SHAPE, False).lower(*_example(resolved)).as_text()
     assert not [line for line in text.splitlines() if "stablehlo.while" in line and "f32" in line]
 
 

@@ -31,7 +31,12 @@ def _loss(config, model, variables):
     x = jax.random.uniform(jax.random.key(1), (4, *SHAPE))
     loss_fn = grid.make_loss_fn(config, model)
     loss, (batch_stats, _) = loss_fn(
-        variables["params"], variables.get("batch_stats", {}), jax.random.key(2), x, default_hparams(config), 0
+        variables["params"],
+        variables.get("batch_stats", {}),
+        jax.random.key(2),
+        x,
+        default_hparams(config.for_images(SHAPE)),
+        0,
     )
     return loss, batch_stats
 
@@ -197,7 +202,7 @@ def test_encoder_and_decoder_spectral_norm_normalizes_every_encoder_kernel():
 def test_decoder_batch_norm_trains_its_statistics_and_evaluates_with_them(digits):
     config = TrainConfig(method="rae", decoder_norm="batch", steps=5, **TINY)
     trainer = make_train(config, digits)
-    state = trainer.init(jax.random.key(0), default_hparams(config))
+    state = trainer.init(jax.random.key(0), default_hparams(trainer.config))
     before = state.batch_stats["decoder"]
     assert set(before) == {"BatchNorm_0", "BatchNorm_1"}  # after both hidden layers
     trained, _ = jax.jit(trainer.run, static_argnums=2)(state, jnp.asarray(digits.train_images_u8), 5)

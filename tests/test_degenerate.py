@@ -67,8 +67,9 @@ def test_constant_images_warn_in_results_json(constant_images_run):
     results = json.loads((constant_images_run / "results.json").read_text())
     warned = results["warnings"]
     assert warned[0].startswith("the FD feature network is at or near the majority rule")
-    ae = [w for w in warned if w.startswith("ae: ")]
-    drae = [w for w in warned if w.startswith("drae: ")]
+    ae = [w for w in warned if w.startswith("ae: ") and "converged" not in w]
+    # (a two-step run is also too short to judge convergence: that warning is tested in test_convergence)
+    drae = [w for w in warned if w.startswith("drae: ") and "converged" not in w]
     # continuous codes: every direction at the floor, for both seeds; one distinct code for 3 components
     assert any("codes at the covariance floor" in w and "seed 0: 4 of 4; seed 1: 4 of 4 directions" in w for w in ae)
     assert any(
