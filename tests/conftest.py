@@ -29,3 +29,17 @@ def digits():
     from jaxrae.data import load_data
 
     return load_data("digits")
+
+
+@pytest.fixture(autouse=True, scope="session")
+def _one_ex_post_fit_per_model():
+    """In-process experiments evaluate each model with one ex-post fit of one start unless a test
+    sets ``n_init``/``ex_post_refits``: the repeats multiply evaluation time, and their own tests
+    (tests/test_evaluate_refits.py, tests/test_density_n_init.py) set them explicitly. CLI
+    subprocesses keep the library's defaults."""
+    from jaxrae import experiment
+
+    saved = experiment.DEFAULT_N_INIT, experiment.DEFAULT_EX_POST_REFITS
+    experiment.DEFAULT_N_INIT, experiment.DEFAULT_EX_POST_REFITS = 1, 1
+    yield
+    experiment.DEFAULT_N_INIT, experiment.DEFAULT_EX_POST_REFITS = saved

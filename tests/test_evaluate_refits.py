@@ -129,3 +129,16 @@ def test_report_pools_the_refit_sd_and_shows_it():
     assert "eval SD" not in report.render_markdown(older) and "eval_sd" not in report.render_csv(
         report.summary_table(older)
     )
+
+
+def test_library_defaults_are_several_starts_and_refits(monkeypatch):
+    # The suite lowers experiment.DEFAULT_* for speed (tests/conftest.py); the library's are these.
+    from jaxrae import evaluate as evaluation
+    from jaxrae import experiment
+
+    assert evaluation.N_INIT >= 4 and evaluation.EX_POST_REFITS >= 3
+    monkeypatch.setattr(experiment, "DEFAULT_N_INIT", evaluation.N_INIT)
+    monkeypatch.setattr(experiment, "DEFAULT_EX_POST_REFITS", evaluation.EX_POST_REFITS)
+    built = experiment.Experiment(methods=["ae"])
+    assert (built.n_init, built.ex_post_refits) == (evaluation.N_INIT, evaluation.EX_POST_REFITS)
+    assert experiment.Experiment(methods=["ae"], n_init=2).n_init == 2
