@@ -272,7 +272,16 @@ def test_a_compare_row_reloads_and_evaluates_to_its_recorded_numbers(tmp_path, d
     fnet = feature_network(data, steps=30)
     for label in ("ae", "drae"):
         runs = jaxrae.load_runs(out, row=label)
-        metrics, images, _ = evaluate(runs, data, fnet, n_eval=40, n_components=3, likelihood_k=8)
+        metrics, images, _ = evaluate(
+            runs,
+            data,
+            fnet,
+            n_eval=40,
+            n_components=3,
+            likelihood_k=8,
+            n_init=experiment.n_init,
+            ex_post_refits=experiment.ex_post_refits,
+        )
         assert nonfinite_to_null(metrics) == results["methods"][label]["metrics"]  # every per-seed number, exactly
         with np.load(out / "methods" / f"{label}.npz") as saved:
             chex.assert_trees_all_equal(
