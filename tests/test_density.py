@@ -419,7 +419,9 @@ def test_many_runs_and_starts_fit_without_hanging():
         x = rng.normal(size=(15, 1438, 16)).astype(np.float32) * rng.uniform(0.1, 3, (15, 1, 16)).astype(np.float32)
         fitted = density.fit_gmm(jax.random.split(jax.random.key(0), 15), x, 10, n_init=4)
         alone = density.fit_gmm(jax.random.split(jax.random.key(0), 15)[7], x[7], 10, n_init=4)
-        np.testing.assert_allclose(fitted.lower_bound[7], alone.lower_bound, rtol=1e-5)
+        # Mapped and alone are different program shapes, so rounding may differ and flip EM's
+        # stopping test once; the lower bound then differs by at most tol (1e-3, fit_gmm's default).
+        np.testing.assert_allclose(fitted.lower_bound[7], alone.lower_bound, rtol=0, atol=1e-3)
         print("fitted", fitted.means.shape)
         """
     )
