@@ -196,7 +196,7 @@ class TrainConfig:
         uses_sn = grid.DECODER_REGS[method.decoder_reg].spectral_norm
         places = grid.SPECTRAL_NORM_LAYERS
         if self.spectral_norm is None:
-            object.__setattr__(self, "spectral_norm", "decoder" if uses_sn else "none")
+            object.__setattr__(self, "spectral_norm", _default_spectral_norm(method))
         if self.spectral_norm not in places:
             raise invalid("spectral_norm", self.spectral_norm, f"choose one of {', '.join(places)}")
         if places[self.spectral_norm].decoder != uses_sn:
@@ -316,10 +316,11 @@ class TrainConfig:
     def to_dict(self) -> dict:
         """JSON-ready dict (a custom Method is stored as its fields).
 
-        ``chunk_runner`` is written only when not ``auto``, and ``weight_pixels`` is left out while
-        None (always, once the weights are resolved), here and in a custom Method: the configs that
-        results, checkpoints and their headers hold read as they did before these fields existed,
-        so runs written then still resume.
+        ``chunk_runner`` is written only when not ``auto``, ``spectral_norm`` only when not the
+        method's own default, ``decoder_norm`` only when set, and ``weight_pixels`` is left out
+        while None (always, once the weights are resolved), here and in a custom Method: the
+        configs that results, checkpoints and their headers hold read as they did before these
+        fields existed, so runs written then still resume.
         """
         out = {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
         if isinstance(self.arch, Arch):
@@ -331,6 +332,10 @@ class TrainConfig:
         if out["weight_pixels"] is None:
             del out["weight_pixels"]
         out["fsq_levels"] = list(self.fsq_levels)
+        if self.spectral_norm == _default_spectral_norm(self.method_spec):
+            del out["spectral_norm"]
+        if self.decoder_norm is None:
+            del out["decoder_norm"]
         if self.chunk_runner == "auto":
             # How chunks execute is not what a run computes (the runners agree to float
             # rounding); left at its default it is not written, so checkpoints, finished
@@ -367,3 +372,9 @@ def _is_number(value) -> bool:
 def field_names() -> list[str]:
     """TrainConfig's fields in declaration order (the CLI makes a flag of each)."""
     return [f.name for f in dataclasses.fields(TrainConfig)]
+
+
+def _default_spectral_norm(method: methods.Method) -> str:
+    """The layers a method's decoder regularizer normalizes when ``spectral_norm`` is not set:
+    the decoder's for an ``sn`` regularizer (Ghosh et al.'s RAE-SN), none otherwise."""
+    return "decoder" if grid.DECODER_REGS[method.decoder_reg].spectral_norm else "none"

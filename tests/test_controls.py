@@ -51,6 +51,17 @@ def test_defaults_are_filled_from_the_method_and_left_to_the_architecture():
     assert TrainConfig(method="rae-sn").decoder_norm is None  # the architecture's own
     config = TrainConfig(method="rae-sn", spectral_norm="encoder+decoder", decoder_norm="batch")
     assert TrainConfig.from_dict(config.to_dict()) == config
+    assert config.to_dict()["spectral_norm"] == "encoder+decoder" and config.to_dict()["decoder_norm"] == "batch"
+
+
+@pytest.mark.parametrize("method", methods.names())
+def test_defaults_are_left_out_of_the_dict_so_older_runs_still_resume(method):
+    """Headers written before the two switches existed lack them: at their defaults they are not
+    written, and a dict without them reads back as the same config."""
+    config = TrainConfig(method=method)
+    written = config.to_dict()
+    assert "spectral_norm" not in written and "decoder_norm" not in written
+    assert TrainConfig.from_dict(written) == config
 
 
 @pytest.mark.parametrize("arch", ["mlp", "conv-small"])
