@@ -53,7 +53,8 @@ def find_repo_root():
 
 
 def tiny_experiment():
-    """2 methods x 2 seeds x 40 steps on `digits`: the comparison tiny mode runs."""
+    """2 methods x 2 seeds x 40 steps on `digits`, evaluated once with 50 importance samples: the
+    comparison tiny mode runs."""
     return Experiment(
         data="digits",
         methods=("vae", "rae-l2"),
@@ -62,6 +63,9 @@ def tiny_experiment():
         n_eval=200,
         feature_steps=100,
         n_components=4,
+        likelihood_k=50,
+        n_init=1,
+        ex_post_refits=1,
     )
 
 

@@ -24,6 +24,16 @@ atexit.register(shutil.rmtree, _COMPILATION_CACHE, ignore_errors=True)
 os.environ.setdefault("JAXRAE_COMPILATION_CACHE", _COMPILATION_CACHE)
 
 
+def pytest_configure(config):
+    """The suite's own processes use that cache too. The controller sets the directory before
+    pytest-xdist starts its workers, which inherit it: a program compiled by one worker or CLI
+    subprocess is loaded, not compiled again, by the other worker and every later subprocess
+    (a loaded executable is the compiled one, so results are unchanged)."""
+    from jaxrae import distributed
+
+    distributed.enable_compilation_cache(os.environ["JAXRAE_COMPILATION_CACHE"])
+
+
 @pytest.fixture(scope="session")
 def digits():
     from jaxrae.data import load_data

@@ -239,6 +239,9 @@ def _environment(tmp: Path) -> dict:
         PYTHONPATH=str(REPO),
         JAX_PLATFORMS="cpu",
         JAXRAE_CACHE=str(tmp / ".cache"),
+        # The suite's compilation cache (tests/conftest.py), not the user's ~/.cache: it changes
+        # no result, and snippets that compile what other tests compiled load it instead.
+        JAXRAE_COMPILATION_CACHE=os.environ["JAXRAE_COMPILATION_CACHE"],
         MPLBACKEND="Agg",
     )
     return env
