@@ -84,8 +84,8 @@ MAX_LOSS_POINTS = 500  # loss curves are block-averaged down to this many points
 #: experiment files use in ``primary`` and ``[equivalence]``.
 METRIC_KEYS = (
     "rec_error",
-    "fd_rec",
     "rec_error_trained",
+    "fd_rec",
     "fd_rec_trained",
     "fd_prior",
     "fd_ex_post",
