@@ -142,7 +142,8 @@ REFIT_METRICS = (
 #: (:func:`trained_codes`), next to ``rec_error``/``fd_rec`` from the deterministic codes. They draw
 #: those codes, so they are refit metrics (every refit draws afresh).
 TRAINED_CODE_METRICS = ("rec_error_trained", "fd_rec_trained")
-#: fold_in(root, TRAINED_CODES_STREAM) keys the trained-code draws: apart from the split, so the other purposes stay as they were.
+#: fold_in(root, TRAINED_CODES_STREAM) keys the trained-code draws: apart from the split, so the
+#: other purposes' keys stay as they were.
 TRAINED_CODES_STREAM = 13
 
 
@@ -453,7 +454,8 @@ def evaluate(
     Evaluation noise. Each ex-post fit keeps the best of ``n_init`` initializations, and each run
     is evaluated ``ex_post_refits`` = R times with independent keys (:func:`_eval_keys`): the
     metrics of :data:`REFIT_METRICS` (those that read the ex-post fit or draw samples: FD of prior
-    and ex-post samples, precision/recall, code LL, the test likelihoods) get R values per seed,
+    and ex-post samples, precision/recall, code LL, the test likelihoods, the scores of trained
+    codes) get R values per seed,
     and ``metrics[key]`` holds their mean, ``x_s = (1/R) sum_r x_{s,r}``. ``notes["refits"]``
     keeps ``n`` (R), ``n_init``, ``values[key]`` (per seed, the R values) and ``sd[key]`` (per
     seed, ``sqrt(sum_r (x_{s,r} - x_s)^2 / (R - 1))``, nan for R = 1): the within-model spread
