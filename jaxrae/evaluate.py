@@ -13,6 +13,14 @@ For every seed, on the same draws (Ghosh et al. 2020, Table 1, carried to discre
 - improved precision and recall (Kynkaanniemi et al. 2019, k = 3) of the ex-post samples;
 - the mean test log-likelihood of codes under the ex-post density (nats per code);
 - for discrete codes, the mean per-variable perplexity and the number of distinct test codes;
+- for a row with a posterior (:func:`jaxrae.grid.has_posterior`: vae, cv-vae, dvae, dvae-st,
+  drae-noise) the reconstruction error and FD of reconstructions twice: from the deterministic
+  code every row is scored with (argmax of the logits, the posterior mean), and from the code the
+  decoder read in training (:func:`trained_codes`: the code path's own ``train_code`` at the run's
+  final temperature, so a relaxed sample at tau_final for a Gumbel-softmax code, the hard sampled
+  one-hot of a straight-through estimator, mu + sigma * eps for a Gaussian one), ``rec_error_trained``
+  and ``fd_rec_trained``. A dVAE trains on soft codes and the argmax scores it on hard ones: the
+  pair separates what the model learned from what the change of code costs;
 - test likelihoods of the first ``n_eval`` test images under the decoder's likelihood
   (:data:`jaxrae.grid.LIKELIHOODS`), in nats per image and bits per dimension
   (:mod:`jaxrae.likelihood`): for a VAE (a row whose code noise is the decoder regularizer and
@@ -72,10 +80,13 @@ N_FIGURE_PAIRS, N_FIGURE_STEPS = 4, 8  # interpolation strips
 DECODE_BATCH = 1000  # codes per decode call (Runs.decode's default)
 MAX_LOSS_POINTS = 500  # loss curves are block-averaged down to this many points
 #: Every per-seed metric :func:`evaluate` can return (perplexity and distinct_codes for discrete
-#: codes only): the names experiment files use in ``primary`` and ``[equivalence]``.
+#: codes only, the TRAINED_CODE_METRICS and -ELBO/IWAE for rows with a posterior only): the names
+#: experiment files use in ``primary`` and ``[equivalence]``.
 METRIC_KEYS = (
     "rec_error",
+    "rec_error_trained",
     "fd_rec",
+    "fd_rec_trained",
     "fd_prior",
     "fd_ex_post",
     "fd_interp",
@@ -113,6 +124,8 @@ EX_POST_REFITS = 3
 REFIT_STREAM = 1000
 #: The metrics that depend on the ex-post fit or on sample draws: computed once per refit.
 REFIT_METRICS = (
+    "rec_error_trained",
+    "fd_rec_trained",
     "fd_prior",
     "fd_ex_post",
     "precision",
@@ -125,6 +138,13 @@ REFIT_METRICS = (
     "nll_iwae_bpd",
     "nll_ex_post_bpd",
 )
+#: Rows with a posterior only: the reconstruction scored from the codes the decoder read in training
+#: (:func:`trained_codes`), next to ``rec_error``/``fd_rec`` from the deterministic codes. They draw
+#: those codes, so they are refit metrics (every refit draws afresh).
+TRAINED_CODE_METRICS = ("rec_error_trained", "fd_rec_trained")
+#: fold_in(root, TRAINED_CODES_STREAM) keys the trained-code draws: apart from the split, so the
+#: other purposes' keys stay as they were.
+TRAINED_CODES_STREAM = 13
 
 
 def _seed_keys(key, seeds: Sequence[int]):
@@ -146,6 +166,7 @@ def _eval_keys(refit: int = 0):
     names = ("prior", "fit", "ex_post", "strip")
     keys = dict(zip(names, jax.random.split(root, len(names))))
     keys["likelihood"] = jax.random.fold_in(root, 12)  # apart, so the others stay as they were
+    keys["trained_codes"] = jax.random.fold_in(root, TRAINED_CODES_STREAM)  # likewise
     return keys
 
 
@@ -246,6 +267,88 @@ def _runs_major(stacked: np.ndarray, refits: int, n_runs: int) -> np.ndarray:
         return stacked
     per = stacked.reshape(refits, n_runs, *stacked.shape[1:])
     return np.swapaxes(per, 0, 1).reshape(n_runs, refits * stacked.shape[1], *stacked.shape[2:])
+
+
+def last_steps(runs) -> np.ndarray:
+    """Per run, the step index of its last training step, ``state.step - 1`` (0 for an untrained
+    run): the step whose temperature :func:`jaxrae.grid.temperature` gave the final loss. (n_runs,) int32."""
+    return np.maximum(np.asarray(runs.state.step, np.int32) - 1, 0).astype(np.int32)
+
+
+def _trained_code_fn(config, model) -> Callable:
+    """``draw(variables, key, x, tau0, step) -> (code, tau)``: the code the decoder read in training.
+
+    The code path's own ``train_code`` (the function :func:`jaxrae.grid.make_loss_fn` calls, so the
+    two cannot drift apart) of the encoder's output, at ``tau = grid.temperature(config, tau0, step)``,
+    the temperature of training step ``step``; ``code`` is its ``decoder_in`` (B, decoder_in). The
+    encoder runs in evaluation mode (running batch statistics), as for every other metric: only the
+    code differs from the deterministic reconstruction.
+    """
+    path = grid.CODE_PATHS[config.method_spec.encoder]
+
+    def draw(variables, key, x, tau0, step):
+        h = model.apply(variables, x, False, method=AutoEncoder.encode)
+        tau = grid.temperature(config, tau0, step)
+        return path.train_code(config, variables["params"], h, key, tau).decoder_in, jnp.asarray(tau, jnp.float32)
+
+    return draw
+
+
+def trained_codes(runs, images: np.ndarray, keys) -> np.ndarray:
+    """Per run, the codes the decoder read in training for ``images`` (n, H, W, C), one draw each:
+    (n_runs, n, decoder_in) float, the decoder's input (a one-hot or relaxed one-hot flattened, or z).
+
+    ``keys`` holds one key per run; run i draws from ``keys[i]`` at the temperature of its last
+    training step (:func:`last_steps`, the run's own, possibly swept, tau0). For a relaxed code
+    (Gumbel-softmax, Jang et al. 2017) this is ``softmax((logits + g) / tau_final)``, for an
+    ``argmax`` code the forward value of its estimator (straight-through Gumbel: the hard sampled
+    one-hot), for a Gaussian code ``mu + sigma * eps`` (Kingma & Welling 2014): whatever the code
+    path's ``train_code`` gives (:func:`_trained_code_fn`).
+    """
+    config = runs.config
+    draw = _trained_code_fn(config, runs.model)
+    program = _compiled(
+        ("trained_codes", config, runs.image_shape),
+        lambda: jax.vmap(lambda v, k, x, t, s: draw(v, k, x, t, s)[0], in_axes=(0, 0, None, 0, 0)),
+    )
+    return np.asarray(
+        program(runs.variables, keys, jnp.asarray(images, jnp.float32), runs.state.hparams.tau, last_steps(runs))
+    )
+
+
+def _trained_reconstructions(runs, images: np.ndarray, keys, batch: int) -> tuple[np.ndarray, np.ndarray]:
+    """Decoded trained codes of ``images`` for every (refit, run): (images, temperatures).
+
+    ``keys`` are stacked refit-major (entry r * n_runs + i: run i in refit r, as
+    :func:`_refit_seed_keys`); the model's variables are repeated R times along the run axis, so
+    all refits are one vmapped program (draw and decode together), called once per chunk of
+    ``batch`` images; chunk b draws from ``fold_in(key, b)``. Returns images (R * n_runs, n, H, W, C)
+    refit-major and the temperature of each run's draw (n_runs,).
+    """
+    config, model = runs.config, runs.model
+    refits = len(keys) // runs.n_runs
+    draw = _trained_code_fn(config, model)
+    to_images = grid.LIKELIHOODS[config.likelihood].to_images
+
+    def reconstruct(variables, key, x, tau0, step):
+        code, tau = draw(variables, key, x, tau0, step)
+        return to_images(model.apply(variables, code, False, method=AutoEncoder.decode)), tau
+
+    def repeat(a):  # numpy: no eager program; the identity for one refit
+        return a if refits == 1 else np.concatenate([np.asarray(a)] * refits)
+
+    program = _compiled(
+        ("trained_reconstruct", config, runs.image_shape), lambda: jax.vmap(reconstruct, in_axes=(0, 0, None, 0, 0))
+    )
+    fold = _compiled(("fold_keys",), lambda: jax.vmap(jax.random.fold_in, in_axes=(0, None)))
+    variables = jax.tree.map(repeat, runs.variables)
+    tau0 = repeat(np.asarray(runs.state.hparams.tau, np.float32))
+    steps = repeat(last_steps(runs))
+    chunks, tau = [], None
+    for b, i in enumerate(range(0, len(images), batch)):
+        out, tau = program(variables, fold(keys, b), jnp.asarray(images[i : i + batch]), tau0, steps)
+        chunks.append(np.asarray(out))
+    return np.concatenate(chunks, axis=1), np.asarray(tau, np.float64)[: runs.n_runs]
 
 
 def _set_features(fnet, sets: dict) -> dict:
@@ -351,7 +454,8 @@ def evaluate(
     Evaluation noise. Each ex-post fit keeps the best of ``n_init`` initializations, and each run
     is evaluated ``ex_post_refits`` = R times with independent keys (:func:`_eval_keys`): the
     metrics of :data:`REFIT_METRICS` (those that read the ex-post fit or draw samples: FD of prior
-    and ex-post samples, precision/recall, code LL, the test likelihoods) get R values per seed,
+    and ex-post samples, precision/recall, code LL, the test likelihoods, the scores of trained
+    codes) get R values per seed,
     and ``metrics[key]`` holds their mean, ``x_s = (1/R) sum_r x_{s,r}``. ``notes["refits"]``
     keeps ``n`` (R), ``n_init``, ``values[key]`` (per seed, the R values) and ``sd[key]`` (per
     seed, ``sqrt(sum_r (x_{s,r} - x_s)^2 / (R - 1))``, nan for R = 1): the within-model spread
@@ -418,15 +522,23 @@ def evaluate(
     interp = runs.decode(midpoints)
 
     per_refit = (n_runs, refits, n_eval, *prior.shape[2:])
-    feats = _set_features(
-        fnet,
-        {
-            "rec": recon[:, None],
-            "prior": prior.reshape(per_refit),
-            "ex_post": ex_post.reshape(per_refit),
-            "interp": interp[:, None],
-        },
-    )
+    image_sets = {
+        "rec": recon[:, None],
+        "prior": prior.reshape(per_refit),
+        "ex_post": ex_post.reshape(per_refit),
+        "interp": interp[:, None],
+    }
+    # Rows with a posterior: reconstructions from the codes the decoder read in training, each
+    # refit a fresh draw from its own key (a purpose of its own: every other draw is unchanged).
+    # Last in the feature call, so the other sets' images sit where they always did.
+    scores_trained = grid.has_posterior(runs.config)
+    if scores_trained:
+        trained_recon, trained_tau = _trained_reconstructions(
+            runs, test, _refit_seed_keys("trained_codes", seeds, refits), decode_batch
+        )
+        trained_recon = _runs_major(trained_recon, refits, n_runs).reshape(per_refit)
+        image_sets["rec_trained"] = trained_recon
+    feats = _set_features(fnet, image_sets)
 
     def fd(f):
         return math.nan if f is None else M.frechet_distance(ref_feats, f)
@@ -437,14 +549,18 @@ def evaluate(
     }
     if discrete:
         out["perplexity"], out["distinct_codes"] = [], []
+    drawn_names = ("fd_prior", "fd_ex_post", "precision", "recall", "code_loglik")
     drawn = {
-        k: np.full((refits, n_runs), np.nan) for k in ("fd_prior", "fd_ex_post", "precision", "recall", "code_loglik")
+        k: np.full((refits, n_runs), np.nan) for k in drawn_names + (TRAINED_CODE_METRICS if scores_trained else ())
     }
     for r in range(n_runs):  # numpy statistics of features already computed: no JAX program per run
         out["rec_error"].append(finite_or_nan(M.reconstruction_error, test, recon[r]))
         out["fd_rec"].append(fd(feats["rec"][r][0]))
         out["fd_interp"].append(fd(feats["interp"][r][0]))
         for t in range(refits):
+            if scores_trained:
+                drawn["rec_error_trained"][t, r] = finite_or_nan(M.reconstruction_error, test, trained_recon[r, t])
+                drawn["fd_rec_trained"][t, r] = fd(feats["rec_trained"][r][t])
             drawn["fd_prior"][t, r] = fd(feats["prior"][r][t])
             if bad_fit[r] or feats["ex_post"][r][t] is None:
                 continue
@@ -504,6 +620,13 @@ def evaluate(
     }
     if notes_likelihood is not None:
         notes["likelihood"] = notes_likelihood
+    if scores_trained:
+        # the temperature of each run's trained codes (the last training step's); a Gaussian code has none
+        notes["trained_codes"] = {
+            "code": runs.config.method_spec.code,
+            "estimator": runs.config.method_spec.estimator if runs.config.method_spec.code == "argmax" else None,
+            "temperature": trained_tau.tolist() if runs.codec.discrete else None,
+        }
     if fitted is not None:
         # Per run: converged in every refit, and the most EM iterations any refit took.
         notes["ex_post_converged"] = np.asarray(fitted.converged).reshape(refits, n_runs).all(axis=0).tolist()

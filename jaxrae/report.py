@@ -57,7 +57,18 @@ from jaxrae.io import atomic_write_bytes
 # (jaxrae.features.feature_network), never an Inception FID.
 METRICS: dict[str, tuple[str, str, str]] = {
     "rec_error": ("rec err", "test reconstruction error (sum of squares per image)", "lower"),
+    "rec_error_trained": (
+        "rec err (trained code)",
+        "test reconstruction error from the codes the decoder read in training (rows with a posterior)",
+        "lower",
+    ),
     "fd_rec": ("FD rec", "FD (classifier features) of test reconstructions", "lower"),
+    "fd_rec_trained": (
+        "FD rec (trained code)",
+        "FD (classifier features) of test reconstructions from the codes the decoder read in training "
+        "(rows with a posterior)",
+        "lower",
+    ),
     "fd_prior": ("FD prior", "FD (classifier features) of prior samples", "lower"),
     "fd_ex_post": ("FD ex-post", "FD (classifier features) of ex-post samples", "lower"),
     "fd_interp": ("FD interp", "FD (classifier features) of interpolation midpoints", "lower"),
@@ -77,6 +88,20 @@ METRICS: dict[str, tuple[str, str, str]] = {
     "nll_iwae_bpd": ("NLL IWAE bpd", "test NLL (IWAE-k), bits per dimension", "lower"),
     "nll_ex_post_bpd": ("NLL ex-post bpd", "test NLL (ex-post IS-k), bits per dimension", "lower"),
 }
+
+#: Trained-code metric -> its twin scored on the deterministic code (jaxrae.evaluate.TRAINED_CODE_METRICS).
+TRAINED_CODE_TWINS = {"rec_error_trained": "rec_error", "fd_rec_trained": "fd_rec"}
+#: The twins' headers in a table that shows trained-code columns too, so each column says which code it decodes
+#: (tables without them keep the plain headers).
+DETERMINISTIC_CODE_HEADERS = {"rec_error": "rec err (argmax/mean)", "fd_rec": "FD rec (argmax/mean)"}
+#: The caption line of a table with trained-code columns.
+TRAINED_CODES_NOTE = (
+    "(argmax/mean) columns decode the deterministic code every row is scored with (the argmax of categorical "
+    "logits, a Gaussian posterior's mean, the code itself elsewhere); (trained code) columns, for rows with a "
+    "posterior only, decode the code the decoder read in training, drawn at the run's final temperature (a "
+    "relaxed Gumbel-softmax sample, the hard sampled one-hot of a straight-through estimator, mu + sigma * eps), "
+    "so the gap between the two is what scoring on codes other than the trained ones costs."
+)
 
 CONFIDENCE = 0.95
 #: Family-wise error rate of the Holm stars and of the equivalence verdicts.
@@ -380,13 +405,24 @@ def _diff_cell(row: Mapping | None, interval: bool = True) -> str:
     return cell + (f" TOST {fmt_p(row['p_tost_holm'])}" if row.get("p_tost") is not None else "")
 
 
+def metric_header(key: str, shown: Sequence[str]) -> str:
+    """A metric's column header; a deterministic-code metric whose trained-code twin is among the
+    ``shown`` columns says which code it decodes (:data:`DETERMINISTIC_CODE_HEADERS`)."""
+    if key in DETERMINISTIC_CODE_HEADERS and any(TRAINED_CODE_TWINS.get(k) == key for k in shown):
+        return DETERMINISTIC_CODE_HEADERS[key]
+    return METRICS[key][0]
+
+
 def _grid(results: Mapping, rows: list[dict], cell, with_ok: bool = True) -> tuple[list[str], list[list[str]]]:
     """Methods x metrics cells, plus the n_ok/n_total column and, where recorded, the converged one."""
     keys = [k for k in METRICS if any(r["metric"] == k for r in rows)]
     by = {(r["method"], r["metric"]): r for r in rows}
     judged = with_ok and any(m.get("convergence") for m in results["methods"].values())
     header = (
-        ["method"] + (["ok"] if with_ok else []) + (["converged"] if judged else []) + [METRICS[k][0] for k in keys]
+        ["method"]
+        + (["ok"] if with_ok else [])
+        + (["converged"] if judged else [])
+        + [metric_header(k, keys) for k in keys]
     )
     body = []
     for name, m in results["methods"].items():
@@ -602,6 +638,8 @@ def _caption(results: Mapping) -> list[str]:
         "cells: mean ± half-width of the 95% Student t interval across seeds; ok = n_ok/n_total "
         "(diverged runs are recorded but excluded from every mean).",
     ]
+    if any(k in m["metrics"] for m in results["methods"].values() for k in TRAINED_CODE_TWINS):
+        lines.append(TRAINED_CODES_NOTE)
     lines += weights_caption(results)
     lines += convergence_caption(results)
     lines += _likelihood_caption(results.get("eval", {}).get("likelihood"))
@@ -1171,7 +1209,7 @@ def plot_metrics(path, results: Mapping, rows: list[dict] | None = None) -> None
                 ax.errorbar(i, r["mean"], yerr=err, fmt="o", color="C0", capsize=3, zorder=2)
         ax.set_xticks(range(len(names)))
         ax.set_xticklabels(names, rotation=60, fontsize=7)
-        ax.set_title(f"{METRICS[key][0]} ({METRICS[key][2]} better)", fontsize=9)
+        ax.set_title(f"{metric_header(key, keys)} ({METRICS[key][2]} better)", fontsize=9)
     for ax in axes.ravel()[len(keys) :]:
         ax.axis("off")
     fig.suptitle("Mean and 95% t-interval across seeds (dots: seeds; red x: diverged, excluded)", fontsize=10)
