@@ -116,13 +116,23 @@ def config_from_args(args, **overrides):
 
 
 def cmd_methods(args) -> int:
-    """``jaxrae methods``: one line per preset, its four choices of the grid and its weights."""
-    print(f"{'name':<11} {'encoder':<13} {'code':<15} {'latent_reg':<11} {'decoder_reg':<11} {'beta':>9} {'lambda':>9}")
+    """``jaxrae methods``: one line per preset, its four choices of the grid and its weights, with
+    the pixel count the weights are stated at (``Method.weight_pixels``; ``-``: used as written)."""
+    print(
+        f"{'name':<11} {'encoder':<13} {'code':<15} {'latent_reg':<11} {'decoder_reg':<11} "
+        f"{'beta':>9} {'lambda':>9} {'at px':>5}"
+    )
     for name in methods.names():
         m = methods.get(name)
+        px = "-" if m.weight_pixels is None else str(m.weight_pixels)
         print(
-            f"{name:<11} {m.encoder:<13} {m.code:<15} {m.latent_reg:<11} {m.decoder_reg:<11} {m.beta:>9.3g} {m.lam:>9.3g}  {m.summary}"
+            f"{name:<11} {m.encoder:<13} {m.code:<15} {m.latent_reg:<11} {m.decoder_reg:<11} "
+            f"{m.beta:>9.3g} {m.lam:>9.3g} {px:>5}  {m.summary}"
         )
+    print(
+        "beta and lambda stated 'at px' P0 pixels are used as w * P / P0 on images of P pixels "
+        "(64/784 of them on 8x8 digits); '-': as written on every image size."
+    )
     return 0
 
 

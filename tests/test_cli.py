@@ -24,6 +24,12 @@ def test_methods_lists_every_preset():
     assert out.returncode == 0, out.stderr
     for name in methods.names():
         assert f"\n{name} " in "\n" + out.stdout
+    # Each line says at which pixel count its weights are stated (rescaled on other image sizes).
+    lines = {line.split()[0]: line.split() for line in out.stdout.splitlines()[1:] if line.split()}
+    for name in methods.names():
+        stated = methods.get(name).weight_pixels
+        assert lines[name][7] == ("-" if stated is None else str(stated)), lines[name]
+    assert "P / P0" in out.stdout.splitlines()[-1]
 
 
 def test_train_writes_results_and_refuses_to_overwrite(tmp_path):
