@@ -225,3 +225,19 @@ def test_group_resumes_inside_training_and_between_rows(tmp_path, grouped, cache
         assert resumed["methods"][label]["metrics"] == full["methods"][label]["metrics"]
         assert resumed["methods"][label]["final_loss"] == full["methods"][label]["final_loss"]
         assert resumed["methods"][label]["group"]["rows"] == LABELS
+
+
+@pytest.mark.slow
+def test_tuned_rows_train_together_at_their_chosen_weights(tmp_path, cache_dir):
+    # [tune] chooses each row's beta on validation first; the rows then differ only in beta (rae's
+    # 8e-4 x {0.1, 10} against 0.8 x {0.1, 10}: never the same point), so they train as one program
+    rows = {"rae-a": {"method": "rae"}, "rae-b": {"method": "rae", "beta": 0.8}}
+    tune = {"validation": 0.2, "beta": [0.1, 10.0], "steps": 5, "seeds": 2, "criterion": "rec_error"}
+    exp = experiment(variants=rows, seeds=(0,), n_test=60, n_eval=20, tune=tune, config={**BASE["config"], "steps": 10})
+    results = run_compare(exp, tmp_path / "out", feature_cache_dir=cache_dir, **QUIET)
+    assert results["training_groups"] == [["rae-a", "rae-b"]]
+    for label in rows:
+        chosen = results["methods"][label]["tuning"]["chosen"]["beta"]
+        assert results["methods"][label]["config"]["beta"] == chosen
+        assert [r["beta"] for r in results["methods"][label]["runs"]] == [chosen]
+        assert load_runs(tmp_path / "out", row=label).state.hparams.beta.tolist() == [np.float32(chosen)]
