@@ -13,7 +13,10 @@ each) is 10 rows: 10 programs one per row, 4 grouped (st alone, one per estimato
 
     python benchmarks/grid_programs.py                         # the TOML's own size (1000 steps, 5 seeds)
     python benchmarks/grid_programs.py --steps 4 --seeds 2 --n-train 300 --n-test 120 --n-eval 40 \\
-        --feature-steps 30                                     # a smoke run
+        --feature-steps 30 --likelihood-k 0 --n-init 1 --ex-post-refits 1   # a smoke run
+
+The evaluation is the same work in both modes (every row is evaluated on its own); the last three
+flags shrink it so that a quick run shows the training side.
 """
 
 from __future__ import annotations
@@ -36,7 +39,17 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common
 
 MODES = {"grouped": True, "separate": False}
-SIZE_FLAGS = ("steps", "seeds", "n_train", "n_test", "n_eval", "feature_steps")
+SIZE_FLAGS = (
+    "steps",
+    "seeds",
+    "n_train",
+    "n_test",
+    "n_eval",
+    "feature_steps",
+    "likelihood_k",
+    "n_init",
+    "ex_post_refits",
+)
 
 
 def experiment_of(args) -> Experiment:
@@ -47,9 +60,11 @@ def experiment_of(args) -> Experiment:
         changes["config"] = {**exp.config, "steps": args.steps}
     if args.seeds is not None:
         changes["seeds"] = seed_count(args.seeds)
-    for name in ("n_train", "n_test", "n_eval", "feature_steps"):
+    for name in ("n_train", "n_test", "n_eval", "feature_steps", "n_init", "ex_post_refits"):
         if getattr(args, name) is not None:
             changes[name] = getattr(args, name)
+    if args.likelihood_k is not None:
+        changes["likelihood_k"] = args.likelihood_k or None  # 0: no test likelihoods
     return dataclasses.replace(exp, **changes) if changes else exp
 
 
@@ -97,6 +112,10 @@ def main() -> None:
     parser.add_argument("--n-test", type=int, default=None)
     parser.add_argument("--n-eval", type=int, default=None)
     parser.add_argument("--feature-steps", type=int, default=None)
+    # the evaluation is the same work in both modes; these shrink it for a quick run
+    parser.add_argument("--likelihood-k", type=int, default=None, help="importance samples; 0: no test likelihoods")
+    parser.add_argument("--n-init", type=int, default=None)
+    parser.add_argument("--ex-post-refits", type=int, default=None)
     parser.add_argument("--out", default=None, help="where the two comparisons go (default: a temporary directory)")
     parser.add_argument("--cache", default=None, help=argparse.SUPPRESS)  # the feature network's cache
     parser.add_argument("--mode", choices=list(MODES), default=None, help=argparse.SUPPRESS)  # one child process
