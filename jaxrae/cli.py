@@ -359,6 +359,15 @@ def add_compare_arguments(parser: argparse.ArgumentParser) -> None:
         "changed), continue an interrupted one from its checkpoint",
     )
     g.add_argument("--overwrite", action="store_true", help="delete what --out holds and start afresh")
+    g.add_argument(
+        "--no-group",
+        dest="group_sweepable",
+        action="store_const",
+        const=False,
+        default=None,
+        help="train every row as its own program (default: rows that differ only in lr, beta, lam or tau train "
+        "together as one vmapped program; the TOML's group_sweepable = false does the same)",
+    )
     g.add_argument("--quiet", action="store_true", help="no progress bars (the summary table is still printed)")
     shared = ", ".join(f"{k}={v}" for k, v in DEFAULT_JOB_CONFIG.items())
     t = parser.add_argument_group(
@@ -402,6 +411,8 @@ def experiment_from_args(args) -> Experiment:
     ):
         if getattr(args, flag) is not None:
             values[flag] = getattr(args, flag)
+    if getattr(args, "group_sweepable", None) is False:  # --no-group (absent from namespaces built by hand)
+        values["group_sweepable"] = False
     given = {
         name: getattr(args, name)
         for name in field_names()

@@ -18,8 +18,10 @@ Output directory (all files written atomically: temp file + rename):
   experiment.json         the resolved experiment of the last invocation
   methods/<label>.json    a finished row's numbers (its presence means "done": resume skips it)
   methods/<label>.npz     the images its figures show
-  checkpoints/<label>.msgpack  the training checkpoint (an interrupted row resumes from it)
+  checkpoints/<label>.msgpack  the training checkpoint (an interrupted row resumes from it); rows
+                          trained together (below) share checkpoints/<label>,<label>,....msgpack
   models/<label>/model.msgpack  every seed's final model (jaxrae.load_runs(out, row=label))
+  models/<label>/group.json     for a row trained together with others: the group and its times
   tensorboard/<label>/seed<s>/ live logs: training curves per chunk, evaluation metrics (jaxrae.runlog)
   tuning/<label>.json     tuned mode ([tune]): the row's candidates, validation scores and choice
                           (reused on --resume); tuning/<label>.msgpack the tuning runs' checkpoint
@@ -32,11 +34,22 @@ weights. results.json keeps the choice per row (``methods.<label>.tuning``) and 
 (``tuning``); table.md's header says which mode ran.
 
 A row's label is the method's name for a plain method, the table key for a variant.
+
+Rows trained together (``group_sweepable``, on by default): rows whose configs differ only in
+the swept hyperparameters (:data:`jaxrae.train.SWEEPABLE`: lr, beta, lam, tau), e.g. one
+estimator at three temperatures, train as one vmapped program (:func:`training_groups`,
+:func:`run_group`: :func:`jaxrae.train.train` with ``sweep``), then each row is saved, evaluated
+and recorded as if it had trained alone; its numbers equal those of training it alone up to
+float rounding (a batched matmul may sum in another order). results.json lists the groups
+(``training_groups``) and each grouped row's record says with which rows it trained and that its
+``train_s``/``compile_s`` are its share of the group's.
 """
 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
+import hashlib
 import itertools
 import json
 import math
@@ -44,6 +57,7 @@ import time
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+import jax
 import numpy as np
 from tqdm.auto import tqdm
 
@@ -78,6 +92,8 @@ from jaxrae.train import (
     MODEL_FILE,
     MODEL_FORMAT,
     ROW_MODELS_DIR,
+    SWEEPABLE,
+    Runs,
     load_runs,
     make_train,
     run_grid,
@@ -359,16 +375,28 @@ def reevaluate_method(
         if distributed.is_primary():  # train() opens the logger of a row it trains; here nothing did
             logger.open(run_names(runs.runs))
         trained = {k: record["times"].get(k) for k in ("train_s", "compile_s")}
-        return _evaluate_row(label, experiment, data, fnet, out, runs, logger, trained=(trained, record["loss_curve"]))
+        return _evaluate_row(
+            label,
+            experiment,
+            data,
+            fnet,
+            out,
+            runs,
+            logger,
+            trained=(trained, record["loss_curve"]),
+            group=record.get("group"),
+        )
 
 
 def _evaluate_row(
-    label: str, experiment: Experiment, data, fnet, out: Path, runs, logger: RunLogger, *, trained=None
+    label: str, experiment: Experiment, data, fnet, out: Path, runs, logger: RunLogger, *, trained=None, group=None
 ) -> dict:
     """Evaluate one row's trained ``runs``, log the metrics, write its images and (last) its record; returns the record.
 
     ``trained``: ``(times, loss_curve)`` of the training when ``runs`` were read from the row's
     saved model rather than trained now (:func:`reevaluate_method`); None takes both from ``runs``.
+    ``group``: for a row trained together with others (:func:`run_group`), the record's ``group``
+    entry (the rows, the group's times); a row trained alone has none, as before groups existed.
     """
     config = runs.config
     n_eval = min(experiment.n_eval, data.n_test)
@@ -410,11 +438,280 @@ def _evaluate_row(
         times, curve = trained
         record["times"] = {**times, "eval_s": eval_s}
         record["loss_curve"] = curve
+    if group is not None:
+        record["group"] = dict(group)
     record = nonfinite_to_null(record)  # the same values a later resume reads back
     if distributed.is_primary():
         atomic_write_npz(out / "methods" / f"{label}.npz", {k: np.asarray(v, np.float32) for k, v in images.items()})
         atomic_write_json(record_path, record)  # last: its presence marks the row as done
     return record
+
+
+# --------------------------------------------------------------------------------------------
+# Rows that differ only in swept hyperparameters: one program per group
+
+#: ``models/<label>/GROUP_FILE``: with which rows a row trained, and the group's times (read when the
+#: row is evaluated from its saved model after an interruption).
+GROUP_FILE = "group.json"
+
+
+def _sweep_point(config: TrainConfig) -> tuple[float, ...]:
+    """The config's values of the swept hyperparameters, in :data:`jaxrae.train.SWEEPABLE` order,
+    as :func:`jaxrae.train.run_grid` writes them into a run."""
+    return tuple(float(getattr(config, name)) for name in SWEEPABLE)
+
+
+def training_groups(experiment: Experiment, labels, data) -> list[list[str]]:
+    """``labels`` partitioned into the rows that train as one program each, in the order of ``labels``.
+
+    Rows whose :func:`row_config` on ``data`` are equal but for the fields of
+    :data:`jaxrae.train.SWEEPABLE` (lr, beta, lam, tau; beta and lam as resolved for the images)
+    can train in one :func:`jaxrae.train.train` call with ``sweep``: the weights are per-run
+    values in the state (:class:`jaxrae.grid.HParams`), so the program is the same. A sweep is
+    the product of its axes' values, so a set of rows goes together only when their points are
+    exactly such a product (the estimator grid's three temperatures are; rows at (beta, lam) =
+    (1, 1) and (2, 2) are not, and split along one axis into groups that each vary in one field).
+    Two rows with the same point (the same config under two labels) never share a group: each
+    keeps its own runs. With ``experiment.group_sweepable`` false every row is its own group.
+    """
+    labels = list(labels)
+    if not experiment.group_sweepable:
+        return [[label] for label in labels]
+    configs = {label: row_config(experiment, label, data) for label in labels}
+    classes: dict[str, list[str]] = {}
+    for label in labels:
+        rest = {k: v for k, v in configs[label].to_dict().items() if k not in SWEEPABLE}
+        classes.setdefault(json.dumps(rest, sort_keys=True, default=str), []).append(label)
+    groups = []
+    for members in classes.values():
+        layers: list[list[str]] = []  # the k-th row at a point goes to layer k: each layer's points are distinct
+        seen: dict[tuple, int] = {}
+        for label in members:
+            point = _sweep_point(configs[label])
+            k = seen.get(point, 0)
+            seen[point] = k + 1
+            if k == len(layers):
+                layers.append([])
+            layers[k].append(label)
+        for layer in layers:
+            groups += _product_groups(layer, {label: _sweep_point(configs[label]) for label in layer})
+    return sorted(groups, key=lambda g: labels.index(g[0]))
+
+
+def _product_groups(labels: list[str], points: Mapping[str, tuple]) -> list[list[str]]:
+    """Distinct sweep points split into sets that are each a product of per-axis values (one sweep each).
+
+    n distinct points lie in the product of their axes' value sets, so they fill it exactly when
+    n equals its size. Otherwise they split along the axis with the most values: the rows that
+    agree on every other axis vary in that one alone, a one-axis product."""
+    axes = [i for i in range(len(SWEEPABLE)) if len({points[label][i] for label in labels}) > 1]
+    sizes = [len({points[label][i] for label in labels}) for i in axes]
+    if math.prod(sizes) == len(labels):
+        return [list(labels)]
+    along = axes[max(range(len(axes)), key=lambda j: (sizes[j], -j))]
+    parts: dict[tuple, list[str]] = {}
+    for label in labels:
+        parts.setdefault(tuple(v for i, v in enumerate(points[label]) if i != along), []).append(label)
+    return list(parts.values())
+
+
+def group_sweep(configs) -> dict[str, list[float]]:
+    """The ``sweep`` of :func:`jaxrae.train.train` that trains every config of a group: per swept
+    field that differs between them, its values in order of first appearance."""
+    sweep = {}
+    for i, name in enumerate(SWEEPABLE):
+        values = list(dict.fromkeys(_sweep_point(config)[i] for config in configs))
+        if len(values) > 1:
+            sweep[name] = values
+    return sweep
+
+
+def group_checkpoint(out: Path, group) -> Path:
+    """Where a group of rows keeps its training checkpoint: ``checkpoints/<a>,<b>,....msgpack``.
+
+    A comma is no label character (:data:`jaxrae.experiment.ROW_LABEL`), so a group's file never
+    takes a row's name, and another set of rows gets another file (a long list is cut to its first
+    label, the count and a digest of all). A row alone keeps ``checkpoints/<label>.msgpack``."""
+    name = ",".join(group)
+    if len(name) > 160:  # file names are limited to 255 bytes
+        name = f"{group[0]},+{len(group) - 1},{hashlib.sha256(name.encode()).hexdigest()[:12]}"
+    return out / "checkpoints" / f"{name}.msgpack"
+
+
+class _GroupLogger(RunLogger):
+    """The live logs of a group's training: :func:`jaxrae.train.train` logs every run of the group
+    here, and each row's own logger (``tensorboard/<label>/seed<s>/``, named as when the row trains
+    alone) receives that row's runs."""
+
+    def __init__(self, loggers: Mapping[str, RunLogger], runs: Mapping[str, list[dict]], indices):
+        super().__init__(None)
+        self.rows, self.row_runs, self.indices = dict(loggers), dict(runs), dict(indices)
+
+    def open(self, names) -> None:
+        self.names = list(names)
+        for label, logger in self.rows.items():
+            logger.open(run_names(self.row_runs[label]))
+
+    def log(self, step: int, scalars) -> None:
+        for label, logger in self.rows.items():
+            logger.log(step, {tag: np.asarray(v)[self.indices[label]] for tag, v in scalars.items()})
+
+    def close(self) -> None:  # the rows' loggers stay open for their evaluation; their owner closes them
+        self.names = None
+
+
+def _row_of_group(runs: Runs, config: TrainConfig, data, indices: list[int], share: float) -> Runs:
+    """One row's runs out of a group's: its runs, state and metrics, its own config, model and codec
+    (what training it alone builds), and ``share`` of the group's times."""
+    trainer = make_train(config, data)
+    take = lambda a: np.asarray(a)[indices]
+    return dataclasses.replace(
+        runs,
+        config=trainer.config,
+        runs=[runs.runs[i] for i in indices],
+        state=jax.tree.map(take, runs.state),
+        metrics={k: take(v) for k, v in runs.metrics.items()},
+        model=trainer.model,
+        codec=trainer.codec,
+        wall_time_s=runs.wall_time_s * share,
+        compile_time_s=runs.compile_time_s * share,
+    )
+
+
+def run_group(
+    group: list[str],
+    experiment: Experiment,
+    data,
+    fnet,
+    out: Path,
+    *,
+    progress: bool = True,
+    progress_desc: str | None = None,
+    stop_after_chunks: int | None = None,
+    should_stop: Callable[[], bool] | None = None,
+    tensorboard: bool = True,
+    wandb: bool = False,
+    on_record: Callable[[str, dict], None] | None = None,
+) -> dict[str, dict]:
+    """Train the rows of ``group`` (one of :func:`training_groups`, two or more) as one program,
+    then save, evaluate and record each as :func:`run_method` does; returns the records by label.
+
+    One :func:`jaxrae.train.train` call with :func:`group_sweep` trains every row's seeds (its
+    checkpoint: :func:`group_checkpoint`, resumed after an interruption). Each row's runs are then
+    cut out (:func:`_row_of_group`) and every row's model saved before any is evaluated, so an
+    interruption during the evaluations loses no training: the rows left are evaluated from their
+    models on resume. Each row logs to ``tensorboard/<label>/`` as alone; its record holds
+    ``group`` (the rows, the group's ``train_s`` and ``compile_s``) and, as ``times``, its share
+    (1/n) of them. ``should_stop`` is asked after every chunk and between the rows' evaluations;
+    ``on_record(label, record)`` is called as each row's record is written.
+    """
+    configs = {label: row_config(experiment, label, data) for label in group}
+    base = configs[group[0]]
+    sweep = group_sweep(list(configs.values()))
+    grid = run_grid(base, experiment.seeds, sweep)
+    indices = {
+        label: [i for i, r in enumerate(grid) if tuple(r[n] for n in SWEEPABLE) == _sweep_point(config)]
+        for label, config in configs.items()
+    }
+    assert all(len(ix) == len(experiment.seeds) for ix in indices.values()), (group, sweep)
+    with contextlib.ExitStack() as stack:
+        loggers = {
+            label: stack.enter_context(
+                RunLogger(
+                    out / "tensorboard" / label if tensorboard else None,
+                    wandb=wandb,
+                    group=label,
+                    config=configs[label].to_dict(),
+                )
+            )
+            for label in group
+        }
+        runs = train(
+            base,
+            data,
+            experiment.seeds,
+            sweep=sweep,
+            checkpoint_path=group_checkpoint(out, group),
+            progress=progress,
+            progress_desc=progress_desc or " + ".join(group),
+            stop_after_chunks=stop_after_chunks,
+            logger=_GroupLogger(loggers, {label: [grid[i] for i in ix] for label, ix in indices.items()}, indices),
+            should_stop=should_stop,
+        )
+        reached = int(np.asarray(runs.state.step).min())
+        if reached < base.steps:
+            raise CompareInterrupted(f"{', '.join(group)} (trained together) stopped at step {reached} of {base.steps}")
+        together = {
+            "rows": list(group),
+            "train_s": runs.wall_time_s,
+            "compile_s": runs.compile_time_s,
+            "times": f"this row's times.train_s and times.compile_s are its share, 1/{len(group)}, of the group's",
+        }
+        rows = {label: _row_of_group(runs, configs[label], data, indices[label], 1 / len(group)) for label in group}
+        del runs
+        if distributed.is_primary():  # every model before any evaluation: a crash there keeps them all
+            for label in group:
+                atomic_write_json(out / ROW_MODELS_DIR / label / GROUP_FILE, together)
+                save_runs(rows[label], out / ROW_MODELS_DIR / label)
+        records = {}
+        for k, label in enumerate(group):
+            if k and should_stop is not None and stop_agreed(should_stop):
+                raise KeyboardInterrupt
+            record = _evaluate_row(label, experiment, data, fnet, out, rows.pop(label), loggers[label], group=together)
+            records[label] = record
+            if on_record is not None:
+                on_record(label, record)
+    return records
+
+
+def _trained_model(out: Path, label: str, experiment: Experiment, data) -> tuple[Runs, dict | None] | None:
+    """A row's saved model and group entry when the row trained with others and was not evaluated:
+    the model of its current settings, every run at its last step, and no checkpoint of its own
+    (a row with one continues from it, as it trained alone); else None (it trains)."""
+    path = out / ROW_MODELS_DIR / label / MODEL_FILE
+    if not path.exists() or (out / "checkpoints" / f"{label}.msgpack").exists():
+        return None
+    try:
+        runs = load_runs(out, row=label)
+    except CheckpointError:
+        return None  # damaged: trained again, which rewrites it
+    config = row_config(experiment, label, data)
+    same = (
+        json_roundtrip(runs.config.to_dict()) == json_roundtrip(config.to_dict())
+        and runs.data_fingerprint == data.fingerprint
+        and runs.runs == json_roundtrip(run_grid(config, experiment.seeds))
+        and int(np.asarray(runs.state.step).min()) == config.steps
+    )
+    if not same:
+        return None
+    try:
+        group = json.loads((path.parent / GROUP_FILE).read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        group = None
+    return runs, group
+
+
+def _evaluate_trained(
+    label: str, experiment: Experiment, data, fnet, out: Path, runs: Runs, group, *, tensorboard=True, wandb=False
+) -> dict:
+    """Evaluate and record a row from the model it trained with its group (:func:`_trained_model`)."""
+    with RunLogger(
+        out / "tensorboard" / label if tensorboard else None, wandb=wandb, group=label, config=runs.config.to_dict()
+    ) as logger:
+        if distributed.is_primary():
+            logger.open(run_names(runs.runs))
+        return _evaluate_row(label, experiment, data, fnet, out, runs, logger, group=group)
+
+
+def trained_together(records: Mapping[str, dict]) -> list[list[str]]:
+    """Which rows trained as one program, from their records: each grouped row's ``group.rows``, and
+    every other row alone (rows finished before groups existed trained alone)."""
+    groups: list[list[str]] = []
+    for label, record in records.items():
+        rows = list((record.get("group") or {}).get("rows") or [label])
+        if rows not in groups:
+            groups.append(rows)
+    return groups
 
 
 def run_compare(
@@ -437,8 +734,12 @@ def run_compare(
 
     Rows are ``experiment.rows`` (methods, then variants), each keyed by its label: finished
     rows (``out/methods/<label>.json`` of the same settings) are loaded, not rerun; an
-    interrupted row continues from ``out/checkpoints/<label>.msgpack``. ``out`` must be empty
-    unless ``resume`` or ``overwrite``. ``stop_after_chunks`` stops the first row that still
+    interrupted row continues from ``out/checkpoints/<label>.msgpack``. The rows left to train
+    go in :func:`training_groups` (unless ``experiment.group_sweepable`` is false): a group of
+    several trains as one program (:func:`run_group`, resumed from its own checkpoint); a row of
+    a group that trained but was not evaluated is evaluated from its saved model; a row alone,
+    and a row with a checkpoint of its own, trains as :func:`run_method`. ``out`` must be empty
+    unless ``resume`` or ``overwrite``. ``stop_after_chunks`` stops the first row (or group) that still
     trains after that many chunks and raises :class:`CompareInterrupted` (for resume tests);
     ``figures=False`` writes the tables and results but no PNGs. ``command`` (the shell line
     that ran this, e.g. ``jaxrae compare --config ...``) heads table.md and is kept in results.json.
@@ -541,14 +842,39 @@ def _run_claimed(
     finished = {
         label: _load_finished(out / "methods" / f"{label}.json", headers[label], reevaluate=True) for label in labels
     }
+    # Rows whose group trained but which were not evaluated yet are evaluated from their models;
+    # the others left to train go in groups (a row with a checkpoint of its own continues alone).
+    todo = [label for label in labels if finished[label] is None]
+    saved = {label: m for label in todo if (m := _trained_model(out, label, experiment, data)) is not None}
+    alone = [label for label in todo if label not in saved and (out / "checkpoints" / f"{label}.msgpack").exists()]
+    groups = training_groups(experiment, [label for label in todo if label not in saved and label not in alone], data)
+    group_of = {label: group for group in groups + [[label] for label in alone] for label in group}
 
     bar = None
     if progress:
         bar = tqdm(total=len(labels), desc="compare", unit="row", position=0, dynamic_ncols=True)
     say = (lambda msg: bar.write(msg)) if bar is not None else log
     records: dict[str, dict] = {}
+
+    def trained_line(label, record):
+        t, group = record["times"], record.get("group")
+        share = "" if group is None else f" (1/{len(group['rows'])} of the group {', '.join(group['rows'])})"
+        return (
+            f"{label}: {sum(record['ok'])}/{len(record['ok'])} ok, "
+            f"{report.convergence_text(record['convergence'])}, train {t['train_s']:.1f}s "
+            f"+ compile {t['compile_s']:.1f}s{share} + eval {t['eval_s']:.1f}s"
+        )
+
+    def grouped_record(label, record):
+        records[label] = record
+        say(trained_line(label, record))
+        if bar is not None:
+            bar.update(1)
+
     try:
         for index, label in enumerate(labels):
+            if label in records:  # evaluated with its group
+                continue
             if should_stop is not None and stop_agreed(should_stop):
                 raise KeyboardInterrupt
             record = finished[label]
@@ -563,6 +889,33 @@ def _run_claimed(
                 say(f"{label}: re-evaluated in {record['times']['eval_s']:.1f}s")
             elif record is not None:
                 say(f"{label}: finished earlier, loaded from {out / 'methods' / (label + '.json')}")
+            elif label in saved:
+                say(f"{label}: trained earlier with its group; evaluating the saved model")
+                if bar is not None:
+                    bar.set_postfix_str(f"{label}: evaluation")
+                record = _evaluate_trained(
+                    label, experiment, data, fnet, out, *saved.pop(label), tensorboard=tensorboard, wandb=wandb
+                )
+                say(trained_line(label, record))
+            elif len(group_of[label]) > 1:
+                group = group_of[label]
+                if bar is not None:
+                    bar.set_postfix_str(f"{', '.join(group)}: training together + evaluation")
+                run_group(
+                    group,
+                    experiment,
+                    data,
+                    fnet,
+                    out,
+                    progress=progress,
+                    progress_desc=f"{' + '.join(group)} [{len(group)} rows, {index + 1}/{len(labels)}]",
+                    stop_after_chunks=stop_after_chunks,
+                    should_stop=should_stop,
+                    tensorboard=tensorboard,
+                    wandb=wandb,
+                    on_record=grouped_record,
+                )
+                continue
             else:
                 if bar is not None:
                     bar.set_postfix_str(f"{label}: training + evaluation")
@@ -579,12 +932,7 @@ def _run_claimed(
                     tensorboard=tensorboard,
                     wandb=wandb,
                 )
-                t = record["times"]
-                say(
-                    f"{label}: {sum(record['ok'])}/{len(record['ok'])} ok, "
-                    f"{report.convergence_text(record['convergence'])}, train {t['train_s']:.1f}s "
-                    f"+ compile {t['compile_s']:.1f}s + eval {t['eval_s']:.1f}s"
-                )
+                say(trained_line(label, record))
             records[label] = record
             if bar is not None:
                 bar.update(1)
@@ -594,6 +942,7 @@ def _run_claimed(
     if should_stop is not None and stop_agreed(should_stop):
         raise KeyboardInterrupt
 
+    records = {label: records[label] for label in labels}  # a group's rows were recorded at its first row
     results = assemble_results(experiment, data, fnet, records, n_eval)
     results["times"] = {"this_invocation_s": time.perf_counter() - t_start, "feature_network_s": feature_s}
     results["command"] = command
@@ -627,7 +976,8 @@ def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, d
 
     ``methods`` maps each row label to its record: per-seed numbers, ``preset``, ``overrides``
     (the fields the row's own table set), the full ``config`` it trained with and ``convergence``
-    (:func:`row_convergence` under the experiment's criterion).
+    (:func:`row_convergence` under the experiment's criterion). ``training_groups`` lists which
+    rows trained as one program (:func:`trained_together`).
     """
     methods = {}
     for label, r in records.items():
@@ -671,6 +1021,7 @@ def assemble_results(experiment: Experiment, data, fnet, records: Mapping[str, d
         },
         "metric_names": {k: v[1] for k, v in report.METRICS.items()},
         "methods": methods,
+        "training_groups": trained_together(records),
         "environment": environment(),
     }
 

@@ -105,6 +105,12 @@ class Experiment:
     ``ex_post_refits`` the number of independent ex-post fits and sample draws per trained model,
     whose spread is the evaluation noise (:func:`jaxrae.evaluate.evaluate`).
 
+    ``group_sweepable`` (default true): rows whose configs differ only in the swept
+    hyperparameters (:data:`jaxrae.train.SWEEPABLE`: lr, beta, lam, tau) train together as one
+    vmapped program (:func:`jaxrae.compare.training_groups`), each row still saved, evaluated and
+    reported on its own; false trains every row as its own program (``jaxrae compare --no-group``).
+    Either way a row's numbers are the same up to float rounding, so it is not part of a row's header.
+
     Declared before the run, recorded in results.json, read by :mod:`jaxrae.report`:
     ``primary`` lists the primary contrasts against the baseline as ``"<row label>:<metric key>"``
     (e.g. ``"rae-l2:fd_ex_post"``), reported first with a Holm family of their own;
@@ -141,6 +147,8 @@ class Experiment:
     ex_post_refits: int | None = None  # None: DEFAULT_EX_POST_REFITS
     # the convergence criterion (a block of its own: it judges training, it does not change it)
     convergence: Mapping[str, float] = dataclasses.field(default_factory=lambda: dict(CONVERGENCE))
+    # rows that differ only in swept hyperparameters train as one vmapped program (jaxrae.compare.training_groups)
+    group_sweepable: bool = True
 
     def __post_init__(self):
         # Read at construction, not at import, so a caller can lower the default evaluation cost
@@ -283,6 +291,12 @@ class Experiment:
             )
         self._check_contrasts()
         self._check_convergence()
+        require(
+            isinstance(self.group_sweepable, bool),
+            "group_sweepable",
+            self.group_sweepable,
+            "true (rows differing only in lr, beta, lam or tau train as one program) or false (one program per row)",
+        )
         require(
             self.likelihood_k is None
             or (
@@ -463,6 +477,7 @@ class Experiment:
             "n_init": self.n_init,
             "ex_post_refits": self.ex_post_refits,
             "convergence": dict(self.convergence),
+            "group_sweepable": self.group_sweepable,
         } | ({} if self.tune is None else {"tune": self.tune.to_dict()})
 
     @classmethod
@@ -724,7 +739,7 @@ def load_experiment(path: str | Path) -> Experiment:
     """Read an experiment TOML (see ``experiments/``); any unknown key is a ConfigError.
 
     Top-level keys: ``data, methods, seeds, baseline, n_eval, n_train, n_test, feature_steps,
-    n_components, likelihood_k, n_init, ex_post_refits, primary``; tables ``[equivalence]`` (TOST
+    n_components, likelihood_k, n_init, ex_post_refits, primary, group_sweepable``; tables ``[equivalence]`` (TOST
     margins per metric key), ``[convergence]`` (the convergence criterion: ``window``, ``tol``,
     ``z``; see :class:`Experiment`), ``[tune]`` (the tuned mode: weights chosen per row on a
     validation split, :class:`Tune`),
