@@ -12,9 +12,11 @@ the message form of :func:`jaxrae.errors.invalid`.
 
 from __future__ import annotations
 
+import functools
 from typing import NamedTuple
 
 import numpy as np
+from threadpoolctl import ThreadpoolController
 
 from jaxrae.errors import ConfigError, DataError, invalid, require
 
@@ -27,6 +29,32 @@ __all__ = [
     "precision_recall",
     "reconstruction_error",
 ]
+
+
+# --------------------------------------------------------------------------------------------
+# One BLAS thread
+
+
+# The matrices here are small (a 128 x 128 covariance's eigh, a batch of 1,024 x 2,000 distances),
+# and they are computed while XLA's own threads keep the cores busy (the next row trains, the
+# other pytest worker runs). A multi-threaded BLAS then spends its time waiting for its threads:
+# on a 2-core machine one FD in 128 features took 49 ms with OpenBLAS's 2 threads and 14 ms with
+# one while a JAX loop kept a core busy (benchmarks/results/fd_threads_cpu.md; 3x to 8x in repeats).
+# The statistics are the same either way (equal FDs there); one thread is faster and predictable.
+@functools.cache
+def _blas_controller() -> ThreadpoolController:
+    return ThreadpoolController()  # scans the loaded libraries once, not on every call
+
+
+def _one_blas_thread(fn):
+    """Run ``fn`` with the BLAS libraries limited to one thread (restored afterwards)."""
+
+    @functools.wraps(fn)
+    def limited(*args, **kwargs):
+        with _blas_controller().limit(limits=1, user_api="blas"):
+            return fn(*args, **kwargs)
+
+    return limited
 
 
 # --------------------------------------------------------------------------------------------
@@ -95,6 +123,7 @@ def reconstruction_error(x, x_hat) -> float:
 # Frechet distance
 
 
+@_one_blas_thread
 def gaussian_stats(feats) -> tuple[np.ndarray, np.ndarray]:
     """Mean and unbiased covariance (divisor n - 1) of features, in float64.
 
@@ -117,6 +146,7 @@ def _psd_sqrt(sym: np.ndarray) -> np.ndarray:
     return (eigvecs * np.sqrt(np.clip(eigvals, 0.0, None))) @ eigvecs.T
 
 
+@_one_blas_thread
 def frechet_distance_from_stats(mu_a, cov_a, mu_b, cov_b) -> float:
     """Frechet (2-Wasserstein squared) distance between N(mu_a, S_a) and N(mu_b, S_b).
 
@@ -160,6 +190,7 @@ def frechet_distance_from_stats(mu_a, cov_a, mu_b, cov_b) -> float:
     return float(max(distance, 0.0))
 
 
+@_one_blas_thread
 def frechet_distance(feats_a, feats_b) -> float:
     """Frechet distance between Gaussians fitted to two feature sets (float64).
 
@@ -218,6 +249,7 @@ def _fraction_in_manifold(queries: np.ndarray, refs: np.ndarray, refs_radii_sq: 
     return inside / queries.shape[0]
 
 
+@_one_blas_thread
 def precision_recall(real_feats, fake_feats, k: int = 3, *, batch_size: int = 1024):
     """Improved precision and recall of Kynkaanniemi et al. 2019.
 

@@ -229,3 +229,30 @@ def test_every_metric_given_nan_raises_data_error(case):
     metric, args, field = NAN_CASES[case]
     with pytest.raises(DataError, match=field):
         metric(*args)
+
+
+def test_statistics_run_with_one_blas_thread_and_restore_it(monkeypatch):
+    """FD, Gaussian statistics and precision/recall limit the BLAS to one thread while they run
+    (benchmarks/fd_threads.py: faster on a busy CPU) and give the threads back afterwards."""
+    from threadpoolctl import threadpool_info
+
+    def blas_threads():
+        return [i["num_threads"] for i in threadpool_info() if i["user_api"] == "blas"]
+
+    before = blas_threads()
+    seen = []
+    eigh = np.linalg.eigh
+
+    def spying_eigh(a):
+        seen.append(blas_threads())
+        return eigh(a)
+
+    monkeypatch.setattr(np.linalg, "eigh", spying_eigh)
+    rng = np.random.default_rng(0)
+    a, b = rng.normal(size=(50, 4)), rng.normal(size=(50, 4)) + 1.0
+    value = metrics.frechet_distance(a, b)
+    assert seen and all(threads == [1] * len(before) for threads in seen)
+    assert blas_threads() == before
+    # the same number as without the limit
+    unlimited = metrics.frechet_distance_from_stats.__wrapped__(*metrics.gaussian_stats(a), *metrics.gaussian_stats(b))
+    assert value == unlimited
