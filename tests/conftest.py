@@ -14,6 +14,12 @@ import pytest
 _FAST_COMPILE = "--xla_backend_optimization_level=0 --xla_llvm_disable_expensive_passes=true"
 os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " " + _FAST_COMPILE).strip()
 
+# Two xdist workers already fill the two cores: a BLAS that starts threads of its own in each
+# (scipy, scikit-learn and NumPy in tests and their subprocesses) only waits for them
+# (benchmarks/fd_threads.py). One BLAS thread per process; numbers are the same to rounding.
+os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+os.environ.setdefault("OMP_NUM_THREADS", "1")
+
 os.environ.setdefault("JAXRAE_CACHE", os.path.join(os.path.dirname(__file__), "..", ".pytest_cache", "jaxrae"))
 
 # The CLI keeps compiled programs in a persistent cache by default (~/.cache/jaxrae/xla). The suite,
@@ -29,9 +35,12 @@ def pytest_configure(config):
     pytest-xdist starts its workers, which inherit it: a program compiled by one worker or CLI
     subprocess is loaded, not compiled again, by the other worker and every later subprocess
     (a loaded executable is the compiled one, so results are unchanged)."""
+    from threadpoolctl import threadpool_limits
+
     from jaxrae import distributed
 
     distributed.enable_compilation_cache(os.environ["JAXRAE_COMPILATION_CACHE"])
+    threadpool_limits(limits=1, user_api="blas")  # a BLAS loaded before the variable above was set
 
 
 @pytest.fixture(scope="session")
