@@ -17,6 +17,7 @@ from types import SimpleNamespace
 import jax
 import numpy as np
 import pytest
+from _tiny_compare import TINY_COMPARE
 
 from jaxrae import cli
 from jaxrae.cli import experiment_from_args
@@ -38,13 +39,7 @@ OUTPUT_FILES = [
 ]
 
 TINY = dict(
-    data="digits",
-    seeds=(0, 1),
-    n_train=300,
-    n_test=120,
-    n_eval=40,
-    feature_steps=30,
-    n_components=3,
+    **TINY_COMPARE,
     likelihood_k=20,
     config={"steps": 20, "chunk_size": 10, "batch_size": 32, "latent_dim": 4, "n_classes": 4},
 )

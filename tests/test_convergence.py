@@ -9,6 +9,7 @@ import shutil
 
 import numpy as np
 import pytest
+from _tiny_compare import TINY_COMPARE
 
 from jaxrae import report
 from jaxrae.compare import run_compare
@@ -139,13 +140,7 @@ def test_convergence_text():
 # ------------------------------------------------------------------------------ in a comparison
 
 TINY = dict(
-    data="digits",
-    seeds=(0, 1),
-    n_train=300,
-    n_test=120,
-    n_eval=40,
-    feature_steps=30,
-    n_components=3,
+    **TINY_COMPARE,
     likelihood_k=None,
     config={"steps": 20, "chunk_size": 10, "batch_size": 32, "latent_dim": 4, "n_classes": 4},
 )

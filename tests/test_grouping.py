@@ -16,6 +16,7 @@ import json
 
 import numpy as np
 import pytest
+from _tiny_compare import TINY_COMPARE
 
 from jaxrae import cli
 from jaxrae.compare import (
@@ -31,13 +32,7 @@ from jaxrae.train import load_runs
 
 STEPS = 20
 BASE = dict(
-    data="digits",
-    seeds=(0, 1),
-    n_train=300,
-    n_test=120,
-    n_eval=40,
-    feature_steps=30,
-    n_components=3,
+    **TINY_COMPARE,
     likelihood_k=None,
     config={"steps": STEPS, "chunk_size": 10, "batch_size": 32, "latent_dim": 4},
 )

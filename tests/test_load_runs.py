@@ -14,6 +14,7 @@ import chex
 import jax
 import numpy as np
 import pytest
+from _tiny_compare import TINY_COMPARE
 
 import jaxrae
 from jaxrae.compare import run_compare
@@ -255,14 +256,8 @@ def test_where_load_runs_looks(saved_model, tmp_path):
 @pytest.mark.slow
 def test_a_compare_row_reloads_and_evaluates_to_its_recorded_numbers(tmp_path, digits):
     experiment = Experiment(
-        data="digits",
+        **TINY_COMPARE,
         methods=("ae", "drae"),
-        seeds=(0, 1),
-        n_train=300,
-        n_test=120,
-        n_eval=40,
-        feature_steps=30,
-        n_components=3,
         likelihood_k=8,
         config={"steps": 20, "chunk_size": 10, "batch_size": 32, "latent_dim": 4, "n_classes": 4},
     )

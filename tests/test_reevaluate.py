@@ -7,6 +7,7 @@ import json
 import shutil
 
 import pytest
+from _tiny_compare import TINY_COMPARE
 
 from jaxrae import compare
 from jaxrae.compare import run_compare
@@ -14,14 +15,8 @@ from jaxrae.errors import CheckpointError
 from jaxrae.experiment import Experiment
 
 TINY = dict(
-    data="digits",
     methods=("ae", "drae"),
-    seeds=(0, 1),
-    n_train=300,
-    n_test=120,
-    n_eval=40,
-    feature_steps=30,
-    n_components=3,
+    **TINY_COMPARE,
     likelihood_k=None,
     config={"steps": 10, "chunk_size": 10, "batch_size": 32, "latent_dim": 4, "n_classes": 4},
 )

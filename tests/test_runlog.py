@@ -10,6 +10,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from _tiny_compare import TINY_COMPARE
 
 from jaxrae import runlog
 from jaxrae.config import TrainConfig
@@ -154,14 +155,8 @@ def test_compare_logs_training_curves_and_every_evaluation_metric_per_seed(tmp_p
     from jaxrae.experiment import Experiment
 
     experiment = Experiment(
-        data="digits",
+        **TINY_COMPARE,
         methods=("drae",),
-        seeds=(0, 1),
-        n_train=300,
-        n_test=120,
-        n_eval=40,
-        feature_steps=30,
-        n_components=3,
         config={"steps": 20, "chunk_size": 10, "batch_size": 32, "latent_dim": 4, "n_classes": 4},
     )
     results = run_compare(
