@@ -269,6 +269,13 @@ def _runs_major(stacked: np.ndarray, refits: int, n_runs: int) -> np.ndarray:
     return np.swapaxes(per, 0, 1).reshape(n_runs, refits * stacked.shape[1], *stacked.shape[2:])
 
 
+def _repeat_runs(a, refits: int):
+    """The run axis of ``a`` R = ``refits`` times, refit-major (entry r * n_runs + i: run i, as
+    :func:`_refit_seed_keys` stacks keys), so all refits ride one vmapped program; the identity for
+    one refit. NumPy, so no eager JAX program per call."""
+    return a if refits == 1 else np.concatenate([np.asarray(a)] * refits)
+
+
 def last_steps(runs) -> np.ndarray:
     """Per run, the step index of its last training step, ``state.step - 1`` (0 for an untrained
     run): the step whose temperature :func:`jaxrae.grid.temperature` gave the final loss. (n_runs,) int32."""
@@ -334,16 +341,13 @@ def _trained_reconstructions(runs, images: np.ndarray, keys, batch: int) -> tupl
         code, tau = draw(variables, key, x, tau0, step)
         return to_images(model.apply(variables, code, False, method=AutoEncoder.decode)), tau
 
-    def repeat(a):  # numpy: no eager program; the identity for one refit
-        return a if refits == 1 else np.concatenate([np.asarray(a)] * refits)
-
     program = _compiled(
         ("trained_reconstruct", config, runs.image_shape), lambda: jax.vmap(reconstruct, in_axes=(0, 0, None, 0, 0))
     )
     fold = _compiled(("fold_keys",), lambda: jax.vmap(jax.random.fold_in, in_axes=(0, None)))
-    variables = jax.tree.map(repeat, runs.variables)
-    tau0 = repeat(np.asarray(runs.state.hparams.tau, np.float32))
-    steps = repeat(last_steps(runs))
+    variables = jax.tree.map(lambda a: _repeat_runs(a, refits), runs.variables)
+    tau0 = _repeat_runs(np.asarray(runs.state.hparams.tau, np.float32), refits)
+    steps = _repeat_runs(last_steps(runs), refits)
     chunks, tau = [], None
     for b, i in enumerate(range(0, len(images), batch)):
         out, tau = program(variables, fold(keys, b), jnp.asarray(images[i : i + batch]), tau0, steps)
@@ -499,7 +503,7 @@ def evaluate(
     train_codes = runs.encode(train_images)
     row_warnings = ex_post_warnings(train_codes, seeds, n_components, discrete)
     # Every (refit, run) fit in one vmapped program, refit-major: entry r * n_runs + i is run i's refit r.
-    stacked_codes = train_codes if refits == 1 else np.concatenate([train_codes] * refits)
+    stacked_codes = _repeat_runs(train_codes, refits)
     fitted, bad_stacked = _fit_ex_post(
         runs, stacked_codes, _refit_seed_keys("fit", seeds, refits), n_components, n_init=n_init
     )
@@ -510,7 +514,7 @@ def evaluate(
         ex_codes = ex_codes.astype(np.int32) if discrete else ex_codes.astype(np.float32)
         ex_post = runs.decode(_runs_major(ex_codes, refits, n_runs), decode_batch)
         log_prob = _compiled(("log_prob", type(fitted)), lambda: jax.vmap(lambda d, c: d.log_prob(c)))
-        stacked_test = test_codes if refits == 1 else np.concatenate([test_codes] * refits)
+        stacked_test = _repeat_runs(test_codes, refits)
         code_ll = np.asarray(log_prob(fitted, stacked_test), np.float64).mean(axis=1).reshape(refits, n_runs)
     else:
         ex_post = np.full_like(prior, np.nan)
@@ -790,11 +794,8 @@ def _likelihood_refits(
     else:
         variance = np.full(runs.n_runs, np.nan)
 
-    def repeat(a):  # the run axis R times, refit-major (the identity for one refit); numpy: no eager program
-        return a if refits == 1 else np.concatenate([np.asarray(a)] * refits)
-
-    variables = jax.tree.map(repeat, runs.variables)
-    variance_arg = repeat(np.asarray(variance, np.float32))
+    variables = jax.tree.map(lambda a: _repeat_runs(a, refits), runs.variables)
+    variance_arg = _repeat_runs(np.asarray(variance, np.float32), refits)
     choose, estimate = _likelihood_programs(runs, k, kind)
     seed_keys = (
         _seed_keys(keys[0], runs.seeds)  # typed keys too
